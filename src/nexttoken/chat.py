@@ -1,0 +1,37 @@
+"""A multi-turn conversation that keeps its KV cache between turns: each turn re-renders the chat
+template and prefills only the tokens that differ from what the cache already holds."""
+
+from collections.abc import Callable
+
+from nexttoken.decoding.generate import Completion, GenerationConfig
+from nexttoken.pretrained import LanguageModel
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class ChatSession:
+    def __init__(self, lm: LanguageModel, system: str | None = None,
+                 config: GenerationConfig = GenerationConfig()) -> None:
+        self.lm = lm
+        self.config = config
+        self.messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+        self.cache = lm.model.new_cache()
+        self.cached_ids: list[int] = []  # the tokens whose keys and values `cache` holds
+
+    def send(self, text: str, on_text: Callable[[str], None] | None = None) -> Completion:
+        messages = self.messages + [{"role": "user", "content": text}]
+        prompt_ids = self.lm.tokenizer.encode(self.lm.chat_prompt(messages))
+        # at least one token must be fed to get a prediction
+        reused = min(common_prefix_length(self.cached_ids, prompt_ids), len(prompt_ids) - 1)
+        self.cache.truncate(reused)
+        completion = self.lm.generate(prompt_ids[reused:], self.config, self.cache, on_text)
+        self.cached_ids = (prompt_ids + completion.token_ids)[: self.cache.length]
+        self.messages = messages + [{"role": "assistant", "content": completion.text}]
+        return completion

@@ -1,0 +1,29 @@
+"""The model's shape as one frozen dataclass; every family is a set of values for these fields."""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    d_model: int
+    n_layer: int
+    n_head: int
+    d_ff: int
+    n_kv_head: int = 0  # 0: as many key/value heads as query heads (no grouping)
+    head_dim: int = 0  # 0: d_model // n_head
+    max_seq_len: int = 2048
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    causal: bool = True  # decoders see only the past; encoders attend both ways
+    tie_embeddings: bool = True  # output head shares the token embedding matrix
+
+    def __post_init__(self) -> None:
+        if self.n_kv_head == 0:
+            object.__setattr__(self, "n_kv_head", self.n_head)
+        if self.head_dim == 0:
+            object.__setattr__(self, "head_dim", self.d_model // self.n_head)
+        if self.n_head % self.n_kv_head:
+            raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim ({self.head_dim}) must be even for rotary embeddings")

