@@ -52,8 +52,10 @@ def _encode(values: np.ndarray, ggml_type: T) -> tuple[np.ndarray, T | None]:
 
 
 def write_llama_gguf(path: Path, hf_model, matrix_type: T = T.F32, architecture: str = "llama",
-                     extra_tensors: dict[str, tuple[np.ndarray, T]] | None = None) -> Path:
-    """Write `hf_model` as a llama GGUF; 2-D weights in `matrix_type`, norms in F32."""
+                     extra_tensors: dict[str, tuple[np.ndarray, T | None] | None] | None = None) -> Path:
+    """Write `hf_model` as a llama GGUF; 2-D weights in `matrix_type`, norms in F32.
+    `extra_tensors` (name -> (raw data, type), or None to leave it out) replace or add tensors."""
+    extra_tensors = extra_tensors or {}
     hf = hf_model.config
     config = ours_config_of(hf)
     writer = gguf.GGUFWriter(path, architecture)
@@ -69,15 +71,16 @@ def write_llama_gguf(path: Path, hf_model, matrix_type: T = T.F32, architecture:
     writer.add_rope_dimension_count(hf.hidden_size // hf.num_attention_heads)
     state = hf_model.state_dict()
     for row in expand(WEIGHTS, config.n_layer):
-        if row.hf not in state or (config.tie_embeddings and row.ours == "lm_head.weight"):
+        if row.hf not in state or row.gguf in extra_tensors or (config.tie_embeddings and row.ours == "lm_head.weight"):
             continue
         weight = state[row.hf].float()
         weight = row.to_gguf(weight, config) if row.to_gguf else weight
         values = weight.numpy()
         data, raw_type = _encode(values, matrix_type if values.ndim == 2 else T.F32)
         writer.add_tensor(row.gguf, data, raw_dtype=raw_type)
-    for name, (data, raw_type) in (extra_tensors or {}).items():
-        writer.add_tensor(name, data, raw_dtype=raw_type)
+    for name, tensor in extra_tensors.items():
+        if tensor is not None:  # None leaves the tensor out
+            writer.add_tensor(name, tensor[0], raw_dtype=tensor[1])
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

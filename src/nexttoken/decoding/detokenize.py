@@ -31,7 +31,9 @@ class IncrementalText:
         self._pending: list[int] = []  # tokens whose bytes do not yet end on a character boundary
 
     def add(self, token_id: int) -> str:
-        """Take one more token; return the text that may now be shown."""
+        """Take one more token; return the text that may now be shown (nothing after a stop string)."""
+        if self.stopped:
+            return ""
         self._pending.append(token_id)
         piece = self.tokenizer.decode(self._pending)
         if piece.endswith("\ufffd"):

@@ -1,0 +1,102 @@
+"""The `nexttoken` command, in-process on the session's model, and as a real process for errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from nexttoken import cli
+from nexttoken.chat import ChatSession
+from nexttoken.decoding.generate import GenerationConfig
+
+
+@pytest.fixture
+def run(smollm2, monkeypatch):
+    monkeypatch.setattr(cli, "load", lambda path: smollm2)
+    runner = CliRunner()
+
+    def invoke(*args: str, stdin: str | None = None):
+        result = runner.invoke(cli.app, list(args), input=stdin)
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    return invoke
+
+
+def test_generate_json(run, smollm2):
+    data = json.loads(run("generate", "What is 2+2?", "--chat", "--json", "--max-new-tokens", "40"))
+    expected = smollm2.generate(smollm2.encode("What is 2+2?", chat=True), GenerationConfig(max_new_tokens=40))
+    assert data == {"text": expected.text, "token_ids": expected.token_ids, "finish_reason": "eos"}
+
+
+def test_generate_streams_the_text(run, smollm2):
+    output = run("generate", "The capital of France is", "--max-new-tokens", "8")
+    expected = smollm2.generate(smollm2.encode("The capital of France is"), GenerationConfig(max_new_tokens=8))
+    assert output == expected.text + "\n"
+
+
+def test_generate_sampling_is_seeded(run):
+    args = ("generate", "Once upon a time", "--temperature", "0.9", "--top-k", "40", "--top-p", "0.9",
+            "--max-new-tokens", "12", "--json")
+    first = json.loads(run(*args, "--seed", "5"))
+    assert first == json.loads(run(*args, "--seed", "5"))
+    assert first["token_ids"] != json.loads(run(*args, "--seed", "6"))["token_ids"]
+    assert first["finish_reason"] == "length" and len(first["token_ids"]) == 12
+
+
+def test_generate_stop_string(run):
+    data = json.loads(run("generate", "Name three colors.", "--chat", "--stop", "2.", "--json"))
+    assert data == {**data, "finish_reason": "stop", "text": "1. Red\n"}
+
+
+def test_tokenize(run, smollm2):
+    rows = json.loads(run("tokenize", "<|im_start|>user\nHello 👋<|im_end|>", "--json"))
+    assert [r["id"] for r in rows] == smollm2.tokenizer.encode("<|im_start|>user\nHello 👋<|im_end|>")
+    assert rows[0]["special"] and rows[0]["token"] == "<|im_start|>"
+    assert not rows[1]["special"] and rows[1]["text"] == "user"
+    table = run("tokenize", "Hello world")
+    assert "2 tokens" in table and "'Hello'" in table and "' world'" in table
+
+
+def test_next(run):
+    rows = json.loads(run("next", "The capital of China is", "--json", "-k", "5"))
+    assert len(rows) == 5 and rows[0]["text"] == " Beijing"
+    probabilities = [r["probability"] for r in rows]
+    assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1
+    table = run("next", "The capital of China is")
+    assert "Beijing" in table and "%" in table
+
+
+def test_chat_reads_turns_from_stdin(run, smollm2):
+    output = run("chat", "--max-new-tokens", "30", "--system", "Answer briefly.", stdin="What is 2+2?\n\nAnd 3+3?\n")
+    session = ChatSession(smollm2, "Answer briefly.", GenerationConfig(max_new_tokens=30))
+    replies = [session.send("What is 2+2?").text, session.send("And 3+3?").text]
+    assert output == "".join(reply + "\n" for reply in replies)
+    assert "4" in replies[0]
+
+
+def nexttoken(*args: str) -> subprocess.CompletedProcess:
+    code = "from nexttoken.cli import main; main()"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("generate", "hi", "--model", "/nowhere/model.gguf"), "error: model file not found: /nowhere/model.gguf"),
+    (("generate", "hi", "--temperature", "-1"), "error: temperature must be >= 0 (0 means greedy), got -1.0"),
+    (("generate", "hi", "--top-p", "0"), "error: top_p must be in (0, 1], got 0.0"),
+    (("generate", "hi", "--max-new-tokens", "0"), "error: max_new_tokens must be >= 1, got 0"),
+])
+def test_user_mistakes_are_one_line_errors(args, message):
+    result = nexttoken(*args)
+    assert result.returncode == 1
+    assert result.stderr.strip() == message
+    assert "Traceback" not in result.stderr
+
+
+def test_not_a_gguf_file_is_a_one_line_error(tmp_path):
+    path = tmp_path / "weights.gguf"
+    path.write_text("hello")
+    result = nexttoken("next", "hi", "--model", str(path))
+    assert result.returncode == 1 and result.stderr.strip() == f"error: {path}: not a GGUF file (it does not start with the bytes 'GGUF')"
