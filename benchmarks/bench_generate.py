@@ -11,7 +11,8 @@ import time
 
 import torch
 
-from nexttoken.decoding.generate import GenerationConfig, generate
+from nexttoken.decoding.config import GenerationConfig
+from nexttoken.decoding.generate import generate
 from nexttoken.pretrained import load
 
 

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from nexttoken import cli
 from nexttoken.chat import ChatSession
-from nexttoken.decoding.generate import GenerationConfig
+from nexttoken.decoding.config import GenerationConfig
 
 
 @pytest.fixture

@@ -6,8 +6,10 @@ import torch
 
 from nexttoken.chat import ChatSession
 from nexttoken.decoding.detokenize import IncrementalText, held_back
-from nexttoken.decoding.generate import GenerationConfig, generate
-from nexttoken.decoding.sampling import SamplingConfig, process, top_k_filter, top_p_filter
+from nexttoken.decoding.config import GenerationConfig
+from nexttoken.decoding.generate import generate
+from nexttoken.decoding.processors import apply_warpers, top_k, top_p
+from nexttoken.decoding.sampling import SamplingConfig
 from nexttoken.errors import NextTokenError
 from nexttoken.loaders.gguf import load_gguf_model
 from tiny_gguf import tiny_llama, write_llama_gguf
@@ -23,7 +25,7 @@ def test_top_k_matches_transformers(k):
 
     logits = random_logits()
     before = logits.clone()
-    ours = top_k_filter(logits, k)
+    ours = top_k(logits, k)
     assert torch.equal(logits, before)
     assert torch.equal(ours, TopKLogitsWarper(k)(None, logits.clone()))
 
@@ -34,7 +36,7 @@ def test_top_p_matches_transformers(p):
 
     logits = random_logits(1)
     before = logits.clone()
-    ours = top_p_filter(logits, p)
+    ours = top_p(logits, p)
     assert torch.equal(logits, before)
     theirs = TopPLogitsWarper(p)(None, logits.clone())
     assert torch.equal(ours.isinf(), theirs.isinf())
@@ -47,7 +49,7 @@ def test_processing_order_matches_transformers():
     logits = random_logits(2)
     config = SamplingConfig(temperature=0.7, top_k=40, top_p=0.8)
     warpers = LogitsProcessorList([TemperatureLogitsWarper(0.7), TopKLogitsWarper(40), TopPLogitsWarper(0.8)])
-    torch.testing.assert_close(process(logits, config), warpers(None, logits.clone()), rtol=0, atol=0)
+    torch.testing.assert_close(apply_warpers(logits, config), warpers(None, logits.clone()), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("bad, message", [

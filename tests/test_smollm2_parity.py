@@ -6,7 +6,7 @@ import argparse, bisect, collections, difflib, functools, heapq, textwrap
 import pytest
 import torch
 
-from nexttoken.decoding.generate import GenerationConfig
+from nexttoken.decoding.config import GenerationConfig
 
 LOGIT_TOLERANCE = 1e-3
 NEAR_TIE = 1e-3

@@ -3,7 +3,8 @@ template and prefills only the tokens that differ from what the cache already ho
 
 from collections.abc import Callable
 
-from nexttoken.decoding.generate import Completion, GenerationConfig
+from nexttoken.decoding.config import GenerationConfig
+from nexttoken.decoding.outputs import Completion
 from nexttoken.pretrained import LanguageModel
 
 
@@ -28,10 +29,13 @@ class ChatSession:
     def send(self, text: str, on_text: Callable[[str], None] | None = None) -> Completion:
         messages = self.messages + [{"role": "user", "content": text}]
         prompt_ids = self.lm.tokenizer.encode(self.lm.chat_prompt(messages))
-        # at least one token must be fed to get a prediction
-        reused = min(common_prefix_length(self.cached_ids, prompt_ids), len(prompt_ids) - 1)
-        self.cache.truncate(reused)
-        completion = self.lm.generate(prompt_ids[reused:], self.config, self.cache, on_text)
-        self.cached_ids = (prompt_ids + completion.token_ids)[: self.cache.length]
+        if self.config.num_beams > 1:  # beam search runs its own batch of beams, from the whole prompt
+            completion = self.lm.generate(prompt_ids, self.config, on_text=on_text)
+        else:
+            # at least one token must be fed to get a prediction
+            reused = min(common_prefix_length(self.cached_ids, prompt_ids), len(prompt_ids) - 1)
+            self.cache.truncate(reused)
+            completion = self.lm.generate(prompt_ids[reused:], self.config, self.cache, on_text)
+            self.cached_ids = (prompt_ids + completion.token_ids)[: self.cache.length]
         self.messages = messages + [{"role": "assistant", "content": completion.text}]
         return completion

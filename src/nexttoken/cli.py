@@ -2,17 +2,22 @@
 
 import json
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from nexttoken.chat import ChatSession
-from nexttoken.decoding.generate import GenerationConfig
+from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.sampling import SamplingConfig
 from nexttoken.errors import NextTokenError
+from nexttoken.explain import EXPLAIN_CANDIDATES, BeamPrinter, completion_json, sequence_heading, steps_table
+from nexttoken.inspect_attention import (check_heatmap_path, heatmap_rows, last_token_attention, most_attended,
+                                         save_heatmap)
 from nexttoken.pretrained import LanguageModel, load
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -21,28 +26,67 @@ out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 ModelOption = Annotated[Optional[Path], typer.Option("--model", "-m", help="A GGUF file (default: the built-in SmolLM2-135M-Instruct).")]
+System = Annotated[Optional[str], typer.Option(help="System prompt for the chat template.")]
+JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table or streamed text.")]
+
+# Decoding options, shared by `generate` and `chat`; see nexttoken.decoding for what each does.
 MaxNewTokens = Annotated[int, typer.Option(help="Stop after this many new tokens.")]
 Temperature = Annotated[float, typer.Option(help="Sampling temperature; 0 picks the most likely token (greedy).")]
 TopK = Annotated[int, typer.Option(help="Sample only among the K most likely tokens (0: all).")]
 TopP = Annotated[float, typer.Option(help="Sample only among the most likely tokens whose probabilities add up to P.")]
+MinP = Annotated[float, typer.Option(help="Drop tokens less likely than P times the most likely one.")]
+TypicalP = Annotated[float, typer.Option(help="Locally typical sampling: keep the most typical tokens up to mass P.")]
+RepetitionPenalty = Annotated[float, typer.Option(help="Divide the scores of tokens already seen by this (>1 repeats less).")]
+PresencePenalty = Annotated[float, typer.Option(help="Subtract this from tokens already generated (OpenAI style, -2..2).")]
+FrequencyPenalty = Annotated[float, typer.Option(help="Subtract this times the count of each generated token (-2..2).")]
+NoRepeatNgram = Annotated[int, typer.Option(help="Never repeat an n-gram of this size (0: off).")]
+LogitBias = Annotated[Optional[list[str]], typer.Option("--logit-bias", help="ID:BIAS added to a token's score (repeatable).")]
+Ban = Annotated[Optional[list[int]], typer.Option("--ban", help="A token id that may never be chosen (repeatable).")]
+MinNewTokens = Annotated[int, typer.Option(help="Suppress the end token until this many tokens are generated.")]
 Seed = Annotated[Optional[int], typer.Option(help="Seed for sampling, for reproducible output.")]
 Stop = Annotated[Optional[list[str]], typer.Option("--stop", help="Stop when this text appears (repeatable).")]
-System = Annotated[Optional[str], typer.Option(help="System prompt for the chat template.")]
+Beams = Annotated[int, typer.Option("--beams", help="Beam search with this many beams (1: no beam search).")]
+LengthPenalty = Annotated[float, typer.Option(help="Beam scores are divided by length ** this (>0 favours longer).")]
+EarlyStopping = Annotated[str, typer.Option(help="Beam search stops: 'true' when num_beams have ended, 'false' when no better one is likely, 'never' when none can be better.")]
 
 
 def _load(model: Path | None) -> LanguageModel:
-    with err.status("loading the model…") if err.is_terminal else _nothing():
+    with err.status("loading the model…") if err.is_terminal else nullcontext():
         return load(model)
 
 
-class _nothing:
-    def __enter__(self) -> None: ...
-    def __exit__(self, *exc: object) -> None: ...
+def _logit_bias(pairs: list[str] | None) -> dict[int, float]:
+    bias = {}
+    for pair in pairs or ():
+        token, sep, value = pair.partition(":")
+        try:
+            bias[int(token)] = float(value)
+        except ValueError:
+            raise NextTokenError(f"--logit-bias takes ID:BIAS, e.g. 1234:-5.0; got {pair!r}") from None
+    return bias
 
 
-def _config(max_new_tokens: int, temperature: float, top_k: int, top_p: float, seed: int | None,
-            stop: list[str] | None) -> GenerationConfig:
-    return GenerationConfig(max_new_tokens, tuple(stop or ()), SamplingConfig(temperature, top_k, top_p, seed))
+def _early_stopping(value: str) -> bool | str:
+    choices = {"true": True, "false": False, "never": "never"}
+    if value.lower() not in choices:
+        raise NextTokenError(f"--early-stopping takes true, false or never; got {value!r}")
+    return choices[value.lower()]
+
+
+def _config(max_new_tokens: int, temperature: float, top_k: int, top_p: float, min_p: float, typical_p: float,
+            repetition_penalty: float, presence_penalty: float, frequency_penalty: float, no_repeat_ngram: int,
+            logit_bias: list[str] | None, ban: list[int] | None, min_new_tokens: int, seed: int | None,
+            stop: list[str] | None, beams: int, length_penalty: float, early_stopping: str,
+            num_return_sequences: int = 1, top_logprobs: int = 0) -> GenerationConfig:
+    sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, min_p=min_p,
+                              typical_p=typical_p, repetition_penalty=repetition_penalty,
+                              presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
+                              no_repeat_ngram_size=no_repeat_ngram, logit_bias=_logit_bias(logit_bias),
+                              banned_ids=tuple(ban or ()), min_new_tokens=min_new_tokens)
+    return GenerationConfig(max_new_tokens=max_new_tokens, stop_strings=tuple(stop or ()), sampling=sampling,
+                            num_beams=beams, length_penalty=length_penalty,
+                            early_stopping=_early_stopping(early_stopping),
+                            num_return_sequences=num_return_sequences, top_logprobs=top_logprobs)
 
 
 def _write(piece: str) -> None:
@@ -51,28 +95,57 @@ def _write(piece: str) -> None:
 
 
 @app.command()
-def generate(prompt: str, model: ModelOption = None, max_new_tokens: MaxNewTokens = 256,
-             temperature: Temperature = 0.0, top_k: TopK = 0, top_p: TopP = 1.0, seed: Seed = None,
-             stop: Stop = None, chat: Annotated[bool, typer.Option(help="Wrap the prompt in the chat template.")] = False,
-             system: System = None, json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False) -> None:
+def generate(prompt: str, model: ModelOption = None,
+             chat: Annotated[bool, typer.Option(help="Wrap the prompt in the chat template.")] = False,
+             system: System = None, json_output: JsonOutput = False,
+             explain: Annotated[bool, typer.Option(help="Show each step: the top candidates and the one chosen; with --beams, the live beams.")] = False,
+             num_return_sequences: Annotated[int, typer.Option(help="How many sequences to return (samples, or the n best beams).")] = 1,
+             logprobs: Annotated[int, typer.Option(help="With --json: each token's log-probability and this many alternatives.")] = 0,
+             max_new_tokens: MaxNewTokens = 256, temperature: Temperature = 0.0, top_k: TopK = 0, top_p: TopP = 1.0,
+             min_p: MinP = 0.0, typical_p: TypicalP = 1.0, repetition_penalty: RepetitionPenalty = 1.0,
+             presence_penalty: PresencePenalty = 0.0, frequency_penalty: FrequencyPenalty = 0.0,
+             no_repeat_ngram: NoRepeatNgram = 0, logit_bias: LogitBias = None, ban: Ban = None,
+             min_new_tokens: MinNewTokens = 0, seed: Seed = None, stop: Stop = None, beams: Beams = 1,
+             length_penalty: LengthPenalty = 1.0, early_stopping: EarlyStopping = "false") -> None:
     """Continue PROMPT, streaming the new text as it is produced."""
-    config = _config(max_new_tokens, temperature, top_k, top_p, seed, stop)
+    config = _config(max_new_tokens, temperature, top_k, top_p, min_p, typical_p, repetition_penalty,
+                     presence_penalty, frequency_penalty, no_repeat_ngram, logit_bias, ban, min_new_tokens, seed,
+                     stop, beams, length_penalty, early_stopping, num_return_sequences,
+                     max(logprobs, EXPLAIN_CANDIDATES if explain else 0))
     lm = _load(model)
     prompt_ids = lm.encode(prompt, chat=chat, system=system)
-    completion = lm.generate(prompt_ids, config, on_text=None if json_output else _write)
-    if json_output:
-        print(json.dumps({"text": completion.text, "token_ids": completion.token_ids,
-                          "finish_reason": completion.finish_reason}, ensure_ascii=False))
-    else:
+    watch = BeamPrinter(lm.tokenizer, out) if explain and beams > 1 else None
+    streaming = not json_output and not explain and num_return_sequences == 1
+    if streaming:
+        lm.generate(prompt_ids, config, on_text=_write)
         _write("\n")
+        return
+    completions = lm.generate_batch([prompt_ids], config, on_beams=watch)[0]
+    if json_output:
+        objects = [completion_json(c, lm.tokenizer, logprobs) for c in completions]
+        print(json.dumps(objects[0] if len(objects) == 1 else {"choices": objects}, ensure_ascii=False))
+        return
+    for n, completion in enumerate(completions, 1):
+        if explain and beams == 1:
+            out.print(steps_table(completion, lm.tokenizer))
+        if len(completions) > 1 or explain:
+            out.print(sequence_heading(n, completion))
+        _write(completion.text + "\n")
 
 
 @app.command()
-def chat(model: ModelOption = None, system: System = None, max_new_tokens: MaxNewTokens = 512,
-         temperature: Temperature = 0.0, top_k: TopK = 0, top_p: TopP = 1.0, seed: Seed = None,
-         stop: Stop = None) -> None:
+def chat(model: ModelOption = None, system: System = None,
+         max_new_tokens: MaxNewTokens = 512, temperature: Temperature = 0.0, top_k: TopK = 0, top_p: TopP = 1.0,
+         min_p: MinP = 0.0, typical_p: TypicalP = 1.0, repetition_penalty: RepetitionPenalty = 1.0,
+         presence_penalty: PresencePenalty = 0.0, frequency_penalty: FrequencyPenalty = 0.0,
+         no_repeat_ngram: NoRepeatNgram = 0, logit_bias: LogitBias = None, ban: Ban = None,
+         min_new_tokens: MinNewTokens = 0, seed: Seed = None, stop: Stop = None, beams: Beams = 1,
+         length_penalty: LengthPenalty = 1.0, early_stopping: EarlyStopping = "false") -> None:
     """Talk with the model. Each line from standard input is one user turn when it is not a terminal."""
-    session = ChatSession(_load(model), system, _config(max_new_tokens, temperature, top_k, top_p, seed, stop))
+    config = _config(max_new_tokens, temperature, top_k, top_p, min_p, typical_p, repetition_penalty,
+                     presence_penalty, frequency_penalty, no_repeat_ngram, logit_bias, ban, min_new_tokens, seed,
+                     stop, beams, length_penalty, early_stopping)
+    session = ChatSession(_load(model), system, config)
     interactive = sys.stdin.isatty()
     if interactive:
         err.print("[dim]Type a message; /reset starts over, /exit or Ctrl-D leaves.[/dim]")
@@ -99,7 +172,7 @@ def chat(model: ModelOption = None, system: System = None, max_new_tokens: MaxNe
 
 @app.command()
 def tokenize(text: str, model: ModelOption = None,
-             json_output: Annotated[bool, typer.Option("--json", help="Print one JSON list.")] = False) -> None:
+             json_output: JsonOutput = False) -> None:
     """Show how TEXT is cut into tokens: each token's text, id, and whether it is special."""
     lm = _load(model)
     ids = lm.tokenizer.encode(text)
@@ -119,7 +192,7 @@ def tokenize(text: str, model: ModelOption = None,
 @app.command(name="next")
 def next_token(prompt: str, model: ModelOption = None, top: Annotated[int, typer.Option("--top-k", "-k", help="How many candidates to show.")] = 10,
                chat: Annotated[bool, typer.Option(help="Wrap the prompt in the chat template.")] = False,
-               json_output: Annotated[bool, typer.Option("--json", help="Print one JSON list.")] = False) -> None:
+               json_output: JsonOutput = False) -> None:
     """The model's top candidates for the token after PROMPT, with their probabilities."""
     lm = _load(model)
     candidates = lm.next_token_candidates(lm.encode(prompt, chat=chat), top)
@@ -133,6 +206,29 @@ def next_token(prompt: str, model: ModelOption = None, top: Annotated[int, typer
     for rank, c in enumerate(candidates, 1):
         table.add_row(str(rank), str(c.token_id), repr(lm.tokenizer.decode([c.token_id])), f"{c.probability:.2%}",
                       "█" * round(c.probability * 30))
+    out.print(table)
+
+
+@app.command()
+def attention(prompt: str, model: ModelOption = None,
+              head: Annotated[Optional[int], typer.Option(help="Show this attention head only (default: the mean of all heads).")] = None,
+              output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the heatmap, a .png file.")] = Path("attention.png"),
+              chat: Annotated[bool, typer.Option(help="Wrap the prompt in the chat template.")] = False) -> None:
+    """How strongly the last position attends to each token of PROMPT, layer by layer: a heatmap."""
+    check_heatmap_path(output)
+    lm = _load(model)
+    ids = lm.encode(prompt, chat=chat)
+    maps = last_token_attention(lm.model, ids)
+    heads = "mean of all heads" if head is None else f"head {head}"
+    save_heatmap(heatmap_rows(maps, head), [lm.tokenizer.decode([i]) for i in ids], output,
+                 f"attention of the last token of {prompt!r} ({heads})")
+    out.print(f"heatmap written to {escape(str(output))}", soft_wrap=True)
+    table = Table(title="most attended tokens, mean over layers and heads")
+    for column, justify in (("rank", "right"), ("position", "right"), ("text", "left"), ("weight", "right"), ("", "left")):
+        table.add_column(column, justify=justify)
+    for rank, token in enumerate(most_attended(maps, 5), 1):
+        table.add_row(str(rank), str(token.position), escape(repr(lm.tokenizer.decode([ids[token.position]]))),
+                      f"{token.weight:.2%}", "█" * round(token.weight * 30))
     out.print(table)
 
 

@@ -7,7 +7,11 @@ from pathlib import Path
 
 import torch
 
-from nexttoken.decoding.generate import Completion, GenerationConfig, check_prompt, generate
+from nexttoken.decoding.beam import BeamObserver
+from nexttoken.decoding.config import GenerationConfig
+from nexttoken.decoding.generate import generate, generate_batch
+from nexttoken.decoding.outputs import Completion
+from nexttoken.decoding.prompts import check_prompt
 from nexttoken.errors import NextTokenError
 from nexttoken.loaders.gguf import load_gguf_model
 from nexttoken.model.kv_cache import KVCache
@@ -60,6 +64,16 @@ class LanguageModel:
     def generate(self, prompt_ids: list[int], config: GenerationConfig = GenerationConfig(),
                  cache: KVCache | None = None, on_text: Callable[[str], None] | None = None) -> Completion:
         return generate(self.model, self.tokenizer, prompt_ids, self.end_ids, config, cache, on_text)
+
+    def generate_batch(self, prompts: list[list[int]], config: GenerationConfig = GenerationConfig(),
+                       on_beams: BeamObserver | None = None) -> list[list[Completion]]:
+        """`config.num_return_sequences` completions for each prompt, all prompts in one batch."""
+        return generate_batch(self.model, self.tokenizer, prompts, self.end_ids, config, self.pad_id, on_beams=on_beams)
+
+    @property
+    def pad_id(self) -> int:
+        """Fills the left of shorter prompts in a batch; masked, so any id works."""
+        return self.tokenizer.pad_id if self.tokenizer.pad_id is not None else self.end_ids[0]
 
     @torch.inference_mode()
     def next_token_candidates(self, prompt_ids: list[int], k: int = 10) -> list[Candidate]:

@@ -1,87 +1,113 @@
-"""The autoregressive loop: prefill the prompt, then feed back one chosen token at a time until an
-end token, a stop string, the token budget or the context window ends it."""
+"""The autoregressive loop: prefill the prompts, then feed back one chosen token per row at a time
+until an end token, a stop string, the token budget or the context window ends each row.
 
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import Literal
+Prompts of different lengths share one batch, left-padded; `num_return_sequences` samples of one
+prompt share its prefill. Beam search lives in beam.py and is reached through the same `generate`."""
+
+from collections.abc import Callable, Iterable
 
 import torch
 
+from nexttoken.decoding.beam import BeamObserver, beam_search
+from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.detokenize import Decoder, IncrementalText
-from nexttoken.decoding.sampling import SamplingConfig, new_generator, select
-from nexttoken.errors import NextTokenError
+from nexttoken.decoding.outputs import Completion, FinishReason, Step, TokenLogprob
+from nexttoken.decoding.processors import TokenHistory
+from nexttoken.decoding.prompts import check_prompt, left_pad
+from nexttoken.decoding.sampling import new_generator, select
 from nexttoken.model.kv_cache import KVCache
 from nexttoken.model.transformer import Transformer
 
-FinishReason = Literal["eos", "stop", "length"]
+
+def step_records(logits: torch.Tensor, chosen: torch.Tensor, top: int) -> list[Step]:
+    """(B, V) raw scores and (B,) chosen ids -> one Step per row."""
+    logprobs = logits.float().log_softmax(dim=-1)
+    chosen_logprobs = logprobs.gather(1, chosen.unsqueeze(1)).squeeze(1).tolist()
+    best = logprobs.topk(top, dim=-1) if top else None
+    records = []
+    for row, (token, logprob) in enumerate(zip(chosen.tolist(), chosen_logprobs)):
+        alternatives = () if best is None else tuple(
+            TokenLogprob(i, lp) for i, lp in zip(best.indices[row].tolist(), best.values[row].tolist()))
+        records.append(Step(TokenLogprob(token, logprob), alternatives))
+    return records
 
 
-@dataclass(frozen=True)
-class GenerationConfig:
-    max_new_tokens: int = 256
-    stop_strings: tuple[str, ...] = ()
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+class RowState:
+    """What one generated sequence has so far, and whether it has finished."""
 
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise NextTokenError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+    def __init__(self, tokenizer: Decoder, stop_strings: tuple[str, ...], on_text: Callable[[str], None] | None):
+        self.text = IncrementalText(tokenizer, stop_strings)
+        self.on_text = on_text or (lambda piece: None)
+        self.token_ids: list[int] = []
+        self.steps: list[Step] = []
+        self.finish_reason: FinishReason | None = None
 
+    def accept(self, token: int, step: Step, end_ids: frozenset[int]) -> None:
+        self.steps.append(step)
+        if token in end_ids:
+            self.finish_reason = "eos"
+            return
+        self.token_ids.append(token)
+        self.on_text(self.text.add(token))
+        if self.text.stopped:
+            self.finish_reason = "stop"
 
-@dataclass(frozen=True)
-class Completion:
-    text: str  # the new text, without the end token and cut before a stop string
-    token_ids: list[int]  # the new tokens, without the end token
-    finish_reason: FinishReason
-    prompt_tokens: int
-
-
-def check_prompt(n_prompt: int, n_cached: int, max_seq_len: int) -> None:
-    if n_prompt == 0:
-        raise NextTokenError("the prompt is empty: give at least one token for the model to continue")
-    if n_cached + n_prompt > max_seq_len:
-        raise NextTokenError(
-            f"the prompt has {n_cached + n_prompt} tokens, more than the model's context window of {max_seq_len}"
-        )
+    def completion(self, prompt_tokens: int) -> Completion:
+        self.on_text(self.text.finish())
+        return Completion(self.text.text, self.token_ids, self.finish_reason or "length", prompt_tokens, self.steps)
 
 
 @torch.inference_mode()
-def generate_ids(model: Transformer, prompt_ids: list[int], cache: KVCache, max_new_tokens: int,
-                 sampling: SamplingConfig) -> Iterator[int]:
-    """Yield each new token id. `cache` may already hold earlier context that the prompt continues.
+def generate_batch(model: Transformer, tokenizer: Decoder, prompts: list[list[int]], end_ids: Iterable[int],
+                   config: GenerationConfig = GenerationConfig(), pad_id: int = 0, cache: KVCache | None = None,
+                   on_text: Callable[[str], None] | None = None,
+                   on_beams: BeamObserver | None = None) -> list[list[Completion]]:
+    """Continue every prompt; returns `num_return_sequences` completions per prompt.
 
-    Stops after `max_new_tokens`, or when the context window is full; the caller stops earlier by
-    leaving the loop (at an end token or a stop string)."""
-    max_seq_len = model.config.max_seq_len
-    check_prompt(len(prompt_ids), cache.length, max_seq_len)
-    n_new = min(max_new_tokens, max_seq_len - cache.length - len(prompt_ids) + 1)
-    cache.reserve(cache.length + len(prompt_ids) + n_new - 1)
-    generator = new_generator(sampling)
-    ids = torch.tensor([prompt_ids])  # (1, T)
-    for _ in range(n_new):
-        hidden = model.hidden_states(ids, cache)[:, -1]  # (1, d_model): only the last position predicts
-        token = select(model.head(hidden), sampling, generator)  # (1,)
-        yield int(token)
-        ids = token.view(1, 1)
+    `cache` may hold earlier context that a single prompt continues (a chat turn; not with beam
+    search); `on_text` streams the text of a single sampled sequence as it becomes final;
+    `on_beams` sees the live and finished beams after every beam-search step."""
+    if config.num_beams > 1:
+        return beam_search(model, tokenizer, prompts, end_ids, config, pad_id, on_beams)
+    n_samples, max_seq_len = config.num_return_sequences, model.config.max_seq_len
+    n_cached = cache.length if cache is not None else 0
+    for prompt in prompts:
+        check_prompt(len(prompt), n_cached, max_seq_len)
+    ids, mask = left_pad(prompts, pad_id)
+    n_new = min(config.max_new_tokens, max_seq_len - n_cached - ids.shape[1] + 1)
+    if cache is None:
+        cache = model.new_cache(batch_size=len(prompts))
+    cache.reserve(n_cached + ids.shape[1] + n_new - 1)
+    hidden = model.hidden_states(ids, cache, None if bool(mask.all()) else mask)[:, -1]  # (P, d_model)
+    logits = model.head(hidden)  # (P, V)
+    if n_samples > 1:  # every sample of a prompt continues from the same prefill
+        rows = torch.arange(len(prompts)).repeat_interleave(n_samples)
+        cache.select_rows(rows)
+        ids, mask, logits = ids[rows], mask[rows], logits[rows]
+    history = TokenHistory(ids, mask, prompt_len=ids.shape[1])
+    stream = on_text if len(prompts) * n_samples == 1 else None
+    states = [RowState(tokenizer, config.stop_strings, stream) for _ in range(ids.shape[0])]
+    end_ids = frozenset(end_ids)
+    generator = new_generator(config.sampling)
+    for step in range(n_new):
+        chosen = select(logits, config.sampling, generator, history, end_ids)  # (R,)
+        for state, token, record in zip(states, chosen.tolist(), step_records(logits, chosen, config.top_logprobs)):
+            if state.finish_reason is None:
+                state.accept(token, record, end_ids)
+        if all(state.finish_reason for state in states) or step == n_new - 1:
+            break
+        history = history.append(chosen)
+        logits = model.head(model.hidden_states(chosen.unsqueeze(1), cache)[:, -1])  # (R, V)
+    completions = [state.completion(len(prompts[row // n_samples])) for row, state in enumerate(states)]
+    return [completions[i * n_samples : (i + 1) * n_samples] for i in range(len(prompts))]
 
 
 def generate(model: Transformer, tokenizer: Decoder, prompt_ids: list[int], end_ids: Iterable[int],
              config: GenerationConfig = GenerationConfig(), cache: KVCache | None = None,
              on_text: Callable[[str], None] | None = None) -> Completion:
-    """Continue `prompt_ids`; `on_text` receives the text as it becomes final (for streaming)."""
-    cache = cache if cache is not None else model.new_cache(capacity=len(prompt_ids) + config.max_new_tokens)
-    end_ids = frozenset(end_ids)
-    text = IncrementalText(tokenizer, config.stop_strings)
-    emit = on_text or (lambda piece: None)
-    new_ids: list[int] = []
-    finish_reason: FinishReason = "length"
-    for token in generate_ids(model, prompt_ids, cache, config.max_new_tokens, config.sampling):
-        if token in end_ids:
-            finish_reason = "eos"
-            break
-        new_ids.append(token)
-        emit(text.add(token))
-        if text.stopped:
-            finish_reason = "stop"
-            break
-    emit(text.finish())
-    return Completion(text.text, new_ids, finish_reason, len(prompt_ids))
+    """Continue one prompt; `on_text` receives the text as it becomes final (for streaming; beam
+    search knows its text only at the end)."""
+    completion = generate_batch(model, tokenizer, [prompt_ids], end_ids, config, cache=cache, on_text=on_text)[0][0]
+    if config.num_beams > 1 and on_text is not None:
+        on_text(completion.text)
+    return completion

@@ -20,8 +20,10 @@ class Attention(nn.Module):
         self.wv = nn.Linear(config.d_model, self.n_kv_head * self.head_dim, bias=False)
         self.wo = nn.Linear(self.n_head * self.head_dim, config.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`cos`, `sin`: (B, 1, T, D) rotations of each row's positions; `attention_mask`: (B, 1, T, S)
+        where padding is involved, else None (plain causal attention)."""
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
@@ -29,12 +31,13 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_index, k, v)  # (B, H_kv, past + T, D)
-        y = F.scaled_dot_product_attention(q, k, v, enable_gqa=True, **self._mask(T, k.shape[2]))
+        mask = {"attn_mask": attention_mask} if attention_mask is not None else self._causal(T, k.shape[2])
+        y = F.scaled_dot_product_attention(q, k, v, enable_gqa=True, **mask)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, H * D)
         return self.wo(y)
 
-    def _mask(self, n_queries: int, n_keys: int) -> dict:
-        """Causal masking for queries that sit at the end of `n_keys` positions."""
+    def _causal(self, n_queries: int, n_keys: int) -> dict:
+        """Causal masking, without padding, for queries that sit at the end of `n_keys` positions."""
         if not self.causal or n_queries == 1:
             return {}
         if n_queries == n_keys:

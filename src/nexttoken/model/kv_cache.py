@@ -1,8 +1,10 @@
 """Keys and values of past positions, so each decode step computes attention for one new token only.
 
 The cache is preallocated and indexed by position (as in gpt-fast): a step writes its keys and
-values at [length, length + T) and attends over [0, length + T). It grows by reallocation only when
-asked to `reserve` more room than it has, which generation does once, up front."""
+values at [length, length + T) and attends over [0, length + T). Rows of a batch share positions;
+a row whose prompt is shorter is left-padded, and `key_mask` marks which positions hold real tokens.
+It grows by reallocation only when asked to `reserve` more room than it has, which generation
+does once, up front."""
 
 import torch
 
@@ -13,39 +15,58 @@ class KVCache:
     def __init__(self, config: ModelConfig, batch_size: int = 1, capacity: int = 256,
                  dtype: torch.dtype = torch.float32) -> None:
         self.config = config
-        self.batch_size = batch_size
         self.dtype = dtype
         self.length = 0
-        self.keys: list[torch.Tensor] = []
-        self.values: list[torch.Tensor] = []
-        self._allocate(capacity)
+        shape = (batch_size, config.n_kv_head, capacity, config.head_dim)  # (B, H_kv, T, D)
+        self.keys = [torch.zeros(shape, dtype=dtype) for _ in range(config.n_layer)]
+        self.values = [torch.zeros(shape, dtype=dtype) for _ in range(config.n_layer)]
+        self.key_mask = torch.ones(batch_size, capacity, dtype=torch.bool)  # (B, T): False at padding
+        self.padded = False  # whether any cached position is padding
+
+    @property
+    def batch_size(self) -> int:
+        return self.key_mask.shape[0]
 
     @property
     def capacity(self) -> int:
-        return self.keys[0].shape[2]
+        return self.key_mask.shape[1]
 
-    def _allocate(self, capacity: int) -> None:
-        shape = (self.batch_size, self.config.n_kv_head, capacity, self.config.head_dim)  # (B, H_kv, T, D)
-        old_keys, old_values = self.keys, self.values
-        self.keys = [torch.zeros(shape, dtype=self.dtype) for _ in range(self.config.n_layer)]
-        self.values = [torch.zeros(shape, dtype=self.dtype) for _ in range(self.config.n_layer)]
-        for new, old in zip(self.keys + self.values, old_keys + old_values):
-            new[:, :, : self.length] = old[:, :, : self.length]
+    def row_lengths(self) -> torch.Tensor:
+        """(B,) how many real tokens each row holds: the position its next token takes."""
+        return self.key_mask[:, : self.length].sum(dim=1)
 
     def reserve(self, capacity: int) -> None:
         """Make room for `capacity` positions in all, keeping what is cached."""
-        if capacity > self.capacity:
-            self._allocate(capacity)
+        if capacity <= self.capacity:
+            return
+        grow = capacity - self.capacity
+        self.keys = [torch.nn.functional.pad(k, (0, 0, 0, grow)) for k in self.keys]
+        self.values = [torch.nn.functional.pad(v, (0, 0, 0, grow)) for v in self.values]
+        self.key_mask = torch.nn.functional.pad(self.key_mask, (0, grow), value=True)
 
     def truncate(self, length: int) -> None:
         """Forget every position from `length` on (a chat turn that rewrites the end of the context)."""
         self.length = min(self.length, length)
 
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep row rows[i] as row i: reorders beams, or repeats one prefill for several samples."""
+        self.keys = [k.index_select(0, rows) for k in self.keys]
+        self.values = [v.index_select(0, rows) for v in self.values]
+        self.key_mask = self.key_mask.index_select(0, rows)
+
+    def append_mask(self, mask: torch.Tensor | None, n_positions: int) -> torch.Tensor:
+        """Record which of the next `n_positions` are real tokens ((B, T) bool, None: all) and return
+        the (B, length + T) mask of every key the step attends to."""
+        end = self.length + n_positions
+        if end > self.capacity:
+            raise RuntimeError(f"KV cache holds {self.capacity} positions; this step needs {end}")
+        self.key_mask[:, self.length : end] = True if mask is None else mask
+        self.padded = self.padded or (mask is not None and not bool(mask.all()))
+        return self.key_mask[:, :end]
+
     def update(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this step's (B, H_kv, T, D) keys and values; return all cached ones up to the step's end."""
         start, end = self.length, self.length + keys.shape[2]
-        if end > self.capacity:
-            raise RuntimeError(f"KV cache holds {self.capacity} positions; this step needs {end}")
         self.keys[layer][:, :, start:end] = keys
         self.values[layer][:, :, start:end] = values
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]

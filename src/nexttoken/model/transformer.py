@@ -12,6 +12,17 @@ from nexttoken.model.kv_cache import KVCache
 from nexttoken.model.layers import RMSNorm, SwiGLU, rotary_tables
 
 
+def padded_causal_mask(key_mask: torch.Tensor, n_queries: int) -> torch.Tensor:
+    """(B, S) real-key mask -> (B, 1, T, S) attention mask for the last T of S positions: causal,
+    never onto padding. A padding query may see itself, so that no row of scores is all -inf
+    (which would turn the softmax, and then every later layer, into NaN)."""
+    n_keys = key_mask.shape[1]
+    query_pos = torch.arange(n_keys - n_queries, n_keys).unsqueeze(1)  # (T, 1)
+    key_pos = torch.arange(n_keys).unsqueeze(0)  # (1, S)
+    allowed = (key_pos <= query_pos) & key_mask[:, None, :]  # (B, T, S)
+    return (allowed | (key_pos == query_pos)).unsqueeze(1)  # (B, 1, T, S)
+
+
 class Block(nn.Module):
     """x + attention(norm(x)), then x + mlp(norm(x)): pre-norm, as in GPT-2 and Llama."""
 
@@ -22,9 +33,9 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
         self.mlp = SwiGLU(config.d_model, config.d_ff)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache | None) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin, cache)
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None,
+                attention_mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache, attention_mask)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -40,18 +51,33 @@ class Transformer(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
-    def hidden_states(self, ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """(B, T) token ids -> (B, T, d_model) final hidden states; appends to `cache` when given."""
-        start = cache.length if cache is not None else 0
-        end = start + ids.shape[1]
-        if end > self.config.max_seq_len:
-            raise ValueError(f"sequence of {end} positions exceeds the context window of {self.config.max_seq_len}")
-        cos, sin = self.rope_cos[start:end], self.rope_sin[start:end]  # (T, D)
+    def hidden_states(self, ids: torch.Tensor, cache: KVCache | None = None,
+                      mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, d_model) final hidden states; appends to `cache` when given.
+
+        `mask` (B, T) is False at padding (prompts of a batch are left-padded to one length); each
+        row's positions count only its real tokens, and no token attends to padding."""
+        B, T = ids.shape
+        past = cache.length if cache is not None else 0
+        if past + T > self.config.max_seq_len:
+            raise ValueError(f"sequence of {past + T} positions exceeds the context window of {self.config.max_seq_len}")
+        if cache is not None:
+            real_before = cache.row_lengths()  # (B,)
+            key_mask = cache.append_mask(mask, T)  # (B, past + T)
+            padded = cache.padded
+        else:
+            real_before = torch.zeros(B, dtype=torch.long)
+            key_mask = mask if mask is not None else torch.ones(B, T, dtype=torch.bool)
+            padded = mask is not None and not bool(mask.all())
+        steps = mask.long().cumsum(dim=1) - 1 if mask is not None else torch.arange(T).expand(B, T)
+        positions = (real_before.unsqueeze(1) + steps).clamp(min=0)  # (B, T)
+        cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)  # (B, 1, T, D)
+        attention_mask = padded_causal_mask(key_mask, T) if padded else None
         x = self.embed(ids)  # (B, T, d_model)
         for block in self.blocks:
-            x = block(x, cos, sin, cache)
+            x = block(x, cos, sin, cache, attention_mask)
         if cache is not None:
-            cache.advance(ids.shape[1])
+            cache.advance(T)
         return self.norm(x)
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -59,8 +85,8 @@ class Transformer(nn.Module):
         weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
         return nn.functional.linear(hidden, weight)
 
-    def forward(self, ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        return self.head(self.hidden_states(ids, cache))
+    def forward(self, ids: torch.Tensor, cache: KVCache | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.hidden_states(ids, cache, mask))
 
     def new_cache(self, batch_size: int = 1, capacity: int = 256) -> KVCache:
         return KVCache(self.config, batch_size, min(capacity, self.config.max_seq_len), self.embed.weight.dtype)

@@ -1,0 +1,37 @@
+"""How to decode: one frozen dataclass, validated on creation with errors that name the option."""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from nexttoken.decoding.sampling import SamplingConfig
+from nexttoken.errors import NextTokenError
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int = 256
+    stop_strings: tuple[str, ...] = ()
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    num_beams: int = 1
+    length_penalty: float = 1.0  # beam scores are divided by length ** length_penalty
+    early_stopping: bool | Literal["never"] = False  # as in transformers' beam search
+    num_return_sequences: int = 1
+    top_logprobs: int = 0  # alternatives recorded at each step, beside the chosen token
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise NextTokenError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.num_beams < 1:
+            raise NextTokenError(f"num_beams must be >= 1, got {self.num_beams}")
+        if self.num_return_sequences < 1:
+            raise NextTokenError(f"num_return_sequences must be >= 1, got {self.num_return_sequences}")
+        if self.num_beams > 1 and self.num_return_sequences > self.num_beams:
+            raise NextTokenError(f"num_return_sequences ({self.num_return_sequences}) must be <= num_beams ({self.num_beams})")
+        if self.num_beams == 1 and self.num_return_sequences > 1 and self.sampling.greedy:
+            raise NextTokenError("num_return_sequences > 1 needs sampling (temperature > 0) or beam search (num_beams > 1)")
+        if self.early_stopping not in (True, False, "never"):
+            raise NextTokenError(f"early_stopping must be true, false or 'never', got {self.early_stopping!r}")
+        if self.top_logprobs < 0:
+            raise NextTokenError(f"top_logprobs must be >= 0, got {self.top_logprobs}")
+        if self.num_beams > 1 and not self.sampling.greedy:
+            raise NextTokenError("beam search is deterministic here: use temperature 0 with num_beams > 1")

@@ -1,0 +1,22 @@
+"""Checking prompts against the context window, and padding prompts of different lengths into a batch."""
+
+import torch
+
+from nexttoken.errors import NextTokenError
+
+
+def check_prompt(n_prompt: int, n_cached: int, max_seq_len: int) -> None:
+    if n_prompt == 0:
+        raise NextTokenError("the prompt is empty: give at least one token for the model to continue")
+    if n_cached + n_prompt > max_seq_len:
+        raise NextTokenError(
+            f"the prompt has {n_cached + n_prompt} tokens, more than the model's context window of {max_seq_len}"
+        )
+
+
+def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) ids and (B, T) mask (False at padding) for prompts of different lengths."""
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[False] * (width - len(p)) + [True] * len(p) for p in prompts])
+    return ids, mask
