@@ -3,6 +3,7 @@
 import math
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from nexttoken.decoding.beam import Beam
@@ -13,7 +14,8 @@ EXPLAIN_CANDIDATES = 5  # alternatives shown per step by --explain
 
 
 def _piece(tokenizer: Tokenizer, token_id: int) -> str:
-    return repr(tokenizer.decode([token_id]))
+    """A token's text, quoted, with rich markup characters escaped."""
+    return escape(repr(tokenizer.decode([token_id])))
 
 
 def steps_table(completion: Completion, tokenizer: Tokenizer) -> Table:
@@ -46,9 +48,9 @@ class BeamPrinter:
     def __call__(self, prompt: int, step: int, running: list[Beam], finished: list[Beam]) -> None:
         self.console.print(f"[bold]step {step + 1}[/bold]")
         for beam in running:
-            self.console.print(f"  {beam.score:9.4f}  {self.tokenizer.decode(beam.token_ids)!r}")
+            self.console.print(f"  {beam.score:9.4f}  {escape(repr(self.tokenizer.decode(beam.token_ids)))}")
         for beam in finished:
-            self.console.print(f"  [dim]{beam.score:9.4f}  {self.tokenizer.decode(beam.token_ids)!r} (finished)[/dim]")
+            self.console.print(f"  [dim]{beam.score:9.4f}  {escape(repr(self.tokenizer.decode(beam.token_ids)))} (finished)[/dim]")
 
 
 def _logprob_json(tokenizer: Tokenizer, record: TokenLogprob) -> dict:

@@ -112,7 +112,8 @@ def beam_search(model: Transformer, tokenizer: Decoder, prompts: list[list[int]]
 
         if on_step is not None:
             for p in range(P):
-                on_step(p, t, [Beam(running[p, k, : t + 1].tolist(), float(running_scores[p, k])) for k in range(K)],
+                on_step(p, t, [Beam(running[p, k, : t + 1].tolist(), float(running_scores[p, k]))
+                               for k in range(K) if running_scores[p, k] > NEG / 2],
                         [Beam(finished[p, k, : finished_lengths[p, k]].tolist(), float(finished_scores[p, k]))
                          for k in range(K) if finished_full[p, k]])
 
