@@ -87,6 +87,9 @@ def nexttoken(*args: str) -> subprocess.CompletedProcess:
     (("generate", "hi", "--temperature", "-1"), "error: temperature must be >= 0 (0 means greedy), got -1.0"),
     (("generate", "hi", "--top-p", "0"), "error: top_p must be in (0, 1], got 0.0"),
     (("generate", "hi", "--max-new-tokens", "0"), "error: max_new_tokens must be >= 1, got 0"),
+    (("generate", "hi", "--beams", "2", "--num-return-sequences", "3"), "error: num_return_sequences (3) must be <= num_beams (2)"),
+    (("generate", "hi", "--early-stopping", "maybe"), "error: --early-stopping takes true, false or never; got 'maybe'"),
+    (("generate", "hi", "--logit-bias", "12"), "error: --logit-bias takes ID:BIAS, e.g. 1234:-5.0; got '12'"),
 ])
 def test_user_mistakes_are_one_line_errors(args, message):
     result = nexttoken(*args)
@@ -100,3 +103,40 @@ def test_not_a_gguf_file_is_a_one_line_error(tmp_path):
     path.write_text("hello")
     result = nexttoken("next", "hi", "--model", str(path))
     assert result.returncode == 1 and result.stderr.strip() == f"error: {path}: not a GGUF file (it does not start with the bytes 'GGUF')"
+
+
+def test_generate_with_beams_and_n_best(run, smollm2):
+    data = json.loads(run("generate", "What is 2+2?", "--chat", "--beams", "4", "--num-return-sequences", "3",
+                          "--length-penalty", "0.5", "--early-stopping", "never", "--max-new-tokens", "24", "--json"))
+    config = GenerationConfig(max_new_tokens=24, num_beams=4, num_return_sequences=3, length_penalty=0.5,
+                              early_stopping="never")
+    expected = smollm2.generate_batch([smollm2.encode("What is 2+2?", chat=True)], config)[0]
+    assert [c["token_ids"] for c in data["choices"]] == [c.token_ids for c in expected]
+    assert [c["score"] for c in data["choices"]] == [c.score for c in expected]
+
+
+def test_generate_logprobs(run):
+    data = json.loads(run("generate", "The capital of France is", "--max-new-tokens", "3", "--logprobs", "2", "--json"))
+    assert len(data["logprobs"]) == 3
+    first = data["logprobs"][0]
+    assert first["id"] == data["token_ids"][0] and len(first["top"]) == 2 and first["top"][0]["id"] == first["id"]
+    assert first["logprob"] <= 0
+
+
+def test_generate_explain(run):
+    output = run("generate", "The capital of France is", "--max-new-tokens", "3", "--explain")
+    assert "top candidates" in output and "' Paris'" in output and "%" in output
+    beams = run("generate", "The capital of France is", "--max-new-tokens", "3", "--explain", "--beams", "2")
+    assert "step 1" in beams and "step 3" in beams and "score" in beams
+
+
+def test_generate_processor_options(run, smollm2):
+    args = ("generate", "Count: 1, 2, 3,", "--max-new-tokens", "6", "--json")
+    plain = json.loads(run(*args))
+    banned = plain["token_ids"][0]
+    data = json.loads(run(*args, "--ban", str(banned), "--repetition-penalty", "1.3", "--no-repeat-ngram", "2",
+                          "--logit-bias", f"{banned}:5", "--min-p", "0.05", "--presence-penalty", "0.5"))
+    assert banned not in data["token_ids"]
+    sampled = json.loads(run(*args, "--temperature", "0.7", "--typical-p", "0.9", "--frequency-penalty", "0.3",
+                             "--seed", "1", "--min-new-tokens", "6"))
+    assert len(sampled["token_ids"]) == 6
