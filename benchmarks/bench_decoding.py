@@ -7,8 +7,6 @@ every sequence forced to the full 64 new tokens (min_new_tokens) so both do the 
 medians and ratios of tokens/s (ours / theirs; above 1: we are faster)."""
 
 import argparse
-import statistics
-import time
 
 import torch
 
@@ -16,21 +14,12 @@ from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.prompts import left_pad
 from nexttoken.decoding.sampling import SamplingConfig
 from nexttoken.pretrained import load
+from timing import median_seconds
 
 NEW_TOKENS = 64
 STORY_STARTS = ["Once upon a time", "The history of the printing press", "In a small village by the sea, there lived",
                 "def quicksort(items):", "The three laws of thermodynamics state that", "Dear diary, today",
                 "A recipe for bread: first,", "The most important idea in computer science is"]
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

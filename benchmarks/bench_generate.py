@@ -6,24 +6,13 @@ Both run fp32 on the CPU in this one process, interleaved, so machine noise hits
 figures are medians and the ratios are ours / theirs (above 1: we are faster)."""
 
 import argparse
-import statistics
-import time
 
 import torch
 
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.generate import generate
 from nexttoken.pretrained import load
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from timing import median_seconds
 
 
 def prompt_of(lm, n_tokens: int) -> list[int]:
