@@ -140,3 +140,10 @@ def test_generate_processor_options(run, smollm2):
     sampled = json.loads(run(*args, "--temperature", "0.7", "--typical-p", "0.9", "--frequency-penalty", "0.3",
                              "--seed", "1", "--min-new-tokens", "6"))
     assert len(sampled["token_ids"]) == 6
+
+
+def test_chat_reports_an_overlong_turn_and_goes_on(run, smollm2):
+    long_line = "word " * 9000  # more tokens than the 8,192-token context window
+    output = run("chat", "--max-new-tokens", "8", stdin=f"{long_line}\nWhat is 2+2?\n")
+    session = ChatSession(smollm2, None, GenerationConfig(max_new_tokens=8))
+    assert output.endswith(session.send("What is 2+2?").text + "\n")

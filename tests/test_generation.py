@@ -176,3 +176,8 @@ def test_chat_turns_reuse_the_cache_and_match_a_fresh_run(smollm2, monkeypatch):
     fresh = smollm2.generate(full_prompt, GenerationConfig(max_new_tokens=24))
     assert second.token_ids == fresh.token_ids
     assert first.text and session.messages[-1] == {"role": "assistant", "content": second.text}
+
+
+def test_no_prompts_is_an_error(smollm2):
+    with pytest.raises(NextTokenError, match="no prompts to generate from"):
+        smollm2.generate_batch([])

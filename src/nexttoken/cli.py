@@ -166,7 +166,10 @@ def chat(model: ModelOption = None, system: System = None,
             continue
         if interactive:
             out.print("[bold blue]model>[/bold blue] ", end="")
-        session.send(line, on_text=_write)
+        try:
+            session.send(line, on_text=_write)
+        except NextTokenError as exc:  # e.g. the conversation outgrew the context window: say so, go on
+            err.print(f"[red]error:[/red] {exc} (/reset starts over)", soft_wrap=True)
         _write("\n")
 
 

@@ -16,6 +16,8 @@ def check_prompt(n_prompt: int, n_cached: int, max_seq_len: int) -> None:
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T) ids and (B, T) mask (False at padding) for prompts of different lengths."""
+    if not prompts:
+        raise NextTokenError("no prompts to generate from")
     width = max(len(p) for p in prompts)
     ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[False] * (width - len(p)) + [True] * len(p) for p in prompts])
