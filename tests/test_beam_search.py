@@ -71,7 +71,9 @@ def test_beams_can_be_watched(smollm2):
     smollm2.generate_batch([smollm2.encode("The capital of France is")], config,
                            on_beams=lambda prompt, step, running, finished: seen.append((step, running, finished)))
     assert [step for step, _, _ in seen] == list(range(len(seen))) and len(seen) >= 1
-    assert all(len(running) == 3 for _, running, _ in seen)
+    assert all(len(running) == 3 for _, running, _ in seen[:-1])
+    _, last_running, last_finished = seen[-1]
+    assert last_running == [] and len(last_finished) == 3  # at the length limit every beam ends
     step, running, _ = seen[1]
     assert all(len(beam.token_ids) == 2 for beam in running)
     assert [b.score for b in running] == sorted((b.score for b in running), reverse=True)
