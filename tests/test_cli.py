@@ -14,7 +14,7 @@ from nexttoken.decoding.config import GenerationConfig
 
 @pytest.fixture
 def run(smollm2, monkeypatch):
-    monkeypatch.setattr(cli, "load", lambda path: smollm2)
+    monkeypatch.setattr(cli, "load", lambda path, dtype, quantize: smollm2)
     runner = CliRunner()
 
     def invoke(*args: str, stdin: str | None = None):

@@ -28,6 +28,8 @@ err = Console(stderr=True, highlight=False)
 ModelOption = Annotated[Optional[Path], typer.Option("--model", "-m", help="A GGUF file (default: the built-in SmolLM2-135M-Instruct).")]
 System = Annotated[Optional[str], typer.Option(help="System prompt for the chat template.")]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table or streamed text.")]
+Dtype = Annotated[str, typer.Option(help="Compute in float32 (the reference) or bfloat16.")]
+Quantize = Annotated[str, typer.Option(help="Keep linear weights as 'int8' (computes in bfloat16), or 'none'.")]
 
 # Decoding options, shared by `generate` and `chat`; see nexttoken.decoding for what each does.
 MaxNewTokens = Annotated[int, typer.Option(help="Stop after this many new tokens.")]
@@ -50,9 +52,9 @@ LengthPenalty = Annotated[float, typer.Option(help="Beam scores are divided by l
 EarlyStopping = Annotated[str, typer.Option(help="Beam search stops: 'true' when num_beams have ended, 'false' when no better one is likely, 'never' when none can be better.")]
 
 
-def _load(model: Path | None) -> LanguageModel:
+def _load(model: Path | None, dtype: str = "float32", quantize: str = "none") -> LanguageModel:
     with err.status("loading the model…") if err.is_terminal else nullcontext():
-        return load(model)
+        return load(model, dtype=dtype, quantize=quantize)
 
 
 def _logit_bias(pairs: list[str] | None) -> dict[int, float]:
@@ -95,7 +97,7 @@ def _write(piece: str) -> None:
 
 
 @app.command()
-def generate(prompt: str, model: ModelOption = None,
+def generate(prompt: str, model: ModelOption = None, dtype: Dtype = "float32", quantize: Quantize = "none",
              chat: Annotated[bool, typer.Option(help="Wrap the prompt in the chat template.")] = False,
              system: System = None, json_output: JsonOutput = False,
              explain: Annotated[bool, typer.Option(help="Show each step: the top candidates and the one chosen; with --beams, the live beams.")] = False,
@@ -112,7 +114,7 @@ def generate(prompt: str, model: ModelOption = None,
                      presence_penalty, frequency_penalty, no_repeat_ngram, logit_bias, ban, min_new_tokens, seed,
                      stop, beams, length_penalty, early_stopping, num_return_sequences,
                      max(logprobs, EXPLAIN_CANDIDATES if explain else 0))
-    lm = _load(model)
+    lm = _load(model, dtype, quantize)
     prompt_ids = lm.encode(prompt, chat=chat, system=system)
     watch = BeamPrinter(lm.tokenizer, out) if explain and beams > 1 else None
     streaming = not json_output and not explain and num_return_sequences == 1
@@ -134,7 +136,7 @@ def generate(prompt: str, model: ModelOption = None,
 
 
 @app.command()
-def chat(model: ModelOption = None, system: System = None,
+def chat(model: ModelOption = None, system: System = None, dtype: Dtype = "float32", quantize: Quantize = "none",
          max_new_tokens: MaxNewTokens = 512, temperature: Temperature = 0.0, top_k: TopK = 0, top_p: TopP = 1.0,
          min_p: MinP = 0.0, typical_p: TypicalP = 1.0, repetition_penalty: RepetitionPenalty = 1.0,
          presence_penalty: PresencePenalty = 0.0, frequency_penalty: FrequencyPenalty = 0.0,
@@ -145,7 +147,7 @@ def chat(model: ModelOption = None, system: System = None,
     config = _config(max_new_tokens, temperature, top_k, top_p, min_p, typical_p, repetition_penalty,
                      presence_penalty, frequency_penalty, no_repeat_ngram, logit_bias, ban, min_new_tokens, seed,
                      stop, beams, length_penalty, early_stopping)
-    session = ChatSession(_load(model), system, config)
+    session = ChatSession(_load(model, dtype, quantize), system, config)
     interactive = sys.stdin.isatty()
     if interactive:
         err.print("[dim]Type a message; /reset starts over, /exit or Ctrl-D leaves.[/dim]")
@@ -195,9 +197,9 @@ def tokenize(text: str, model: ModelOption = None,
 @app.command(name="next")
 def next_token(prompt: str, model: ModelOption = None, top: Annotated[int, typer.Option("--top-k", "-k", help="How many candidates to show.")] = 10,
                chat: Annotated[bool, typer.Option(help="Wrap the prompt in the chat template.")] = False,
-               json_output: JsonOutput = False) -> None:
+               json_output: JsonOutput = False, dtype: Dtype = "float32", quantize: Quantize = "none") -> None:
     """The model's top candidates for the token after PROMPT, with their probabilities."""
-    lm = _load(model)
+    lm = _load(model, dtype, quantize)
     candidates = lm.next_token_candidates(lm.encode(prompt, chat=chat), top)
     if json_output:
         print(json.dumps([{"id": c.token_id, "text": lm.tokenizer.decode([c.token_id]), "probability": c.probability}

@@ -15,6 +15,7 @@ from nexttoken.decoding.prompts import check_prompt
 from nexttoken.errors import NextTokenError
 from nexttoken.loaders.gguf import load_gguf_model
 from nexttoken.model.kv_cache import KVCache
+from nexttoken.model.precision import set_precision
 from nexttoken.model.transformer import Transformer
 from nexttoken.tokenizer import Tokenizer
 
@@ -80,14 +81,15 @@ class LanguageModel:
         """The k most probable next tokens: the model scores every token of its vocabulary."""
         check_prompt(len(prompt_ids), 0, self.model.config.max_seq_len)
         hidden = self.model.hidden_states(torch.tensor([prompt_ids]))[:, -1]  # (1, d_model)
-        probs = self.model.head(hidden)[0].softmax(dim=-1)  # (V,)
+        probs = self.model.head(hidden)[0].float().softmax(dim=-1)  # (V,)
         top = torch.topk(probs, min(k, probs.shape[0]))
         return [Candidate(int(i), self.tokenizer.id_to_token(int(i)), float(p))
                 for p, i in zip(top.values, top.indices)]
 
 
-def load(path: str | Path | None = None) -> LanguageModel:
-    """Load a GGUF model (the built-in SmolLM2-135M-Instruct when `path` is None)."""
+def load(path: str | Path | None = None, dtype: str = "float32", quantize: str = "none") -> LanguageModel:
+    """Load a GGUF model (the built-in SmolLM2-135M-Instruct when `path` is None), computing in
+    `dtype` ("float32" or "bfloat16"), with linear weights kept as int8 when `quantize` is "int8"."""
     path = Path(path) if path is not None else builtin_model_path()
     model, file = load_gguf_model(path)
-    return LanguageModel(model, Tokenizer.from_gguf_metadata(file.metadata), path)
+    return LanguageModel(set_precision(model, dtype, quantize), Tokenizer.from_gguf_metadata(file.metadata), path)

@@ -71,9 +71,10 @@ class Transformer(nn.Module):
             padded = mask is not None and not bool(mask.all())
         steps = mask.long().cumsum(dim=1) - 1 if mask is not None else torch.arange(T).expand(B, T)
         positions = (real_before.unsqueeze(1) + steps).clamp(min=0)  # (B, T)
-        cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)  # (B, 1, T, D)
-        attention_mask = padded_causal_mask(key_mask, T) if padded else None
         x = self.embed(ids)  # (B, T, d_model)
+        cos = self.rope_cos[positions].unsqueeze(1).to(x.dtype)  # (B, 1, T, D)
+        sin = self.rope_sin[positions].unsqueeze(1).to(x.dtype)
+        attention_mask = padded_causal_mask(key_mask, T) if padded else None
         for block in self.blocks:
             x = block(x, cos, sin, cache, attention_mask)
         if cache is not None:
@@ -82,8 +83,17 @@ class Transformer(nn.Module):
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, T, d_model) -> (B, T, vocab_size) scores for the next token."""
-        weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
-        return nn.functional.linear(hidden, weight)
+        if self.lm_head is None:
+            return nn.functional.linear(hidden, self.embed.weight)
+        return self.lm_head(hidden)
+
+    def untie_head(self) -> None:
+        """Give the output head a weight of its own (a copy of the embeddings), so that it can be
+        quantized while the embedding lookup keeps its precision."""
+        if self.lm_head is None:
+            self.lm_head = nn.Linear(self.config.d_model, self.config.vocab_size, bias=False,
+                                     dtype=self.embed.weight.dtype)
+            self.lm_head.weight = nn.Parameter(self.embed.weight.detach().clone(), requires_grad=False)
 
     def forward(self, ids: torch.Tensor, cache: KVCache | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.hidden_states(ids, cache, mask))

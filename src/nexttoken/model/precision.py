@@ -1,0 +1,28 @@
+"""The precision a model computes in, and the format its weights are kept in.
+
+Weights load as float32 (the reference). `bfloat16` halves the bytes each token reads and runs
+matrix products on the CPU's bf16 units; `int8` keeps linear weights as 8-bit integers with one
+scale per output channel (a quarter of the bytes) and computes in bfloat16."""
+
+import torch
+
+from nexttoken.errors import NextTokenError
+from nexttoken.model.quantize import quantize_int8
+from nexttoken.model.transformer import Transformer
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+QUANTIZATIONS = ("none", "int8")
+
+
+def set_precision(model: Transformer, dtype: str = "float32", quantize: str = "none") -> Transformer:
+    """Convert `model` in place; `quantize="int8"` implies bfloat16 activations."""
+    if dtype not in DTYPES:
+        raise NextTokenError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+    if quantize not in QUANTIZATIONS:
+        raise NextTokenError(f"quantize must be one of {', '.join(QUANTIZATIONS)}; got {quantize!r}")
+    compute = torch.bfloat16 if quantize == "int8" else DTYPES[dtype]
+    model.to(compute)
+    if quantize == "int8":
+        model.untie_head()  # the output head is a fifth of the weights: quantize it too
+        quantize_int8(model, compute)
+    return model

@@ -1,0 +1,82 @@
+"""bfloat16 and int8 weight-only models against the float32 reference: same greedy tokens where
+the reference is not close to a tie, and stated accuracy over a 2,000-token text."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from nexttoken.decoding.config import GenerationConfig
+from nexttoken.errors import NextTokenError
+from nexttoken.model.precision import set_precision
+from nexttoken.model.quantize import Int8Linear, quantize_rows
+from nexttoken.pretrained import LanguageModel
+from test_smollm2_parity import long_text
+
+# measured on SmolLM2-135M over the 2,000-token text below: bf16 97.5 % top-1 agreement and +0.15 %
+# perplexity, int8 95.3 % and +0.33 %; the bounds leave room for the platform's rounding
+BOUNDS = {"bf16": (0.965, 0.005), "int8": (0.94, 0.01)}
+MARGIN = {"bf16": 0.3, "int8": 0.6}  # where the reference's two best log-probabilities are closer, either may win
+
+
+@pytest.fixture(scope="module")
+def variants(smollm2) -> dict[str, LanguageModel]:
+    def variant(dtype: str, quantize: str) -> LanguageModel:
+        return LanguageModel(set_precision(copy.deepcopy(smollm2.model), dtype, quantize), smollm2.tokenizer, smollm2.path)
+
+    return {"bf16": variant("bfloat16", "none"), "int8": variant("float32", "int8")}
+
+
+@pytest.mark.parametrize("name", ["bf16", "int8"])
+def test_accuracy_against_float32(smollm2, variants, name):
+    ids = smollm2.tokenizer.encode(long_text(smollm2.tokenizer, 2001))
+    x, target = torch.tensor([ids[:-1]]), torch.tensor(ids[1:])
+    with torch.inference_mode():
+        reference = smollm2.model(x)[0]
+        ours = variants[name].model(x)[0].float()
+    agreement = (ours.argmax(-1) == reference.argmax(-1)).float().mean().item()
+    ppl_change = math.exp(torch.nn.functional.cross_entropy(ours, target) - torch.nn.functional.cross_entropy(reference, target)) - 1
+    min_agreement, max_ppl_change = BOUNDS[name]
+    assert agreement >= min_agreement
+    assert abs(ppl_change) <= max_ppl_change
+
+
+@pytest.mark.parametrize("name", ["bf16", "int8"])
+@pytest.mark.parametrize("prompt", ["What is 2+2?", "Name the planets of the solar system."])
+def test_greedy_tokens_match_where_the_reference_is_clear(smollm2, variants, name, prompt):
+    ids = smollm2.encode(prompt, chat=True)
+    reference = smollm2.generate(ids, GenerationConfig(max_new_tokens=32, top_logprobs=2))
+    ours = variants[name].generate(ids, GenerationConfig(max_new_tokens=32))
+    gaps = [step.top[0].logprob - step.top[1].logprob for step in reference.steps]
+    diverged = next((n for n, (a, b) in enumerate(zip(ours.token_ids, reference.token_ids)) if a != b), None)
+    if diverged is not None:  # allowed only where the reference itself nearly tied
+        assert gaps[diverged] < MARGIN[name], f"step {diverged} differs though the reference was clear"
+    else:
+        assert ours.token_ids == reference.token_ids
+
+
+def test_int8_linear_is_the_dequantized_product():
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(96, 64, generator=g)
+    q, scale = quantize_rows(weight)
+    assert q.dtype == torch.int8 and (weight - q * scale.unsqueeze(1)).abs().le(scale.unsqueeze(1) / 2 + 1e-6).all()
+    x = torch.randn(3, 5, 64, generator=g).bfloat16()
+    expected = x.float() @ (q.float() * scale.unsqueeze(1)).T
+    torch.testing.assert_close(Int8Linear(weight)(x).float(), expected, rtol=2e-2, atol=2e-2)
+
+
+def test_int8_keeps_the_embeddings_and_quantizes_the_head(variants):
+    model = variants["int8"].model
+    assert model.embed.weight.dtype == torch.bfloat16
+    assert isinstance(model.lm_head, Int8Linear) and isinstance(model.blocks[0].attn.wq, Int8Linear)
+    assert model.new_cache().keys[0].dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(dtype="float16"), "dtype must be one of"),
+    (dict(quantize="int4"), "quantize must be one of"),
+])
+def test_bad_precision_options(smollm2, options, message):
+    with pytest.raises(NextTokenError, match=message):
+        set_precision(smollm2.model, **options)
