@@ -2,8 +2,11 @@
 
     .venv/bin/python benchmarks/bench_generate.py [--model PATH] [--repeats 3]
 
-Both run fp32 on the CPU in this one process, interleaved, so machine noise hits both alike; the
-figures are medians and the ratios are ours / theirs (above 1: we are faster)."""
+Theirs runs in float32 (their GGUF default), ours in float32, bfloat16 and with int8 weights, all on
+the CPU in this one process; the figures are medians and the ratios are ours / transformers float32
+(above 1: we are faster)."""
+
+import copy
 
 import argparse
 
@@ -11,6 +14,7 @@ import torch
 
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.generate import generate
+from nexttoken.model.precision import set_precision
 from nexttoken.pretrained import load
 from timing import median_seconds
 
@@ -31,11 +35,13 @@ def main() -> None:
 
     lm = load(args.model)
     reference = AutoModelForCausalLM.from_pretrained(lm.path.parent, gguf_file=lm.path.name, dtype="float32").eval()
-    model = lm.model
-    print(f"model {lm.path.name}, fp32, {torch.get_num_threads()} threads, medians of {args.repeats}")
+    print(f"model {lm.path.name}, {torch.get_num_threads()} threads, medians of {args.repeats}")
+    models = {"float32": lm.model,
+              "bfloat16": set_precision(copy.deepcopy(lm.model), "bfloat16"),
+              "int8": set_precision(copy.deepcopy(lm.model), quantize="int8")}
 
     @torch.inference_mode()
-    def ours_prefill(ids: list[int]) -> None:
+    def ours_prefill(model, ids: list[int]) -> None:
         cache = model.new_cache(capacity=len(ids))
         model.head(model.hidden_states(torch.tensor([ids]), cache)[:, -1:])
 
@@ -43,7 +49,7 @@ def main() -> None:
     def theirs_prefill(ids: list[int]) -> None:
         reference(torch.tensor([ids]), use_cache=True, logits_to_keep=1)
 
-    def ours_generate(ids: list[int], n: int) -> None:
+    def ours_generate(model, ids: list[int], n: int) -> None:
         completion = generate(model, lm.tokenizer, ids, end_ids=(), config=GenerationConfig(max_new_tokens=n))
         assert len(completion.token_ids) == n
 
@@ -53,24 +59,23 @@ def main() -> None:
                                  pad_token_id=lm.tokenizer.pad_id)
         assert out.shape[1] == len(ids) + n
 
-    rows = []
+    def decode_rate(run) -> float:
+        """Tokens/s of decoding alone: (n + 1 tokens) minus (1 token, i.e. the prefill), over n."""
+        n = args.new_tokens
+        return n / (median_seconds(lambda: run(n + 1), args.repeats) - median_seconds(lambda: run(1), args.repeats))
+
+    print(f"{'':28} {'ours':>9} {'tok/s':>9} {'transformers fp32':>18} {'ratio':>7}")
     for n_prompt in (128, 512):
         ids = prompt_of(lm, n_prompt)
-        ours = n_prompt / median_seconds(lambda: ours_prefill(ids), args.repeats)
         theirs = n_prompt / median_seconds(lambda: theirs_prefill(ids), args.repeats)
-        rows.append((f"prefill {n_prompt} tokens", ours, theirs))
-
+        for precision, model in models.items():
+            ours = n_prompt / median_seconds(lambda: ours_prefill(model, ids), args.repeats)
+            print(f"{f'prefill {n_prompt} tokens':28} {precision:>9} {ours:9.1f} {theirs:18.1f} {ours / theirs:7.2f}")
     ids = prompt_of(lm, 16)
-    n = args.new_tokens
-    ours_total = median_seconds(lambda: ours_generate(ids, n + 1), args.repeats)
-    ours_first = median_seconds(lambda: ours_generate(ids, 1), args.repeats)
-    theirs_total = median_seconds(lambda: theirs_generate(ids, n + 1), args.repeats)
-    theirs_first = median_seconds(lambda: theirs_generate(ids, 1), args.repeats)
-    rows.append((f"decode {n} tokens, batch 1", n / (ours_total - ours_first), n / (theirs_total - theirs_first)))
-
-    print(f"{'':28} {'ours tok/s':>12} {'transformers':>12} {'ratio':>7}")
-    for name, ours, theirs in rows:
-        print(f"{name:28} {ours:12.1f} {theirs:12.1f} {ours / theirs:7.2f}")
+    theirs = decode_rate(lambda n: theirs_generate(ids, n))
+    for precision, model in models.items():
+        ours = decode_rate(lambda n: ours_generate(model, ids, n))
+        print(f"{f'decode {args.new_tokens} tokens, batch 1':28} {precision:>9} {ours:9.1f} {theirs:18.1f} {ours / theirs:7.2f}")
 
 
 if __name__ == "__main__":
