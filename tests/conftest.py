@@ -29,3 +29,17 @@ def reference_tokenizer(smollm2_path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(smollm2_path.parent, gguf_file=smollm2_path.name)
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    from nexttoken.encoder.sentence import load_encoder
+
+    return load_encoder()
+
+
+@pytest.fixture(scope="session")
+def reference_sentence_model(minilm):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(minilm.path), device="cpu")

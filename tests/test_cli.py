@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -147,3 +148,45 @@ def test_chat_reports_an_overlong_turn_and_goes_on(run, smollm2):
     output = run("chat", "--max-new-tokens", "8", stdin=f"{long_line}\nWhat is 2+2?\n")
     session = ChatSession(smollm2, None, GenerationConfig(max_new_tokens=8))
     assert output.endswith(session.send("What is 2+2?").text + "\n")
+
+
+@pytest.fixture
+def run_encoder(minilm, monkeypatch):
+    monkeypatch.setattr(cli, "load_encoder", lambda path: minilm)
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        result = runner.invoke(cli.app, list(args))
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    return invoke
+
+
+def test_embed(run_encoder, minilm, tmp_path):
+    vectors = json.loads(run_encoder("embed", "hello there", "general kenobi", "--json"))
+    assert np.allclose(vectors, minilm.embed(["hello there", "general kenobi"]), atol=1e-6)
+    run_encoder("embed", "hello there", "--output", str(tmp_path / "v.npy"))
+    assert np.load(tmp_path / "v.npy", allow_pickle=False).shape == (1, 384)
+
+
+def test_search_finds_the_right_passage_and_caches(run_encoder, tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("Paris is the capital of France.\nThe cat sat on the mat.\n"
+                      "Python is a programming language.\nBananas are a yellow fruit.\n")
+    args = ("search", "Which city is the French capital?", "--corpus", str(corpus), "--cache-dir", str(tmp_path / "cache"), "--json")
+    hits = json.loads(run_encoder(*args))
+    assert hits[0]["text"] == "Paris is the capital of France." and hits[0]["rank"] == 1
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
+    corpus.write_text("Tokyo is the capital of Japan.\nParis is the capital of France.\n")
+    hits = json.loads(run_encoder(*args))
+    assert hits[0]["index"] == 1 and len(list((tmp_path / "cache").glob("*.npy"))) == 2  # changed file, new cache
+
+
+def test_encoder_errors_are_one_line(tmp_path):
+    corpus = tmp_path / "empty.txt"
+    corpus.write_text("\n\n")
+    result = nexttoken("search", "query", "--corpus", str(corpus), "--cache-dir", str(tmp_path))
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "error:" in result.stderr
+    result = nexttoken("fill", "Paris is the [MASK] of France.")
+    assert result.returncode == 1 and "has no masked-LM head" in result.stderr and "Traceback" not in result.stderr

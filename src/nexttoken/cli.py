@@ -3,9 +3,11 @@
 import json
 import sys
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Optional
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -14,6 +16,8 @@ from rich.table import Table
 from nexttoken.chat import ChatSession
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.sampling import SamplingConfig
+from nexttoken.encoder.search import search as search_corpus
+from nexttoken.encoder.sentence import SentenceEncoder, load_encoder
 from nexttoken.errors import NextTokenError
 from nexttoken.explain import EXPLAIN_CANDIDATES, BeamPrinter, completion_json, sequence_heading, steps_table
 from nexttoken.inspect_attention import (check_heatmap_path, heatmap_rows, last_token_attention, most_attended,
@@ -235,6 +239,66 @@ def attention(prompt: str, model: ModelOption = None,
         table.add_row(str(rank), str(token.position), escape(repr(lm.tokenizer.decode([ids[token.position]]))),
                       f"{token.weight:.2%}", "█" * round(token.weight * 30))
     out.print(table)
+
+
+EncoderOption = Annotated[Optional[Path], typer.Option("--model", "-m", help="A BERT-layout Hugging Face folder (default: the built-in all-MiniLM-L6-v2).")]
+
+
+def _load_encoder(model: Path | None) -> SentenceEncoder:
+    with err.status("loading the encoder…") if err.is_terminal else nullcontext():
+        return load_encoder(model)
+
+
+@app.command()
+def embed(texts: list[str], model: EncoderOption = None, json_output: JsonOutput = False,
+          output: Annotated[Optional[Path], typer.Option(help="Write the vectors to this .npy file.")] = None) -> None:
+    """Sentence embeddings of each TEXT (mean-pooled and normalised, as sentence-transformers does)."""
+    if output is not None and output.suffix != ".npy":
+        raise NextTokenError(f"--output must name a .npy file, got {output}")
+    vectors = _load_encoder(model).embed(texts, progress=err.is_terminal)
+    if output is not None:
+        np.save(output, vectors, allow_pickle=False)
+        err.print(f"{len(texts)} vectors of {vectors.shape[1]} dimensions written to {output}")
+    if json_output:
+        print(json.dumps(vectors.tolist()))
+    elif output is None:
+        for text, vector in zip(texts, vectors):
+            out.print(f"{text[:40]!r:44} [{', '.join(f'{v:.4f}' for v in vector[:6])}, …] ({len(vector)} dims)")
+
+
+@app.command()
+def search(query: str, corpus: Annotated[Path, typer.Option(help="A text file: its paragraphs (or lines) are searched.")],
+           model: EncoderOption = None, top: Annotated[int, typer.Option("--top-k", "-k", help="How many passages to show.")] = 5,
+           cache_dir: Annotated[Optional[Path], typer.Option(help="Where corpus embeddings are kept (default: ~/.cache/nexttoken/search).")] = None,
+           json_output: JsonOutput = False) -> None:
+    """The passages of a file closest in meaning to QUERY; the corpus is embedded once and cached."""
+    encoder = _load_encoder(model)
+    model_key = str(encoder.path.resolve())
+    embedder = partial(encoder.embed, progress=err.is_terminal)
+    hits = search_corpus(corpus, encoder.embed([query])[0], embedder, model_key, top, cache_dir)
+    if json_output:
+        print(json.dumps([{"rank": h.rank, "index": h.index, "score": h.score, "text": h.text} for h in hits],
+                         ensure_ascii=False))
+        return
+    table = Table(title=f"closest to {query!r} in {corpus}")
+    for column in ("rank", "score", "passage"):
+        table.add_column(column, justify="right" if column != "passage" else "left")
+    for h in hits:
+        table.add_row(str(h.rank), f"{h.score:.3f}", escape(h.text))
+    out.print(table)
+
+
+@app.command()
+def fill(text: str, model: EncoderOption = None, top: Annotated[int, typer.Option("--top-k", "-k", help="Candidates per mask.")] = 5,
+         json_output: JsonOutput = False) -> None:
+    """Rank candidates for each [MASK] in TEXT with a masked-LM head."""
+    candidates = _load_encoder(model).fill(text, top)
+    if json_output:
+        print(json.dumps([[{"id": c.token_id, "text": c.text, "probability": c.probability} for c in mask]
+                          for mask in candidates], ensure_ascii=False))
+        return
+    for n, mask in enumerate(candidates, 1):
+        out.print(f"[bold][MASK] {n}[/bold]: " + "  ".join(f"{escape(repr(c.text))} {c.probability:.1%}" for c in mask))
 
 
 def main() -> None:

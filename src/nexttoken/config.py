@@ -17,6 +17,13 @@ class ModelConfig:
     rope_theta: float = 10000.0
     causal: bool = True  # decoders see only the past; encoders attend both ways
     tie_embeddings: bool = True  # output head shares the token embedding matrix
+    norm: str = "rms"  # "rms" (Llama) or "layer" (BERT)
+    pre_norm: bool = True  # norm before each sublayer (GPT-2, Llama) or after the residual sum (BERT)
+    mlp: str = "swiglu"  # "swiglu" (Llama) or "gelu" (BERT: up, GELU, down)
+    positions: str = "rope"  # "rope" (rotary, in attention) or "learned" (absolute, added to embeddings)
+    bias: bool = False  # biases on the linear layers
+    type_vocab_size: int = 0  # token-type (segment) embeddings, as BERT has; 0: none
+    embed_norm: bool = False  # a norm right after the embeddings (BERT)
 
     def __post_init__(self) -> None:
         if self.n_kv_head == 0:
@@ -25,5 +32,9 @@ class ModelConfig:
             object.__setattr__(self, "head_dim", self.d_model // self.n_head)
         if self.n_head % self.n_kv_head:
             raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
-        if self.head_dim % 2:
+        if self.positions == "rope" and self.head_dim % 2:
             raise ValueError(f"head_dim ({self.head_dim}) must be even for rotary embeddings")
+        for name, value, allowed in (("norm", self.norm, ("rms", "layer")), ("mlp", self.mlp, ("swiglu", "gelu")),
+                                     ("positions", self.positions, ("rope", "learned"))):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")

@@ -16,10 +16,11 @@ Transform = Callable[[torch.Tensor, ModelConfig], torch.Tensor]
 @dataclass(frozen=True)
 class WeightName:
     ours: str
-    gguf: str
+    gguf: str | None  # None: not read from GGUF files
     hf: str
     from_gguf: Transform | None = None  # GGUF layout -> ours
     to_gguf: Transform | None = None  # ours -> GGUF layout (what llama.cpp's converter does)
+    optional: bool = False  # a head's weight, which a checkpoint may or may not carry
 
 
 def expand(table: tuple[WeightName, ...], n_layer: int) -> Iterator[WeightName]:
@@ -29,5 +30,5 @@ def expand(table: tuple[WeightName, ...], n_layer: int) -> Iterator[WeightName]:
             yield row
             continue
         for i in range(n_layer):
-            yield WeightName(row.ours.format(i=i), row.gguf.format(i=i), row.hf.format(i=i),
-                             row.from_gguf, row.to_gguf)
+            yield WeightName(row.ours.format(i=i), row.gguf and row.gguf.format(i=i), row.hf.format(i=i),
+                             row.from_gguf, row.to_gguf, row.optional)

@@ -15,20 +15,22 @@ class Attention(nn.Module):
         self.layer_index = layer_index
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         self.causal = config.causal
-        self.wq = nn.Linear(config.d_model, self.n_head * self.head_dim, bias=False)
-        self.wk = nn.Linear(config.d_model, self.n_kv_head * self.head_dim, bias=False)
-        self.wv = nn.Linear(config.d_model, self.n_kv_head * self.head_dim, bias=False)
-        self.wo = nn.Linear(self.n_head * self.head_dim, config.d_model, bias=False)
+        self.rotary = config.positions == "rope"
+        self.wq = nn.Linear(config.d_model, self.n_head * self.head_dim, bias=config.bias)
+        self.wk = nn.Linear(config.d_model, self.n_kv_head * self.head_dim, bias=config.bias)
+        self.wv = nn.Linear(config.d_model, self.n_kv_head * self.head_dim, bias=config.bias)
+        self.wo = nn.Linear(self.n_head * self.head_dim, config.d_model, bias=config.bias)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None,
                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """`cos`, `sin`: (B, 1, T, D) rotations of each row's positions; `attention_mask`: (B, 1, T, S)
-        where padding is involved, else None (plain causal attention)."""
+        """`cos`, `sin`: (B, 1, T, D) rotations of each row's positions (unused without rotary
+        positions); `attention_mask`: (B, 1, T or 1, S) where padding is involved, else None."""
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
         v = self.wv(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if self.rotary:
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_index, k, v)  # (B, H_kv, past + T, D)
         mask = {"attn_mask": attention_mask} if attention_mask is not None else self._causal(T, k.shape[2])

@@ -4,6 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nexttoken.config import ModelConfig
+
 
 class RMSNorm(nn.Module):
     """Scale by the root mean square, no centring and no bias (Zhang & Sennrich, 2019), as Llama does."""
@@ -17,6 +19,30 @@ class RMSNorm(nn.Module):
         # in float32 whatever the model's precision, as the reference does: the mean of squares
         # of a bfloat16 vector loses too much
         return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
+
+
+class GeluMLP(nn.Module):
+    """down(gelu(up(x))): the Transformer MLP of BERT and GPT-2 (exact, erf-based GELU)."""
+
+    def __init__(self, d_model: int, d_ff: int, bias: bool) -> None:
+        super().__init__()
+        self.w_up = nn.Linear(d_model, d_ff, bias=bias)
+        self.w_down = nn.Linear(d_ff, d_model, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w_down(F.gelu(self.w_up(x)))
+
+
+def make_norm(config: ModelConfig) -> nn.Module:
+    if config.norm == "rms":
+        return RMSNorm(config.d_model, config.norm_eps)
+    return nn.LayerNorm(config.d_model, eps=config.norm_eps)
+
+
+def make_mlp(config: ModelConfig) -> nn.Module:
+    if config.mlp == "swiglu":
+        return SwiGLU(config.d_model, config.d_ff)
+    return GeluMLP(config.d_model, config.d_ff, config.bias)
 
 
 class SwiGLU(nn.Module):

@@ -1,7 +1,9 @@
-"""One Transformer core: token embeddings, a stack of pre-norm blocks, a final norm and an output head.
+"""One Transformer core: embeddings, a stack of blocks, a final norm and an output head.
 
-A family is a ModelConfig plus a weight map (see nexttoken.families); the decoder (Llama) is this
-core with causal attention."""
+A family is a ModelConfig plus a weight map (see nexttoken.families): the decoder (Llama) is this
+core with causal attention, rotary positions, pre-norm RMSNorm blocks and SwiGLU; the encoder (BERT)
+is the same core attending both ways, with learned positions, token-type embeddings, post-norm
+LayerNorm blocks and a GELU MLP."""
 
 import torch
 from torch import nn
@@ -9,7 +11,7 @@ from torch import nn
 from nexttoken.config import ModelConfig
 from nexttoken.model.attention import Attention
 from nexttoken.model.kv_cache import KVCache
-from nexttoken.model.layers import RMSNorm, SwiGLU, rotary_tables
+from nexttoken.model.layers import make_mlp, make_norm, rotary_tables
 
 
 def padded_causal_mask(key_mask: torch.Tensor, n_queries: int) -> torch.Tensor:
@@ -24,19 +26,24 @@ def padded_causal_mask(key_mask: torch.Tensor, n_queries: int) -> torch.Tensor:
 
 
 class Block(nn.Module):
-    """x + attention(norm(x)), then x + mlp(norm(x)): pre-norm, as in GPT-2 and Llama."""
+    """Pre-norm (GPT-2 §2.3, Llama): x + attention(norm(x)), then x + mlp(norm(x)).
+    Post-norm (the original Transformer, BERT): norm(x + attention(x)), then norm(x + mlp(x))."""
 
     def __init__(self, config: ModelConfig, layer_index: int) -> None:
         super().__init__()
-        self.attn_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.pre_norm = config.pre_norm
+        self.attn_norm = make_norm(config)
         self.attn = Attention(config, layer_index)
-        self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
-        self.mlp = SwiGLU(config.d_model, config.d_ff)
+        self.mlp_norm = make_norm(config)
+        self.mlp = make_mlp(config)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None,
                 attention_mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin, cache, attention_mask)
-        return x + self.mlp(self.mlp_norm(x))
+        if self.pre_norm:
+            x = x + self.attn(self.attn_norm(x), cos, sin, cache, attention_mask)
+            return x + self.mlp(self.mlp_norm(x))
+        x = self.attn_norm(x + self.attn(x, cos, sin, cache, attention_mask))
+        return self.mlp_norm(x + self.mlp(x))
 
 
 class Transformer(nn.Module):
@@ -44,8 +51,12 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        learned = config.positions == "learned"
+        self.pos_embed = nn.Embedding(config.max_seq_len, config.d_model) if learned else None
+        self.type_embed = nn.Embedding(config.type_vocab_size, config.d_model) if config.type_vocab_size else None
+        self.embed_norm = make_norm(config) if config.embed_norm else None
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
-        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.norm = make_norm(config) if config.pre_norm else None  # post-norm blocks end normalised
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.d_model, config.vocab_size, bias=False)
         cos, sin = rotary_tables(config.head_dim, config.max_seq_len, config.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
@@ -71,15 +82,29 @@ class Transformer(nn.Module):
             padded = mask is not None and not bool(mask.all())
         steps = mask.long().cumsum(dim=1) - 1 if mask is not None else torch.arange(T).expand(B, T)
         positions = (real_before.unsqueeze(1) + steps).clamp(min=0)  # (B, T)
-        x = self.embed(ids)  # (B, T, d_model)
+        x = self.embed_tokens(ids, positions)  # (B, T, d_model)
         cos = self.rope_cos[positions].unsqueeze(1).to(x.dtype)  # (B, 1, T, D)
         sin = self.rope_sin[positions].unsqueeze(1).to(x.dtype)
-        attention_mask = padded_causal_mask(key_mask, T) if padded else None
+        if not padded:
+            attention_mask = None
+        elif self.config.causal:
+            attention_mask = padded_causal_mask(key_mask, T)
+        else:
+            attention_mask = key_mask[:, None, None, :]  # (B, 1, 1, S): every query sees every real key
         for block in self.blocks:
             x = block(x, cos, sin, cache, attention_mask)
         if cache is not None:
             cache.advance(T)
-        return self.norm(x)
+        return self.norm(x) if self.norm is not None else x
+
+    def embed_tokens(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Token embeddings, plus learned positions and token type 0 where the family has them."""
+        x = self.embed(ids)  # (B, T, d_model)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(positions)
+        if self.type_embed is not None:  # single-segment input: every token is of type 0
+            x = x + self.type_embed.weight[0]
+        return self.embed_norm(x) if self.embed_norm is not None else x
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, T, d_model) -> (B, T, vocab_size) scores for the next token."""

@@ -1,18 +1,23 @@
-"""The tokenizer a GGUF file describes, rebuilt on the `tokenizers` library.
+"""The tokenizer a GGUF file or a Hugging Face model folder describes, rebuilt on the `tokenizers` library.
 
-Only byte-level BPE (`tokenizer.ggml.model` = "gpt2") is supported. How text is cut into words
-before BPE runs is named by `tokenizer.ggml.pre`; each supported name cuts exactly as llama.cpp
+From GGUF, only byte-level BPE (`tokenizer.ggml.model` = "gpt2") is supported. How text is cut into
+words before BPE runs is named by `tokenizer.ggml.pre`; each supported name cuts exactly as llama.cpp
 cuts for it, so the ids match what llama.cpp would feed the model.
+
+From a Hugging Face folder, only BERT-style WordPiece is supported, read from tokenizer.json or, failing
+that, from vocab.txt; both give the ids of Hugging Face's BertTokenizer.
 """
 
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import tokenizers
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
 
 from nexttoken.errors import NextTokenError
 from nexttoken.tokenizer.chat_template import render_chat_template
@@ -137,7 +142,7 @@ def end_of_generation_ids(
 
 def id_to_add(token_id: int | None, name: str) -> int:
     if token_id is None:
-        raise NextTokenError(f"cannot add a {name} token: the model's GGUF metadata names none")
+        raise NextTokenError(f"cannot add a {name} token: the model's tokenizer names none")
     return token_id
 
 
@@ -145,10 +150,135 @@ def text_or_empty(tokens: tuple[str, ...], token_id: int | None) -> str:
     return "" if token_id is None else tokens[token_id]
 
 
+# The special tokens of a BERT-style folder, each with the text BERT gives it, used when the folder
+# names none and the vocabulary has it.
+BERT_SPECIAL_TOKENS = {
+    "cls_token": "[CLS]",
+    "sep_token": "[SEP]",
+    "pad_token": "[PAD]",
+    "unk_token": "[UNK]",
+    "mask_token": "[MASK]",
+}
+# As Hugging Face's BertTokenizer: a longer word becomes the unknown token whole.
+WORDPIECE_MAX_WORD_CHARS = 100
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in `path`, or an empty one when there is no such file."""
+    if not path.is_file():
+        return {}
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise NextTokenError(f"{path}: not readable as JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise NextTokenError(f"{path}: expected a JSON object, found {type(value).__name__}")
+    return value
+
+
+def token_content(value: Any) -> Any:
+    # Either file may spell a token as an AddedToken object instead of a string.
+    return value.get("content") if isinstance(value, dict) else value
+
+
+def declared_special_token(key: str, config: dict[str, Any], special_map: dict[str, Any]) -> str | None:
+    # special_tokens_map.json wins over tokenizer_config.json, as in transformers' from_pretrained.
+    return token_content(special_map.get(key) or config.get(key))
+
+
+def special_token_texts(
+    config: dict[str, Any], special_map: dict[str, Any], vocab: dict[str, int]
+) -> dict[str, str]:
+    """Each of BERT's special-token keys mapped to its text: as the folder declares it, else BERT's own
+    when the vocabulary has it; a key with neither is left out."""
+    texts = {}
+    for key, bert_text in BERT_SPECIAL_TOKENS.items():
+        declared = declared_special_token(key, config, special_map)
+        if declared is not None:
+            texts[key] = declared
+        elif bert_text in vocab:
+            texts[key] = bert_text
+    return texts
+
+
+def additional_special_texts(config: dict[str, Any], special_map: dict[str, Any]) -> list[str]:
+    declared = special_map.get("additional_special_tokens") or config.get("additional_special_tokens") or []
+    return [token_content(value) for value in declared]
+
+
+def backend_from_tokenizer_json(path: Path) -> tokenizers.Tokenizer:
+    try:
+        backend = tokenizers.Tokenizer.from_file(str(path))
+    except Exception as exc:  # `tokenizers` raises a bare Exception for a malformed file
+        raise NextTokenError(f"{path}: not a tokenizers file ({exc})") from None
+    if not isinstance(backend.model, models.WordPiece):
+        raise NextTokenError(
+            f"{path}: model {type(backend.model).__name__} is not supported (supported: WordPiece)"
+        )
+    # Files saved for fixed-length batches carry both; encode must see the whole text, unpadded.
+    backend.no_truncation()
+    backend.no_padding()
+    return backend
+
+
+def bert_normalizer(config: dict[str, Any]) -> normalizers.Normalizer:
+    # Defaults as Hugging Face's BertTokenizer; strip_accents None means "when lowercasing".
+    return normalizers.BertNormalizer(
+        clean_text=True,
+        handle_chinese_chars=config.get("tokenize_chinese_chars", True),
+        strip_accents=config.get("strip_accents"),
+        lowercase=config.get("do_lower_case", True),
+    )
+
+
+def wordpiece_from_vocab_txt(path: Path, config: dict[str, Any], unk_text: str) -> tokenizers.Tokenizer:
+    try:
+        model = models.WordPiece.from_file(
+            str(path), unk_token=unk_text, max_input_chars_per_word=WORDPIECE_MAX_WORD_CHARS
+        )
+    except Exception as exc:  # `tokenizers` raises a bare Exception for an unreadable vocabulary
+        raise NextTokenError(f"{path}: not a readable WordPiece vocabulary ({exc})") from None
+    backend = tokenizers.Tokenizer(model)
+    backend.normalizer = bert_normalizer(config)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    return backend
+
+
+def wordpiece_backend(folder: Path, config: dict[str, Any], special_map: dict[str, Any]) -> tokenizers.Tokenizer:
+    """The folder's tokenizer.json as it is, else one built from its vocab.txt whose special tokens
+    match whole in input text, as they do in a tokenizer.json."""
+    if (folder / "tokenizer.json").is_file():
+        return backend_from_tokenizer_json(folder / "tokenizer.json")
+    if not (folder / "vocab.txt").is_file():
+        raise NextTokenError(f"{folder}: has neither tokenizer.json nor vocab.txt, so no tokenizer to load")
+    unk_text = declared_special_token("unk_token", config, special_map) or BERT_SPECIAL_TOKENS["unk_token"]
+    backend = wordpiece_from_vocab_txt(folder / "vocab.txt", config, unk_text)
+    texts = [*special_token_texts(config, special_map, backend.get_vocab()).values()]
+    texts += additional_special_texts(config, special_map)
+    backend.add_special_tokens([AddedToken(text, special=True, normalized=False) for text in texts])
+    return backend
+
+
+def tokens_by_id(vocab: dict[str, int], where: Path) -> tuple[str, ...]:
+    tokens = tuple(sorted(vocab, key=vocab.__getitem__))
+    if [vocab[token] for token in tokens] != list(range(len(tokens))):
+        raise NextTokenError(f"{where}: token ids are not numbered 0 to {len(tokens) - 1} without gaps")
+    return tokens
+
+
+def special_token_ids(backend: tokenizers.Tokenizer, texts: dict[str, str], where: Path) -> dict[str, int]:
+    ids = {key: backend.token_to_id(text) for key, text in texts.items()}
+    for key, token_id in ids.items():
+        if token_id is None:
+            raise NextTokenError(f"{where}: {key} {texts[key]!r} is not in the vocabulary")
+    return ids
+
+
 @dataclass(frozen=True, eq=False)
 class Tokenizer:
     backend: tokenizers.Tokenizer = field(repr=False)
-    tokens: tuple[str, ...] = field(repr=False)  # as the file spells them: byte-level, e.g. "Ġthe"
+    tokens: tuple[str, ...] = field(repr=False)  # as the file spells them: "Ġthe" (byte-level), "##ing" (WordPiece)
     control_ids: frozenset[int] = field(repr=False)
     bos_id: int | None
     eos_id: int | None
@@ -158,6 +288,7 @@ class Tokenizer:
     adds_bos: bool
     adds_eos: bool
     chat_template: str | None = field(repr=False)
+    mask_id: int | None = None
 
     @classmethod
     def from_gguf_metadata(cls, metadata: dict[str, Any]) -> "Tokenizer":
@@ -188,6 +319,34 @@ class Tokenizer:
             adds_bos=bool(metadata.get("tokenizer.ggml.add_bos_token", False)),
             adds_eos=bool(metadata.get("tokenizer.ggml.add_eos_token", False)),
             chat_template=metadata.get("tokenizer.chat_template"),
+        )
+
+    @classmethod
+    def from_hf_folder(cls, folder: Path) -> "Tokenizer":
+        """The BERT-style WordPiece tokenizer of a Hugging Face model folder. As an encoder's input is
+        `[CLS] text [SEP]`, [CLS] serves as BOS and [SEP] as EOS, both added by default."""
+        folder = Path(folder)
+        config = read_json_object(folder / "tokenizer_config.json")
+        special_map = read_json_object(folder / "special_tokens_map.json")
+        backend = wordpiece_backend(folder, config, special_map)
+        vocab = backend.get_vocab(with_added_tokens=True)
+        special_ids = special_token_ids(backend, special_token_texts(config, special_map, vocab), folder)
+        added_tokens = backend.get_added_tokens_decoder()
+        added_special_ids = {token_id for token_id, added in added_tokens.items() if added.special}
+        cls_id, sep_id = special_ids.get("cls_token"), special_ids.get("sep_token")
+        return cls(
+            backend=backend,
+            tokens=tokens_by_id(vocab, folder),
+            control_ids=frozenset(special_ids.values()) | added_special_ids,
+            bos_id=cls_id,
+            eos_id=sep_id,
+            pad_id=special_ids.get("pad_token"),
+            unk_id=special_ids.get("unk_token"),
+            end_ids=() if sep_id is None else (sep_id,),
+            adds_bos=cls_id is not None,
+            adds_eos=sep_id is not None,
+            chat_template=None,
+            mask_id=special_ids.get("mask_token"),
         )
 
     @property

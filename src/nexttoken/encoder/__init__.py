@@ -1,0 +1,1 @@
+"""The encoder family: BERT-style models for sentence embeddings, semantic search, classification and NER."""

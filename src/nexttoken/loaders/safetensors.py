@@ -1,0 +1,68 @@
+"""Build our Transformer from a Hugging Face model folder: config.json for the family and shape,
+model.safetensors for the weights, mapped through the family's weight table. Head weights the
+checkpoint carries (pooler, masked-LM head) come back separately, keyed by our names."""
+
+import json
+from pathlib import Path
+
+import safetensors.torch
+import torch
+
+from nexttoken.errors import NextTokenError
+from nexttoken.families import Family, family_for
+from nexttoken.families.weights import expand
+from nexttoken.model.transformer import Transformer
+
+BASE_PREFIXES = ("embed", "pos_embed", "type_embed", "embed_norm", "blocks", "norm", "lm_head")
+
+
+def read_config(folder: Path) -> dict:
+    if not folder.is_dir():
+        raise NextTokenError(f"model folder not found: {folder}")
+    path = folder / "config.json"
+    if not path.is_file():
+        raise NextTokenError(f"{folder}: no config.json (a Hugging Face model folder needs one)")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise NextTokenError(f"{path}: not valid JSON ({exc})") from None
+
+
+def read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    path = folder / "model.safetensors"
+    if not path.is_file():
+        raise NextTokenError(f"{folder}: no model.safetensors (pickled .bin weights are not loaded)")
+    try:
+        return safetensors.torch.load_file(path)
+    except Exception as exc:  # safetensors raises its own SafetensorError, and OSError for short files
+        raise NextTokenError(f"{path}: truncated or corrupt safetensors file ({exc})") from None
+
+
+def load_hf_model(folder: str | Path) -> tuple[Transformer, dict[str, torch.Tensor], dict]:
+    """(model, head weights by our names, config.json) for a Hugging Face model folder."""
+    folder = Path(folder)
+    config_json = read_config(folder)
+    family = family_for(str(config_json.get("model_type")), source="hf")
+    config = family.config_from_hf(config_json)
+    state = state_dict_from_hf(read_weights(folder), family, config.n_layer, folder)
+    base = {name: t for name, t in state.items() if name.split(".")[0] in BASE_PREFIXES}
+    with torch.device("meta"):
+        model = Transformer(config)
+    model.load_state_dict(base, strict=True, assign=True)
+    heads = {name: t for name, t in state.items() if name not in base}
+    return model.eval().requires_grad_(False), heads, config_json
+
+
+def state_dict_from_hf(tensors: dict[str, torch.Tensor], family: Family, n_layer: int,
+                       where: Path) -> dict[str, torch.Tensor]:
+    tensors = {name.removeprefix(family.hf_prefix): t for name, t in tensors.items()}
+    state = {}
+    for row in expand(family.weights, n_layer):
+        if row.hf in tensors:
+            state[row.ours] = tensors.pop(row.hf).float()
+        elif not row.optional:
+            raise NextTokenError(f"{where}: missing tensor '{row.hf}'")
+    unknown = sorted(set(tensors) - set(family.hf_ignored))
+    if unknown:
+        raise NextTokenError(f"{where}: unexpected tensors for a {family.name} model: {', '.join(unknown[:5])}")
+    return state
