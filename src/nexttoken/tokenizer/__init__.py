@@ -1,4 +1,4 @@
-"""Text to token ids and back, built from a GGUF file's tokenizer metadata."""
+"""Text to token ids and back: byte-level BPE from a GGUF file's metadata, or WordPiece from a Hugging Face folder."""
 
 from nexttoken.tokenizer.tokenizer import Tokenizer
 
