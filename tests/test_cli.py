@@ -190,3 +190,8 @@ def test_encoder_errors_are_one_line(tmp_path):
     assert result.returncode == 1 and result.stderr.count("\n") == 1 and "error:" in result.stderr
     result = nexttoken("fill", "Paris is the [MASK] of France.")
     assert result.returncode == 1 and "has no masked-LM head" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_generate_prompt_lookup(run):
+    args = ("generate", "Repeat: the cat sat on the mat, the cat sat on the mat.", "--chat", "--max-new-tokens", "20", "--json")
+    assert json.loads(run(*args, "--prompt-lookup", "5")) == json.loads(run(*args))

@@ -53,6 +53,7 @@ Seed = Annotated[Optional[int], typer.Option(help="Seed for sampling, for reprod
 Stop = Annotated[Optional[list[str]], typer.Option("--stop", help="Stop when this text appears (repeatable).")]
 Beams = Annotated[int, typer.Option("--beams", help="Beam search with this many beams (1: no beam search).")]
 LengthPenalty = Annotated[float, typer.Option(help="Beam scores are divided by length ** this (>0 favours longer).")]
+PromptLookup = Annotated[int, typer.Option(help="Speculative greedy decoding: draft up to N tokens from repeats in the context, verify them in one pass (0: off).")]
 EarlyStopping = Annotated[str, typer.Option(help="Beam search stops: 'true' when num_beams have ended, 'false' when no better one is likely, 'never' when none can be better.")]
 
 
@@ -82,7 +83,7 @@ def _early_stopping(value: str) -> bool | str:
 def _config(max_new_tokens: int, temperature: float, top_k: int, top_p: float, min_p: float, typical_p: float,
             repetition_penalty: float, presence_penalty: float, frequency_penalty: float, no_repeat_ngram: int,
             logit_bias: list[str] | None, ban: list[int] | None, min_new_tokens: int, seed: int | None,
-            stop: list[str] | None, beams: int, length_penalty: float, early_stopping: str,
+            stop: list[str] | None, beams: int, length_penalty: float, early_stopping: str, prompt_lookup: int,
             num_return_sequences: int = 1, top_logprobs: int = 0) -> GenerationConfig:
     sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, min_p=min_p,
                               typical_p=typical_p, repetition_penalty=repetition_penalty,
@@ -92,7 +93,8 @@ def _config(max_new_tokens: int, temperature: float, top_k: int, top_p: float, m
     return GenerationConfig(max_new_tokens=max_new_tokens, stop_strings=tuple(stop or ()), sampling=sampling,
                             num_beams=beams, length_penalty=length_penalty,
                             early_stopping=_early_stopping(early_stopping),
-                            num_return_sequences=num_return_sequences, top_logprobs=top_logprobs)
+                            num_return_sequences=num_return_sequences, top_logprobs=top_logprobs,
+                            prompt_lookup=prompt_lookup)
 
 
 def _write(piece: str) -> None:
@@ -112,11 +114,12 @@ def generate(prompt: str, model: ModelOption = None, dtype: Dtype = "float32", q
              presence_penalty: PresencePenalty = 0.0, frequency_penalty: FrequencyPenalty = 0.0,
              no_repeat_ngram: NoRepeatNgram = 0, logit_bias: LogitBias = None, ban: Ban = None,
              min_new_tokens: MinNewTokens = 0, seed: Seed = None, stop: Stop = None, beams: Beams = 1,
-             length_penalty: LengthPenalty = 1.0, early_stopping: EarlyStopping = "false") -> None:
+             length_penalty: LengthPenalty = 1.0, early_stopping: EarlyStopping = "false",
+             prompt_lookup: PromptLookup = 0) -> None:
     """Continue PROMPT, streaming the new text as it is produced."""
     config = _config(max_new_tokens, temperature, top_k, top_p, min_p, typical_p, repetition_penalty,
                      presence_penalty, frequency_penalty, no_repeat_ngram, logit_bias, ban, min_new_tokens, seed,
-                     stop, beams, length_penalty, early_stopping, num_return_sequences,
+                     stop, beams, length_penalty, early_stopping, prompt_lookup, num_return_sequences,
                      max(logprobs, EXPLAIN_CANDIDATES if explain else 0))
     lm = _load(model, dtype, quantize)
     prompt_ids = lm.encode(prompt, chat=chat, system=system)
@@ -146,11 +149,12 @@ def chat(model: ModelOption = None, system: System = None, dtype: Dtype = "float
          presence_penalty: PresencePenalty = 0.0, frequency_penalty: FrequencyPenalty = 0.0,
          no_repeat_ngram: NoRepeatNgram = 0, logit_bias: LogitBias = None, ban: Ban = None,
          min_new_tokens: MinNewTokens = 0, seed: Seed = None, stop: Stop = None, beams: Beams = 1,
-         length_penalty: LengthPenalty = 1.0, early_stopping: EarlyStopping = "false") -> None:
+         length_penalty: LengthPenalty = 1.0, early_stopping: EarlyStopping = "false",
+         prompt_lookup: PromptLookup = 0) -> None:
     """Talk with the model. Each line from standard input is one user turn when it is not a terminal."""
     config = _config(max_new_tokens, temperature, top_k, top_p, min_p, typical_p, repetition_penalty,
                      presence_penalty, frequency_penalty, no_repeat_ngram, logit_bias, ban, min_new_tokens, seed,
-                     stop, beams, length_penalty, early_stopping)
+                     stop, beams, length_penalty, early_stopping, prompt_lookup)
     session = ChatSession(_load(model, dtype, quantize), system, config)
     interactive = sys.stdin.isatty()
     if interactive:

@@ -17,6 +17,7 @@ class GenerationConfig:
     early_stopping: bool | Literal["never"] = False  # as in transformers' beam search
     num_return_sequences: int = 1
     top_logprobs: int = 0  # alternatives recorded at each step, beside the chosen token
+    prompt_lookup: int = 0  # speculative decoding: draft up to this many tokens from the context (0: off)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -33,5 +34,10 @@ class GenerationConfig:
             raise NextTokenError(f"early_stopping must be true, false or 'never', got {self.early_stopping!r}")
         if self.top_logprobs < 0:
             raise NextTokenError(f"top_logprobs must be >= 0, got {self.top_logprobs}")
+        if self.prompt_lookup < 0:
+            raise NextTokenError(f"prompt_lookup must be >= 0 (0 means off), got {self.prompt_lookup}")
+        plain_greedy = self.sampling == SamplingConfig(seed=self.sampling.seed)
+        if self.prompt_lookup and not (plain_greedy and self.num_beams == 1 and self.num_return_sequences == 1):
+            raise NextTokenError("prompt_lookup speeds up plain greedy decoding only: no sampling, beams or penalties")
         if self.num_beams > 1 and not self.sampling.greedy:
             raise NextTokenError("beam search is deterministic here: use temperature 0 with num_beams > 1")

@@ -15,6 +15,8 @@ from nexttoken.decoding.outputs import Completion, FinishReason, Step, TokenLogp
 from nexttoken.decoding.processors import TokenHistory
 from nexttoken.decoding.prompts import check_prompt, left_pad
 from nexttoken.decoding.sampling import new_generator, select
+from nexttoken.decoding.speculative import speculative_greedy
+from nexttoken.errors import NextTokenError
 from nexttoken.model.kv_cache import KVCache
 from nexttoken.model.transformer import Transformer
 
@@ -89,6 +91,15 @@ def generate_batch(model: Transformer, tokenizer: Decoder, prompts: list[list[in
     states = [RowState(tokenizer, config.stop_strings, stream) for _ in range(ids.shape[0])]
     end_ids = frozenset(end_ids)
     generator = new_generator(config.sampling)
+    if config.prompt_lookup:
+        if len(prompts) > 1:
+            raise NextTokenError("prompt_lookup decodes one prompt at a time")
+        for token, scores in speculative_greedy(model, prompts[0], logits[0], cache, n_new, config.prompt_lookup):
+            states[0].accept(token, step_records(scores.unsqueeze(0), torch.tensor([token]), config.top_logprobs)[0],
+                             end_ids)
+            if states[0].finish_reason:
+                break
+        return [[states[0].completion(len(prompts[0]))]]
     for step in range(n_new):
         chosen = select(logits, config.sampling, generator, history, end_ids)  # (R,)
         for state, token, record in zip(states, chosen.tolist(), step_records(logits, chosen, config.top_logprobs)):
