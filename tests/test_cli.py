@@ -195,3 +195,12 @@ def test_encoder_errors_are_one_line(tmp_path):
 def test_generate_prompt_lookup(run):
     args = ("generate", "Repeat: the cat sat on the mat, the cat sat on the mat.", "--chat", "--max-new-tokens", "20", "--json")
     assert json.loads(run(*args, "--prompt-lookup", "5")) == json.loads(run(*args))
+
+
+def test_bench_json(run):
+    data = json.loads(run("bench", "--prompt-tokens", "16", "--new-tokens", "4", "--batch-size", "2", "--json"))
+    for key in ("prefill_tok_s", "decode_tok_s", "ttft_s", "peak_rss_mib", "bandwidth_bound_tok_s"):
+        assert data[key] > 0
+    assert data["batch_size"] == 2 and data["weight_mib"] > 100  # SmolLM2-135M in float32: ~540 MB read per step
+    table = run("bench", "--prompt-tokens", "8", "--new-tokens", "2")
+    assert "bandwidth bound" in table and "peak memory" in table

@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import numpy as np
+import torch
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from nexttoken.bench import run_bench
 from nexttoken.chat import ChatSession
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.sampling import SamplingConfig
@@ -242,6 +244,34 @@ def attention(prompt: str, model: ModelOption = None,
     for rank, token in enumerate(most_attended(maps, 5), 1):
         table.add_row(str(rank), str(token.position), escape(repr(lm.tokenizer.decode([ids[token.position]]))),
                       f"{token.weight:.2%}", "█" * round(token.weight * 30))
+    out.print(table)
+
+
+@app.command()
+def bench(model: ModelOption = None, dtype: Dtype = "float32", quantize: Quantize = "none",
+          batch_size: Annotated[int, typer.Option(help="Sequences decoded together.")] = 1,
+          prompt_tokens: Annotated[int, typer.Option(help="Length of the prompt to prefill.")] = 512,
+          new_tokens: Annotated[int, typer.Option(help="Tokens to decode.")] = 128,
+          json_output: JsonOutput = False) -> None:
+    """Prefill and decode speed, time to first token and peak memory, beside the bandwidth bound."""
+    if min(batch_size, prompt_tokens, new_tokens) < 1:
+        raise NextTokenError("--batch-size, --prompt-tokens and --new-tokens must be >= 1")
+    result = run_bench(_load(model, dtype, quantize), prompt_tokens, new_tokens, batch_size)
+    if json_output:
+        print(json.dumps(result.as_dict()))
+        return
+    precision = "int8 weights" if quantize == "int8" else dtype
+    table = Table(title=f"{precision}, batch {batch_size}, {torch.get_num_threads()} threads")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for label, value in (("prefill", f"{result.prefill_tok_s:,.1f} tok/s ({prompt_tokens} tokens)"),
+                         ("decode", f"{result.decode_tok_s:,.1f} tok/s ({new_tokens} tokens)"),
+                         ("bandwidth bound", f"{result.bandwidth_bound_tok_s:,.1f} tok/s "
+                                             f"({result.weight_mib:,.0f} MiB per step at {result.bandwidth_gb_s:.1f} GB/s)"),
+                         ("decode / bound", f"{result.decode_tok_s / result.bandwidth_bound_tok_s:.0%}"),
+                         ("time to first token", f"{result.ttft_s * 1000:,.0f} ms"),
+                         ("peak memory (RSS)", f"{result.peak_rss_mib:,.0f} MiB")):
+        table.add_row(label, value)
     out.print(table)
 
 

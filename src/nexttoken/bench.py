@@ -1,0 +1,80 @@
+"""`nexttoken bench`: how fast a model runs here, beside the memory-bandwidth bound for its weights.
+
+Decoding one token reads every weight once, so tokens/s cannot exceed bandwidth / weight bytes
+(times the batch size, which shares each read); the bandwidth is measured on this machine, now."""
+
+import resource
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from nexttoken.decoding.config import GenerationConfig
+from nexttoken.decoding.sampling import SamplingConfig
+from nexttoken.model.transformer import Transformer
+from nexttoken.pretrained import LanguageModel
+
+BANDWIDTH_BYTES = 512 * 2**20  # a buffer well beyond any cache
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    batch_size: int
+    prompt_tokens: int
+    new_tokens: int
+    prefill_tok_s: float
+    decode_tok_s: float
+    ttft_s: float  # time to the first new token: the prefill and one selection
+    peak_rss_mib: float
+    weight_mib: float  # bytes read per decode step
+    bandwidth_gb_s: float
+    bandwidth_bound_tok_s: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def measure_bandwidth(repeats: int = 5) -> float:
+    """GB/s this machine reads memory at with PyTorch's threads: the best of a few full-buffer sums."""
+    buffer = torch.ones(BANDWIDTH_BYTES // 4)
+    buffer.sum()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        buffer.sum()
+        best = min(best, time.perf_counter() - start)
+    return BANDWIDTH_BYTES / best / 1e9
+
+
+def weight_bytes_per_token(model: Transformer) -> int:
+    """Bytes of every weight a decode step reads: all but the embedding table, which is read only
+    row by row, unless it is also the output head."""
+    total = sum(t.numel() * t.element_size() for name, t in model.state_dict().items())
+    if model.lm_head is not None:
+        total -= model.embed.weight.numel() * model.embed.weight.element_size()
+    return total
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def run_bench(lm: LanguageModel, prompt_tokens: int = 512, new_tokens: int = 128, batch_size: int = 1) -> BenchResult:
+    filler = lm.tokenizer.encode(" ".join(f"Line {i}: a sentence about language models." for i in range(prompt_tokens)))
+    prompts = [filler[:prompt_tokens]] * batch_size
+    forced = SamplingConfig(min_new_tokens=new_tokens)  # every row decodes all new_tokens
+    lm.generate_batch(prompts, GenerationConfig(max_new_tokens=2, sampling=SamplingConfig(min_new_tokens=2)))  # warm-up
+    start = time.perf_counter()
+    lm.generate_batch(prompts, GenerationConfig(max_new_tokens=1))
+    ttft = time.perf_counter() - start
+    start = time.perf_counter()
+    lm.generate_batch(prompts, GenerationConfig(max_new_tokens=new_tokens + 1, sampling=forced))
+    decode_seconds = time.perf_counter() - start - ttft
+    bandwidth = measure_bandwidth()
+    weights = weight_bytes_per_token(lm.model)
+    return BenchResult(
+        batch_size=batch_size, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
+        prefill_tok_s=batch_size * prompt_tokens / ttft, decode_tok_s=batch_size * new_tokens / decode_seconds,
+        ttft_s=ttft, peak_rss_mib=peak_rss_mib(), weight_mib=weights / 2**20, bandwidth_gb_s=bandwidth,
+        bandwidth_bound_tok_s=batch_size * bandwidth * 1e9 / weights,
+    )
