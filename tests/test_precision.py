@@ -69,7 +69,7 @@ def test_int8_linear_is_the_dequantized_product():
 def test_int8_keeps_the_embeddings_and_quantizes_the_head(variants):
     model = variants["int8"].model
     assert model.embed.weight.dtype == torch.bfloat16
-    assert isinstance(model.lm_head, Int8Linear) and isinstance(model.blocks[0].attn.wq, Int8Linear)
+    assert isinstance(model.lm_head, Int8Linear) and isinstance(model.blocks[0].attn.wqkv, Int8Linear)
     assert model.new_cache().keys[0].dtype == torch.bfloat16
 
 

@@ -65,8 +65,9 @@ def _last_query_attention(attn: Attention, x: torch.Tensor, cos: torch.Tensor, s
     """One layer's (1, T, d_model) attention input -> (H, T) probabilities of the last query over all keys."""
     T = x.shape[1]
     x = x[0].float()  # (T, d_model)
-    q = _linear32(attn.wq, x[-1:]).view(1, attn.n_head, attn.head_dim).transpose(0, 1)  # (H, 1, D)
-    k = _linear32(attn.wk, x).view(T, attn.n_kv_head, attn.head_dim).transpose(0, 1)  # (H_kv, T, D)
+    queries, keys, _ = _linear32(attn.wqkv, x).split(attn.qkv_sizes, dim=-1)
+    q = queries[-1:].view(1, attn.n_head, attn.head_dim).transpose(0, 1)  # (H, 1, D)
+    k = keys.view(T, attn.n_kv_head, attn.head_dim).transpose(0, 1)  # (H_kv, T, D)
     q, k = apply_rotary(q, cos[-1:], sin[-1:]), apply_rotary(k, cos, sin)
     # Grouped KV heads: query head h reads kv head h // group, so repeat each kv head group times.
     k = k.repeat_interleave(attn.n_head // attn.n_kv_head, dim=0)  # (H, T, D)

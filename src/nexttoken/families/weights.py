@@ -1,7 +1,9 @@
 """Weight maps: which tensor of a checkpoint becomes which parameter of our Transformer.
 
 Conversion is data: one row per tensor, naming it in each layout, with an optional transform for
-tensors a layout stores differently. "{i}" stands for the layer index."""
+tensors a layout stores differently. "{i}" stands for the layer index. Rows that name the same
+parameter of ours are stacked along its output dimension, in table order: that is how q, k and v
+(and gate and up) become one fused projection."""
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,6 +23,11 @@ class WeightName:
     from_gguf: Transform | None = None  # GGUF layout -> ours
     to_gguf: Transform | None = None  # ours -> GGUF layout (what llama.cpp's converter does)
     optional: bool = False  # a head's weight, which a checkpoint may or may not carry
+
+
+def stack_parts(parts: dict[str, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Our parameters from their parts, in table order (see the module docstring)."""
+    return {name: torch.cat(tensors) if len(tensors) > 1 else tensors[0] for name, tensors in parts.items()}
 
 
 def expand(table: tuple[WeightName, ...], n_layer: int) -> Iterator[WeightName]:

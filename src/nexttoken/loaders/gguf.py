@@ -8,7 +8,7 @@ import torch
 from nexttoken.config import ModelConfig
 from nexttoken.errors import NextTokenError
 from nexttoken.families import Family, family_for
-from nexttoken.families.weights import expand
+from nexttoken.families.weights import expand, stack_parts
 from nexttoken.loaders.gguf_file import GGUFFile, read_gguf
 from nexttoken.loaders.quants import dequantize
 from nexttoken.model.transformer import Transformer
@@ -34,11 +34,11 @@ def state_dict_from_gguf(file: GGUFFile, family: Family, config: ModelConfig) ->
     unknown = set(file.tensors) - {row.gguf for row in rows}
     if unknown:
         raise NextTokenError(f"{file.path}: unexpected tensors for a {family.name} model: {', '.join(sorted(unknown)[:5])}")
-    state = {}
+    parts: dict[str, list[torch.Tensor]] = {}
     for row in rows:
         raw = file.tensors.get(row.gguf)
         if raw is None:
             raise NextTokenError(f"{file.path}: missing tensor '{row.gguf}'")
         weight = dequantize(raw.data, raw.ggml_type, raw.shape, raw.name)
-        state[row.ours] = row.from_gguf(weight, config) if row.from_gguf else weight
-    return state
+        parts.setdefault(row.ours, []).append(row.from_gguf(weight, config) if row.from_gguf else weight)
+    return stack_parts(parts)

@@ -10,7 +10,7 @@ import torch
 
 from nexttoken.errors import NextTokenError
 from nexttoken.families import Family, family_for
-from nexttoken.families.weights import expand
+from nexttoken.families.weights import expand, stack_parts
 from nexttoken.model.transformer import Transformer
 
 BASE_PREFIXES = ("embed", "pos_embed", "type_embed", "embed_norm", "blocks", "norm", "lm_head")
@@ -56,13 +56,13 @@ def load_hf_model(folder: str | Path) -> tuple[Transformer, dict[str, torch.Tens
 def state_dict_from_hf(tensors: dict[str, torch.Tensor], family: Family, n_layer: int,
                        where: Path) -> dict[str, torch.Tensor]:
     tensors = {name.removeprefix(family.hf_prefix): t for name, t in tensors.items()}
-    state = {}
+    parts: dict[str, list[torch.Tensor]] = {}
     for row in expand(family.weights, n_layer):
         if row.hf in tensors:
-            state[row.ours] = tensors.pop(row.hf).float()
+            parts.setdefault(row.ours, []).append(tensors.pop(row.hf).float())
         elif not row.optional:
             raise NextTokenError(f"{where}: missing tensor '{row.hf}'")
     unknown = sorted(set(tensors) - set(family.hf_ignored))
     if unknown:
         raise NextTokenError(f"{where}: unexpected tensors for a {family.name} model: {', '.join(unknown[:5])}")
-    return state
+    return stack_parts(parts)

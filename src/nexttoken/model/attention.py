@@ -16,9 +16,9 @@ class Attention(nn.Module):
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         self.causal = config.causal
         self.rotary = config.positions == "rope"
-        self.wq = nn.Linear(config.d_model, self.n_head * self.head_dim, bias=config.bias)
-        self.wk = nn.Linear(config.d_model, self.n_kv_head * self.head_dim, bias=config.bias)
-        self.wv = nn.Linear(config.d_model, self.n_kv_head * self.head_dim, bias=config.bias)
+        # queries, keys and values in one product: one pass over x, one kernel call (fused at load time)
+        self.qkv_sizes = (self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim)
+        self.wqkv = nn.Linear(config.d_model, sum(self.qkv_sizes), bias=config.bias)
         self.wo = nn.Linear(self.n_head * self.head_dim, config.d_model, bias=config.bias)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None,
@@ -26,9 +26,10 @@ class Attention(nn.Module):
         """`cos`, `sin`: (B, 1, T, D) rotations of each row's positions (unused without rotary
         positions); `attention_mask`: (B, 1, T or 1, S) where padding is involved, else None."""
         B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
-        v = self.wv(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
+        q, k, v = self.wqkv(x).split(self.qkv_sizes, dim=-1)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
         if self.rotary:
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
