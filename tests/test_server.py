@@ -120,3 +120,28 @@ def test_api_key(smollm2):
     assert app.get("/v1/models").status_code == 401
     assert app.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert app.get("/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+
+
+def test_serve_command_starts_and_answers(tmp_path):
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = "from nexttoken.cli import main; main()"
+    process = subprocess.Popen([sys.executable, "-c", code, "serve", "--port", str(port), "--no-embeddings",
+                                "--api-key", "k"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for _ in range(600):  # loading the model takes seconds
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        response = httpx.post(f"http://127.0.0.1:{port}/v1/completions", headers={"Authorization": "Bearer k"},
+                              json={"model": MODEL, "prompt": "Hello", "max_tokens": 2, "temperature": 0}, timeout=60)
+        assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] == 2
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
