@@ -115,7 +115,9 @@ def test_malformed_json_and_overlong_prompt(server):
 
 
 def test_api_key(smollm2):
-    app = TestClient(create_app(smollm2, api_key="s3cret"))
+    served = create_app(smollm2, api_key="s3cret")
+    app = TestClient(served)
+    served.state.engine.close()
     assert app.get("/health").status_code == 200
     assert app.get("/v1/models").status_code == 401
     assert app.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
@@ -145,3 +147,39 @@ def test_serve_command_starts_and_answers(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+def test_concurrent_clients_share_the_engine(client, smollm2):
+    from concurrent.futures import ThreadPoolExecutor
+
+    questions = ["What is 2+2?", "Name three colors.", "What is the capital of Italy?"]
+
+    def ask(question: str) -> str:
+        out = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": question}],
+                                             temperature=0, max_tokens=24)
+        return out.choices[0].message.content
+
+    with ThreadPoolExecutor(len(questions)) as pool:
+        answers = list(pool.map(ask, questions))
+    expected = [smollm2.generate(smollm2.encode(q, chat=True), GenerationConfig(max_new_tokens=24)).text
+                for q in questions]
+    assert answers == expected
+
+
+def test_a_busy_server_answers_429(smollm2):
+    app = create_app(smollm2, max_batch=1, max_waiting=1)
+    engine = app.state.engine
+    try:
+        long = GenerationConfig(max_new_tokens=500)
+        running = engine.submit(smollm2.encode("Once upon a time"), long)
+        for _ in range(500):
+            if engine.active:
+                break
+            time.sleep(0.01)
+        waiting = engine.submit(smollm2.encode("Once upon a time"), long)
+        response = TestClient(app).post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2})
+        assert response.status_code == 429 and response.json()["error"]["code"] == "rate_limit_exceeded"
+        running.cancelled.set()
+        waiting.cancelled.set()
+    finally:
+        engine.close()

@@ -280,15 +280,19 @@ def serve(model: ModelOption = None, dtype: Dtype = "float32", quantize: Quantiz
           host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = "127.0.0.1",
           port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
           api_key: Annotated[Optional[str], typer.Option(help="Require 'Authorization: Bearer KEY' (all but /health).")] = None,
-          embeddings: Annotated[bool, typer.Option(help="Also serve /v1/embeddings with the built-in encoder.")] = True) -> None:
-    """An OpenAI-compatible HTTP API for the model."""
+          embeddings: Annotated[bool, typer.Option(help="Also serve /v1/embeddings with the built-in encoder.")] = True,
+          max_batch: Annotated[int, typer.Option(help="Requests decoded together.")] = 8,
+          max_waiting: Annotated[int, typer.Option(help="Requests that may wait for a row; beyond them: 429.")] = 32) -> None:
+    """An OpenAI-compatible HTTP API for the model, with continuous batching."""
     import uvicorn
 
     from nexttoken.serve.app import create_app
 
+    if min(max_batch, max_waiting) < 1:
+        raise NextTokenError("--max-batch and --max-waiting must be >= 1")
     lm = _load(model, dtype, quantize)
     encoder = _load_encoder(None) if embeddings else None
-    uvicorn.run(create_app(lm, encoder, api_key), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(lm, encoder, api_key, max_batch, max_waiting), host=host, port=port, log_level="warning")
 
 
 EncoderOption = Annotated[Optional[Path], typer.Option("--model", "-m", help="A BERT-layout Hugging Face folder (default: the built-in all-MiniLM-L6-v2).")]

@@ -54,6 +54,38 @@ class KVCache:
         self.values = [v.index_select(0, rows) for v in self.values]
         self.key_mask = self.key_mask.index_select(0, rows)
 
+    def join(self, other: "KVCache") -> None:
+        """Add the rows of `other` below ours, for continuous batching. Both are right-aligned to
+        the longer of the two, the shorter side padded on the left with masked slots."""
+        length = max(self.length, other.length)
+        capacity = max(self.capacity, other.capacity, length + 1)
+        mine, theirs = self._aligned(length, capacity), other._aligned(length, capacity)
+        self.keys = [torch.cat([a, b]) for a, b in zip(mine[0], theirs[0])]
+        self.values = [torch.cat([a, b]) for a, b in zip(mine[1], theirs[1])]
+        self.key_mask = torch.cat([mine[2], theirs[2]])
+        self.padded = self.padded or other.padded or self.length != other.length
+        self.length = length
+
+    def _aligned(self, length: int, capacity: int) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """Keys, values and mask moved right by `length - self.length` slots, in `capacity` slots."""
+        shift, tail = length - self.length, capacity - length
+
+        def move(t: torch.Tensor) -> torch.Tensor:  # (B, H_kv, T, D)
+            return torch.nn.functional.pad(t[:, :, : self.length], (0, 0, shift, tail))
+
+        mask = torch.nn.functional.pad(self.key_mask[:, : self.length], (shift, tail), value=False)
+        return [move(k) for k in self.keys], [move(v) for v in self.values], mask
+
+    def trim(self) -> None:
+        """Drop leading slots that no row uses (after the rows that needed them have left)."""
+        used = self.key_mask[:, : self.length].any(dim=0)  # (T,)
+        unused = int(used.long().argmax()) if bool(used.any()) else self.length
+        if unused:
+            self.keys = [k[:, :, unused:].contiguous() for k in self.keys]
+            self.values = [v[:, :, unused:].contiguous() for v in self.values]
+            self.key_mask = self.key_mask[:, unused:].contiguous()
+            self.length -= unused
+
     def append_mask(self, mask: torch.Tensor | None, n_positions: int) -> torch.Tensor:
         """Record which of the next `n_positions` are real tokens ((B, T) bool, None: all) and return
         the (B, length + T) mask of every key the step attends to."""

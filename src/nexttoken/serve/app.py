@@ -2,11 +2,11 @@
 /v1/embeddings and /health. Errors come back as {"error": {"message", "type", "param", "code"}}
 with a 4xx status for every client mistake.
 
-One model runs one request at a time (a lock); requests wait their turn."""
+Requests of one sequence each share the continuous-batching engine (engine.py); requests for
+several sequences (`n` > 1, beams) run as one batch of their own between its steps."""
 
 import base64
 import json
-import queue
 import threading
 import time
 import uuid
@@ -22,6 +22,7 @@ from nexttoken.decoding.outputs import Completion
 from nexttoken.encoder.sentence import SentenceEncoder
 from nexttoken.errors import NextTokenError
 from nexttoken.pretrained import LanguageModel
+from nexttoken.serve.engine import Engine, EngineFull, wait_for
 from nexttoken.serve.protocol import ChatRequest, CompletionRequest, EmbeddingRequest
 
 COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
@@ -57,9 +58,12 @@ def usage(prompt_tokens: int, completions: list[Completion]) -> dict:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": generated, "total_tokens": prompt_tokens + generated}
 
 
-def create_app(lm: LanguageModel, encoder: SentenceEncoder | None = None, api_key: str | None = None) -> FastAPI:
+def create_app(lm: LanguageModel, encoder: SentenceEncoder | None = None, api_key: str | None = None,
+               max_batch: int = 8, max_waiting: int = 32) -> FastAPI:
     served = Served(lm, lm.path.stem, encoder, encoder.path.parent.name if encoder else None, threading.Lock())
+    engine = Engine(lm, max_batch=max_batch, max_waiting=max_waiting, lock=served.lock)
     app = FastAPI(title="nexttoken", docs_url=None, redoc_url=None)
+    app.state.engine = engine
 
     def authorize(request: Request) -> None:
         if api_key is not None and request.headers.get("authorization") != f"Bearer {api_key}":
@@ -77,6 +81,19 @@ def create_app(lm: LanguageModel, encoder: SentenceEncoder | None = None, api_ke
         param = location[0] if location else None  # the top-level field; deeper parts name union members
         return JSONResponse(error_body(f"{param or 'body'}: {first['msg']}", "invalid_request_error", param),
                             status_code=400)
+
+    @app.exception_handler(EngineFull)
+    def busy(request: Request, exc: EngineFull) -> JSONResponse:
+        return JSONResponse(error_body(f"the server is busy: {exc}; try again shortly", "rate_limit_error",
+                                       code="rate_limit_exceeded"), status_code=429)
+
+    def run(prompts: list[list[int]], config) -> list[list[Completion]]:
+        """One sequence per prompt through the shared engine; several per prompt as a batch of their own."""
+        if config.num_return_sequences == 1 and config.num_beams == 1:
+            requests = [engine.submit(ids, config) for ids in prompts]
+            return [[wait_for(r)] for r in requests]
+        with served.lock:
+            return lm.generate_batch(prompts, config)
 
     @app.exception_handler(NextTokenError)
     def bad_request(request: Request, exc: NextTokenError) -> JSONResponse:
@@ -111,8 +128,7 @@ def create_app(lm: LanguageModel, encoder: SentenceEncoder | None = None, api_ke
                 raise APIError(400, "streaming takes one prompt, n = 1 and no beams", param="stream")
             return stream(lambda piece, index: text_chunk(piece, None), ids[0], config,
                           lambda c: text_chunk("", finish_reason(c)), body.stream_options)
-        with served.lock:
-            results = lm.generate_batch(ids, config)
+        results = run(ids, config)
         choices = [{"index": i * body.n + j, "text": c.text, "finish_reason": finish_reason(c),
                     "logprobs": completion_logprobs(c, body.logprobs) if body.logprobs is not None else None}
                    for i, group in enumerate(results) for j, c in enumerate(group)]
@@ -135,8 +151,7 @@ def create_app(lm: LanguageModel, encoder: SentenceEncoder | None = None, api_ke
                 raise APIError(400, "streaming takes n = 1 and no beams", param="stream")
             return stream(lambda piece, index: chat_chunk({"content": piece} if index else {"role": "assistant", "content": piece}, None),
                           prompt, config, lambda c: chat_chunk({}, finish_reason(c)), body.stream_options)
-        with served.lock:
-            [group] = lm.generate_batch([prompt], config)
+        [group] = run([prompt], config)
         choices = [{"index": j, "message": {"role": "assistant", "content": c.text}, "finish_reason": finish_reason(c),
                     "logprobs": chat_logprobs(c, top) if body.logprobs else None} for j, c in enumerate(group)]
         return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
@@ -147,48 +162,33 @@ def create_app(lm: LanguageModel, encoder: SentenceEncoder | None = None, api_ke
                 "choices": [{"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}]}
 
     def stream(piece_chunk, prompt: list[int], config, last_chunk, options: dict | None) -> StreamingResponse:
-        """Server-sent events: one chunk per piece of text, a closing chunk, then [DONE]."""
-        pieces: queue.Queue = queue.Queue()
+        """Server-sent events: one chunk per piece of text, a closing chunk, then [DONE]. A client
+        that goes away cancels its request, which leaves the engine's batch at the next step."""
+        request = engine.submit(prompt, config)
         stream_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
-        def put_text(piece: str) -> None:
-            if piece:
-                pieces.put(("text", piece))
-
-        def produce() -> None:
-            try:
-                with served.lock:
-                    completion = lm.generate(prompt, config, on_text=put_text)
-                pieces.put(("done", completion))
-            except NextTokenError as exc:
-                pieces.put(("error", str(exc)))
-
         def events() -> Iterator[str]:
-            threading.Thread(target=produce, daemon=True).start()
             sent = 0
-            while True:
-                kind, value = pieces.get()
-                if kind == "text":
-                    yield sse({"id": stream_id, "created": created, **piece_chunk(value, sent)})
-                    sent += 1
-                    continue
-                if kind == "error":
-                    yield sse(error_body(value, "invalid_request_error"))
-                else:
-                    closing = {"id": stream_id, "created": created, **last_chunk(value)}
-                    if options and options.get("include_usage"):
-                        closing["usage"] = usage(len(prompt), [value])
-                    yield sse(closing)
-                yield "data: [DONE]\n\n"
-                return
+            try:
+                while True:
+                    kind, value = request.events.get()
+                    if kind == "text":
+                        yield sse({"id": stream_id, "created": created, **piece_chunk(value, sent)})
+                        sent += 1
+                        continue
+                    if kind == "error":
+                        yield sse(error_body(value, "invalid_request_error"))
+                    else:
+                        closing = {"id": stream_id, "created": created, **last_chunk(value)}
+                        if options and options.get("include_usage"):
+                            closing["usage"] = usage(len(prompt), [value])
+                        yield sse(closing)
+                    yield "data: [DONE]\n\n"
+                    return
+            finally:
+                request.cancelled.set()
 
-        check_prompt_fits(prompt)
         return StreamingResponse(events(), media_type="text/event-stream")
-
-    def check_prompt_fits(prompt: list[int]) -> None:
-        window = lm.model.config.max_seq_len
-        if len(prompt) > window:
-            raise NextTokenError(f"the prompt has {len(prompt)} tokens, more than the model's context window of {window}")
 
     @app.post("/v1/embeddings", dependencies=[Depends(authorize)])
     def embeddings(body: EmbeddingRequest) -> dict:

@@ -1,0 +1,171 @@
+"""Continuous batching: requests join and leave one running batch between decode steps.
+
+A new request is prefilled on its own, then its cache rows join the batch's cache, right-aligned
+(each row keeps its own positions; padding is masked). Every step selects one token per row with
+that row's own settings and random generator, then feeds all rows in one forward pass. A row leaves
+as soon as it ends, errs or its client goes away; the others go on."""
+
+import queue
+import threading
+from dataclasses import dataclass, field
+
+import torch
+
+from nexttoken.decoding.config import GenerationConfig
+from nexttoken.decoding.generate import RowState, step_records
+from nexttoken.decoding.outputs import Completion
+from nexttoken.decoding.processors import TokenHistory
+from nexttoken.decoding.prompts import check_prompt
+from nexttoken.decoding.sampling import new_generator, select
+from nexttoken.errors import NextTokenError
+from nexttoken.model.kv_cache import KVCache
+from nexttoken.pretrained import LanguageModel
+
+
+class EngineFull(Exception):
+    """More requests wait than the engine queues."""
+
+
+@dataclass
+class Request:
+    prompt_ids: list[int]
+    config: GenerationConfig
+    events: queue.Queue = field(default_factory=queue.Queue)  # ("text", str) | ("done", Completion) | ("error", str)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class Row:
+    request: Request
+    state: RowState
+    generator: torch.Generator | None
+    history: TokenHistory
+    logits: torch.Tensor  # (V,) scores for this row's next token
+    length: int  # real tokens in the cache
+
+
+class Engine:
+    def __init__(self, lm: LanguageModel, max_batch: int = 8, max_waiting: int = 32,
+                 lock: "threading.Lock | None" = None) -> None:
+        self.lm = lm
+        self.max_batch = max_batch
+        self.waiting: queue.Queue[Request] = queue.Queue(maxsize=max_waiting)
+        self.lock = lock or threading.Lock()  # held for each step, so other users of the model can interleave
+        self.rows: list[Row] = []
+        self.cache: KVCache | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def submit(self, prompt_ids: list[int], config: GenerationConfig) -> Request:
+        if config.num_beams > 1 or config.num_return_sequences > 1:
+            raise NextTokenError("the batching engine decodes one sequence per request")
+        check_prompt(len(prompt_ids), 0, self.lm.model.config.max_seq_len)
+        request = Request(prompt_ids, config)
+        try:
+            self.waiting.put_nowait(request)
+        except queue.Full:
+            raise EngineFull(f"{self.waiting.maxsize} requests are already waiting") from None
+        return request
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    @property
+    def active(self) -> int:
+        return len(self.rows)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._admit()
+            if self.rows:
+                with self.lock:
+                    self._step()
+
+    def _admit(self) -> None:
+        while len(self.rows) < self.max_batch:
+            try:
+                request = self.waiting.get(timeout=0.05) if not self.rows else self.waiting.get_nowait()
+            except queue.Empty:
+                return
+            if not request.cancelled.is_set():
+                with self.lock:
+                    self._prefill(request)
+
+    @torch.inference_mode()
+    def _prefill(self, request: Request) -> None:
+        model, ids = self.lm.model, request.prompt_ids
+        try:
+            cache = model.new_cache(capacity=len(ids) + 1)
+            logits = model.head(model.hidden_states(torch.tensor([ids]), cache)[:, -1])[0]  # (V,)
+        except Exception as exc:  # noqa: BLE001 - the request fails, the engine goes on
+            request.events.put(("error", str(exc)))
+            return
+        state = RowState(self.lm.tokenizer, request.config.stop_strings, text_sink(request))
+        history = TokenHistory(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.bool), len(ids))
+        self.rows.append(Row(request, state, new_generator(request.config.sampling), history, logits, len(ids)))
+        if self.cache is None:
+            self.cache = cache
+        else:
+            self.cache.join(cache)
+
+    @torch.inference_mode()
+    def _step(self) -> None:
+        model, end_ids = self.lm.model, frozenset(self.lm.end_ids)
+        chosen, keep = [], []
+        for index, row in enumerate(self.rows):
+            request = row.request
+            try:
+                token = select(row.logits.unsqueeze(0), request.config.sampling, row.generator, row.history, end_ids)
+                row.state.accept(int(token), step_records(row.logits.unsqueeze(0), token, request.config.top_logprobs)[0],
+                                 end_ids)
+            except Exception as exc:  # noqa: BLE001 - one request's failure must not end the others
+                request.events.put(("error", str(exc)))
+                continue
+            out_of_room = row.length + 1 > model.config.max_seq_len
+            if request.cancelled.is_set():
+                continue
+            if row.state.finish_reason or len(row.state.steps) == request.config.max_new_tokens or out_of_room:
+                request.events.put(("done", row.state.completion(len(request.prompt_ids))))
+                continue
+            row.history = row.history.append(token)
+            chosen.append(int(token))
+            keep.append(index)
+        self._keep(keep)
+        if not self.rows:
+            return
+        if self.cache.capacity < self.cache.length + 1:
+            self.cache.reserve(self.cache.length + 64)  # grow in steps, not on every token
+        logits = model.head(model.hidden_states(torch.tensor(chosen).unsqueeze(1), self.cache)[:, -1])  # (R, V)
+        for row, row_logits in zip(self.rows, logits):
+            row.logits, row.length = row_logits, row.length + 1
+
+    def _keep(self, indices: list[int]) -> None:
+        """Only these rows go on; the rest leave the batch and its cache now."""
+        if len(indices) == len(self.rows):
+            return
+        self.rows = [self.rows[i] for i in indices]
+        if not self.rows:
+            self.cache = None
+            return
+        self.cache.select_rows(torch.tensor(indices))
+        self.cache.trim()
+
+
+def text_sink(request: Request):
+    def put(piece: str) -> None:
+        if piece:
+            request.events.put(("text", piece))
+
+    return put
+
+
+def wait_for(request: Request) -> Completion:
+    """Block until the request ends; its error becomes a NextTokenError."""
+    while True:
+        kind, value = request.events.get()
+        if kind == "done":
+            return value
+        if kind == "error":
+            raise NextTokenError(value)
