@@ -1,5 +1,6 @@
 """The OpenAI-compatible server, driven by the official `openai` client and by raw HTTP."""
 
+import json
 import socket
 import threading
 import time
@@ -17,11 +18,18 @@ from nexttoken.serve.app import create_app
 
 
 @pytest.fixture(scope="module")
-def server(smollm2, minilm):
+def app(smollm2, minilm):
+    served = create_app(smollm2, minilm)
+    yield served
+    served.state.engine.close()
+
+
+@pytest.fixture(scope="module")
+def server(app):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    config = uvicorn.Config(create_app(smollm2, minilm), host="127.0.0.1", port=port, log_level="warning")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     running = uvicorn.Server(config)
     thread = threading.Thread(target=running.run, daemon=True)
     thread.start()
@@ -183,3 +191,152 @@ def test_a_busy_server_answers_429(smollm2):
         waiting.cancelled.set()
     finally:
         engine.close()
+
+
+def chromium_driver(tmp_path):
+    """Debian's headless Chromium through Selenium, or a skip saying what is missing."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not browser or not driver:
+        pytest.skip("the browser test needs Debian's chromium and chromium-driver (.ci/run installs them)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,800"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def test_the_page_chats_and_inspects_tokens(server, smollm2, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = chromium_driver(tmp_path)
+    try:
+        browser.get(server + "/")
+        WebDriverWait(browser, 30).until(lambda b: b.execute_script("return model !== null"))
+        browser.find_element(By.ID, "prompt").send_keys("What is 2+2?")
+        browser.find_element(By.ID, "send").click()
+        reply = WebDriverWait(browser, 120).until(
+            expected_conditions.presence_of_element_located((By.CSS_SELECTOR, ".assistant[data-done='true']")))
+        expected = smollm2.generate(smollm2.encode("What is 2+2?", chat=True), GenerationConfig(max_new_tokens=128))
+        assert reply.text == expected.text
+        tokens = reply.find_elements(By.CSS_SELECTOR, ".token")
+        assert len(tokens) == len(expected.token_ids)
+        tokens[0].click()
+        rows = browser.find_elements(By.CSS_SELECTOR, "#candidates tr")
+        assert len(rows) == 5 and "%" in rows[0].text
+        assert browser.find_elements(By.CSS_SELECTOR, "#candidates tr.chosen")  # the chosen token is among them
+        browser.save_screenshot(str(tmp_path / "page.png"))
+    finally:
+        browser.quit()
+
+
+C, CH = "/v1/completions", "/v1/chat/completions"
+OK_CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+HOSTILE = [
+    ("POST", C, b"{not json", 400),
+    ("POST", C, b"", 400),
+    ("POST", C, b"[]", 400),
+    ("POST", C, b"null", 400),
+    ("POST", C, b'"just a string"', 400),
+    ("POST", C, b'{"model": "x", "prompt": ' + b"[" * 50000 + b"]" * 50000 + b"}", 400),  # deeply nested
+    ("POST", C, b'{"model": "' + b"m" * (9 * 2**20) + b'"}', 413),  # huge body
+    ("POST", C, {"prompt": "hi"}, 400),  # no model
+    ("POST", C, {"model": MODEL}, 400),  # no prompt
+    ("POST", C, {"model": 7, "prompt": "hi"}, 400),
+    ("POST", C, {"model": MODEL, "prompt": "hi", "max_tokens": -1}, 400),
+    ("POST", C, {"model": MODEL, "prompt": "hi", "max_tokens": "ten"}, 400),
+    ("POST", C, {"model": MODEL, "prompt": "hi", "max_tokens": 10**9}, 400),  # beyond the context window
+    ("POST", C, {"model": MODEL, "prompt": "hi", "temperature": -0.5}, 400),
+    ("POST", C, {"model": MODEL, "prompt": "hi", "temperature": "hot"}, 400),
+    ("POST", C, {"model": MODEL, "prompt": "hi", "top_p": 0}, 400),
+    ("POST", C, {"model": MODEL, "prompt": "hi", "n": 0}, 400),
+    ("POST", C, {"model": MODEL, "prompt": "hi", "n": 1000}, 400),
+    ("POST", C, {"model": MODEL, "prompt": "hi", "presence_penalty": 5}, 400),
+    ("POST", C, {"model": MODEL, "prompt": "hi", "logit_bias": {"abc": 1}}, 400),
+    ("POST", C, {"model": MODEL, "prompt": "hi", "logit_bias": {"5": 1000}}, 400),
+    ("POST", C, {"model": MODEL, "prompt": "hi", "logit_bias": {"99999999": 1}, "temperature": 0}, 400),
+    ("POST", C, {"model": MODEL, "prompt": "hi", "logprobs": 99}, 400),
+    ("POST", C, {"model": MODEL, "prompt": "hi", "stop": 5}, 400),
+    ("POST", C, {"model": MODEL, "prompt": "hi", "echo": True}, 400),
+    ("POST", C, {"model": MODEL, "prompt": ["a", 3]}, 400),
+    ("POST", C, {"model": MODEL, "prompt": "hi", "n": 2, "temperature": 0}, 400),  # n > 1 needs sampling
+    ("POST", C, {"model": "gpt-4", "prompt": "hi"}, 404),
+    ("POST", CH, {"model": MODEL}, 400),
+    ("POST", CH, {"model": MODEL, "messages": "hi"}, 400),
+    ("POST", CH, {"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}, 400),
+    ("POST", CH, {"model": MODEL, "messages": [{"role": "user"}]}, 400),
+    ("POST", CH, {"model": MODEL, "messages": [{"role": "user", "content": {"nested": "object"}}]}, 400),
+    ("POST", CH, {**OK_CHAT, "stream": "yes please"}, 400),
+    ("POST", CH, {**OK_CHAT, "top_logprobs": -3}, 400),
+    ("POST", CH, {**OK_CHAT, "num_beams": 99}, 400),
+    ("POST", CH, {**OK_CHAT, "max_completion_tokens": 0}, 400),
+    ("POST", "/v1/embeddings", {"model": EMBEDDER, "input": []}, 400),
+    ("POST", "/v1/embeddings", {"model": EMBEDDER, "input": 12}, 400),
+    ("POST", "/v1/embeddings", {"model": MODEL, "input": "hi"}, 404),
+    ("GET", C, None, 405),
+    ("POST", "/v1/nowhere", {}, 404),
+]
+
+
+@pytest.mark.parametrize("method, path, body, status", HOSTILE, ids=[f"{i}" for i in range(len(HOSTILE))])
+def test_hostile_requests_get_the_expected_status(server, method, path, body, status):
+    raw = body if isinstance(body, bytes) else None
+    response = httpx.request(method, server + path, json=None if raw is not None else body, content=raw,
+                             headers={"content-type": "application/json"}, timeout=60)
+    assert response.status_code == status
+    assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_health_after_the_hostile_table(server):
+    assert len(HOSTILE) >= 30
+    assert httpx.get(f"{server}/health").json() == {"status": "ok"}
+
+
+def test_32_concurrent_streaming_clients(server, smollm2):
+    from concurrent.futures import ThreadPoolExecutor
+
+    questions = [(f"Count from 1 to {n}.", 4 + n) for n in range(1, 33)]  # different prompts and lengths
+
+    def stream_one(job: tuple[str, int]) -> str:
+        text, max_tokens = job
+        body = {"model": MODEL, "messages": [{"role": "user", "content": text}], "temperature": 0,
+                "max_tokens": max_tokens, "stream": True}
+        pieces, finished = [], False
+        with httpx.stream("POST", f"{server}{CH}", json=body, timeout=300) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                if line == "data: [DONE]":
+                    finished = True
+                elif line.startswith("data: "):
+                    pieces.append(json.loads(line[6:])["choices"][0]["delta"].get("content") or "")
+        assert finished
+        return "".join(pieces)
+
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(stream_one, questions))
+    for (text, max_tokens), answer in zip(questions[::8], answers[::8]):  # spot-check against the library
+        expected = smollm2.generate(smollm2.encode(text, chat=True), GenerationConfig(max_new_tokens=max_tokens))
+        assert answer == expected.text
+    assert all(answers)
+
+
+def test_a_client_that_disconnects_frees_its_slot(server, app):
+    engine = app.state.engine
+    body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 1000, "stream": True, "temperature": 0}
+    with httpx.stream("POST", f"{server}{C}", json=body, timeout=60) as response:
+        next(response.iter_lines())  # one chunk, then hang up
+        assert engine.active == 1
+    for _ in range(500):
+        if engine.active == 0:
+            break
+        time.sleep(0.01)
+    assert engine.active == 0  # long before its 1,000 tokens
+    assert httpx.get(f"{server}/health").status_code == 200

@@ -5,18 +5,22 @@ with a 4xx status for every client mistake.
 Requests of one sequence each share the continuous-batching engine (engine.py); requests for
 several sequences (`n` > 1, beams) run as one batch of their own between its steps."""
 
+import asyncio
 import base64
+from importlib import resources
 import json
+import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nexttoken.decoding.outputs import Completion
 from nexttoken.encoder.sentence import SentenceEncoder
@@ -27,6 +31,8 @@ from nexttoken.serve.protocol import ChatRequest, CompletionRequest, EmbeddingRe
 
 COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 CHAT_MAX_TOKENS = 512
+MAX_BODY_BYTES = 8 * 2**20  # far above any prompt that fits a context window
+EVENT_POLL_SECONDS = 0.005  # how often a stream looks for new text, or for its client having left
 
 
 class APIError(Exception):
@@ -70,6 +76,19 @@ def create_app(lm: LanguageModel, encoder: SentenceEncoder | None = None, api_ke
             raise APIError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')", "invalid_api_key",
                            code="invalid_api_key")
 
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            return JSONResponse(error_body(f"request body of {declared} bytes exceeds {MAX_BODY_BYTES}",
+                                           "invalid_request_error"), status_code=413)
+        return await call_next(request)
+
+    @app.exception_handler(StarletteHTTPException)
+    def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Routing and parsing failures (unknown path, wrong method, unparsable body) in OpenAI's shape."""
+        return JSONResponse(error_body(str(exc.detail), "invalid_request_error"), status_code=exc.status_code)
+
     @app.exception_handler(APIError)
     def api_error(request: Request, exc: APIError) -> JSONResponse:
         return JSONResponse(error_body(exc.message, exc.kind, exc.param, exc.code), status_code=exc.status)
@@ -86,6 +105,17 @@ def create_app(lm: LanguageModel, encoder: SentenceEncoder | None = None, api_ke
     def busy(request: Request, exc: EngineFull) -> JSONResponse:
         return JSONResponse(error_body(f"the server is busy: {exc}; try again shortly", "rate_limit_error",
                                        code="rate_limit_exceeded"), status_code=429)
+
+    def token_budget(prompts: list[list[int]], asked: int | None, default: int) -> int:
+        """The new tokens a request may have: what it asked for, if the context window holds it."""
+        window, longest = lm.model.config.max_seq_len, max(map(len, prompts))
+        if longest > window:
+            raise APIError(400, f"the prompt has {longest} tokens, more than the context window of {window}",
+                           param="messages", code="context_length_exceeded")
+        if asked is not None and longest + asked > window:
+            raise APIError(400, f"the prompt ({longest} tokens) and max_tokens ({asked}) exceed the context window"
+                                f" of {window}", param="max_tokens", code="context_length_exceeded")
+        return asked if asked is not None else max(1, min(default, window - longest))
 
     def run(prompts: list[list[int]], config) -> list[list[Completion]]:
         """One sequence per prompt through the shared engine; several per prompt as a batch of their own."""
@@ -105,6 +135,11 @@ def create_app(lm: LanguageModel, encoder: SentenceEncoder | None = None, api_ke
             raise APIError(404, f"the model '{name}' does not exist here (try GET /v1/models)",
                            param="model", code="model_not_found")
 
+    @app.get("/", response_class=HTMLResponse)
+    def page() -> str:
+        """The chat page with its token inspector: one static file, no build step."""
+        return (resources.files("nexttoken.serve") / "static" / "index.html").read_text(encoding="utf-8")
+
     @app.get("/health")
     def health() -> dict:
         return {"status": "ok"}
@@ -116,18 +151,19 @@ def create_app(lm: LanguageModel, encoder: SentenceEncoder | None = None, api_ke
                                            for n in names]}
 
     @app.post("/v1/completions", dependencies=[Depends(authorize)], response_model=None)
-    def completions(body: CompletionRequest) -> dict | StreamingResponse:
+    def completions(body: CompletionRequest, client: Request) -> dict | StreamingResponse:
         check_model(body.model, served.name)
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not prompts or not all(prompts):
             raise APIError(400, "prompt must be a non-empty string or list of non-empty strings", param="prompt")
-        config = body.generation_config(COMPLETION_MAX_TOKENS, body.logprobs or 0)
         ids = [lm.tokenizer.encode(p) for p in prompts]
+        budget = token_budget(ids, body.max_tokens, COMPLETION_MAX_TOKENS)
+        config = body.generation_config(budget, body.logprobs or 0)
         if body.stream:
             if len(ids) > 1 or body.n > 1 or body.num_beams > 1:
                 raise APIError(400, "streaming takes one prompt, n = 1 and no beams", param="stream")
             return stream(lambda piece, index: text_chunk(piece, None), ids[0], config,
-                          lambda c: text_chunk("", finish_reason(c)), body.stream_options)
+                          lambda c: text_chunk("", finish_reason(c)), body.stream_options, client)
         results = run(ids, config)
         choices = [{"index": i * body.n + j, "text": c.text, "finish_reason": finish_reason(c),
                     "logprobs": completion_logprobs(c, body.logprobs) if body.logprobs is not None else None}
@@ -141,37 +177,47 @@ def create_app(lm: LanguageModel, encoder: SentenceEncoder | None = None, api_ke
                 "choices": [{"index": 0, "text": piece, "finish_reason": reason, "logprobs": None}]}
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)], response_model=None)
-    def chat(body: ChatRequest) -> dict | StreamingResponse:
+    def chat(body: ChatRequest, client: Request) -> dict | StreamingResponse:
         check_model(body.model, served.name)
         top = (body.top_logprobs or 0) if body.logprobs else 0
-        config = body.generation_config(body.max_completion_tokens or body.max_tokens or CHAT_MAX_TOKENS, top)
         prompt = lm.tokenizer.encode(lm.chat_prompt([m.model_dump() for m in body.messages]))
+        budget = token_budget([prompt], body.max_completion_tokens or body.max_tokens, CHAT_MAX_TOKENS)
+        config = body.generation_config(budget, top)
         if body.stream:
             if body.n > 1 or body.num_beams > 1:
                 raise APIError(400, "streaming takes n = 1 and no beams", param="stream")
             return stream(lambda piece, index: chat_chunk({"content": piece} if index else {"role": "assistant", "content": piece}, None),
-                          prompt, config, lambda c: chat_chunk({}, finish_reason(c)), body.stream_options)
+                          prompt, config, lambda c: chat_chunk({}, finish_reason(c), chat_logprobs(c, top) if body.logprobs else None),
+                          body.stream_options, client)
         [group] = run([prompt], config)
         choices = [{"index": j, "message": {"role": "assistant", "content": c.text}, "finish_reason": finish_reason(c),
                     "logprobs": chat_logprobs(c, top) if body.logprobs else None} for j, c in enumerate(group)]
         return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
                 "model": served.name, "choices": choices, "usage": usage(len(prompt), group)}
 
-    def chat_chunk(delta: dict, reason: str | None) -> dict:
+    def chat_chunk(delta: dict, reason: str | None, logprobs: dict | None = None) -> dict:
+        """A streamed piece; with logprobs asked for, the closing chunk carries those of every token."""
         return {"object": "chat.completion.chunk", "model": served.name,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}]}
+                "choices": [{"index": 0, "delta": delta, "finish_reason": reason, "logprobs": logprobs}]}
 
-    def stream(piece_chunk, prompt: list[int], config, last_chunk, options: dict | None) -> StreamingResponse:
+    def stream(piece_chunk, prompt: list[int], config, last_chunk, options: dict | None,
+               client: Request) -> StreamingResponse:
         """Server-sent events: one chunk per piece of text, a closing chunk, then [DONE]. A client
         that goes away cancels its request, which leaves the engine's batch at the next step."""
         request = engine.submit(prompt, config)
         stream_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
-        def events() -> Iterator[str]:
+        async def events() -> AsyncIterator[str]:
             sent = 0
             try:
                 while True:
-                    kind, value = request.events.get()
+                    try:
+                        kind, value = request.events.get_nowait()
+                    except queue.Empty:
+                        if await client.is_disconnected():
+                            return
+                        await asyncio.sleep(EVENT_POLL_SECONDS)
+                        continue
                     if kind == "text":
                         yield sse({"id": stream_id, "created": created, **piece_chunk(value, sent)})
                         sent += 1

@@ -34,14 +34,14 @@ class SamplingFields(BaseModel):
     num_beams: int = Field(default=1, ge=1, le=8)
     length_penalty: float = 1.0
 
-    def generation_config(self, default_max_tokens: int, top_logprobs: int) -> GenerationConfig:
+    def generation_config(self, max_tokens: int, top_logprobs: int) -> GenerationConfig:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         beams = self.num_beams > 1
         sampling = SamplingConfig(
             temperature=0.0 if beams else self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed,
             min_p=self.min_p, repetition_penalty=self.repetition_penalty, presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty, logit_bias=self.logit_bias or {})
-        return GenerationConfig(max_new_tokens=self.max_tokens or default_max_tokens, stop_strings=tuple(stops),
+        return GenerationConfig(max_new_tokens=max_tokens, stop_strings=tuple(stops),
                                 sampling=sampling, num_beams=self.num_beams, length_penalty=self.length_penalty,
                                 num_return_sequences=self.n, top_logprobs=top_logprobs)
 
