@@ -32,7 +32,7 @@ from nexttoken.serve.protocol import ChatRequest, CompletionRequest, EmbeddingRe
 COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 CHAT_MAX_TOKENS = 512
 MAX_BODY_BYTES = 8 * 2**20  # far above any prompt that fits a context window
-EVENT_POLL_SECONDS = 0.005  # how often a stream looks for new text, or for its client having left
+DISCONNECT_CHECK_SECONDS = 0.25  # a quiet stream looks this often whether its client has left
 
 
 class APIError(Exception):
@@ -209,14 +209,20 @@ def create_app(lm: LanguageModel, encoder: SentenceEncoder | None = None, api_ke
 
         async def events() -> AsyncIterator[str]:
             sent = 0
+            loop, wake = asyncio.get_running_loop(), asyncio.Event()
+            request.listener = lambda event: loop.call_soon_threadsafe(wake.set)  # the engine thread wakes us
             try:
                 while True:
                     try:
                         kind, value = request.events.get_nowait()
                     except queue.Empty:
-                        if await client.is_disconnected():
-                            return
-                        await asyncio.sleep(EVENT_POLL_SECONDS)
+                        wake.clear()
+                        if request.events.empty():  # nothing arrived between the look and the clear
+                            try:
+                                await asyncio.wait_for(wake.wait(), DISCONNECT_CHECK_SECONDS)
+                            except TimeoutError:
+                                if await client.is_disconnected():
+                                    return
                         continue
                     if kind == "text":
                         yield sse({"id": stream_id, "created": created, **piece_chunk(value, sent)})

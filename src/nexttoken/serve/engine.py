@@ -7,6 +7,7 @@ as soon as it ends, errs or its client goes away; the others go on."""
 
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -26,12 +27,21 @@ class EngineFull(Exception):
     """More requests wait than the engine queues."""
 
 
+Event = tuple[str, object]  # ("text", str) | ("done", Completion) | ("error", str)
+
+
 @dataclass
 class Request:
     prompt_ids: list[int]
     config: GenerationConfig
-    events: queue.Queue = field(default_factory=queue.Queue)  # ("text", str) | ("done", Completion) | ("error", str)
+    events: queue.Queue = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    listener: Callable[[Event], None] | None = None  # also told of each event (an async stream's wake-up)
+
+    def emit(self, event: Event) -> None:
+        self.events.put(event)
+        if self.listener is not None:
+            self.listener(event)
 
 
 @dataclass
@@ -100,7 +110,7 @@ class Engine:
             cache = model.new_cache(capacity=len(ids) + 1)
             logits = model.head(model.hidden_states(torch.tensor([ids]), cache)[:, -1])[0]  # (V,)
         except Exception as exc:  # noqa: BLE001 - the request fails, the engine goes on
-            request.events.put(("error", str(exc)))
+            request.emit(("error", str(exc)))
             return
         state = RowState(self.lm.tokenizer, request.config.stop_strings, text_sink(request))
         history = TokenHistory(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.bool), len(ids))
@@ -121,13 +131,13 @@ class Engine:
                 row.state.accept(int(token), step_records(row.logits.unsqueeze(0), token, request.config.top_logprobs)[0],
                                  end_ids)
             except Exception as exc:  # noqa: BLE001 - one request's failure must not end the others
-                request.events.put(("error", str(exc)))
+                request.emit(("error", str(exc)))
                 continue
             out_of_room = row.length + 1 > model.config.max_seq_len
             if request.cancelled.is_set():
                 continue
             if row.state.finish_reason or len(row.state.steps) == request.config.max_new_tokens or out_of_room:
-                request.events.put(("done", row.state.completion(len(request.prompt_ids))))
+                request.emit(("done", row.state.completion(len(request.prompt_ids))))
                 continue
             row.history = row.history.append(token)
             chosen.append(int(token))
@@ -156,7 +166,7 @@ class Engine:
 def text_sink(request: Request):
     def put(piece: str) -> None:
         if piece:
-            request.events.put(("text", piece))
+            request.emit(("text", piece))
 
     return put
 

@@ -1,7 +1,7 @@
 """The OpenAI API's request bodies, validated: a bad field is an HTTP 400 that names it.
 
-Extensions beyond OpenAI's fields: `top_k`, `min_p`, `repetition_penalty`, `num_beams`,
-`length_penalty` (beam search returns the `n` best beams)."""
+Extensions beyond OpenAI's fields: `top_k`, `min_p`, `repetition_penalty`, `min_tokens`,
+`num_beams`, `length_penalty` (beam search returns the `n` best beams)."""
 
 from typing import Literal
 
@@ -33,6 +33,7 @@ class SamplingFields(BaseModel):
     repetition_penalty: float = Field(default=1.0, gt=0.0)
     num_beams: int = Field(default=1, ge=1, le=8)
     length_penalty: float = 1.0
+    min_tokens: int = Field(default=0, ge=0)  # end tokens are suppressed until this many (as vLLM's)
 
     def generation_config(self, max_tokens: int, top_logprobs: int) -> GenerationConfig:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -40,7 +41,7 @@ class SamplingFields(BaseModel):
         sampling = SamplingConfig(
             temperature=0.0 if beams else self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed,
             min_p=self.min_p, repetition_penalty=self.repetition_penalty, presence_penalty=self.presence_penalty,
-            frequency_penalty=self.frequency_penalty, logit_bias=self.logit_bias or {})
+            frequency_penalty=self.frequency_penalty, logit_bias=self.logit_bias or {}, min_new_tokens=self.min_tokens)
         return GenerationConfig(max_new_tokens=max_tokens, stop_strings=tuple(stops),
                                 sampling=sampling, num_beams=self.num_beams, length_penalty=self.length_penalty,
                                 num_return_sequences=self.n, top_logprobs=top_logprobs)
