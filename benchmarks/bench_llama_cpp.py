@@ -9,7 +9,6 @@ ratios of ours to each reference."""
 
 import argparse
 import copy
-import time
 
 import torch
 

@@ -1,7 +1,6 @@
 """Prompt-lookup speculative decoding: the same tokens as plain greedy decoding, in fewer passes."""
 
 import pytest
-import torch
 
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.generate import generate

