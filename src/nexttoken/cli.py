@@ -355,6 +355,21 @@ def fill(text: str, model: EncoderOption = None, top: Annotated[int, typer.Optio
         out.print(f"[bold][MASK] {n}[/bold]: " + "  ".join(f"{escape(repr(c.text))} {c.probability:.1%}" for c in mask))
 
 
+@app.command(name="train-tokenizer")
+def train_tokenizer_command(
+        folder: Annotated[Path, typer.Argument(help="Where to save tokenizer.json and tokenizer_config.json.")],
+        vocab_size: Annotated[int, typer.Option(help="Tokens in the vocabulary, special tokens and 256 bytes included.")] = 8192,
+        preset: Annotated[str, typer.Option(help="Chat format: chatml, llama3, deepseek or gpt.")] = "chatml",
+        files: Annotated[Optional[list[Path]], typer.Option("--file", help="A UTF-8 training text (repeatable; default: the Shakespeare corpus).")] = None,
+) -> None:
+    """Train a byte-level BPE tokenizer with a chat format's special tokens and template."""
+    from nexttoken.tokenizer.training import train_tokenizer
+
+    report = train_tokenizer(folder, vocab_size, preset, files)
+    out.print(f"{report.vocab_size} tokens ({report.chat_format}) from {report.train_files} files, saved to "
+              f"{report.folder}; {report.bytes_per_token:.3f} bytes per token on {report.held_out_files} held-out files")
+
+
 def main() -> None:
     try:
         app()

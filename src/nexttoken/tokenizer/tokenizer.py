@@ -4,8 +4,10 @@ From GGUF, only byte-level BPE (`tokenizer.ggml.model` = "gpt2") is supported. H
 words before BPE runs is named by `tokenizer.ggml.pre`; each supported name cuts exactly as llama.cpp
 cuts for it, so the ids match what llama.cpp would feed the model.
 
-From a Hugging Face folder, only BERT-style WordPiece is supported, read from tokenizer.json or, failing
-that, from vocab.txt; both give the ids of Hugging Face's BertTokenizer.
+From a Hugging Face folder: BERT-style WordPiece, read from tokenizer.json or, failing that, from
+vocab.txt (both give the ids of Hugging Face's BertTokenizer); or byte-level BPE from tokenizer.json
+(as `nexttoken train-tokenizer` and Llama-family folders save it), with the special tokens and chat
+template of tokenizer_config.json.
 """
 
 import json
@@ -211,9 +213,9 @@ def backend_from_tokenizer_json(path: Path) -> tokenizers.Tokenizer:
         backend = tokenizers.Tokenizer.from_file(str(path))
     except Exception as exc:  # `tokenizers` raises a bare Exception for a malformed file
         raise NextTokenError(f"{path}: not a tokenizers file ({exc})") from None
-    if not isinstance(backend.model, models.WordPiece):
+    if not isinstance(backend.model, (models.WordPiece, models.BPE)):
         raise NextTokenError(
-            f"{path}: model {type(backend.model).__name__} is not supported (supported: WordPiece)"
+            f"{path}: model {type(backend.model).__name__} is not supported (supported: WordPiece, BPE)"
         )
     # Files saved for fixed-length batches carry both; encode must see the whole text, unpadded.
     backend.no_truncation()
@@ -245,9 +247,9 @@ def wordpiece_from_vocab_txt(path: Path, config: dict[str, Any], unk_text: str) 
     return backend
 
 
-def wordpiece_backend(folder: Path, config: dict[str, Any], special_map: dict[str, Any]) -> tokenizers.Tokenizer:
-    """The folder's tokenizer.json as it is, else one built from its vocab.txt whose special tokens
-    match whole in input text, as they do in a tokenizer.json."""
+def folder_backend(folder: Path, config: dict[str, Any], special_map: dict[str, Any]) -> tokenizers.Tokenizer:
+    """The folder's tokenizer.json as it is (WordPiece or BPE), else a WordPiece built from its
+    vocab.txt whose special tokens match whole in input text, as they do in a tokenizer.json."""
     if (folder / "tokenizer.json").is_file():
         return backend_from_tokenizer_json(folder / "tokenizer.json")
     if not (folder / "vocab.txt").is_file():
@@ -258,6 +260,26 @@ def wordpiece_backend(folder: Path, config: dict[str, Any], special_map: dict[st
     texts += additional_special_texts(config, special_map)
     backend.add_special_tokens([AddedToken(text, special=True, normalized=False) for text in texts])
     return backend
+
+
+# The special tokens a BPE folder may declare in tokenizer_config.json
+BPE_SPECIAL_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token", "mask_token")
+
+
+def declared_special_texts(config: dict[str, Any], special_map: dict[str, Any]) -> dict[str, str]:
+    texts = {key: declared_special_token(key, config, special_map) for key in BPE_SPECIAL_KEYS}
+    return {key: text for key, text in texts.items() if text is not None}
+
+
+def chat_template_of(folder: Path, config: dict[str, Any]) -> str | None:
+    # transformers 5 saves the template beside the config, in chat_template.jinja
+    path = folder / "chat_template.jinja"
+    return path.read_text(encoding="utf-8") if path.is_file() else config.get("chat_template")
+
+
+def generation_eos_ids(folder: Path) -> list[int]:
+    value = read_json_object(folder / "generation_config.json").get("eos_token_id")
+    return value if isinstance(value, list) else [] if value is None else [value]
 
 
 def tokens_by_id(vocab: dict[str, int], where: Path) -> tuple[str, ...]:
@@ -323,12 +345,15 @@ class Tokenizer:
 
     @classmethod
     def from_hf_folder(cls, folder: Path) -> "Tokenizer":
-        """The BERT-style WordPiece tokenizer of a Hugging Face model folder. As an encoder's input is
-        `[CLS] text [SEP]`, [CLS] serves as BOS and [SEP] as EOS, both added by default."""
+        """The tokenizer of a Hugging Face model folder: byte-level BPE when its tokenizer.json says
+        so, else BERT-style WordPiece. As an encoder's input is `[CLS] text [SEP]`, [CLS] serves as
+        BOS and [SEP] as EOS for WordPiece, both added by default."""
         folder = Path(folder)
         config = read_json_object(folder / "tokenizer_config.json")
         special_map = read_json_object(folder / "special_tokens_map.json")
-        backend = wordpiece_backend(folder, config, special_map)
+        backend = folder_backend(folder, config, special_map)
+        if isinstance(backend.model, models.BPE):
+            return cls.from_bpe_backend(backend, folder, config, special_map)
         vocab = backend.get_vocab(with_added_tokens=True)
         special_ids = special_token_ids(backend, special_token_texts(config, special_map, vocab), folder)
         added_tokens = backend.get_added_tokens_decoder()
@@ -347,6 +372,32 @@ class Tokenizer:
             adds_eos=sep_id is not None,
             chat_template=None,
             mask_id=special_ids.get("mask_token"),
+        )
+
+    @classmethod
+    def from_bpe_backend(cls, backend: tokenizers.Tokenizer, folder: Path, config: dict[str, Any],
+                         special_map: dict[str, Any]) -> "Tokenizer":
+        """A byte-level BPE from tokenizer.json: its added special tokens are control tokens, and
+        generation ends on EOS, on generation_config.json's end ids, and on the usual end markers."""
+        vocab = backend.get_vocab(with_added_tokens=True)
+        tokens = tokens_by_id(vocab, folder)
+        ids = special_token_ids(backend, declared_special_texts(config, special_map), folder)
+        added_tokens = backend.get_added_tokens_decoder()
+        control_ids = frozenset(token_id for token_id, added in added_tokens.items() if added.special)
+        eos_id = ids.get("eos_token")
+        return cls(
+            backend=backend,
+            tokens=tokens,
+            control_ids=control_ids,
+            bos_id=ids.get("bos_token"),
+            eos_id=eos_id,
+            pad_id=ids.get("pad_token"),
+            unk_id=ids.get("unk_token"),
+            end_ids=end_of_generation_ids([eos_id, *generation_eos_ids(folder)], list(tokens), control_ids),
+            adds_bos=bool(config.get("add_bos_token", False)),
+            adds_eos=bool(config.get("add_eos_token", False)),
+            chat_template=chat_template_of(folder, config),
+            mask_id=ids.get("mask_token"),
         )
 
     @property
