@@ -11,7 +11,9 @@ from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.generate import generate, generate_batch
 from nexttoken.decoding.outputs import Completion
 from nexttoken.decoding.prompts import check_prompt
+from nexttoken.errors import NextTokenError
 from nexttoken.loaders.gguf import load_gguf_model
+from nexttoken.loaders.safetensors import load_hf_model
 from nexttoken.model.kv_cache import KVCache
 from nexttoken.model.precision import set_precision
 from nexttoken.model.transformer import Transformer
@@ -52,8 +54,13 @@ class LanguageModel:
         """Token ids for a raw prompt, or for one user turn wrapped in the chat template."""
         if chat:
             messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-            prompt = self.chat_prompt(messages)
+            # templates that write BOS themselves (Llama 3, DeepSeek) must not get a second one
+            return self.tokenizer.encode(self.chat_prompt(messages), add_bos=False if self.template_has_bos else None)
         return self.tokenizer.encode(prompt)
+
+    @property
+    def template_has_bos(self) -> bool:
+        return self.tokenizer.bos_id is not None and "bos_token" in (self.tokenizer.chat_template or "")
 
     def generate(self, prompt_ids: list[int], config: GenerationConfig = GenerationConfig(),
                  cache: KVCache | None = None, on_text: Callable[[str], None] | None = None) -> Completion:
@@ -81,8 +88,16 @@ class LanguageModel:
 
 
 def load(path: str | Path | None = None, dtype: str = "float32", quantize: str = "none") -> LanguageModel:
-    """Load a GGUF model (the built-in SmolLM2-135M-Instruct when `path` is None), computing in
-    `dtype` ("float32" or "bfloat16"), with linear weights kept as int8 when `quantize` is "int8"."""
+    """Load a GGUF file or a Hugging Face Llama folder (config.json, model.safetensors,
+    tokenizer.json; the built-in SmolLM2-135M-Instruct when `path` is None), computing in `dtype`
+    ("float32" or "bfloat16"), with linear weights kept as int8 when `quantize` is "int8"."""
     path = Path(path) if path is not None else builtin_model_path()
-    model, file = load_gguf_model(path)
-    return LanguageModel(set_precision(model, dtype, quantize), Tokenizer.from_gguf_metadata(file.metadata), path)
+    if path.is_dir():
+        model, _, _ = load_hf_model(path)
+        if not model.config.causal:
+            raise NextTokenError(f"{path}: an encoder, not a language model (see `nexttoken embed`)")
+        tokenizer = Tokenizer.from_hf_folder(path)
+    else:
+        model, file = load_gguf_model(path)
+        tokenizer = Tokenizer.from_gguf_metadata(file.metadata)
+    return LanguageModel(set_precision(model, dtype, quantize), tokenizer, path)

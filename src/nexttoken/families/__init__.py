@@ -22,7 +22,8 @@ class Family:
 
 
 FAMILIES = {
-    "llama": Family("llama", llama.WEIGHTS, config_from_gguf=llama.config_from_gguf),
+    "llama": Family("llama", llama.WEIGHTS, config_from_gguf=llama.config_from_gguf,
+                    config_from_hf=llama.config_from_hf),
     "bert": Family("bert", bert.WEIGHTS, config_from_hf=bert.config_from_hf, hf_prefix=bert.HF_PREFIX,
                    hf_ignored=bert.HF_IGNORED + bert.HF_TIED),
 }

@@ -28,6 +28,18 @@ def _halves_to_interleave(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.transpose(1, 2).reshape(rows, cols)  # (H, D/2, half, C): adjacent pairs
 
 
+def _q_rows(c: ModelConfig) -> int:
+    return c.n_head * c.head_dim
+
+
+def _kv_rows(c: ModelConfig) -> int:
+    return c.n_kv_head * c.head_dim
+
+
+def _ff_rows(c: ModelConfig) -> int:
+    return c.d_ff
+
+
 WEIGHTS = (
     WeightName("embed.weight", "token_embd.weight", "model.embed_tokens.weight"),
     WeightName("norm.weight", "output_norm.weight", "model.norm.weight"),
@@ -35,18 +47,52 @@ WEIGHTS = (
     WeightName("blocks.{i}.attn_norm.weight", "blk.{i}.attn_norm.weight", "model.layers.{i}.input_layernorm.weight"),
     WeightName("blocks.{i}.attn.wqkv.weight", "blk.{i}.attn_q.weight", "model.layers.{i}.self_attn.q_proj.weight",
                from_gguf=lambda w, c: _interleave_to_halves(w, c.n_head),
-               to_gguf=lambda w, c: _halves_to_interleave(w, c.n_head)),
+               to_gguf=lambda w, c: _halves_to_interleave(w, c.n_head), rows=_q_rows),
     WeightName("blocks.{i}.attn.wqkv.weight", "blk.{i}.attn_k.weight", "model.layers.{i}.self_attn.k_proj.weight",
                from_gguf=lambda w, c: _interleave_to_halves(w, c.n_kv_head),
-               to_gguf=lambda w, c: _halves_to_interleave(w, c.n_kv_head)),
-    WeightName("blocks.{i}.attn.wqkv.weight", "blk.{i}.attn_v.weight", "model.layers.{i}.self_attn.v_proj.weight"),
+               to_gguf=lambda w, c: _halves_to_interleave(w, c.n_kv_head), rows=_kv_rows),
+    WeightName("blocks.{i}.attn.wqkv.weight", "blk.{i}.attn_v.weight", "model.layers.{i}.self_attn.v_proj.weight",
+               rows=_kv_rows),
     WeightName("blocks.{i}.attn.wo.weight", "blk.{i}.attn_output.weight", "model.layers.{i}.self_attn.o_proj.weight"),
     WeightName("blocks.{i}.mlp_norm.weight", "blk.{i}.ffn_norm.weight",
                "model.layers.{i}.post_attention_layernorm.weight"),
-    WeightName("blocks.{i}.mlp.w_gate_up.weight", "blk.{i}.ffn_gate.weight", "model.layers.{i}.mlp.gate_proj.weight"),
-    WeightName("blocks.{i}.mlp.w_gate_up.weight", "blk.{i}.ffn_up.weight", "model.layers.{i}.mlp.up_proj.weight"),
+    WeightName("blocks.{i}.mlp.w_gate_up.weight", "blk.{i}.ffn_gate.weight", "model.layers.{i}.mlp.gate_proj.weight",
+               rows=_ff_rows),
+    WeightName("blocks.{i}.mlp.w_gate_up.weight", "blk.{i}.ffn_up.weight", "model.layers.{i}.mlp.up_proj.weight",
+               rows=_ff_rows),
     WeightName("blocks.{i}.mlp.w_down.weight", "blk.{i}.ffn_down.weight", "model.layers.{i}.mlp.down_proj.weight"),
 )
+
+
+def config_from_hf(config: dict[str, Any]) -> ModelConfig:
+    """The shape a Hugging Face LlamaConfig (config.json) describes."""
+    def field(key: str) -> Any:
+        if key not in config:
+            raise NextTokenError(f"config.json lacks '{key}'")
+        return config[key]
+
+    if config.get("hidden_act", "silu") != "silu":
+        raise NextTokenError(f"activation '{config['hidden_act']}' is not supported (supported: silu)")
+    if config.get("attention_bias") or config.get("mlp_bias"):
+        raise NextTokenError("Llama checkpoints with biases on their projections are not supported")
+    # transformers 5 nests rope_theta (and any scaling) in rope_parameters; older files have it on top
+    rope = config.get("rope_parameters") or {"rope_type": "default", **(config.get("rope_scaling") or {})}
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
+        raise NextTokenError(f"RoPE scaling ('{rope.get('rope_type', rope.get('type'))}') is not supported yet")
+    n_head = int(field("num_attention_heads"))
+    return ModelConfig(
+        vocab_size=int(field("vocab_size")),
+        d_model=int(field("hidden_size")),
+        n_layer=int(field("num_hidden_layers")),
+        n_head=n_head,
+        n_kv_head=int(config.get("num_key_value_heads") or n_head),
+        head_dim=int(config.get("head_dim") or field("hidden_size") // n_head),
+        d_ff=int(field("intermediate_size")),
+        max_seq_len=int(field("max_position_embeddings")),
+        norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+        rope_theta=float(rope.get("rope_theta", config.get("rope_theta", 10000.0))),
+        tie_embeddings=bool(config.get("tie_word_embeddings", False)),
+    )
 
 
 def config_from_gguf(metadata: dict[str, Any], tensor_names: set[str]) -> ModelConfig:

@@ -6,7 +6,7 @@ parameter of ours are stacked along its output dimension, in table order: that i
 (and gate and up) become one fused projection."""
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -23,11 +23,26 @@ class WeightName:
     from_gguf: Transform | None = None  # GGUF layout -> ours
     to_gguf: Transform | None = None  # ours -> GGUF layout (what llama.cpp's converter does)
     optional: bool = False  # a head's weight, which a checkpoint may or may not carry
+    rows: Callable[[ModelConfig], int] | None = None  # this part's output rows in a fused parameter
 
 
 def stack_parts(parts: dict[str, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Our parameters from their parts, in table order (see the module docstring)."""
     return {name: torch.cat(tensors) if len(tensors) > 1 else tensors[0] for name, tensors in parts.items()}
+
+
+def unstack_parts(state: dict[str, torch.Tensor], rows: list[WeightName],
+                  config: ModelConfig) -> Iterator[tuple[WeightName, torch.Tensor]]:
+    """Each row with its part of our parameter: the inverse of `stack_parts`, for export."""
+    by_parameter: dict[str, list[WeightName]] = {}
+    for row in rows:
+        by_parameter.setdefault(row.ours, []).append(row)
+    for name, parts in by_parameter.items():
+        if len(parts) == 1:
+            yield parts[0], state[name]
+            continue
+        sizes = [row.rows(config) for row in parts]
+        yield from zip(parts, state[name].split(sizes))
 
 
 def expand(table: tuple[WeightName, ...], n_layer: int) -> Iterator[WeightName]:
@@ -37,5 +52,5 @@ def expand(table: tuple[WeightName, ...], n_layer: int) -> Iterator[WeightName]:
             yield row
             continue
         for i in range(n_layer):
-            yield WeightName(row.ours.format(i=i), row.gguf and row.gguf.format(i=i), row.hf.format(i=i),
-                             row.from_gguf, row.to_gguf, row.optional)
+            yield replace(row, ours=row.ours.format(i=i), gguf=row.gguf and row.gguf.format(i=i),
+                          hf=row.hf.format(i=i))

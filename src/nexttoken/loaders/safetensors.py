@@ -8,11 +8,13 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
+from nexttoken.config import ModelConfig
 from nexttoken.errors import NextTokenError
 from nexttoken.families import Family, family_for
 from nexttoken.families.weights import expand, stack_parts
 from nexttoken.model.transformer import Transformer
 
+TIED_HEAD = "lm_head.weight"
 BASE_PREFIXES = ("embed", "pos_embed", "type_embed", "embed_norm", "blocks", "norm", "lm_head")
 
 
@@ -44,7 +46,7 @@ def load_hf_model(folder: str | Path) -> tuple[Transformer, dict[str, torch.Tens
     config_json = read_config(folder)
     family = family_for(str(config_json.get("model_type")), source="hf")
     config = family.config_from_hf(config_json)
-    state = state_dict_from_hf(read_weights(folder), family, config.n_layer, folder)
+    state = state_dict_from_hf(read_weights(folder), family, config, folder)
     base = {name: t for name, t in state.items() if name.split(".")[0] in BASE_PREFIXES}
     with torch.device("meta"):
         model = Transformer(config)
@@ -53,11 +55,16 @@ def load_hf_model(folder: str | Path) -> tuple[Transformer, dict[str, torch.Tens
     return model.eval().requires_grad_(False), heads, config_json
 
 
-def state_dict_from_hf(tensors: dict[str, torch.Tensor], family: Family, n_layer: int,
+def state_dict_from_hf(tensors: dict[str, torch.Tensor], family: Family, config: ModelConfig,
                        where: Path) -> dict[str, torch.Tensor]:
     tensors = {name.removeprefix(family.hf_prefix): t for name, t in tensors.items()}
+    tied = [row for row in expand(family.weights, config.n_layer) if row.ours == TIED_HEAD and config.tie_embeddings]
+    for row in tied:  # a tied head some checkpoints store anyway: it equals the embeddings
+        tensors.pop(row.hf, None)
     parts: dict[str, list[torch.Tensor]] = {}
-    for row in expand(family.weights, n_layer):
+    for row in expand(family.weights, config.n_layer):
+        if row in tied:
+            continue
         if row.hf in tensors:
             parts.setdefault(row.ours, []).append(tensors.pop(row.hf).float())
         elif not row.optional:
