@@ -1,0 +1,27 @@
+"""Training objectives: each is a plain function `(model, batch) -> (loss, n_tokens)`, where `loss`
+is the mean over the `n_tokens` targets that count. The loop weights each micro-batch by its
+`n_tokens`, so a global batch's loss is the mean over all its counted targets however it is split
+across micro-batches and processes.
+
+An objective must call `model(...)` (the module's forward) rather than another method: under
+DistributedDataParallel only the forward prepares the gradient synchronisation."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IGNORE = -100  # a target that does not count (padding, a prompt in supervised fine-tuning)
+
+
+def next_token_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal language modelling: cross-entropy of each position's scores against the next token.
+
+    batch: "input_ids" (B, T), "targets" (B, T) the inputs shifted left by one, IGNORE where
+    nothing counts; optional "attention_mask" (B, T), False at padding."""
+    logits = model(batch["input_ids"], mask=batch.get("attention_mask"))  # (B, T, V)
+    targets = batch["targets"]
+    n_tokens = (targets != IGNORE).sum()
+    # the softmax in float32 whatever the autocast precision: bfloat16 log-probabilities of a large
+    # vocabulary lose the small differences the gradient is made of
+    total = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum")
+    return total / n_tokens.clamp(min=1), n_tokens
