@@ -1,0 +1,169 @@
+"""Read a Marian binary model file (`model.*.bin`, Junczys-Dowmunt et al. 2018) and its binary
+lexical shortlist (`lex.*.s2t.bin`), with one-line errors for files that are missing, truncated or
+corrupt. The layouts are Marian's `src/common/binary.cpp` and `src/data/shortlist.cpp` (browsermt
+fork, as bergamot's tiny models use them); all integers are little-endian.
+
+Model file:
+    uint64 version (1), uint64 n
+    n headers of four uint64: name length, type, shape length, data length
+    the n names (NUL-terminated), then the n shapes (int32 each)
+    uint64 padding, that many bytes (data starts on a 256-byte boundary)
+    the n data blocks, each padded to a multiple of 256 bytes
+An intgemm8 block holds the int8 values, then one float32 multiplier: w = q / multiplier. The
+model's YAML configuration is the item named "special:model.yml"."""
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from nexttoken.errors import NextTokenError
+
+BINARY_VERSION = 1
+CONFIG_ITEM = "special:model.yml"
+# Marian's Type enum (src/common/types.h): a class bit | the element size in bytes
+INT8, FLOAT16, FLOAT32, INTGEMM8 = 0x0101, 0x0402, 0x0404, 0x4101
+NUMPY_TYPES = {INT8: np.int8, FLOAT16: np.float16, FLOAT32: np.float32, INTGEMM8: np.int8}
+SHORTLIST_MAGIC = 0xF11A48D5013417F5
+
+
+@dataclass(frozen=True)
+class MarianTensor:
+    """One item: `values` float32 in the header's `shape` (int8 items dequantized), and whether the
+    values were stored as intgemm8, whose matrices lie transposed (see families.marian)."""
+
+    values: torch.Tensor
+    shape: tuple[int, ...]
+    intgemm: bool
+
+
+@dataclass(frozen=True)
+class MarianFile:
+    path: Path
+    config: dict[str, Any]  # the embedded YAML: dims, depths, cell types, ...
+    tensors: dict[str, MarianTensor]
+
+
+class _Cursor:
+    """Reads consecutive fields from a byte buffer; running past its end is a truncated file."""
+
+    def __init__(self, data: bytes, path: Path) -> None:
+        self.data, self.path, self.offset = data, path, 0
+
+    def take(self, n_bytes: int) -> memoryview:
+        if n_bytes < 0 or self.offset + n_bytes > len(self.data):
+            raise NextTokenError(f"{self.path}: truncated Marian file (needs {self.offset + n_bytes} bytes, "
+                                 f"has {len(self.data)})")
+        view = memoryview(self.data)[self.offset : self.offset + n_bytes]
+        self.offset += n_bytes
+        return view
+
+    def uint64s(self, n: int) -> tuple[int, ...]:
+        return struct.unpack(f"<{n}Q", self.take(8 * n))
+
+
+def read_marian(path: str | Path) -> MarianFile:
+    path = Path(path)
+    if not path.is_file():
+        raise NextTokenError(f"model file not found: {path}")
+    cursor = _Cursor(path.read_bytes(), path)
+    version, n_items = cursor.uint64s(2)
+    if version != BINARY_VERSION:
+        raise NextTokenError(f"{path}: not a Marian binary model (version {version}, expected {BINARY_VERSION})")
+    headers = [cursor.uint64s(4) for _ in range(n_items)]  # name length, type, shape length, data length
+    names = [bytes(cursor.take(h[0])).rstrip(b"\0").decode("utf-8", "replace") for h in headers]
+    shapes = [struct.unpack(f"<{h[2]}i", cursor.take(4 * h[2])) for h in headers]
+    (padding,) = cursor.uint64s(1)
+    cursor.take(padding)
+    tensors, config = {}, None
+    for name, (_, kind, _, n_bytes), shape in zip(names, headers, shapes):
+        block = cursor.take(n_bytes)
+        if name == CONFIG_ITEM:
+            config = _parse_config(bytes(block).rstrip(b"\0"), path)
+        else:
+            tensors[name] = _tensor(block, kind, shape, name, path)
+    if config is None:
+        raise NextTokenError(f"{path}: Marian file carries no '{CONFIG_ITEM}'")
+    return MarianFile(path, config, tensors)
+
+
+def _tensor(block: memoryview, kind: int, shape: tuple[int, ...], name: str, path: Path) -> MarianTensor:
+    if kind not in NUMPY_TYPES:
+        raise NextTokenError(f"{path}: tensor '{name}' has unsupported Marian type {kind:#06x}")
+    count = int(np.prod(shape))
+    dtype = np.dtype(NUMPY_TYPES[kind])
+    if count * dtype.itemsize + (4 if kind == INTGEMM8 else 0) > len(block):
+        raise NextTokenError(f"{path}: tensor '{name}' is shorter than its shape {shape}")
+    values = np.frombuffer(block, dtype, count).astype(np.float32)
+    if kind == INTGEMM8:
+        (multiplier,) = struct.unpack_from("<f", block, count)
+        if not np.isfinite(multiplier) or multiplier <= 0:
+            raise NextTokenError(f"{path}: tensor '{name}' has a corrupt quantization multiplier {multiplier}")
+        values = values / multiplier
+    return MarianTensor(torch.from_numpy(values).view(shape), shape, kind == INTGEMM8)
+
+
+def _parse_config(text: bytes, path: Path) -> dict[str, Any]:
+    try:
+        config = yaml.safe_load(text.decode("utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise NextTokenError(f"{path}: corrupt embedded model.yml ({str(exc).splitlines()[0]})") from None
+    if not isinstance(config, dict):
+        raise NextTokenError(f"{path}: embedded model.yml is not a mapping")
+    return config
+
+
+@dataclass(frozen=True)
+class Shortlist:
+    """Marian's lexical shortlist: the `frequent` most frequent target ids, and for each source id
+    a list of its likeliest translations (at most `best`, chosen when the file was built)."""
+
+    frequent: int
+    best: int
+    offsets: np.ndarray  # (source vocab + 1,) uint64: source id i's targets are [offsets[i], offsets[i+1])
+    targets: np.ndarray  # uint32 target ids
+
+
+def read_shortlist(path: str | Path, target_vocab_size: int) -> Shortlist:
+    """Header of six uint64 (magic, checksum, frequent, best, number of offsets, number of targets),
+    then the offsets, then the targets. The checksum is not recomputed (a sequential hash over the
+    whole file); sizes and bounds are checked instead, which is what catches a truncated file."""
+    path = Path(path)
+    if not path.is_file():
+        raise NextTokenError(f"shortlist file not found: {path}")
+    data = path.read_bytes()
+    if len(data) < 48:
+        raise NextTokenError(f"{path}: truncated shortlist ({len(data)} bytes, no header)")
+    magic, _, frequent, best, n_offsets, n_targets = struct.unpack_from("<6Q", data)
+    if magic != SHORTLIST_MAGIC:
+        raise NextTokenError(f"{path}: not a Marian binary shortlist (bad magic {magic:#x})")
+    expected = 48 + 8 * n_offsets + 4 * n_targets
+    if len(data) != expected:
+        raise NextTokenError(f"{path}: truncated or corrupt shortlist ({len(data)} bytes, header says {expected})")
+    offsets = np.frombuffer(data, np.uint64, n_offsets, 48)
+    targets = np.frombuffer(data, np.uint32, n_targets, 48 + 8 * n_offsets)
+    if n_offsets == 0 or offsets[-1] != n_targets or bool((np.diff(offsets.astype(np.int64)) < 0).any()):
+        raise NextTokenError(f"{path}: corrupt shortlist (offsets do not index its {n_targets} targets)")
+    if n_targets and int(targets.max()) >= target_vocab_size:
+        raise NextTokenError(f"{path}: corrupt shortlist (target id {int(targets.max())} >= {target_vocab_size})")
+    return Shortlist(frequent, best, offsets, targets)
+
+
+def shortlist_ids(shortlist: Shortlist, source_ids: list[int], vocab_size: int, multiple: int = 8) -> torch.Tensor:
+    """The sorted target ids a sentence may produce, as bergamot's Marian selects them: the frequent
+    ids, every listed translation of each source id, then the smallest unselected ids from
+    `frequent` on until the count is a multiple of 8 (intgemm's matrices need it)."""
+    selected = np.zeros(vocab_size, dtype=bool)
+    selected[: min(shortlist.frequent, vocab_size)] = True
+    for source in set(source_ids):
+        if source + 1 < len(shortlist.offsets):
+            selected[shortlist.targets[shortlist.offsets[source] : shortlist.offsets[source + 1]]] = True
+    missing = -int(selected.sum()) % multiple
+    if missing:
+        free = np.flatnonzero(~selected[shortlist.frequent :])[:missing] + shortlist.frequent
+        selected[free] = True
+    return torch.from_numpy(np.flatnonzero(selected))
