@@ -78,3 +78,30 @@ def test_one_failing_request_does_not_disturb_another(smollm2, engine):
 def test_prompt_longer_than_the_window_is_refused_at_once(smollm2, engine):
     with pytest.raises(NextTokenError, match="context window"):
         engine.submit([1] * 9000, GenerationConfig(max_new_tokens=1))
+
+
+def test_requests_that_arrive_together_are_prefilled_together(smollm2, engine, monkeypatch):
+    prefill_rows = []
+    hidden_states = smollm2.model.hidden_states
+
+    def recording(ids, cache=None, mask=None):
+        if ids.shape[1] > 1:
+            prefill_rows.append(ids.shape[0])
+        return hidden_states(ids, cache, mask)
+
+    monkeypatch.setattr(smollm2.model, "hidden_states", recording)
+    busy = engine.submit(smollm2.encode("Once upon a time"), GenerationConfig(max_new_tokens=500))
+    wait_until(lambda: engine.active == 1)
+    jobs = [
+        (smollm2.encode("What is 2+2?", chat=True), GenerationConfig(max_new_tokens=12)),
+        (smollm2.encode("The capital of France is"), GenerationConfig(max_new_tokens=8)),
+        (smollm2.encode("def fib(n):"), GenerationConfig(max_new_tokens=10, sampling=SamplingConfig(temperature=0.7, seed=2))),
+    ]
+    with engine.lock:  # the engine waits at its next step while all three queue
+        requests = [engine.submit(prompt, config) for prompt, config in jobs]
+    got = [wait_for(r) for r in requests]
+    busy.cancelled.set()
+    monkeypatch.undo()
+    assert prefill_rows == [1, 3]
+    for completion, (prompt, config) in zip(got, jobs):
+        assert completion.token_ids == smollm2.generate(prompt, config).token_ids

@@ -340,3 +340,58 @@ def test_a_client_that_disconnects_frees_its_slot(server, app):
         time.sleep(0.01)
     assert engine.active == 0  # long before its 1,000 tokens
     assert httpx.get(f"{server}/health").status_code == 200
+
+
+def stream_choices(server: str, path: str, body: dict) -> tuple[dict[int, str], dict[int, str], dict | None]:
+    """The text and finish reason of each streamed choice, and the usage chunk if one came."""
+    texts, reasons, usage = {}, {}, None
+    with httpx.stream("POST", server + path, json={**body, "stream": True}, timeout=300) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            usage = chunk.get("usage") or usage
+            for choice in chunk["choices"]:
+                piece = choice["delta"].get("content") if "delta" in choice else choice["text"]
+                texts[choice["index"]] = texts.get(choice["index"], "") + (piece or "")
+                if choice["finish_reason"]:
+                    reasons[choice["index"]] = choice["finish_reason"]
+    return texts, reasons, usage
+
+
+def test_n_samples_stream_and_repeat_with_seed_plus_index(server, client, smollm2):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me a fact."}], "temperature": 1.0,
+            "seed": 7, "n": 3, "max_tokens": 12, "stream_options": {"include_usage": True}}
+    texts, reasons, usage = stream_choices(server, CH, body)
+    whole = client.chat.completions.create(**{k: v for k, v in body.items() if k != "stream_options"})
+    prompt = smollm2.encode("Tell me a fact.", chat=True)
+    expected = [smollm2.generate(prompt, GenerationConfig(max_new_tokens=12, sampling=SamplingConfig(
+        temperature=1.0, seed=7 + j))).text for j in range(3)]
+    assert [texts[j] for j in range(3)] == [c.message.content for c in whole.choices] == expected
+    assert len(set(expected)) > 1 and set(reasons) == {0, 1, 2}
+    assert usage["completion_tokens"] == whole.usage.completion_tokens
+
+
+def test_beams_stream_as_whole_choices(server, smollm2):
+    body = {"model": MODEL, "prompt": ["The capital of France is", "Water is"], "max_tokens": 6, "num_beams": 3,
+            "n": 2}
+    texts, reasons, _ = stream_choices(server, C, body)
+    whole = httpx.post(server + C, json=body, timeout=300).json()
+    expected = smollm2.generate_batch([smollm2.encode(p) for p in body["prompt"]], GenerationConfig(
+        max_new_tokens=6, num_beams=3, num_return_sequences=2))
+    assert [texts[i] for i in range(4)] == [c["text"] for c in whole["choices"]] == [c.text for g in expected for c in g]
+    assert len(reasons) == 4
+
+
+def test_a_client_that_leaves_without_streaming_frees_its_slot(server, app):
+    engine = app.state.engine
+    body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 1000, "temperature": 0}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server}{C}", json=body, timeout=httpx.Timeout(30, read=2))
+    for _ in range(500):
+        if engine.active == 0:
+            break
+        time.sleep(0.01)
+    assert engine.active == 0  # long before its 1,000 tokens
+    assert httpx.get(f"{server}/health").status_code == 200

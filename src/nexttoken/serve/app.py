@@ -2,37 +2,49 @@
 /v1/embeddings and /health. Errors come back as {"error": {"message", "type", "param", "code"}}
 with a 4xx status for every client mistake.
 
-Requests of one sequence each share the continuous-batching engine (engine.py); requests for
-several sequences (`n` > 1, beams) run as one batch of their own between its steps."""
+Every sampled sequence is a row of the continuous-batching engine (engine.py), `n` of them for
+a request with `n` > 1, each sampling with `seed + j` when the request gives a seed; beam search
+runs as a batch of its own between the engine's steps. A client that goes away, streaming or not,
+cancels its rows."""
 
 import asyncio
 import base64
-from importlib import resources
 import json
-import queue
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing, suppress
+from dataclasses import dataclass, replace
+from importlib import resources
 
 import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.outputs import Completion
 from nexttoken.encoder.sentence import SentenceEncoder
 from nexttoken.errors import NextTokenError
 from nexttoken.pretrained import LanguageModel
-from nexttoken.serve.engine import Engine, EngineFull, wait_for
+from nexttoken.serve.engine import Engine, EngineFull
+from nexttoken.serve.engine import Request as EngineRequest
 from nexttoken.serve.protocol import ChatRequest, CompletionRequest, EmbeddingRequest
 
 COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 CHAT_MAX_TOKENS = 512
 MAX_BODY_BYTES = 8 * 2**20  # far above any prompt that fits a context window
 DISCONNECT_CHECK_SECONDS = 0.25  # a quiet stream looks this often whether its client has left
+
+
+Event = tuple[int, str, object]  # (choice, kind, value): kind "text", "done" (a Completion) or "error"
+
+
+class ClientGone(Exception):
+    """The client of a running beam search went away."""
 
 
 class APIError(Exception):
@@ -59,6 +71,14 @@ def finish_reason(completion: Completion) -> str:
     return "length" if completion.finish_reason == "length" else "stop"
 
 
+def one_sequence(config: GenerationConfig, sample: int) -> GenerationConfig:
+    """The settings of a request's `sample`-th sequence: its own seed, so that samples differ and
+    a seeded request repeats."""
+    seed = config.sampling.seed
+    sampling = replace(config.sampling, seed=None if seed is None else seed + sample)
+    return replace(config, sampling=sampling, num_return_sequences=1)
+
+
 def usage(prompt_tokens: int, completions: list[Completion]) -> dict:
     generated = sum(len(c.token_ids) for c in completions)
     return {"prompt_tokens": prompt_tokens, "completion_tokens": generated, "total_tokens": prompt_tokens + generated}
@@ -76,13 +96,7 @@ def create_app(lm: LanguageModel, encoder: SentenceEncoder | None = None, api_ke
             raise APIError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')", "invalid_api_key",
                            code="invalid_api_key")
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            return JSONResponse(error_body(f"request body of {declared} bytes exceeds {MAX_BODY_BYTES}",
-                                           "invalid_request_error"), status_code=413)
-        return await call_next(request)
+    app.add_middleware(BodyLimit)
 
     @app.exception_handler(StarletteHTTPException)
     def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -117,13 +131,94 @@ def create_app(lm: LanguageModel, encoder: SentenceEncoder | None = None, api_ke
                                 f" of {window}", param="max_tokens", code="context_length_exceeded")
         return asked if asked is not None else max(1, min(default, window - longest))
 
-    def run(prompts: list[list[int]], config) -> list[list[Completion]]:
-        """One sequence per prompt through the shared engine; several per prompt as a batch of their own."""
-        if config.num_return_sequences == 1 and config.num_beams == 1:
-            requests = [engine.submit(ids, config) for ids in prompts]
-            return [[wait_for(r)] for r in requests]
-        with served.lock:
-            return lm.generate_batch(prompts, config)
+    def sequences(prompts: list[list[int]], config: GenerationConfig, client: Request) -> AsyncIterator[Event]:
+        """(choice, kind, value) events of every sequence a request asks for, choice i * n + j being
+        prompt i's sample j. Sampled sequences are rows of the shared engine, submitted now (so a
+        full queue answers 429 before any response starts); beam search runs as a batch of its own."""
+        if config.num_beams > 1:
+            return beam_events(prompts, config, client)
+        return follow(submit_all(prompts, config), client)
+
+    def submit_all(prompts: list[list[int]], config: GenerationConfig) -> list[EngineRequest]:
+        requests: list[EngineRequest] = []
+        try:
+            for ids in prompts:
+                requests += [engine.submit(ids, one_sequence(config, j)) for j in range(config.num_return_sequences)]
+        except EngineFull:
+            for request in requests:
+                request.cancelled.set()
+            raise
+        return requests
+
+    async def follow(requests: list[EngineRequest], client: Request) -> AsyncIterator[Event]:
+        """Engine events as they come, until every request has ended. A client that goes away
+        cancels them all (so do consumers that stop early: the generator's exit cancels)."""
+        loop, wake = asyncio.get_running_loop(), asyncio.Event()
+        for request in requests:
+            request.listener = lambda event: loop.call_soon_threadsafe(wake.set)  # the engine thread wakes us
+        running, next_check = set(range(len(requests))), loop.time() + DISCONNECT_CHECK_SECONDS
+        try:
+            while running:
+                if loop.time() >= next_check:  # text keeps coming while nobody may be reading it
+                    if await client.is_disconnected():
+                        return
+                    next_check = loop.time() + DISCONNECT_CHECK_SECONDS
+                wake.clear()  # before looking, so that an event arriving during the look still wakes us
+                events = [(i, requests[i].events.get_nowait()) for i in sorted(running) if not requests[i].events.empty()]
+                for index, (kind, value) in events:
+                    if kind != "text":
+                        running.discard(index)
+                    yield index, kind, value
+                if not events and running:
+                    with suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), DISCONNECT_CHECK_SECONDS)
+        finally:
+            for request in requests:
+                request.cancelled.set()
+
+    async def beam_events(prompts: list[list[int]], config: GenerationConfig, client: Request) -> AsyncIterator[Event]:
+        """Beam search holds the model for its whole batch (between the engine's steps) and knows
+        its text only at the end: each beam comes as one text event. A client that goes away stops
+        the search after its next step."""
+        gone = threading.Event()
+
+        def observe(prompt: int, step: int, running: list, finished: list) -> None:
+            if gone.is_set():
+                raise ClientGone
+
+        def search() -> list[list[Completion]]:
+            with served.lock:
+                return lm.generate_batch(prompts, config, on_beams=observe)
+
+        task = asyncio.ensure_future(asyncio.to_thread(search))
+        while not task.done():
+            await asyncio.wait({task}, timeout=DISCONNECT_CHECK_SECONDS)
+            if not task.done() and await client.is_disconnected():
+                gone.set()
+        try:
+            groups = task.result()
+        except ClientGone:
+            return
+        except NextTokenError as exc:
+            yield 0, "error", str(exc)
+            return
+        for index, completion in enumerate(c for group in groups for c in group):
+            yield index, "text", completion.text
+            yield index, "done", completion
+
+    async def complete(prompts: list[list[int]], config: GenerationConfig, client: Request) -> list[list[Completion]]:
+        """Every sequence of a request that does not stream, grouped by prompt."""
+        done: dict[int, Completion] = {}
+        async with aclosing(sequences(prompts, config, client)) as events:
+            async for index, kind, value in events:
+                if kind == "error":
+                    raise NextTokenError(value)
+                if kind == "done":
+                    done[index] = value
+        n = config.num_return_sequences
+        if len(done) < len(prompts) * n:
+            raise APIError(499, "the client closed the request before its answer was ready")
+        return [[done[i * n + j] for j in range(n)] for i in range(len(prompts))]
 
     @app.exception_handler(NextTokenError)
     def bad_request(request: Request, exc: NextTokenError) -> JSONResponse:
@@ -151,7 +246,7 @@ def create_app(lm: LanguageModel, encoder: SentenceEncoder | None = None, api_ke
                                            for n in names]}
 
     @app.post("/v1/completions", dependencies=[Depends(authorize)], response_model=None)
-    def completions(body: CompletionRequest, client: Request) -> dict | StreamingResponse:
+    async def completions(body: CompletionRequest, client: Request) -> dict | StreamingResponse:
         check_model(body.model, served.name)
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not prompts or not all(prompts):
@@ -160,11 +255,15 @@ def create_app(lm: LanguageModel, encoder: SentenceEncoder | None = None, api_ke
         budget = token_budget(ids, body.max_tokens, COMPLETION_MAX_TOKENS)
         config = body.generation_config(budget, body.logprobs or 0)
         if body.stream:
-            if len(ids) > 1 or body.n > 1 or body.num_beams > 1:
-                raise APIError(400, "streaming takes one prompt, n = 1 and no beams", param="stream")
-            return stream(lambda piece, index: text_chunk(piece, None), ids[0], config,
-                          lambda c: text_chunk("", finish_reason(c)), body.stream_options, client)
-        results = run(ids, config)
+            def piece(index: int, text: str, first: bool) -> dict:
+                return {"index": index, "text": text, "finish_reason": None, "logprobs": None}
+
+            def closing(index: int, completion: Completion) -> dict:
+                return {"index": index, "text": "", "finish_reason": finish_reason(completion), "logprobs": None}
+
+            return stream(sequences(ids, config, client), "text_completion", piece, closing, sum(map(len, ids)),
+                          body.stream_options)
+        results = await complete(ids, config, client)
         choices = [{"index": i * body.n + j, "text": c.text, "finish_reason": finish_reason(c),
                     "logprobs": completion_logprobs(c, body.logprobs) if body.logprobs is not None else None}
                    for i, group in enumerate(results) for j, c in enumerate(group)]
@@ -172,75 +271,58 @@ def create_app(lm: LanguageModel, encoder: SentenceEncoder | None = None, api_ke
                 "model": served.name, "choices": choices,
                 "usage": usage(sum(map(len, ids)), [c for group in results for c in group])}
 
-    def text_chunk(piece: str, reason: str | None) -> dict:
-        return {"object": "text_completion", "model": served.name,
-                "choices": [{"index": 0, "text": piece, "finish_reason": reason, "logprobs": None}]}
-
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)], response_model=None)
-    def chat(body: ChatRequest, client: Request) -> dict | StreamingResponse:
+    async def chat(body: ChatRequest, client: Request) -> dict | StreamingResponse:
         check_model(body.model, served.name)
         top = (body.top_logprobs or 0) if body.logprobs else 0
         prompt = lm.tokenizer.encode(lm.chat_prompt([m.model_dump() for m in body.messages]))
         budget = token_budget([prompt], body.max_completion_tokens or body.max_tokens, CHAT_MAX_TOKENS)
         config = body.generation_config(budget, top)
         if body.stream:
-            if body.n > 1 or body.num_beams > 1:
-                raise APIError(400, "streaming takes n = 1 and no beams", param="stream")
-            return stream(lambda piece, index: chat_chunk({"content": piece} if index else {"role": "assistant", "content": piece}, None),
-                          prompt, config, lambda c: chat_chunk({}, finish_reason(c), chat_logprobs(c, top) if body.logprobs else None),
-                          body.stream_options, client)
-        [group] = run([prompt], config)
+            def piece(index: int, text: str, first: bool) -> dict:
+                delta = {"role": "assistant", "content": text} if first else {"content": text}
+                return {"index": index, "delta": delta, "finish_reason": None, "logprobs": None}
+
+            def closing(index: int, completion: Completion) -> dict:
+                """With logprobs asked for, the closing chunk carries those of every token."""
+                return {"index": index, "delta": {}, "finish_reason": finish_reason(completion),
+                        "logprobs": chat_logprobs(completion, top) if body.logprobs else None}
+
+            return stream(sequences([prompt], config, client), "chat.completion.chunk", piece, closing, len(prompt),
+                          body.stream_options)
+        [group] = await complete([prompt], config, client)
         choices = [{"index": j, "message": {"role": "assistant", "content": c.text}, "finish_reason": finish_reason(c),
                     "logprobs": chat_logprobs(c, top) if body.logprobs else None} for j, c in enumerate(group)]
         return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
                 "model": served.name, "choices": choices, "usage": usage(len(prompt), group)}
 
-    def chat_chunk(delta: dict, reason: str | None, logprobs: dict | None = None) -> dict:
-        """A streamed piece; with logprobs asked for, the closing chunk carries those of every token."""
-        return {"object": "chat.completion.chunk", "model": served.name,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": reason, "logprobs": logprobs}]}
-
-    def stream(piece_chunk, prompt: list[int], config, last_chunk, options: dict | None,
-               client: Request) -> StreamingResponse:
-        """Server-sent events: one chunk per piece of text, a closing chunk, then [DONE]. A client
-        that goes away cancels its request, which leaves the engine's batch at the next step."""
-        request = engine.submit(prompt, config)
+    def stream(events: AsyncIterator[Event], object_name: str, piece: Callable[[int, str, bool], dict],
+               closing: Callable[[int, Completion], dict], prompt_tokens: int, options: dict | None) -> StreamingResponse:
+        """Server-sent events as OpenAI sends them: chunks of each choice's text as it comes, a
+        closing chunk per choice, a usage chunk when asked for, then [DONE]."""
         stream_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
-        async def events() -> AsyncIterator[str]:
-            sent = 0
-            loop, wake = asyncio.get_running_loop(), asyncio.Event()
-            request.listener = lambda event: loop.call_soon_threadsafe(wake.set)  # the engine thread wakes us
-            try:
-                while True:
-                    try:
-                        kind, value = request.events.get_nowait()
-                    except queue.Empty:
-                        wake.clear()
-                        if request.events.empty():  # nothing arrived between the look and the clear
-                            try:
-                                await asyncio.wait_for(wake.wait(), DISCONNECT_CHECK_SECONDS)
-                            except TimeoutError:
-                                if await client.is_disconnected():
-                                    return
-                        continue
+        def chunk(choices: list[dict], **extra) -> dict:
+            return {"id": stream_id, "object": object_name, "created": created, "model": served.name,
+                    "choices": choices, **extra}
+
+        async def body() -> AsyncIterator[str]:
+            started, finished = set(), []
+            async with aclosing(events) as each:
+                async for index, kind, value in each:
                     if kind == "text":
-                        yield sse({"id": stream_id, "created": created, **piece_chunk(value, sent)})
-                        sent += 1
-                        continue
-                    if kind == "error":
+                        yield sse(chunk([piece(index, value, index not in started)]))
+                        started.add(index)
+                    elif kind == "error":
                         yield sse(error_body(value, "invalid_request_error"))
                     else:
-                        closing = {"id": stream_id, "created": created, **last_chunk(value)}
-                        if options and options.get("include_usage"):
-                            closing["usage"] = usage(len(prompt), [value])
-                        yield sse(closing)
-                    yield "data: [DONE]\n\n"
-                    return
-            finally:
-                request.cancelled.set()
+                        yield sse(chunk([closing(index, value)]))
+                        finished.append(value)
+            if options and options.get("include_usage"):
+                yield sse(chunk([], usage=usage(prompt_tokens, finished)))
+            yield "data: [DONE]\n\n"
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        return StreamingResponse(body(), media_type="text/event-stream")
 
     @app.post("/v1/embeddings", dependencies=[Depends(authorize)])
     def embeddings(body: EmbeddingRequest) -> dict:
@@ -273,6 +355,23 @@ def create_app(lm: LanguageModel, encoder: SentenceEncoder | None = None, api_ke
                             for s in completion.steps[: len(completion.token_ids)]]}
 
     return app
+
+
+class BodyLimit:
+    """Refuses a body whose declared length is too large before reading it. Plain ASGI, not
+    Starlette's BaseHTTPMiddleware, which hides a client's disconnect from the endpoints."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            declared = Headers(scope=scope).get("content-length")
+            if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+                response = JSONResponse(error_body(f"request body of {declared} bytes exceeds {MAX_BODY_BYTES}",
+                                                   "invalid_request_error"), status_code=413)
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 def encode_vector(vector: np.ndarray, encoding_format: str) -> list[float] | str:

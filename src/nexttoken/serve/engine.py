@@ -1,7 +1,7 @@
 """Continuous batching: requests join and leave one running batch between decode steps.
 
-A new request is prefilled on its own, then its cache rows join the batch's cache, right-aligned
-(each row keeps its own positions; padding is masked). Every step selects one token per row with
+Requests that arrive together are prefilled together, then their cache rows join the batch's
+cache, right-aligned (each row keeps its own positions; padding is masked). Every step selects one token per row with
 that row's own settings and random generator, then feeds all rows in one forward pass. A row leaves
 as soon as it ends, errs or its client goes away; the others go on."""
 
@@ -16,7 +16,7 @@ from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.generate import RowState, step_records
 from nexttoken.decoding.outputs import Completion
 from nexttoken.decoding.processors import TokenHistory
-from nexttoken.decoding.prompts import check_prompt
+from nexttoken.decoding.prompts import check_prompt, left_pad
 from nexttoken.decoding.sampling import new_generator, select
 from nexttoken.errors import NextTokenError
 from nexttoken.model.kv_cache import KVCache
@@ -94,27 +94,41 @@ class Engine:
                     self._step()
 
     def _admit(self) -> None:
-        while len(self.rows) < self.max_batch:
+        """Prefill the requests that wait, as many as there are free rows, in one batch."""
+        joining = []
+        while len(self.rows) + len(joining) < self.max_batch:
             try:
-                request = self.waiting.get(timeout=0.05) if not self.rows else self.waiting.get_nowait()
+                idle = not self.rows and not joining
+                request = self.waiting.get(timeout=0.05) if idle else self.waiting.get_nowait()
             except queue.Empty:
-                return
+                break
             if not request.cancelled.is_set():
-                with self.lock:
-                    self._prefill(request)
+                joining.append(request)
+        if joining:
+            with self.lock:
+                self._prefill(joining)
 
     @torch.inference_mode()
-    def _prefill(self, request: Request) -> None:
-        model, ids = self.lm.model, request.prompt_ids
+    def _prefill(self, requests: list[Request]) -> None:
+        """Left-padded prompts in one forward pass; their cache rows then join the running batch.
+        Should the batch fail, each request is tried alone, so that only a faulty one errs."""
+        model, prompts = self.lm.model, [r.prompt_ids for r in requests]
         try:
-            cache = model.new_cache(capacity=len(ids) + 1)
-            logits = model.head(model.hidden_states(torch.tensor([ids]), cache)[:, -1])[0]  # (V,)
+            ids, mask = left_pad(prompts, self.lm.pad_id)
+            cache = model.new_cache(batch_size=len(prompts), capacity=ids.shape[1] + 1)
+            logits = model.head(model.hidden_states(ids, cache, None if bool(mask.all()) else mask)[:, -1])  # (P, V)
         except Exception as exc:  # noqa: BLE001 - the request fails, the engine goes on
-            request.emit(("error", str(exc)))
+            if len(requests) > 1:
+                for request in requests:
+                    self._prefill([request])
+            else:
+                requests[0].emit(("error", str(exc)))
             return
-        state = RowState(self.lm.tokenizer, request.config.stop_strings, text_sink(request))
-        history = TokenHistory(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.bool), len(ids))
-        self.rows.append(Row(request, state, new_generator(request.config.sampling), history, logits, len(ids)))
+        for request, row_ids, row_logits in zip(requests, prompts, logits):
+            state = RowState(self.lm.tokenizer, request.config.stop_strings, text_sink(request))
+            history = TokenHistory(torch.tensor([row_ids]), torch.ones(1, len(row_ids), dtype=torch.bool), len(row_ids))
+            generator = new_generator(request.config.sampling)
+            self.rows.append(Row(request, state, generator, history, row_logits, len(row_ids)))
         if self.cache is None:
             self.cache = cache
         else:
