@@ -1,0 +1,231 @@
+"""Fine-tuning recipes on the training loop: supervised fine-tuning of a chat decoder (in full or
+with LoRA, merged afterwards and exportable), and classification heads on an encoder (one label per
+text, or one per word), with the data sets of nexttoken.train.sft_data.
+
+Each recipe turns examples into batches, picks an objective `(model, batch) -> (loss, n_tokens)` and
+calls `train`; the loop does the rest (optimiser, schedule, checkpoints, metrics)."""
+
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nexttoken.decoding.config import GenerationConfig
+from nexttoken.encoder.sentence import SentenceEncoder, right_pad
+from nexttoken.errors import NextTokenError
+from nexttoken.model.heads import SequenceClassifier, TokenClassifier
+from nexttoken.pretrained import LanguageModel
+from nexttoken.train.lora import LoraConfig, add_lora, merge_lora
+from nexttoken.train.loop import TrainConfig, TrainResult, train
+from nexttoken.train.masking import labelled_token_loss, sft_batch, sft_tokens
+from nexttoken.train.objectives import IGNORE, next_token_loss
+
+Batch = dict[str, torch.Tensor]
+Objective = Callable[[nn.Module, Batch], tuple[torch.Tensor, torch.Tensor]]
+
+
+class ExampleLoader:
+    """An endless iterator of batches over a fixed list of examples: each epoch a seeded shuffle,
+    cut into batches of `batch_size` and collated. Its state is the number of batches taken, so a
+    resumed run sees the same batches as one never stopped."""
+
+    def __init__(self, examples: list[Any], batch_size: int, collate: Callable[[list[Any]], Batch],
+                 seed: int = 0) -> None:
+        if len(examples) < batch_size:
+            raise NextTokenError(f"{len(examples)} examples are fewer than one batch of {batch_size}")
+        self.examples, self.batch_size, self.collate, self.seed = examples, batch_size, collate, seed
+        self.per_epoch = len(examples) // batch_size
+        self.taken = 0
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self
+
+    def __next__(self) -> Batch:
+        epoch, index = divmod(self.taken, self.per_epoch)
+        order = list(range(len(self.examples)))
+        random.Random(self.seed + epoch).shuffle(order)
+        self.taken += 1
+        chosen = order[index * self.batch_size : (index + 1) * self.batch_size]
+        return self.collate([self.examples[i] for i in chosen])
+
+    def state_dict(self) -> dict:
+        return {"taken": self.taken}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.taken = int(state["taken"])
+
+
+def fixed_batches(examples: list[Any], batch_size: int, collate: Callable[[list[Any]], Batch]) -> list[Batch]:
+    """Evaluation batches, in order."""
+    return [collate(examples[i : i + batch_size]) for i in range(0, len(examples), batch_size)]
+
+
+@torch.no_grad()
+def mean_loss(model: nn.Module, batches: list[Batch], objective: Objective) -> float:
+    """The loss per counted target over `batches`."""
+    was_training = model.training
+    model.eval()
+    total = count = 0.0
+    for batch in batches:
+        loss, n = objective(model, batch)
+        total, count = total + loss.item() * int(n), count + int(n)
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+@dataclass
+class FinetuneResult:
+    train: TrainResult
+    eval_before: float  # held-out loss before training
+    eval_after: float
+    accuracy_before: float | None = None  # held-out accuracy, where the task has one
+    accuracy_after: float | None = None
+
+
+# --- supervised fine-tuning of a chat decoder --------------------------------------------------
+
+
+def sft_examples(lm: LanguageModel, conversations: list[list[dict[str, str]]]) -> list[tuple[list[int], list[bool]]]:
+    return [sft_tokens(lm.tokenizer, conversation) for conversation in conversations]
+
+
+def finetune_chat(lm: LanguageModel, conversations: list[list[dict[str, str]]], held_out: list[list[dict[str, str]]],
+                  config: TrainConfig, run_dir: str | Path, max_len: int = 256,
+                  lora: LoraConfig | None = None) -> FinetuneResult:
+    """Train `lm` on the assistant replies of `conversations`, in full or (with `lora`) through
+    adapters that are merged into its weights at the end; `lm.model` is changed in place."""
+    pad_id = lm.pad_id
+    collate = lambda rows: sft_batch(rows, pad_id, max_len)  # noqa: E731
+    evaluation = fixed_batches(sft_examples(lm, held_out), config.micro_batch, collate)
+    model = lm.model
+    before = mean_loss(model, evaluation, next_token_loss)
+    if lora is not None:
+        add_lora(model, lora)
+    else:
+        model.requires_grad_(True)
+    data = ExampleLoader(sft_examples(lm, conversations), config.micro_batch, collate)
+    result = train(model, data, next_token_loss, config, run_dir)
+    model.eval().requires_grad_(False)
+    if lora is not None:
+        merge_lora(model)
+    return FinetuneResult(result, before, mean_loss(model, evaluation, next_token_loss))
+
+
+def answer_accuracy(lm: LanguageModel, conversations: list[list[dict[str, str]]], max_new_tokens: int = 12) -> float:
+    """Share of conversations whose last assistant reply the model writes exactly, greedily."""
+    config = GenerationConfig(max_new_tokens=max_new_tokens)
+    right = 0
+    for conversation in conversations:
+        prompt = lm.tokenizer.apply_chat_template(conversation[:-1], add_generation_prompt=True)
+        completion = lm.generate(lm.tokenizer.encode(prompt, add_bos=False if lm.template_has_bos else None), config)
+        right += completion.text.strip() == conversation[-1]["content"].strip()
+    return right / max(len(conversations), 1)
+
+
+# --- classification heads on an encoder --------------------------------------------------------
+
+
+class EncoderClassifier(nn.Module):
+    """An encoder with a classification head: (B, T) ids -> (B, n_labels) for a SequenceClassifier,
+    (B, T, n_labels) for a TokenClassifier."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.encoder.hidden_states(ids, mask=mask))
+
+
+def sequence_classification_loss(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of one label per input. batch: "input_ids" (B, T), "attention_mask" (B, T),
+    "labels" (B,)."""
+    logits = model(batch["input_ids"], mask=batch.get("attention_mask"))  # (B, n_labels)
+    return F.cross_entropy(logits.float(), batch["labels"]), torch.tensor(batch["labels"].shape[0])
+
+
+# one label per word: cross-entropy at each word's first token, the others IGNORE (BERT §4.3)
+token_classification_loss = labelled_token_loss
+
+
+def text_batch(encoder: SentenceEncoder, rows: list[tuple[str, int]]) -> Batch:
+    ids, mask = right_pad([encoder.encode(text) for text, _ in rows], encoder.tokenizer.pad_id or 0)
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([label for _, label in rows])}
+
+
+def word_labels(encoder: SentenceEncoder, words: list[str], tags: list[int]) -> tuple[list[int], list[int]]:
+    """[CLS] tokens [SEP] and a label per token: each word's tag on its first token, IGNORE on the
+    rest of the word and on [CLS] and [SEP]."""
+    ids, labels = [encoder.tokenizer.bos_id], [IGNORE]
+    for word, tag in zip(words, tags):
+        pieces = encoder.tokenizer.encode(word, add_bos=False, add_eos=False)
+        ids += pieces
+        labels += [tag] + [IGNORE] * (len(pieces) - 1)
+    limit = encoder.pooling.max_tokens - 1
+    return ids[:limit] + [encoder.tokenizer.eos_id], labels[:limit] + [IGNORE]
+
+
+def tagged_batch(encoder: SentenceEncoder, rows: list[tuple[list[int], list[int]]]) -> Batch:
+    ids, mask = right_pad([ids for ids, _ in rows], encoder.tokenizer.pad_id or 0)
+    labels, _ = right_pad([labels for _, labels in rows], IGNORE)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def classifier_for(encoder: SentenceEncoder, n_labels: int, per_token: bool, seed: int = 0,
+                   freeze_embeddings: bool = False) -> EncoderClassifier:
+    """The encoder with a new head, all trainable but (with `freeze_embeddings`) the embedding
+    tables: a third of MiniLM's weights, which a small labelled set barely moves anyway."""
+    torch.manual_seed(seed)
+    config = encoder.model.config
+    head = TokenClassifier(config, n_labels) if per_token else SequenceClassifier(config, n_labels)
+    model = encoder.model.requires_grad_(True)
+    if freeze_embeddings:
+        for table in (model.embed, model.pos_embed, model.type_embed):
+            if table is not None:
+                table.requires_grad_(False)
+    return EncoderClassifier(model, head)
+
+
+@torch.no_grad()
+def classification_accuracy(model: nn.Module, batches: list[Batch]) -> float:
+    """Share of labels (one per text, or one per counted word) predicted right."""
+    model.eval()
+    right = total = 0
+    for batch in batches:
+        predicted = model(batch["input_ids"], mask=batch["attention_mask"]).argmax(dim=-1)
+        counted = batch["labels"] != IGNORE
+        right += int((predicted == batch["labels"])[counted].sum())
+        total += int(counted.sum())
+    return right / max(total, 1)
+
+
+def finetune_classifier(encoder: SentenceEncoder, train_rows: list, held_out: list, n_labels: int,
+                        config: TrainConfig, run_dir: str | Path, per_token: bool = False, seed: int = 0,
+                        freeze_embeddings: bool = False,
+                        lora: LoraConfig | None = None) -> tuple[EncoderClassifier, FinetuneResult]:
+    """Fine-tune `encoder` (in place) with a new head: `rows` are (text, label) pairs, or with
+    `per_token` (words, tags) pairs; returns the classifier and held-out loss and accuracy before
+    and after. With `lora`, the encoder trains through adapters, merged at the end; the head trains
+    in full."""
+    if per_token:
+        collate = lambda rows: tagged_batch(encoder, [word_labels(encoder, *row) for row in rows])  # noqa: E731
+        objective: Objective = token_classification_loss
+    else:
+        collate = lambda rows: text_batch(encoder, rows)  # noqa: E731
+        objective = sequence_classification_loss
+    model = classifier_for(encoder, n_labels, per_token, seed, freeze_embeddings)
+    evaluation = fixed_batches(held_out, config.micro_batch, collate)
+    before, accuracy_before = mean_loss(model, evaluation, objective), classification_accuracy(model, evaluation)
+    if lora is not None:
+        add_lora(model.encoder, lora)
+    result = train(model, ExampleLoader(train_rows, config.micro_batch, collate), objective, config, run_dir)
+    model.eval().requires_grad_(False)
+    if lora is not None:
+        merge_lora(model.encoder)
+    return model, FinetuneResult(result, before, mean_loss(model, evaluation, objective), accuracy_before,
+                                 classification_accuracy(model, evaluation))
