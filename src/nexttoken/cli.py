@@ -370,6 +370,102 @@ def train_tokenizer_command(
               f"{report.folder}; {report.bytes_per_token:.3f} bytes per token on {report.held_out_files} held-out files")
 
 
+Steps = Annotated[Optional[int], typer.Option("--steps", help="Optimiser steps (default: the recipe's).")]
+
+
+@app.command(name="train")
+def train_command(
+        run_dir: Annotated[Path, typer.Option("--run-dir", help="Where metrics, checkpoints and the final model go.")] = Path("runs/shakespeare"),
+        corpus: Annotated[str, typer.Option(help="A shipped corpus: shakespeare, people-daily or python.")] = "shakespeare",
+        data: Annotated[Optional[Path], typer.Option(help="A folder made by prepare-data (default: prepare CORPUS into RUN_DIR/data).")] = None,
+        steps: Steps = None,
+        global_batch: Annotated[Optional[int], typer.Option(help="Sequences per step, over all processes.")] = None,
+        micro_batch: Annotated[Optional[int], typer.Option(help="Sequences per forward pass of one process.")] = None,
+        lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
+        warmup_steps: Annotated[Optional[int], typer.Option(help="Steps of linear warmup.")] = None,
+        seq_len: Annotated[Optional[int], typer.Option(help="Tokens per training sequence.")] = None,
+        d_model: Annotated[Optional[int], typer.Option(help="Model width.")] = None,
+        n_layer: Annotated[Optional[int], typer.Option(help="Blocks.")] = None,
+        n_head: Annotated[Optional[int], typer.Option(help="Attention heads.")] = None,
+        d_ff: Annotated[Optional[int], typer.Option(help="MLP width.")] = None,
+        vocab_size: Annotated[Optional[int], typer.Option(help="Tokenizer vocabulary when preparing the data.")] = None,
+        precision: Annotated[Optional[str], typer.Option(help="bf16 (autocast) or fp32.")] = None,
+        strategy: Annotated[Optional[str], typer.Option(help="Under torchrun: ddp or fsdp (FSDP2).")] = None,
+        eval_every: Annotated[Optional[int], typer.Option(help="Steps between evaluations.")] = None,
+        checkpoint_every: Annotated[Optional[int], typer.Option(help="Steps between checkpoints.")] = None,
+        seed: Annotated[Optional[int], typer.Option(help="Seed of the initial weights and the data order.")] = None,
+        resume: Annotated[bool, typer.Option("--resume", help="Continue from RUN_DIR's latest checkpoint.")] = False,
+        progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train a small decoder from scratch (default: Shakespeare, about 10 minutes on 2 cores); runs under torchrun too."""
+    from nexttoken.train.run import recipe_with, run_recipe
+
+    recipe = recipe_with(corpus=corpus, data=data, max_steps=steps, global_batch=global_batch, micro_batch=micro_batch,
+                         lr=lr, warmup_steps=warmup_steps, seq_len=seq_len, d_model=d_model, n_layer=n_layer,
+                         n_head=n_head, d_ff=d_ff, vocab_size=vocab_size, precision=precision, strategy=strategy,
+                         eval_every=eval_every, checkpoint_every=checkpoint_every, seed=seed, progress=progress)
+    result = run_recipe(recipe, run_dir, resume=resume)
+    if result.sample:
+        ev = result.train.eval
+        out.print(f"{result.parameters:,} parameters, {result.train.step} steps, {result.train.tokens:,} tokens, "
+                  f"{result.train.tokens_per_second:,.0f} tokens/s; eval loss {ev.get('eval_loss', float('nan')):.3f}, "
+                  f"{ev.get('bits_per_byte', float('nan')):.3f} bits per byte")
+        out.print(f"saved to {result.run_dir} (nexttoken generate --model {result.run_dir} \"ROMEO:\")")
+        out.print(escape(result.sample))
+
+
+@app.command(name="prepare-data")
+def prepare_data_command(
+        folder: Annotated[Path, typer.Argument(help="Where the shards, index.json and tokenizer go.")],
+        corpus: Annotated[str, typer.Option(help="A shipped corpus: shakespeare, people-daily or python.")] = "shakespeare",
+        vocab_size: Annotated[int, typer.Option(help="Tokens in the BPE vocabulary trained on the training split.")] = 4096,
+) -> None:
+    """Train a BPE tokenizer on a shipped corpus and tokenise it into memory-mapped train/val shards."""
+    from nexttoken.train.prepare import read_index
+    from nexttoken.train.run import prepare_corpus, recipe_with
+
+    prepare_corpus(recipe_with(corpus=corpus, vocab_size=vocab_size), folder)
+    for name, split in read_index(folder).splits.items():
+        out.print(f"{name}: {split.n_documents} documents, {split.n_tokens:,} tokens, {split.n_bytes:,} bytes")
+
+
+@app.command(name="export")
+def export_command(
+        target: Annotated[Path, typer.Argument(help="The folder (hf) or .gguf file to write.")],
+        model: ModelOption = None,
+        format: Annotated[str, typer.Option("--format", help="hf: a Hugging Face Llama folder; gguf: a llama.cpp file.")] = "hf",
+        dtype: Annotated[str, typer.Option(help="GGUF matrices in f32 or f16.")] = "f32",
+) -> None:
+    """Write a model as a Hugging Face folder or a GGUF file, with its tokenizer."""
+    from nexttoken.train.export import export
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    err.print(f"written to {export(model, target, format, dtype)}")
+
+
+@app.command(name="finetune")
+def finetune_command(
+        task: Annotated[str, typer.Argument(help="chat (SFT of a chat model), play (which play a line is from) or names (tag persons' names).")],
+        model: Annotated[Optional[Path], typer.Option("--model", "-m", help="The model to fine-tune (default: built-in SmolLM2 for chat, MiniLM otherwise).")] = None,
+        run_dir: Annotated[Path, typer.Option(help="Metrics, loss plot and checkpoint go here.")] = Path("runs/finetune"),
+        steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 50,
+        batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 4,
+        lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: 1e-3 with LoRA, 1e-4 without).")] = None,
+        lora_rank: Annotated[int, typer.Option(help="LoRA rank; 0 trains every weight.")] = 8,
+        examples: Annotated[int, typer.Option(help="Training examples built from the Shakespeare plays.")] = 400,
+        eval_examples: Annotated[int, typer.Option(help="Held-out examples for loss and accuracy.")] = 32,
+        save_to: Annotated[Optional[Path], typer.Option("--out", help="chat: write the fine-tuned model here (a folder, or a .gguf file).")] = None,
+) -> None:
+    """Fine-tune on a small set built from the shipped Shakespeare plays; prints held-out loss and accuracy."""
+    from nexttoken.train.finetune import run_finetune
+
+    result = run_finetune(task, run_dir, model, steps, batch_size, lr, lora_rank, examples, eval_examples, out=save_to)
+    summary = f"held-out loss {result.eval_before:.3f} -> {result.eval_after:.3f}"
+    if result.accuracy_before is not None:
+        summary += f", accuracy {result.accuracy_before:.1%} -> {result.accuracy_after:.1%}"
+    out.print(f"{summary} after {result.train.step} steps ({result.train.seconds:.0f} s)")
+
+
 def main() -> None:
     try:
         app()

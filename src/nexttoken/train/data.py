@@ -89,9 +89,10 @@ class TokenLoader:
         return {"windows_consumed": self.consumed * self.micro_batch, "seed": self.seed, "seq_len": self.seq_len}
 
     def load_state_dict(self, state: dict) -> None:
-        if (state["seed"], state["seq_len"]) != (self.seed, self.seq_len):
-            raise NextTokenError(f"the data loader was saved with seed {state['seed']} and sequence length "
-                                 f"{state['seq_len']}, not {self.seed} and {self.seq_len}")
+        """Continue where `state` was taken, in its seed's order (whatever seed this loader was given)."""
+        if state["seq_len"] != self.seq_len:
+            raise NextTokenError(f"the data loader was saved with sequence length {state['seq_len']}, not {self.seq_len}")
+        self.seed, self._order = state["seed"], None
         consumed, rest = divmod(state["windows_consumed"], self.micro_batch)
         if rest:
             raise NextTokenError(f"{state['windows_consumed']} windows consumed is not a whole number of "

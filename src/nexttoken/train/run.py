@@ -1,0 +1,134 @@
+"""The default training run, the one `nexttoken train` starts: a byte-level BPE tokenizer and a
+small Llama-style decoder trained from scratch on a shipped corpus (Shakespeare unless told
+otherwise), about ten minutes on two CPU cores. The run folder ends up as a Hugging Face Llama
+folder (config.json, model.safetensors, tokenizer.json) that `nexttoken generate --model RUN_DIR`
+samples from, beside its data/, checkpoints/, metrics.jsonl, loss.png and sample.txt.
+
+The same function runs under `torchrun --nproc_per_node N`: the main process prepares the data
+while the others wait, then every process trains on its share."""
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from nexttoken.config import ModelConfig
+from nexttoken.decoding.config import GenerationConfig
+from nexttoken.decoding.sampling import SamplingConfig
+from nexttoken.errors import NextTokenError
+from nexttoken.model.transformer import Transformer
+from nexttoken.pretrained import LanguageModel
+from nexttoken.tokenizer.presets import chat_format
+from nexttoken.tokenizer.tokenizer import Tokenizer
+from nexttoken.tokenizer.training import save_tokenizer, train_bpe
+from nexttoken.train.corpora import load_corpus
+from nexttoken.train.data import TokenLoader, eval_batches
+from nexttoken.train.distributed import Process, full_model_state, start, stop
+from nexttoken.train.export import export_hf
+from nexttoken.train.initialization import init_weights
+from nexttoken.train.loop import TrainConfig, TrainResult, train
+from nexttoken.train.objectives import next_token_loss
+from nexttoken.train.prepare import INDEX_FILE, held_out, prepare_data
+
+TOKENIZER_FORMAT = "gpt"  # one <|endoftext|> between documents, no chat template
+SAMPLE_PROMPT = "ROMEO:"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    corpus: str = "shakespeare"
+    data: Path | None = None  # a prepared data folder; None: prepare `corpus` into RUN_DIR/data
+    vocab_size: int = 4096
+    d_model: int = 256
+    n_layer: int = 4
+    n_head: int = 4
+    d_ff: int = 704  # about 8/3 d_model, as Llama sizes its SwiGLU, rounded to a multiple of 64
+    seq_len: int = 256
+    val_fraction: float = 0.1  # every tenth document is held out
+    eval_batches: int = 8  # per process
+    seed: int = 1337
+    workers: int = 2  # tokenising processes
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        max_steps=600, global_batch=16, micro_batch=16, lr=2e-3, min_lr=2e-4, warmup_steps=30,
+        eval_every=100, checkpoint_every=100))
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        return ModelConfig(vocab_size=vocab_size, d_model=self.d_model, n_layer=self.n_layer, n_head=self.n_head,
+                           d_ff=self.d_ff, max_seq_len=self.seq_len)
+
+
+def recipe_with(**overrides) -> Recipe:
+    """The default recipe with some fields changed, by name, whether they belong to the recipe or to
+    its TrainConfig; None leaves a field as it is."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    own = {k: v for k, v in overrides.items() if k in Recipe.__dataclass_fields__}
+    rest = {k: v for k, v in overrides.items() if k not in own}
+    unknown = set(rest) - set(TrainConfig.__dataclass_fields__)
+    if unknown:
+        raise NextTokenError(f"unknown recipe settings: {', '.join(sorted(unknown))}")
+    recipe = Recipe(**own)
+    return replace(recipe, train=replace(recipe.train, **rest))
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    train: TrainResult
+    parameters: int
+    sample: str
+
+
+def prepare_corpus(recipe: Recipe, folder: Path) -> None:
+    """Train the tokenizer on the training documents only, then tokenise everything into shards."""
+    texts = load_corpus(recipe.corpus)
+    is_val = held_out(len(texts), recipe.val_fraction)
+    chat = chat_format(TOKENIZER_FORMAT)
+    backend = train_bpe((t for t, v in zip(texts, is_val) if not v), recipe.vocab_size, chat)
+    save_tokenizer(backend, chat, folder)  # a Hugging Face tokenizer folder, the shards beside it
+    prepare_data(texts, backend, chat.eos, folder, recipe.val_fraction, recipe.workers)
+
+
+def data_folder(recipe: Recipe, run_dir: Path, process: Process) -> Path:
+    """The prepared data, made by the main process if needed while the others wait."""
+    folder = recipe.data or run_dir / "data"
+    if process.is_main and not (folder / INDEX_FILE).exists():
+        prepare_corpus(recipe, folder)
+    if process.distributed:
+        dist.barrier()
+    return folder
+
+
+def sample(model: Transformer, tokenizer: Tokenizer, prompt: str, seed: int, max_new_tokens: int = 120) -> str:
+    lm = LanguageModel(model.eval(), tokenizer, Path("."))
+    config = GenerationConfig(max_new_tokens=max_new_tokens,
+                              sampling=SamplingConfig(temperature=0.8, top_k=50, seed=seed))
+    return prompt + lm.generate(lm.encode(prompt), config).text
+
+
+def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False) -> RunResult:
+    """Prepare the data (when needed), train, then save the final model as a Hugging Face Llama folder."""
+    run_dir = Path(run_dir)
+    process = start()
+    try:
+        folder = data_folder(recipe, run_dir, process)
+        tokenizer = Tokenizer.from_hf_folder(folder)
+        torch.manual_seed(recipe.seed)  # every process draws the same initial weights
+        model_config = recipe.model_config(tokenizer.vocab_size)
+        model = init_weights(Transformer(model_config), recipe.n_layer)
+        micro = recipe.train.micro_batch
+        data = TokenLoader(folder, "train", micro, recipe.seq_len, recipe.seed, process.rank, process.world_size)
+        val = eval_batches(folder, micro, recipe.seq_len, recipe.eval_batches, rank=process.rank,
+                           world_size=process.world_size)
+        result = train(model, data, next_token_loss, recipe.train, run_dir, eval_data=val,
+                       tokens_per_byte=data.tokens_per_byte, resume=resume, process=process)
+        weights = full_model_state(model)  # every process takes part when FSDP2 has sharded them
+        final, text = Transformer(model_config), ""
+        if process.is_main:
+            final.load_state_dict(weights)
+            export_hf(final, tokenizer, run_dir)
+            text = sample(final, tokenizer, SAMPLE_PROMPT, recipe.seed)
+            (run_dir / "sample.txt").write_text(text + "\n")
+        return RunResult(run_dir, result, sum(p.numel() for p in final.parameters()), text)
+    finally:
+        stop(process)
