@@ -21,7 +21,8 @@ from nexttoken.errors import NextTokenError
 from nexttoken.families import llama
 from nexttoken.families.weights import WeightName, expand, unstack_parts
 from nexttoken.model.transformer import Transformer
-from nexttoken.tokenizer.tokenizer import TokenType, Tokenizer
+from nexttoken.pretrained import load
+from nexttoken.tokenizer.tokenizer import PRE_TOKENIZERS, TokenType, Tokenizer
 
 GGUF_TYPES = {"f32": (torch.float32, gguf.LlamaFileType.ALL_F32), "f16": (torch.float16, gguf.LlamaFileType.MOSTLY_F16)}
 
@@ -144,9 +145,22 @@ def token_types(tokenizer: Tokenizer) -> list[int]:
             else TokenType.NORMAL for i in range(tokenizer.vocab_size)]
 
 
-def add_gguf_tokenizer(writer: gguf.GGUFWriter, tokenizer: Tokenizer, pre: str) -> None:
+def pre_tokenizer_name(tokenizer: Tokenizer) -> str:
+    """llama.cpp's name for how `tokenizer` cuts text into words before BPE: the GGUF rule our
+    loader would rebuild the same pre-tokenizer from, or "gpt-2" for GPT-2's own byte-level split
+    (which tokenizers trained here use)."""
+    state = json.loads(tokenizer.backend.pre_tokenizer.__getstate__())
+    for name, make in PRE_TOKENIZERS.items():
+        if json.loads(make().__getstate__()) == state:
+            return name
+    if state.get("type") == "ByteLevel" and state.get("use_regex"):
+        return "gpt-2"
+    raise NextTokenError(f"no GGUF pre-tokenizer rule matches this tokenizer's ({state.get('type')})")
+
+
+def add_gguf_tokenizer(writer: gguf.GGUFWriter, tokenizer: Tokenizer) -> None:
     writer.add_tokenizer_model("gpt2")  # llama.cpp's name for byte-level BPE
-    writer.add_tokenizer_pre(pre)
+    writer.add_tokenizer_pre(pre_tokenizer_name(tokenizer))
     writer.add_token_list(list(tokenizer.tokens))
     writer.add_token_types(token_types(tokenizer))
     writer.add_token_merges(bpe_merges(tokenizer))
@@ -178,11 +192,9 @@ def add_llama_metadata(writer: gguf.GGUFWriter, config: ModelConfig) -> None:
     writer.add_vocab_size(config.vocab_size)
 
 
-def export_gguf(model: Transformer, tokenizer: Tokenizer, path: str | Path, pre: str = "gpt-2",
-                dtype: str = "f32") -> Path:
+def export_gguf(model: Transformer, tokenizer: Tokenizer, path: str | Path, dtype: str = "f32") -> Path:
     """Write `model` and `tokenizer` as a llama GGUF file; matrices in `dtype` ("f32" or "f16"),
-    norms in f32. `pre` names llama.cpp's pre-tokenizer (how text is cut into words before BPE):
-    "gpt-2" for tokenizers trained here."""
+    norms in f32."""
     if dtype not in GGUF_TYPES:
         raise NextTokenError(f"GGUF export dtype must be one of {', '.join(GGUF_TYPES)}, got {dtype!r}")
     matrix_dtype, file_type = GGUF_TYPES[dtype]
@@ -192,7 +204,7 @@ def export_gguf(model: Transformer, tokenizer: Tokenizer, path: str | Path, pre:
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_file_type(file_type)
     add_llama_metadata(writer, model.config)
-    add_gguf_tokenizer(writer, tokenizer, pre)
+    add_gguf_tokenizer(writer, tokenizer)
     for row, part in unstack_parts(state, export_rows(model.config), model.config):
         weight = part.float()
         weight = row.to_gguf(weight, model.config) if row.to_gguf else weight
@@ -203,3 +215,14 @@ def export_gguf(model: Transformer, tokenizer: Tokenizer, path: str | Path, pre:
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def export(model_path: Path | None, out: Path, format: str = "hf", dtype: str = "f32") -> Path:
+    """Load a model (GGUF file or Hugging Face folder; the built-in one when None) and write it to
+    `out` as a Hugging Face folder ("hf") or a GGUF file ("gguf")."""
+    if format not in ("hf", "gguf"):
+        raise NextTokenError(f"export format must be hf or gguf, got {format!r}")
+    lm = load(model_path)
+    if format == "hf":
+        return export_hf(lm.model, lm.tokenizer, out)
+    return export_gguf(lm.model, lm.tokenizer, out, dtype)

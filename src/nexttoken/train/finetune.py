@@ -16,14 +16,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from nexttoken.decoding.config import GenerationConfig
-from nexttoken.encoder.sentence import SentenceEncoder, right_pad
+from nexttoken.encoder.sentence import SentenceEncoder, load_encoder, right_pad
 from nexttoken.errors import NextTokenError
 from nexttoken.model.heads import SequenceClassifier, TokenClassifier
-from nexttoken.pretrained import LanguageModel
+from nexttoken.pretrained import LanguageModel, load
+from nexttoken.tokenizer.training import shakespeare_files
+from nexttoken.train.export import export_gguf, export_hf
 from nexttoken.train.lora import LoraConfig, add_lora, merge_lora
 from nexttoken.train.loop import TrainConfig, TrainResult, train
 from nexttoken.train.masking import labelled_token_loss, sft_batch, sft_tokens
 from nexttoken.train.objectives import IGNORE, next_token_loss
+from nexttoken.train.sft_data import person_tags, play_lines, read_plays, sft_conversations
 
 Batch = dict[str, torch.Tensor]
 Objective = Callable[[nn.Module, Batch], tuple[torch.Tensor, torch.Tensor]]
@@ -229,3 +232,62 @@ def finetune_classifier(encoder: SentenceEncoder, train_rows: list, held_out: li
         merge_lora(model.encoder)
     return model, FinetuneResult(result, before, mean_loss(model, evaluation, objective), accuracy_before,
                                  classification_accuracy(model, evaluation))
+
+
+# --- the `nexttoken finetune` tasks ------------------------------------------------------------
+
+TASKS = ("chat", "play", "names")
+
+
+def split(rows: list, n_train: int) -> tuple[list, list]:
+    if len(rows) <= n_train:
+        raise NextTokenError(f"only {len(rows)} examples: fewer than the {n_train} to train on plus some held out")
+    return rows[:n_train], rows[n_train:]
+
+
+def run_finetune(task: str, run_dir: Path, model: Path | None = None, steps: int = 50, batch_size: int = 4,
+                 lr: float | None = None, lora_rank: int = 8, examples: int = 400, eval_examples: int = 32,
+                 max_len: int = 256, out: Path | None = None) -> FinetuneResult:
+    """Fine-tune on a set built from the Shakespeare plays (see nexttoken.train.sft_data):
+    "chat": SFT of a chat decoder (default: the built-in SmolLM2-135M-Instruct) to say who speaks a
+    line and to continue speeches; "play": which play a line is from, and "names": which words name
+    a person of the play, both on an encoder (default: the built-in MiniLM) with a new head.
+    `lora_rank` 0 trains every weight. `out` receives the fine-tuned chat model: a Hugging Face
+    folder, or a GGUF file when it ends in .gguf."""
+    if task not in TASKS:
+        raise NextTokenError(f"unknown fine-tuning task {task!r} (tasks: {', '.join(TASKS)})")
+    lora = LoraConfig(rank=lora_rank, alpha=2.0 * lora_rank) if lora_rank else None
+    precision = "bf16" if torch.cuda.is_available() else "fp32"  # CPUs are rarely faster in bfloat16
+    lr = lr or (1e-3 if lora else 1e-4)  # adapters start at zero and are few: they take larger steps
+    config = TrainConfig(max_steps=steps, global_batch=batch_size, micro_batch=batch_size, lr=lr, min_lr=lr / 10,
+                         warmup_steps=min(10, steps // 10), precision=precision, checkpoint_every=0,
+                         eval_every=steps)
+    plays = read_plays(shakespeare_files())
+    if task == "chat":
+        return chat_task(load(model), plays, config, run_dir, examples, eval_examples, max_len, lora, out)
+    encoder = load_encoder(model)
+    if lora is not None:  # the encoder's own projection names
+        lora = LoraConfig(rank=lora.rank, alpha=lora.alpha, targets=("wqkv", "wo", "w_up", "w_down"))
+    if task == "play":
+        rows, n_labels, per_token = play_lines(plays, per_play=-(-(examples + eval_examples) // len(plays))), len(plays), False
+    else:
+        rows, n_labels, per_token = person_tags(plays, examples + eval_examples), 2, True
+    train_rows, held_out = split(rows, examples)
+    _, result = finetune_classifier(encoder, train_rows, held_out[:eval_examples], n_labels, config, run_dir,
+                                    per_token=per_token, lora=lora)
+    return result
+
+
+def chat_task(lm: LanguageModel, plays: list, config: TrainConfig, run_dir: Path, examples: int, eval_examples: int,
+              max_len: int, lora: LoraConfig | None, out: Path | None) -> FinetuneResult:
+    train_set, held_out = split(sft_conversations(plays, examples + eval_examples), examples)
+    who = [c for c in held_out if c[0]["content"].startswith("Who says")]
+    accuracy_before = answer_accuracy(lm, who)
+    result = finetune_chat(lm, train_set, held_out, config, run_dir, max_len, lora)
+    result.accuracy_before, result.accuracy_after = accuracy_before, answer_accuracy(lm, who)
+    if out is not None:
+        if out.suffix == ".gguf":
+            export_gguf(lm.model, lm.tokenizer, out)
+        else:
+            export_hf(lm.model, lm.tokenizer, out)
+    return result
