@@ -466,43 +466,6 @@ def finetune_command(
     out.print(f"{summary} after {result.train.step} steps ({result.train.seconds:.0f} s)")
 
 
-@app.command(name="export")
-def export_command(
-        target: Annotated[Path, typer.Argument(help="The folder (hf) or .gguf file to write.")],
-        model: ModelOption = None,
-        format: Annotated[str, typer.Option("--format", help="hf: a Hugging Face Llama folder; gguf: a llama.cpp file.")] = "hf",
-        dtype: Annotated[str, typer.Option(help="GGUF matrices in f32 or f16.")] = "f32",
-) -> None:
-    """Write a model as a Hugging Face folder or a GGUF file, with its tokenizer."""
-    from nexttoken.train.export import export
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    err.print(f"written to {export(model, target, format, dtype)}")
-
-
-@app.command(name="finetune")
-def finetune_command(
-        task: Annotated[str, typer.Argument(help="chat (SFT of a chat model), play (which play a line is from) or names (tag persons' names).")],
-        model: Annotated[Optional[Path], typer.Option("--model", "-m", help="The model to fine-tune (default: built-in SmolLM2 for chat, MiniLM otherwise).")] = None,
-        run_dir: Annotated[Path, typer.Option(help="Metrics, loss plot and checkpoint go here.")] = Path("runs/finetune"),
-        steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 50,
-        batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 4,
-        lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: 1e-3 with LoRA, 1e-4 without).")] = None,
-        lora_rank: Annotated[int, typer.Option(help="LoRA rank; 0 trains every weight.")] = 8,
-        examples: Annotated[int, typer.Option(help="Training examples built from the Shakespeare plays.")] = 400,
-        eval_examples: Annotated[int, typer.Option(help="Held-out examples for loss and accuracy.")] = 32,
-        save_to: Annotated[Optional[Path], typer.Option("--out", help="chat: write the fine-tuned model here (a folder, or a .gguf file).")] = None,
-) -> None:
-    """Fine-tune on a small set built from the shipped Shakespeare plays; prints held-out loss and accuracy."""
-    from nexttoken.train.finetune import run_finetune
-
-    result = run_finetune(task, run_dir, model, steps, batch_size, lr, lora_rank, examples, eval_examples, out=save_to)
-    summary = f"held-out loss {result.eval_before:.3f} -> {result.eval_after:.3f}"
-    if result.accuracy_before is not None:
-        summary += f", accuracy {result.accuracy_before:.1%} -> {result.accuracy_after:.1%}"
-    out.print(f"{summary} after {result.train.step} steps ({result.train.seconds:.0f} s)")
-
-
 def main() -> None:
     try:
         app()
