@@ -110,7 +110,8 @@ def test_loader_state_mismatch_is_a_clear_error(prepared):
 def test_eval_batches_are_fixed_and_split_by_rank(prepared):
     folder, _ = prepared
     alone = eval_batches(folder, micro_batch=2, seq_len=16, n_batches=2)
-    shared = [eval_batches(folder, micro_batch=2, seq_len=16, n_batches=1, rank=r, world_size=2) for r in (0, 1)]
+    shared = [eval_batches(folder, micro_batch=2, seq_len=16, n_batches=2, rank=r, world_size=2) for r in (0, 1)]
+    assert len(alone) == 2 and [len(s) for s in shared] == [1, 1]
     assert torch.equal(alone[0]["input_ids"], shared[0][0]["input_ids"])
     assert torch.equal(alone[1]["input_ids"], shared[1][0]["input_ids"])
 

@@ -394,6 +394,7 @@ def train_command(
         eval_every: Annotated[Optional[int], typer.Option(help="Steps between evaluations.")] = None,
         checkpoint_every: Annotated[Optional[int], typer.Option(help="Steps between checkpoints.")] = None,
         seed: Annotated[Optional[int], typer.Option(help="Seed of the initial weights and the data order.")] = None,
+        threads: Annotated[Optional[int], typer.Option(help="PyTorch threads per process (default: one per core; 1 can win on a busy machine).")] = None,
         resume: Annotated[bool, typer.Option("--resume", help="Continue from RUN_DIR's latest checkpoint.")] = False,
         progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -403,7 +404,7 @@ def train_command(
     recipe = recipe_with(corpus=corpus, data=data, max_steps=steps, global_batch=global_batch, micro_batch=micro_batch,
                          lr=lr, warmup_steps=warmup_steps, seq_len=seq_len, d_model=d_model, n_layer=n_layer,
                          n_head=n_head, d_ff=d_ff, vocab_size=vocab_size, precision=precision, strategy=strategy,
-                         eval_every=eval_every, checkpoint_every=checkpoint_every, seed=seed, progress=progress)
+                         eval_every=eval_every, checkpoint_every=checkpoint_every, seed=seed, threads=threads, progress=progress)
     result = run_recipe(recipe, run_dir, resume=resume)
     if result.sample:
         ev = result.train.eval

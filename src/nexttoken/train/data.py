@@ -102,8 +102,11 @@ class TokenLoader:
 
 def eval_batches(folder: str | Path, micro_batch: int, seq_len: int, n_batches: int, split: str = "val",
                  rank: int = 0, world_size: int = 1) -> list[Batch]:
-    """The same batches at every evaluation: the split's first windows in order, this rank's share
-    (as many as the split holds, up to `n_batches` per rank)."""
+    """The same batches at every evaluation, whatever the number of processes: the split's first
+    `n_batches` micro-batches of windows in order (fewer if the split is shorter), this rank's share."""
     loader = TokenLoader(folder, split, micro_batch, seq_len, rank=rank, world_size=world_size, shuffle=False)
-    available = max(1, loader.n_windows // (micro_batch * world_size))
-    return [next(loader) for _ in range(min(n_batches, available))]
+    total = min(n_batches, loader.n_windows // micro_batch)
+    if total < world_size:
+        raise NextTokenError(f"{folder}: the '{split}' split holds {total} evaluation batches of {micro_batch}, "
+                             f"fewer than the {world_size} processes")
+    return [next(loader) for _ in range(total // world_size)]

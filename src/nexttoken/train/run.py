@@ -46,11 +46,12 @@ class Recipe:
     d_ff: int = 704  # about 8/3 d_model, as Llama sizes its SwiGLU, rounded to a multiple of 64
     seq_len: int = 256
     val_fraction: float = 0.1  # every tenth document is held out
-    eval_batches: int = 8  # per process
+    eval_batches: int = 8  # micro-batches of held-out windows, over all processes
     seed: int = 1337
     workers: int = 2  # tokenising processes
+    threads: int = 0  # PyTorch's intra-op threads; 0: its default (one per core)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        max_steps=600, global_batch=16, micro_batch=16, lr=2e-3, min_lr=2e-4, warmup_steps=30,
+        max_steps=400, global_batch=16, micro_batch=16, lr=2e-3, min_lr=2e-4, warmup_steps=30,
         eval_every=100, checkpoint_every=100))
 
     def model_config(self, vocab_size: int) -> ModelConfig:
@@ -110,6 +111,8 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False) -> Run
     """Prepare the data (when needed), train, then save the final model as a Hugging Face Llama folder."""
     run_dir = Path(run_dir)
     process = start()
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
     try:
         folder = data_folder(recipe, run_dir, process)
         tokenizer = Tokenizer.from_hf_folder(folder)
