@@ -144,3 +144,22 @@ def test_pre_tokenizer_rule_is_recognised(tokenizer, smollm2_path, tmp_path):
     assert pre_tokenizer_name(smollm2) == read_gguf(smollm2_path).metadata["tokenizer.ggml.pre"] == "smollm"
     smollm2.backend.save(str(tmp_path / "tokenizer.json"))  # what export_hf writes: the same rule comes back
     assert pre_tokenizer_name(Tokenizer.from_hf_folder(tmp_path)) == "smollm"
+
+
+def test_export_command_writes_both_layouts(exported, tokenizer, tmp_path):
+    from typer.testing import CliRunner
+
+    from nexttoken import cli
+
+    model, _, path = exported
+    runner = CliRunner()
+    result = runner.invoke(cli.app, ["export", str(tmp_path / "hf"), "--model", str(path)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(cli.app, ["export", str(tmp_path / "again.gguf"), "--model", str(tmp_path / "hf"),
+                                     "--format", "gguf"])
+    assert result.exit_code == 0, result.output
+    ids = prompt_ids(tokenizer)
+    with torch.no_grad():
+        torch.testing.assert_close(pretrained.load(tmp_path / "again.gguf").model(ids), model(ids))
+    with pytest.raises(NextTokenError, match="hf or gguf"):
+        runner.invoke(cli.app, ["export", str(tmp_path / "x"), "--format", "onnx"], catch_exceptions=False)

@@ -149,14 +149,15 @@ def test_gpt_preset_has_no_chat_template(ours):
 
 def test_larger_vocabulary_compresses_better(corpus, tmp_path):
     """Bytes per token on a held-out play grows with the vocabulary; both beat one byte per token."""
-    report = train_tokenizer(tmp_path / "small", vocab_size=VOCAB, files=corpus[:3])
-    assert (report.vocab_size, report.train_files) == (VOCAB, 3)
+    report = train_tokenizer(tmp_path / "small", vocab_size=VOCAB, files=corpus[:4])
+    assert (report.vocab_size, report.train_files, report.held_out_files) == (VOCAB, 3, 1)
     chat = chat_format("chatml")
     save_tokenizer(train_bpe(read_texts(corpus[:3]), 2000, chat), chat, tmp_path / "large")
     held_out = list(read_texts(corpus[3:4]))
     small = bytes_per_token(Tokenizer.from_hf_folder(tmp_path / "small"), held_out)
     large = bytes_per_token(Tokenizer.from_hf_folder(tmp_path / "large"), held_out)
     assert 1.5 < small < large
+    assert report.bytes_per_token == pytest.approx(small)
 
 
 def test_vocabulary_below_the_specials_and_bytes_is_refused():
@@ -167,3 +168,15 @@ def test_vocabulary_below_the_specials_and_bytes_is_refused():
 def test_unknown_preset_is_refused():
     with pytest.raises(NextTokenError, match="unknown chat format"):
         chat_format("alpaca")
+
+
+def test_train_tokenizer_command(corpus, tmp_path):
+    from typer.testing import CliRunner
+
+    from nexttoken import cli
+
+    result = CliRunner().invoke(cli.app, ["train-tokenizer", str(tmp_path / "tok"), "--vocab-size", "400",
+                                          "--preset", "deepseek", "--file", str(corpus[0])])
+    assert result.exit_code == 0, result.output
+    assert "400 tokens (deepseek) from 1 files" in result.output and "bytes per token on the training text" in result.output
+    assert Tokenizer.from_hf_folder(tmp_path / "tok").bos_id == 0

@@ -366,8 +366,9 @@ def train_tokenizer_command(
     from nexttoken.tokenizer.training import train_tokenizer
 
     report = train_tokenizer(folder, vocab_size, preset, files)
+    measured_on = f"{report.held_out_files} held-out files" if report.held_out_files else "the training text"
     out.print(f"{report.vocab_size} tokens ({report.chat_format}) from {report.train_files} files, saved to "
-              f"{report.folder}; {report.bytes_per_token:.3f} bytes per token on {report.held_out_files} held-out files")
+              f"{report.folder}; {report.bytes_per_token:.3f} bytes per token on {measured_on}", soft_wrap=True)
 
 
 Steps = Annotated[Optional[int], typer.Option("--steps", help="Optimiser steps (default: the recipe's).")]

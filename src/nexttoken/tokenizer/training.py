@@ -30,8 +30,9 @@ def shakespeare_files() -> list[Path]:
 
 
 def split_held_out(files: list[Path], every: int = HELD_OUT_EVERY) -> tuple[list[Path], list[Path]]:
-    """(training files, held-out files): every `every`-th file is held out."""
-    held = files[every - 1 :: every]
+    """(training files, held-out files): every `every`-th file, or the last of fewer, is held out;
+    a single file is not."""
+    held = files[every - 1 :: every] or files[1:][-1:]
     return [f for f in files if f not in held], held
 
 
@@ -124,18 +125,18 @@ class TokenizerReport:
     vocab_size: int
     chat_format: str
     train_files: int
-    held_out_files: int
+    held_out_files: int  # 0: compression is measured on the training text
     bytes_per_token: float  # on the held-out files
 
 
 def train_tokenizer(folder: Path, vocab_size: int = 8192, preset: str = "chatml",
                     files: list[Path] | None = None) -> TokenizerReport:
-    """Train on `files` (default: the Shakespeare corpus) less every tenth, saved to `folder`; report
-    compression on the files held out."""
+    """Train on `files` (default: the Shakespeare corpus) less those held out (see `split_held_out`),
+    saved to `folder`; report compression on the files held out."""
     chat = chat_format(preset)
     files = files if files else shakespeare_files()
-    train_files, held_out = split_held_out(files) if len(files) >= HELD_OUT_EVERY else (files, files)
+    train_files, held_out = split_held_out(files)
     save_tokenizer(train_bpe(read_texts(train_files), vocab_size, chat), chat, Path(folder))
     tokenizer = Tokenizer.from_hf_folder(Path(folder))
     return TokenizerReport(Path(folder), tokenizer.vocab_size, chat.name, len(train_files), len(held_out),
-                           bytes_per_token(tokenizer, read_texts(held_out)))
+                           bytes_per_token(tokenizer, read_texts(held_out or train_files)))

@@ -8,6 +8,7 @@ calls `train`; the loop does the rest (optimiser, schedule, checkpoints, metrics
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from nexttoken.pretrained import LanguageModel, load
 from nexttoken.tokenizer.training import shakespeare_files
 from nexttoken.train.export import export_gguf, export_hf
 from nexttoken.train.lora import LoraConfig, add_lora, merge_lora
-from nexttoken.train.loop import TrainConfig, TrainResult, train
+from nexttoken.train.loop import TrainConfig, TrainResult, to_device, train
 from nexttoken.train.masking import labelled_token_loss, sft_batch, sft_tokens
 from nexttoken.train.objectives import IGNORE, next_token_loss
 from nexttoken.train.sft_data import person_tags, play_lines, read_plays, sft_conversations
@@ -73,9 +74,10 @@ def mean_loss(model: nn.Module, batches: list[Batch], objective: Objective) -> f
     """The loss per counted target over `batches`."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     total = count = 0.0
     for batch in batches:
-        loss, n = objective(model, batch)
+        loss, n = objective(model, to_device(batch, device))
         total, count = total + loss.item() * int(n), count + int(n)
     model.train(was_training)
     return total / max(count, 1)
@@ -102,8 +104,7 @@ def finetune_chat(lm: LanguageModel, conversations: list[list[dict[str, str]]], 
                   lora: LoraConfig | None = None) -> FinetuneResult:
     """Train `lm` on the assistant replies of `conversations`, in full or (with `lora`) through
     adapters that are merged into its weights at the end; `lm.model` is changed in place."""
-    pad_id = lm.pad_id
-    collate = lambda rows: sft_batch(rows, pad_id, max_len)  # noqa: E731
+    collate = partial(sft_batch, pad_id=lm.pad_id, max_len=max_len)
     evaluation = fixed_batches(sft_examples(lm, held_out), config.micro_batch, collate)
     model = lm.model
     before = mean_loss(model, evaluation, next_token_loss)
@@ -179,6 +180,10 @@ def tagged_batch(encoder: SentenceEncoder, rows: list[tuple[list[int], list[int]
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def tagged_words_batch(encoder: SentenceEncoder, rows: list[tuple[list[str], list[int]]]) -> Batch:
+    return tagged_batch(encoder, [word_labels(encoder, words, tags) for words, tags in rows])
+
+
 def classifier_for(encoder: SentenceEncoder, n_labels: int, per_token: bool, seed: int = 0,
                    freeze_embeddings: bool = False) -> EncoderClassifier:
     """The encoder with a new head, all trainable but (with `freeze_embeddings`) the embedding
@@ -198,8 +203,9 @@ def classifier_for(encoder: SentenceEncoder, n_labels: int, per_token: bool, see
 def classification_accuracy(model: nn.Module, batches: list[Batch]) -> float:
     """Share of labels (one per text, or one per counted word) predicted right."""
     model.eval()
+    device = next(model.parameters()).device
     right = total = 0
-    for batch in batches:
+    for batch in map(partial(to_device, device=device), batches):
         predicted = model(batch["input_ids"], mask=batch["attention_mask"]).argmax(dim=-1)
         counted = batch["labels"] != IGNORE
         right += int((predicted == batch["labels"])[counted].sum())
@@ -216,10 +222,10 @@ def finetune_classifier(encoder: SentenceEncoder, train_rows: list, held_out: li
     and after. With `lora`, the encoder trains through adapters, merged at the end; the head trains
     in full."""
     if per_token:
-        collate = lambda rows: tagged_batch(encoder, [word_labels(encoder, *row) for row in rows])  # noqa: E731
+        collate = partial(tagged_words_batch, encoder)
         objective: Objective = token_classification_loss
     else:
-        collate = lambda rows: text_batch(encoder, rows)  # noqa: E731
+        collate = partial(text_batch, encoder)
         objective = sequence_classification_loss
     model = classifier_for(encoder, n_labels, per_token, seed, freeze_embeddings)
     evaluation = fixed_batches(held_out, config.micro_batch, collate)
