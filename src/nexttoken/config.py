@@ -19,11 +19,21 @@ class ModelConfig:
     tie_embeddings: bool = True  # output head shares the token embedding matrix
     norm: str = "rms"  # "rms" (Llama) or "layer" (BERT)
     pre_norm: bool = True  # norm before each sublayer (GPT-2, Llama) or after the residual sum (BERT)
-    mlp: str = "swiglu"  # "swiglu" (Llama) or "gelu" (BERT: up, GELU, down)
-    positions: str = "rope"  # "rope" (rotary, in attention) or "learned" (absolute, added to embeddings)
+    mlp: str = "swiglu"  # "swiglu" (Llama), "gelu" (BERT: up, GELU, down), "relu" (T5 v1.0), "gated-gelu" (T5 v1.1)
+    # "rope" (rotary, in attention), "learned" or "sinusoidal" (absolute, added to embeddings), or "relative"
+    # (T5: a learned bias on attention scores per bucket of key - query distance)
+    positions: str = "rope"
     bias: bool = False  # biases on the linear layers
     type_vocab_size: int = 0  # token-type (segment) embeddings, as BERT has; 0: none
     embed_norm: bool = False  # a norm right after the embeddings (BERT)
+    self_attention: str = "attention"  # the self-attention sublayer of each block (see model.transformer)
+    relative_buckets: int = 32  # positions="relative" (T5): buckets of key - query distance
+    relative_max_distance: int = 128  # distances from this on share the last bucket
+    scale_attention: bool = True  # divide attention scores by sqrt(head_dim); T5 folds it into its weights
+    embed_scale: float = 1.0  # token embeddings are multiplied by this (BART's scale_embedding, Marian: sqrt(d_model))
+    head_scale: float = 1.0  # final hidden states are multiplied by this before the head (T5, tied: d_model ** -0.5)
+    head_bias: bool = False  # a bias on the output scores (BART's final_logits_bias)
+    n_encoder_layer: int = 0  # > 0: the decoder of an encoder-decoder (T5, BART), with cross-attention in each block
 
     def __post_init__(self) -> None:
         if self.n_kv_head == 0:
@@ -34,7 +44,8 @@ class ModelConfig:
             raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
         if self.positions == "rope" and self.head_dim % 2:
             raise ValueError(f"head_dim ({self.head_dim}) must be even for rotary embeddings")
-        for name, value, allowed in (("norm", self.norm, ("rms", "layer")), ("mlp", self.mlp, ("swiglu", "gelu")),
-                                     ("positions", self.positions, ("rope", "learned"))):
+        for name, value, allowed in (("norm", self.norm, ("rms", "layer")),
+                                     ("mlp", self.mlp, ("swiglu", "gelu", "relu", "gated-gelu")),
+                                     ("positions", self.positions, ("rope", "learned", "relative", "sinusoidal"))):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")

@@ -7,7 +7,7 @@ from typing import Any
 
 from nexttoken.config import ModelConfig
 from nexttoken.errors import NextTokenError
-from nexttoken.families import bert, llama
+from nexttoken.families import bart, bert, llama, t5
 from nexttoken.families.weights import WeightName
 
 
@@ -26,6 +26,9 @@ FAMILIES = {
                     config_from_hf=llama.config_from_hf),
     "bert": Family("bert", bert.WEIGHTS, config_from_hf=bert.config_from_hf, hf_prefix=bert.HF_PREFIX,
                    hf_ignored=bert.HF_IGNORED + bert.HF_TIED),
+    "t5": Family("t5", t5.WEIGHTS, config_from_hf=t5.config_from_hf, hf_ignored=t5.HF_IGNORED),
+    "bart": Family("bart", bart.WEIGHTS, config_from_hf=bart.config_from_hf, hf_prefix=bart.HF_PREFIX,
+                   hf_ignored=bart.HF_IGNORED),
 }
 
 

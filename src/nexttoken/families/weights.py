@@ -24,6 +24,7 @@ class WeightName:
     to_gguf: Transform | None = None  # ours -> GGUF layout (what llama.cpp's converter does)
     optional: bool = False  # a head's weight, which a checkpoint may or may not carry
     rows: Callable[[ModelConfig], int] | None = None  # this part's output rows in a fused parameter
+    from_hf: Transform | None = None  # Hugging Face layout -> ours
 
 
 def stack_parts(parts: dict[str, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -45,12 +46,15 @@ def unstack_parts(state: dict[str, torch.Tensor], rows: list[WeightName],
         yield from zip(parts, state[name].split(sizes))
 
 
-def expand(table: tuple[WeightName, ...], n_layer: int) -> Iterator[WeightName]:
-    """Each row once, or once per layer with "{i}" filled in."""
+def expand(table: tuple[WeightName, ...], n_layer: int, n_encoder_layer: int = 0) -> Iterator[WeightName]:
+    """Each row once, or once per layer with "{i}" filled in; in an encoder-decoder, "{e}" stands
+    for the layer index of the encoder, which may have a different number of layers."""
     for row in table:
-        if "{i}" not in row.ours:
+        letter, count = ("e", n_encoder_layer) if "{e}" in row.ours else ("i", n_layer)
+        if "{" + letter + "}" not in row.ours:
             yield row
             continue
-        for i in range(n_layer):
-            yield replace(row, ours=row.ours.format(i=i), gguf=row.gguf and row.gguf.format(i=i),
-                          hf=row.hf.format(i=i))
+        for i in range(count):
+            index = {letter: i}
+            yield replace(row, ours=row.ours.format(**index), gguf=row.gguf and row.gguf.format(**index),
+                          hf=row.hf.format(**index))

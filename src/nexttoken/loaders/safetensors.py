@@ -12,6 +12,7 @@ from nexttoken.config import ModelConfig
 from nexttoken.errors import NextTokenError
 from nexttoken.families import Family, family_for
 from nexttoken.families.weights import expand, stack_parts
+from nexttoken.model.encoder_decoder import EncoderDecoder
 from nexttoken.model.transformer import Transformer
 
 TIED_HEAD = "lm_head.weight"
@@ -46,6 +47,8 @@ def load_hf_model(folder: str | Path) -> tuple[Transformer, dict[str, torch.Tens
     config_json = read_config(folder)
     family = family_for(str(config_json.get("model_type")), source="hf")
     config = family.config_from_hf(config_json)
+    if config.n_encoder_layer:
+        raise NextTokenError(f"{folder}: a {family.name} model is an encoder-decoder (load it with load_hf_seq2seq)")
     state = state_dict_from_hf(read_weights(folder), family, config, folder)
     base = {name: t for name, t in state.items() if name.split(".")[0] in BASE_PREFIXES}
     with torch.device("meta"):
@@ -58,18 +61,40 @@ def load_hf_model(folder: str | Path) -> tuple[Transformer, dict[str, torch.Tens
 def state_dict_from_hf(tensors: dict[str, torch.Tensor], family: Family, config: ModelConfig,
                        where: Path) -> dict[str, torch.Tensor]:
     tensors = {name.removeprefix(family.hf_prefix): t for name, t in tensors.items()}
-    tied = [row for row in expand(family.weights, config.n_layer) if row.ours == TIED_HEAD and config.tie_embeddings]
+    rows = list(expand(family.weights, config.n_layer, config.n_encoder_layer))
+    tied = [row for row in rows if row.ours.endswith(TIED_HEAD) and config.tie_embeddings]
     for row in tied:  # a tied head some checkpoints store anyway: it equals the embeddings
         tensors.pop(row.hf, None)
     parts: dict[str, list[torch.Tensor]] = {}
-    for row in expand(family.weights, config.n_layer):
+    used = set()  # a tensor may feed several of ours (an encoder-decoder's shared embeddings)
+    for row in rows:
         if row in tied:
             continue
         if row.hf in tensors:
-            parts.setdefault(row.ours, []).append(tensors.pop(row.hf).float())
+            tensor = tensors[row.hf].float()
+            parts.setdefault(row.ours, []).append(row.from_hf(tensor, config) if row.from_hf else tensor)
+            used.add(row.hf)
         elif not row.optional:
             raise NextTokenError(f"{where}: missing tensor '{row.hf}'")
-    unknown = sorted(set(tensors) - set(family.hf_ignored))
+    unknown = sorted(set(tensors) - used - set(family.hf_ignored))
     if unknown:
         raise NextTokenError(f"{where}: unexpected tensors for a {family.name} model: {', '.join(unknown[:5])}")
     return stack_parts(parts)
+
+
+def load_hf_seq2seq(folder: str | Path) -> tuple[EncoderDecoder, dict]:
+    """(model, config.json) for a Hugging Face encoder-decoder folder (T5, BART)."""
+    folder = Path(folder)
+    config_json = read_config(folder)
+    family = family_for(str(config_json.get("model_type")), source="hf")
+    config = family.config_from_hf(config_json)
+    if not config.n_encoder_layer:
+        raise NextTokenError(f"{folder}: a {family.name} model is not an encoder-decoder")
+    state = state_dict_from_hf(read_weights(folder), family, config, folder)
+    with torch.device("meta"):
+        model = EncoderDecoder(config)
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as exc:  # shapes or a layout (say, a gated MLP) that config.json does not describe
+        raise NextTokenError(f"{folder}: weights do not match config.json ({str(exc).splitlines()[-1].strip()})") from None
+    return model.eval().requires_grad_(False), config_json

@@ -1,11 +1,14 @@
-"""Multi-head self-attention with grouped key/value heads (Ainslie et al., 2023) and rotary positions."""
+"""Multi-head attention: self-attention with grouped key/value heads (Ainslie et al., 2023) and
+rotary positions, cross-attention onto an encoder's output, and T5's relative position bias."""
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from nexttoken.config import ModelConfig
-from nexttoken.model.kv_cache import KVCache
+from nexttoken.model.kv_cache import CrossKVCache, KVCache
 from nexttoken.model.layers import apply_rotary
 
 
@@ -16,6 +19,7 @@ class Attention(nn.Module):
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         self.causal = config.causal
         self.rotary = config.positions == "rope"
+        self.scale = None if config.scale_attention else 1.0  # None: SDPA's 1/sqrt(head_dim)
         # queries, keys and values in one product: one pass over x, one kernel call (fused at load time)
         self.qkv_sizes = (self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim)
         self.wqkv = nn.Linear(config.d_model, sum(self.qkv_sizes), bias=config.bias)
@@ -35,7 +39,7 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer_index, k, v)  # (B, H_kv, past + T, D)
         mask = {"attn_mask": attention_mask} if attention_mask is not None else self._causal(T, k.shape[2])
-        y = F.scaled_dot_product_attention(q, k, v, enable_gqa=True, **mask)
+        y = F.scaled_dot_product_attention(q, k, v, scale=self.scale, enable_gqa=True, **mask)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, H * D)
         return self.wo(y)
 
@@ -48,3 +52,68 @@ class Attention(nn.Module):
         past = n_keys - n_queries
         query_pos = torch.arange(past, n_keys).unsqueeze(1)  # (T, 1)
         return {"attn_mask": torch.arange(n_keys).unsqueeze(0) <= query_pos}  # (T, past + T)
+
+
+class CrossAttention(nn.Module):
+    """Queries from the decoder, keys and values from the encoder's output (Vaswani et al. 2017
+    §3.2.3). The keys and values depend only on the source, so they are computed once per input
+    (`keys_values`) and read from the cache at every decoding step."""
+
+    def __init__(self, config: ModelConfig, layer_index: int) -> None:
+        super().__init__()
+        self.layer_index = layer_index
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        self.scale = None if config.scale_attention else 1.0
+        self.wq = nn.Linear(config.d_model, self.n_head * self.head_dim, bias=config.bias)
+        self.wkv = nn.Linear(config.d_model, 2 * self.n_kv_head * self.head_dim, bias=config.bias)  # k, v fused
+        self.wo = nn.Linear(self.n_head * self.head_dim, config.d_model, bias=config.bias)
+
+    def keys_values(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S, d_model) encoder output -> keys and values, each (B, H_kv, S, D)."""
+        B, S, _ = memory.shape
+        kv = self.wkv(memory).view(B, S, 2, self.n_kv_head, self.head_dim)  # (B, S, 2, H_kv, D)
+        k, v = kv.permute(2, 0, 3, 1, 4)  # each (B, H_kv, S, D)
+        return k, v
+
+    def forward(self, x: torch.Tensor, cache: CrossKVCache) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k, v = cache.cross_keys[self.layer_index], cache.cross_values[self.layer_index]  # (B, H_kv, S, D)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.source_mask, scale=self.scale, enable_gqa=True)
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, H * D)
+        return self.wo(y)
+
+
+def relative_bucket(relative: torch.Tensor, bidirectional: bool, n_buckets: int, max_distance: int) -> torch.Tensor:
+    """key - query distances -> bucket ids, as T5 does (Raffel et al. 2020 §2.1; Mesh TensorFlow's
+    `_relative_position_bucket`): exact buckets for short distances, logarithmic ones up to
+    `max_distance`, one for everything beyond. Both ways, half the buckets are for keys ahead of
+    the query; one way (causal), keys ahead share bucket 0 (they are masked anyway)."""
+    if bidirectional:
+        n_buckets //= 2
+        ahead = (relative > 0).long() * n_buckets
+        distance = relative.abs()
+    else:
+        ahead = 0
+        distance = (-relative).clamp(min=0)
+    n_exact = n_buckets // 2
+    log_ratio = torch.log(distance.float().clamp(min=1) / n_exact) / math.log(max_distance / n_exact)
+    far = (n_exact + (log_ratio * (n_buckets - n_exact)).long()).clamp(max=n_buckets - 1)
+    return ahead + torch.where(distance < n_exact, distance, far)
+
+
+class RelativePositionBias(nn.Module):
+    """T5's position information: a learned bias per head added to each attention score, looked up
+    by the bucket of the key - query distance. One table per stack, used by every layer."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.bidirectional = not config.causal
+        self.n_buckets, self.max_distance = config.relative_buckets, config.relative_max_distance
+        self.embed = nn.Embedding(config.relative_buckets, config.n_head)
+
+    def forward(self, query_positions: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
+        """(B, T) and (B, S) positions -> (B, H, T, S) biases."""
+        relative = key_positions.unsqueeze(1) - query_positions.unsqueeze(2)  # (B, T, S)
+        buckets = relative_bucket(relative, self.bidirectional, self.n_buckets, self.max_distance)
+        return self.embed(buckets).permute(0, 3, 1, 2)  # (B, T, S, H) -> (B, H, T, S)

@@ -106,3 +106,42 @@ class KVCache:
     def advance(self, n_positions: int) -> None:
         """Called once per forward pass, after every layer has written its keys and values."""
         self.length += n_positions
+
+
+class CrossKVCache(KVCache):
+    """The decoder's cache in an encoder-decoder: its own keys and values as above, plus each row's
+    cross-attention keys and values of the encoded source and the source's padding mask. Reordering
+    rows (beam search, several samples of one input) moves all of them together."""
+
+    def __init__(self, config: ModelConfig, cross_keys: list[torch.Tensor], cross_values: list[torch.Tensor],
+                 source_mask: torch.Tensor, capacity: int = 256, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__(config, source_mask.shape[0], capacity, dtype)
+        self.cross_keys, self.cross_values = cross_keys, cross_values  # per layer, (B, H_kv, S, D)
+        self.source_key_mask = source_mask  # (B, S): False at padding
+        self.source_mask = self._attention_mask()
+
+    def _attention_mask(self) -> torch.Tensor | None:
+        """(B, 1, 1, S): which source positions each query may see; None when none is padding."""
+        return None if bool(self.source_key_mask.all()) else self.source_key_mask[:, None, None, :]
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        super().select_rows(rows)
+        self.cross_keys = [k.index_select(0, rows) for k in self.cross_keys]
+        self.cross_values = [v.index_select(0, rows) for v in self.cross_values]
+        self.source_key_mask = self.source_key_mask.index_select(0, rows)
+        self.source_mask = self._attention_mask()
+
+    def join(self, other: "CrossKVCache") -> None:
+        """Both caches' rows, sources padded on the right to the longer of the two."""
+        super().join(other)
+        width = max(self.source_key_mask.shape[1], other.source_key_mask.shape[1])
+
+        def widen(t: torch.Tensor) -> torch.Tensor:  # (B, H_kv, S, D) -> (B, H_kv, width, D)
+            return torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[2]))
+
+        self.cross_keys = [torch.cat([widen(a), widen(b)]) for a, b in zip(self.cross_keys, other.cross_keys)]
+        self.cross_values = [torch.cat([widen(a), widen(b)]) for a, b in zip(self.cross_values, other.cross_values)]
+        masks = [torch.nn.functional.pad(m, (0, width - m.shape[1]), value=False)
+                 for m in (self.source_key_mask, other.source_key_mask)]
+        self.source_key_mask = torch.cat(masks)
+        self.source_mask = self._attention_mask()

@@ -1,4 +1,6 @@
-"""The parts of a Transformer block other than attention: normalisation, the MLP, rotary positions."""
+"""The parts of a Transformer block other than attention: normalisation, the MLP, position tables."""
+
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -21,16 +23,39 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
 
 
-class GeluMLP(nn.Module):
-    """down(gelu(up(x))): the Transformer MLP of BERT and GPT-2 (exact, erf-based GELU)."""
+ACTIVATIONS = {
+    "gelu": F.gelu,  # exact, erf-based (BERT, BART)
+    "gelu-tanh": partial(F.gelu, approximate="tanh"),  # Hugging Face's "gelu_new" (GPT-2, T5 v1.1)
+    "relu": F.relu,  # T5 v1.0
+    "silu": F.silu,  # Llama
+}
 
-    def __init__(self, d_model: int, d_ff: int, bias: bool) -> None:
+
+class MLP(nn.Module):
+    """down(act(up(x))): the Transformer MLP (Vaswani et al. 2017 §3.3) of BERT, BART and T5 v1.0."""
+
+    def __init__(self, d_model: int, d_ff: int, bias: bool, activation: str) -> None:
         super().__init__()
+        self.act = ACTIVATIONS[activation]
         self.w_up = nn.Linear(d_model, d_ff, bias=bias)
         self.w_down = nn.Linear(d_ff, d_model, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w_down(F.gelu(self.w_up(x)))
+        return self.w_down(self.act(self.w_up(x)))
+
+
+class GatedMLP(nn.Module):
+    """down(act(gate(x)) * up(x)): the gated MLPs of Shazeer (2020), SwiGLU in Llama, GEGLU in T5 v1.1."""
+
+    def __init__(self, d_model: int, d_ff: int, activation: str) -> None:
+        super().__init__()
+        self.act = ACTIVATIONS[activation]
+        self.w_gate_up = nn.Linear(d_model, 2 * d_ff, bias=False)  # gate and up fused: one product
+        self.w_down = nn.Linear(d_ff, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.w_gate_up(x).chunk(2, dim=-1)
+        return self.w_down(self.act(gate) * up)
 
 
 def make_norm(config: ModelConfig) -> nn.Module:
@@ -41,21 +66,10 @@ def make_norm(config: ModelConfig) -> nn.Module:
 
 def make_mlp(config: ModelConfig) -> nn.Module:
     if config.mlp == "swiglu":
-        return SwiGLU(config.d_model, config.d_ff)
-    return GeluMLP(config.d_model, config.d_ff, config.bias)
-
-
-class SwiGLU(nn.Module):
-    """down(silu(gate(x)) * up(x)): the gated MLP of Shazeer (2020), used by Llama."""
-
-    def __init__(self, d_model: int, d_ff: int) -> None:
-        super().__init__()
-        self.w_gate_up = nn.Linear(d_model, 2 * d_ff, bias=False)  # gate and up fused: one product
-        self.w_down = nn.Linear(d_ff, d_model, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.w_gate_up(x).chunk(2, dim=-1)
-        return self.w_down(F.silu(gate) * up)
+        return GatedMLP(config.d_model, config.d_ff, "silu")
+    if config.mlp == "gated-gelu":
+        return GatedMLP(config.d_model, config.d_ff, "gelu-tanh")
+    return MLP(config.d_model, config.d_ff, config.bias, config.mlp)
 
 
 def rotary_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,3 +89,14 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     half = x.shape[-1] // 2
     rotated_half = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos + rotated_half * sin
+
+
+def sinusoidal_table(max_seq_len: int, dim: int) -> torch.Tensor:
+    """(max_seq_len, dim) fixed absolute positions (Vaswani et al. 2017 §3.5), from position 0.
+
+    Laid out as Marian and Hugging Face's Marian do: the sines of every frequency in the first
+    half of the vector, their cosines in the second half (not interleaved)."""
+    inv_freq = 1.0 / 10000.0 ** (torch.arange(0, dim, 2, dtype=torch.float64, device="cpu") / dim)  # (ceil(dim/2),)
+    positions = torch.arange(max_seq_len, dtype=torch.float64, device="cpu")
+    angles = torch.outer(positions, inv_freq)  # (T, ceil(dim/2))
+    return torch.cat([angles.sin(), angles.cos()[:, : dim // 2]], dim=-1).float()  # (T, dim)

@@ -3,15 +3,26 @@
 A family is a ModelConfig plus a weight map (see nexttoken.families): the decoder (Llama) is this
 core with causal attention, rotary positions, pre-norm RMSNorm blocks and SwiGLU; the encoder (BERT)
 is the same core attending both ways, with learned positions, token-type embeddings, post-norm
-LayerNorm blocks and a GELU MLP."""
+LayerNorm blocks and a GELU MLP. An encoder-decoder (T5, BART; see encoder_decoder.py) is two of
+these: an encoder, and a decoder whose blocks add cross-attention onto the encoder's output."""
 
 import torch
 from torch import nn
 
 from nexttoken.config import ModelConfig
-from nexttoken.model.attention import Attention
-from nexttoken.model.kv_cache import KVCache
-from nexttoken.model.layers import make_mlp, make_norm, rotary_tables
+from nexttoken.model.attention import Attention, CrossAttention, RelativePositionBias
+from nexttoken.model.kv_cache import CrossKVCache, KVCache
+from nexttoken.model.layers import make_mlp, make_norm, rotary_tables, sinusoidal_table
+
+# the self-attention sublayers a block can have, by `ModelConfig.self_attention`; each is built
+# from (config, layer_index) and called as (x, cos, sin, cache, attention_mask)
+SELF_ATTENTION = {"attention": Attention}
+
+
+def make_self_attention(config: ModelConfig, layer_index: int) -> nn.Module:
+    if config.self_attention not in SELF_ATTENTION:
+        raise ValueError(f"self_attention must be one of {tuple(SELF_ATTENTION)}, got {config.self_attention!r}")
+    return SELF_ATTENTION[config.self_attention](config, layer_index)
 
 
 def padded_causal_mask(key_mask: torch.Tensor, n_queries: int) -> torch.Tensor:
@@ -33,7 +44,7 @@ class Block(nn.Module):
         super().__init__()
         self.pre_norm = config.pre_norm
         self.attn_norm = make_norm(config)
-        self.attn = Attention(config, layer_index)
+        self.attn = make_self_attention(config, layer_index)
         self.mlp_norm = make_norm(config)
         self.mlp = make_mlp(config)
 
@@ -46,6 +57,27 @@ class Block(nn.Module):
         return self.mlp_norm(x + self.mlp(x))
 
 
+class DecoderBlock(Block):
+    """A block of an encoder-decoder's decoder (Vaswani et al. 2017 §3.1): self-attention, then
+    cross-attention onto the encoded source, then the MLP, each normed as in Block. The source's
+    keys and values come from `cache`, a CrossKVCache."""
+
+    def __init__(self, config: ModelConfig, layer_index: int) -> None:
+        super().__init__(config, layer_index)
+        self.cross_norm = make_norm(config)
+        self.cross_attn = CrossAttention(config, layer_index)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: CrossKVCache,
+                attention_mask: torch.Tensor | None) -> torch.Tensor:
+        if self.pre_norm:
+            x = x + self.attn(self.attn_norm(x), cos, sin, cache, attention_mask)
+            x = x + self.cross_attn(self.cross_norm(x), cache)
+            return x + self.mlp(self.mlp_norm(x))
+        x = self.attn_norm(x + self.attn(x, cos, sin, cache, attention_mask))
+        x = self.cross_norm(x + self.cross_attn(x, cache))
+        return self.mlp_norm(x + self.mlp(x))
+
+
 class Transformer(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -53,11 +85,18 @@ class Transformer(nn.Module):
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         learned = config.positions == "learned"
         self.pos_embed = nn.Embedding(config.max_seq_len, config.d_model) if learned else None
+        sinusoidal = config.positions == "sinusoidal"
+        self.register_buffer("pos_table", sinusoidal_table(config.max_seq_len, config.d_model) if sinusoidal else None,
+                             persistent=False)
+        self.rel_bias = RelativePositionBias(config) if config.positions == "relative" else None
+        self.embed_scale, self.head_scale = config.embed_scale, config.head_scale
         self.type_embed = nn.Embedding(config.type_vocab_size, config.d_model) if config.type_vocab_size else None
         self.embed_norm = make_norm(config) if config.embed_norm else None
-        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        block = DecoderBlock if config.n_encoder_layer else Block
+        self.blocks = nn.ModuleList(block(config, i) for i in range(config.n_layer))
         self.norm = make_norm(config) if config.pre_norm else None  # post-norm blocks end normalised
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.head_bias = nn.Parameter(torch.zeros(config.vocab_size)) if config.head_bias else None
         cos, sin = rotary_tables(config.head_dim, config.max_seq_len, config.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -91,26 +130,46 @@ class Transformer(nn.Module):
             attention_mask = padded_causal_mask(key_mask, T)
         else:
             attention_mask = key_mask[:, None, None, :]  # (B, 1, 1, S): every query sees every real key
+        if self.rel_bias is not None:
+            attention_mask = self.position_bias(positions, key_mask).to(x.dtype)
         for block in self.blocks:
             x = block(x, cos, sin, cache, attention_mask)
         if cache is not None:
             cache.advance(T)
         return self.norm(x) if self.norm is not None else x
 
+    def position_bias(self, positions: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """T5: (B, H, T, S) relative position biases, computed once and shared by every layer, with
+        -inf where a query may not look (padding; the future, in a decoder)."""
+        key_positions = key_mask.long().cumsum(dim=1) - 1  # (B, S): each key's place among its row's tokens
+        if self.config.causal:
+            allowed = padded_causal_mask(key_mask, positions.shape[1])  # (B, 1, T, S)
+        else:
+            allowed = key_mask[:, None, None, :]  # (B, 1, 1, S)
+        return self.rel_bias(positions, key_positions).masked_fill(~allowed, float("-inf"))
+
     def embed_tokens(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Token embeddings, plus learned positions and token type 0 where the family has them."""
+        """Token embeddings (scaled where the family says so), plus absolute positions and token
+        type 0 where the family has them."""
         x = self.embed(ids)  # (B, T, d_model)
+        if self.embed_scale != 1.0:
+            x = x * self.embed_scale
         if self.pos_embed is not None:
             x = x + self.pos_embed(positions)
+        if self.pos_table is not None:
+            x = x + self.pos_table[positions].to(x.dtype)
         if self.type_embed is not None:  # single-segment input: every token is of type 0
             x = x + self.type_embed.weight[0]
         return self.embed_norm(x) if self.embed_norm is not None else x
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, T, d_model) -> (B, T, vocab_size) scores for the next token."""
+        if self.head_scale != 1.0:
+            hidden = hidden * self.head_scale
         if self.lm_head is None:
-            return nn.functional.linear(hidden, self.embed.weight)
-        return self.lm_head(hidden)
+            return nn.functional.linear(hidden, self.embed.weight, self.head_bias)
+        logits = self.lm_head(hidden)
+        return logits if self.head_bias is None else logits + self.head_bias
 
     def untie_head(self) -> None:
         """Give the output head a weight of its own (a copy of the embeddings), so that it can be
