@@ -1,6 +1,6 @@
 """Training throughput of our decoder beside Hugging Face transformers' LlamaForCausalLM, in one run.
 
-    .venv/bin/python benchmarks/bench_train.py [--repeats 3] [--batch 1] [--precision bf16]
+    .venv/bin/python benchmarks/bench_train.py [--repeats 3] [--batch 1] [--precision bf16] [--threads N]
 
 Both models have the GPT-2-small shape in Llama form (12 layers, d_model 768, 12 heads, SwiGLU
 width 2048, a tied 50257-token head) and train on sequences of 512 random tokens with the same
@@ -66,7 +66,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per model (after one warm-up)")
     parser.add_argument("--batch", type=int, default=1, help="sequences of 512 tokens per step")
     parser.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
+    parser.add_argument("--threads", type=int, default=0, help="PyTorch threads (default: one per core)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     config = TrainConfig(global_batch=args.batch, micro_batch=args.batch, precision=args.precision)
     cpu = Process(0, 1, torch.device("cpu"))
