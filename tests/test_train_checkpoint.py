@@ -142,3 +142,10 @@ def test_a_failed_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     assert ckpt.load_checkpoint(latest).state == {"step": 1}
     save_tiny(tmp_path, 2)  # the next save clears the partial folder and, once complete, the old checkpoint
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest.json", "step_00000002"]
+
+
+def test_a_fresh_run_replaces_stale_checkpoints_of_an_earlier_one(tmp_path):
+    save_tiny(tmp_path, 400)
+    save_tiny(tmp_path, 100)
+    assert ckpt.latest_checkpoint(tmp_path).name == "step_00000100"
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest.json", "step_00000100"]

@@ -90,7 +90,10 @@ def save_checkpoint(run_dir: str | Path, step: int, model: dict[str, torch.Tenso
     os.replace(tmp, final)
     fsync(root)
     write_json_atomically(root / LATEST, {"checkpoint": name, "step": step})
-    for old in sorted(root.glob("step_*"))[:-keep]:
+    others = sorted(p for p in root.glob("step_*") if p != final)
+    earlier = [p for p in others if p.name < name]
+    later = [p for p in others if p.name > name]  # left by an earlier run in this folder, now stale
+    for old in later + earlier[:max(0, len(earlier) - (keep - 1))]:
         shutil.rmtree(old)
     return final
 

@@ -100,8 +100,9 @@ def data_folder(recipe: Recipe, run_dir: Path, process: Process) -> Path:
     return folder
 
 
-def sample(model: Transformer, tokenizer: Tokenizer, prompt: str, seed: int, max_new_tokens: int = 120) -> str:
-    lm = LanguageModel(model.eval(), tokenizer, Path("."))
+def sample(model: Transformer, tokenizer: Tokenizer, run_dir: Path, prompt: str, seed: int,
+           max_new_tokens: int = 120) -> str:
+    lm = LanguageModel(model.eval(), tokenizer, run_dir)
     config = GenerationConfig(max_new_tokens=max_new_tokens,
                               sampling=SamplingConfig(temperature=0.8, top_k=50, seed=seed))
     return prompt + lm.generate(lm.encode(prompt), config).text
@@ -130,7 +131,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False) -> Run
         if process.is_main:
             final.load_state_dict(weights)
             export_hf(final, tokenizer, run_dir)
-            text = sample(final, tokenizer, SAMPLE_PROMPT, recipe.seed)
+            text = sample(final, tokenizer, run_dir, SAMPLE_PROMPT, recipe.seed)
             (run_dir / "sample.txt").write_text(text + "\n")
         return RunResult(run_dir, result, sum(p.numel() for p in final.parameters()), text)
     finally:
