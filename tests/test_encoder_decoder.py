@@ -157,3 +157,27 @@ def test_sinusoidal_positions_match_marian(dim):
 
     expected = MarianSinusoidalPositionalEmbedding(50, dim).create_weight()
     torch.testing.assert_close(sinusoidal_table(50, dim), expected, atol=1e-6, rtol=0)
+
+
+def test_joined_caches_decode_as_separate_ones(pair):
+    """Continuous batching: a cache joined from two bound batches (sources of different lengths)
+    gives each row the scores it gets alone."""
+    _, ours, _ = pair
+    ids, mask = sources()
+    start = torch.full((1, 1), ours.config.vocab_size - 1)
+    steps = torch.tensor([[5], [9]])
+    alone = []
+    for row in range(2):
+        width = int(mask[row].sum())
+        bound = ours.bind(ids[row : row + 1, :width])
+        cache = bound.new_cache(1, 4)
+        bound.hidden_states(start, cache)
+        alone.append(bound.head(bound.hidden_states(steps[row : row + 1], cache)))
+    first, second = ours.bind(ids[:1]), ours.bind(ids[1:2, :7])
+    cache = first.new_cache(1, 4)
+    first.hidden_states(start, cache)
+    other = second.new_cache(1, 4)
+    second.hidden_states(start, other)
+    cache.join(other)
+    together = first.head(first.hidden_states(steps, cache))
+    torch.testing.assert_close(together, torch.cat(alone), atol=1e-5, rtol=0)
