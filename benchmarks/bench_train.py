@@ -14,6 +14,7 @@ script measures on this machine."""
 import argparse
 
 import torch
+from timing import median_seconds
 from torch import nn
 
 from nexttoken.config import ModelConfig
@@ -22,7 +23,6 @@ from nexttoken.train.distributed import Process
 from nexttoken.train.initialization import init_weights
 from nexttoken.train.loop import TrainConfig, make_optimizer, train_step
 from nexttoken.train.objectives import next_token_loss
-from timing import median_seconds
 
 SHAPE = ModelConfig(vocab_size=50257, d_model=768, n_layer=12, n_head=12, d_ff=2048, max_seq_len=512)
 SEQ_LEN = 512
@@ -61,6 +61,12 @@ def hf_step(model: nn.Module, optimizer: torch.optim.Optimizer, tokens: torch.Te
     optimizer.zero_grad(set_to_none=True)
 
 
+def time_our_steps(model: nn.Module, batch: dict[str, torch.Tensor], config: TrainConfig, repeats: int) -> float:
+    optimizer = make_optimizer(model, config)
+    cpu = Process(0, 1, torch.device("cpu"))
+    return median_seconds(lambda: train_step(model, [batch], next_token_loss, optimizer, config, cpu), repeats)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per model (after one warm-up)")
@@ -72,7 +78,6 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     config = TrainConfig(global_batch=args.batch, micro_batch=args.batch, precision=args.precision)
-    cpu = Process(0, 1, torch.device("cpu"))
     tokens = torch.randint(0, SHAPE.vocab_size, (args.batch, SEQ_LEN + 1), generator=torch.Generator().manual_seed(0))
     batch = {"input_ids": tokens[:, :-1], "targets": tokens[:, 1:]}
     n_tokens = args.batch * SEQ_LEN
@@ -83,9 +88,8 @@ def main() -> None:
     torch.manual_seed(0)
     ours = init_weights(Transformer(SHAPE), SHAPE.n_layer)
     n_params = sum(p.numel() for p in ours.parameters())
-    optimizer = make_optimizer(ours, config)
-    ours_s = median_seconds(lambda: train_step(ours, [batch], next_token_loss, optimizer, config, cpu), args.repeats)
-    del ours, optimizer
+    ours_s = time_our_steps(ours, batch, config, args.repeats)
+    del ours  # one model in memory at a time
 
     theirs = hf_llama(SHAPE)
     assert sum(p.numel() for p in theirs.parameters()) == n_params, "the two models differ in size"

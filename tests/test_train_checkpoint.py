@@ -23,8 +23,8 @@ from nexttoken.train.run import recipe_with, run_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CPU = Process(0, 1, torch.device("cpu"))
-TINY = dict(d_model=32, n_layer=2, n_head=4, d_ff=64, seq_len=16, global_batch=4, micro_batch=2, lr=3e-3,
-            warmup_steps=2, precision="fp32", eval_every=4, progress=False)
+TINY = {"d_model": 32, "n_layer": 2, "n_head": 4, "d_ff": 64, "seq_len": 16, "global_batch": 4, "micro_batch": 2,
+        "lr": 3e-3, "warmup_steps": 2, "precision": "fp32", "eval_every": 4, "progress": False}
 CLI_TINY = ["--d-model", "32", "--n-layer", "2", "--n-head", "4", "--d-ff", "64", "--seq-len", "16",
             "--global-batch", "4", "--micro-batch", "2", "--lr", "3e-3", "--warmup-steps", "2", "--precision", "fp32",
             "--eval-every", "4", "--no-progress"]

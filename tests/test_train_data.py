@@ -11,7 +11,6 @@ from nexttoken.train.corpora import strip_gutenberg, strip_pos_tags
 from nexttoken.train.data import TokenLoader, TokenStream, eval_batches
 from nexttoken.train.prepare import held_out, prepare_data, read_index
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

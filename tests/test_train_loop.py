@@ -1,13 +1,13 @@
 """The loop's arithmetic: the schedule, the next-token objective, gradient accumulation, and that a
 tiny model can fit a small batch."""
 
+import itertools
 import math
 from dataclasses import replace
 
 import pytest
 import torch
 import torch.nn.functional as F
-
 from train_tiny import one_thread  # noqa: F401 (a fixture)
 
 from nexttoken.config import ModelConfig
@@ -39,7 +39,7 @@ def test_schedule_warms_up_linearly_then_decays_as_a_cosine():
     assert lr[:4] == [0.25, 0.5, 0.75, 1.0]
     assert lr[4] == 1.0 and lr[14] == lr[15] == 0.1
     assert lr[9] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))  # halfway down
-    assert all(a >= b for a, b in zip(lr[4:], lr[5:]))
+    assert all(a >= b for a, b in itertools.pairwise(lr[4:]))
 
 
 def test_next_token_loss_counts_only_real_targets():

@@ -11,8 +11,8 @@ from nexttoken.tokenizer.presets import chat_format
 from nexttoken.tokenizer.training import save_tokenizer, train_bpe
 from nexttoken.train.prepare import DataIndex, prepare_data
 
-WORDS = ("the king queen doth hath thou thee my lord lady sweet night day love death crown sword "
-         "speak hear come go fair foul heaven earth blood tears").split()
+WORDS = ("the", "king", "queen", "doth", "hath", "thou", "thee", "my", "lord", "lady", "sweet", "night", "day",
+         "love", "death", "crown", "sword", "speak", "hear", "come", "go", "fair", "foul", "heaven", "earth", "blood")
 END = chat_format("gpt").eos
 
 

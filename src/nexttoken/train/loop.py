@@ -26,15 +26,40 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from torch import nn
 
 from nexttoken.errors import NextTokenError
-from nexttoken.train.checkpoint import (latest_checkpoint, load_checkpoint, rng_state, save_checkpoint,
-                                        set_rng_state)
-from nexttoken.train.distributed import (Process, full_model_state, full_optimizer_state, gather_objects,
-                                         gradient_sync, load_full_states, start, sum_across, wrap)
-from nexttoken.train.metrics import append_metrics, evaluation_metrics, plot_losses, truncate_metrics
+from nexttoken.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from nexttoken.train.distributed import (
+    Process,
+    full_model_state,
+    full_optimizer_state,
+    gather_objects,
+    gradient_sync,
+    load_full_states,
+    start,
+    sum_across,
+    wrap,
+)
+from nexttoken.train.metrics import (
+    append_metrics,
+    evaluation_metrics,
+    plot_losses,
+    truncate_metrics,
+)
 from nexttoken.train.schedule import learning_rate
 
 Batch = dict[str, torch.Tensor]
