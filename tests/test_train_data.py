@@ -7,7 +7,7 @@ import torch
 from train_tiny import END, one_thread, tiny_data, tiny_texts, tiny_tokenizer  # noqa: F401 (one_thread: a fixture)
 
 from nexttoken.errors import NextTokenError
-from nexttoken.train.corpora import strip_gutenberg, strip_pos_tags
+from nexttoken.train.corpora import strip_gutenberg, strip_pos_tags, text_files
 from nexttoken.train.data import TokenLoader, TokenStream, eval_batches
 from nexttoken.train.prepare import held_out, prepare_data, read_index
 
@@ -141,3 +141,23 @@ def test_shipped_corpora():
     assert any("def " in text for text in load_corpus("python"))
     with pytest.raises(NextTokenError, match="unknown corpus"):
         load_corpus("klingon")
+
+
+def test_prepare_data_from_text_files_and_folders(tmp_path):
+    from typer.testing import CliRunner
+
+    from nexttoken.cli import app
+
+    corpus = tmp_path / "corpus"
+    (corpus / "act2").mkdir(parents=True)
+    texts = tiny_texts(4)
+    for i, text in enumerate(texts):
+        (corpus / ("act2" if i % 2 else "") / f"scene{i}.txt").write_text(text)
+    (corpus / ".notes").write_text("not a document")
+    assert sorted(text_files([corpus])) == sorted(texts)
+    with pytest.raises(NextTokenError, match="no such file"):
+        text_files([tmp_path / "missing.txt"])
+    done = CliRunner().invoke(app, ["prepare-data", str(tmp_path / "data"), "--file", str(corpus), "--vocab-size", "300"])
+    assert done.exit_code == 0, done.output
+    index = read_index(tmp_path / "data")
+    assert index.vocab_size == 300 and index.splits["train"].n_documents + index.splits["val"].n_documents == 4

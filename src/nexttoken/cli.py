@@ -387,6 +387,7 @@ def translate_command(
 
 
 Steps = Annotated[Optional[int], typer.Option("--steps", help="Optimiser steps (default: the recipe's).")]
+TextFiles = Annotated[Optional[list[Path]], typer.Option("--file", help="A text file or folder to train on instead of CORPUS, one document per file (repeatable).")]
 
 
 @app.command(name="train")
@@ -394,6 +395,7 @@ def train_command(
         run_dir: Annotated[Path, typer.Option("--run-dir", help="Where metrics, checkpoints and the final model go.")] = Path("runs/shakespeare"),
         corpus: Annotated[str, typer.Option(help="A shipped corpus: shakespeare, people-daily or python.")] = "shakespeare",
         data: Annotated[Optional[Path], typer.Option(help="A folder made by prepare-data (default: prepare CORPUS into RUN_DIR/data).")] = None,
+        files: TextFiles = None,
         steps: Steps = None,
         global_batch: Annotated[Optional[int], typer.Option(help="Sequences per step, over all processes.")] = None,
         micro_batch: Annotated[Optional[int], typer.Option(help="Sequences per forward pass of one process.")] = None,
@@ -417,10 +419,11 @@ def train_command(
     """Train a small decoder from scratch (default: Shakespeare, about 10 minutes on 2 cores); runs under torchrun too."""
     from nexttoken.train.run import recipe_with, run_recipe
 
-    recipe = recipe_with(corpus=corpus, data=data, max_steps=steps, global_batch=global_batch, micro_batch=micro_batch,
-                         lr=lr, warmup_steps=warmup_steps, seq_len=seq_len, d_model=d_model, n_layer=n_layer,
-                         n_head=n_head, d_ff=d_ff, vocab_size=vocab_size, precision=precision, strategy=strategy,
-                         eval_every=eval_every, checkpoint_every=checkpoint_every, seed=seed, threads=threads, progress=progress)
+    recipe = recipe_with(corpus=corpus, files=tuple(files) if files else None, data=data, max_steps=steps,
+                         global_batch=global_batch, micro_batch=micro_batch, lr=lr, warmup_steps=warmup_steps,
+                         seq_len=seq_len, d_model=d_model, n_layer=n_layer, n_head=n_head, d_ff=d_ff,
+                         vocab_size=vocab_size, precision=precision, strategy=strategy, eval_every=eval_every,
+                         checkpoint_every=checkpoint_every, seed=seed, threads=threads, progress=progress)
     result = run_recipe(recipe, run_dir, resume=resume)
     if result.sample:
         ev = result.train.eval
@@ -435,13 +438,14 @@ def train_command(
 def prepare_data_command(
         folder: Annotated[Path, typer.Argument(help="Where the shards, index.json and tokenizer go.")],
         corpus: Annotated[str, typer.Option(help="A shipped corpus: shakespeare, people-daily or python.")] = "shakespeare",
+        files: TextFiles = None,
         vocab_size: Annotated[int, typer.Option(help="Tokens in the BPE vocabulary trained on the training split.")] = 4096,
 ) -> None:
-    """Train a BPE tokenizer on a shipped corpus and tokenise it into memory-mapped train/val shards."""
+    """Train a BPE tokenizer on a corpus (shipped, or your files) and tokenise it into memory-mapped train/val shards."""
     from nexttoken.train.prepare import read_index
     from nexttoken.train.run import prepare_corpus, recipe_with
 
-    prepare_corpus(recipe_with(corpus=corpus, vocab_size=vocab_size), folder)
+    prepare_corpus(recipe_with(corpus=corpus, files=tuple(files) if files else None, vocab_size=vocab_size), folder)
     for name, split in read_index(folder).splits.items():
         out.print(f"{name}: {split.n_documents} documents, {split.n_tokens:,} tokens, {split.n_bytes:,} bytes")
 
@@ -472,11 +476,13 @@ def finetune_command(
         examples: Annotated[int, typer.Option(help="Training examples built from the Shakespeare plays.")] = 400,
         eval_examples: Annotated[int, typer.Option(help="Held-out examples for loss and accuracy.")] = 32,
         save_to: Annotated[Optional[Path], typer.Option("--out", help="chat: write the fine-tuned model here (a folder, or a .gguf file).")] = None,
+        plays: Annotated[int, typer.Option(help="play: how many plays to tell apart.")] = 4,
 ) -> None:
     """Fine-tune on a small set built from the shipped Shakespeare plays; prints held-out loss and accuracy."""
     from nexttoken.train.finetune import run_finetune
 
-    result = run_finetune(task, run_dir, model, steps, batch_size, lr, lora_rank, examples, eval_examples, out=save_to)
+    result = run_finetune(task, run_dir, model, steps, batch_size, lr, lora_rank, examples, eval_examples, out=save_to,
+                          n_plays=plays)
     summary = f"held-out loss {result.eval_before:.3f} -> {result.eval_after:.3f}"
     if result.accuracy_before is not None:
         summary += f", accuracy {result.accuracy_before:.1%} -> {result.accuracy_after:.1%}"

@@ -63,6 +63,29 @@ def python_stdlib() -> list[str]:
     return [text for text in (p.read_text(encoding="utf-8", errors="replace") for p in files) if text.strip()]
 
 
+def text_files(paths: list[Path]) -> list[str]:
+    """One document per file: each path is a UTF-8 text file or a folder searched for files
+    (hidden ones left out), in sorted order."""
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file()
+                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise NextTokenError(f"no such file or folder: {path}")
+    texts = []
+    for path in files:
+        try:
+            texts.append(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise NextTokenError(f"{path}: not UTF-8 text") from None
+    if not texts:
+        raise NextTokenError(f"no text files in {', '.join(map(str, paths))}")
+    return texts
+
+
 CORPORA = {"shakespeare": shakespeare, "people-daily": people_daily, "python": python_stdlib}
 
 

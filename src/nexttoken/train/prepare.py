@@ -80,7 +80,7 @@ def encode_documents(texts: Sequence[str], tokenizer: tokenizers.Tokenizer, work
 def write_split(name: str, documents: list[list[int]], n_bytes: int, end_id: int, dtype: np.dtype,
                 folder: Path) -> Split:
     """Write `documents`, each followed by the end token, as shards `{name}_000.bin`, ..."""
-    stream = np.fromiter((t for ids in documents for t in (*ids, end_id)), dtype=dtype)
+    stream = np.concatenate([np.array([*ids, end_id], dtype=dtype) for ids in documents] or [np.zeros(0, dtype)])
     shards = []
     for i, start in enumerate(range(0, max(len(stream), 1), SHARD_TOKENS)):
         part = stream[start:start + SHARD_TOKENS]

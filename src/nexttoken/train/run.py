@@ -22,7 +22,7 @@ from nexttoken.pretrained import LanguageModel
 from nexttoken.tokenizer.presets import chat_format
 from nexttoken.tokenizer.tokenizer import Tokenizer
 from nexttoken.tokenizer.training import save_tokenizer, train_bpe
-from nexttoken.train.corpora import load_corpus
+from nexttoken.train.corpora import load_corpus, text_files
 from nexttoken.train.data import TokenLoader, eval_batches
 from nexttoken.train.distributed import Process, full_model_state, start, stop
 from nexttoken.train.export import export_hf
@@ -38,6 +38,7 @@ SAMPLE_PROMPT = "ROMEO:"
 @dataclass(frozen=True)
 class Recipe:
     corpus: str = "shakespeare"
+    files: tuple[Path, ...] = ()  # text files or folders, one document per file, in place of `corpus`
     data: Path | None = None  # a prepared data folder; None: prepare `corpus` into RUN_DIR/data
     vocab_size: int = 4096
     d_model: int = 256
@@ -82,7 +83,7 @@ class RunResult:
 
 def prepare_corpus(recipe: Recipe, folder: Path) -> None:
     """Train the tokenizer on the training documents only, then tokenise everything into shards."""
-    texts = load_corpus(recipe.corpus)
+    texts = text_files(list(recipe.files)) if recipe.files else load_corpus(recipe.corpus)
     is_val = held_out(len(texts), recipe.val_fraction)
     chat = chat_format(TOKENIZER_FORMAT)
     backend = train_bpe((t for t, v in zip(texts, is_val) if not v), recipe.vocab_size, chat)
