@@ -48,9 +48,9 @@ class SSRU(nn.Module):
                 forget = torch.where(real, forget, torch.ones_like(forget))
         cells = []
         for t in range(T):
-            state = forget[:, t] * state + (1 - forget[:, t]) * candidate[:, t]
+            state = torch.lerp(candidate[:, t], state, forget[:, t])  # f * state + (1 - f) * candidate
             cells.append(state)
-        c = torch.stack(cells, dim=1)  # (B, T, d_model)
+        c = torch.stack(cells, dim=1) if T > 1 else state.unsqueeze(1)  # (B, T, d_model)
         if cache is not None:
             heads = c.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
             cache.update(self.layer_index, heads, heads)
