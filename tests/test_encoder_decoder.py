@@ -181,3 +181,19 @@ def test_joined_caches_decode_as_separate_ones(pair):
     cache.join(other)
     together = first.head(first.hidden_states(steps, cache))
     torch.testing.assert_close(together, torch.cat(alone), atol=1e-5, rtol=0)
+
+
+def test_cli_turns_text_into_text(pair):
+    from typer.testing import CliRunner
+
+    from nexttoken.cli import app
+
+    _, _, folder = pair
+    expected = Seq2SeqModel.load(folder).generate_batch(["w5 w6 w7"], GenerationConfig(
+        max_new_tokens=5, num_beams=3, num_return_sequences=2))[0]
+    result = CliRunner().invoke(app, ["seq2seq", str(folder), "w5 w6 w7", "--max-new-tokens", "5", "--beams", "3",
+                                      "--num-return-sequences", "2"])
+    assert result.exit_code == 0, result.output
+    assert result.output == "".join(c.text + "\n" for c in expected)
+    failed = CliRunner().invoke(app, ["seq2seq", str(folder), " "])
+    assert failed.exit_code == 1 and isinstance(failed.exception, NextTokenError)

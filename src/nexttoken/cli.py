@@ -489,6 +489,22 @@ def finetune_command(
     out.print(f"{summary} after {result.train.step} steps ({result.train.seconds:.0f} s)")
 
 
+@app.command()
+def seq2seq(folder: Annotated[Path, typer.Argument(help="A Hugging Face T5 or BART folder: config.json, model.safetensors, tokenizer.json.")],
+            text: str,
+            num_return_sequences: Annotated[int, typer.Option(help="How many sequences to return (samples, or the n best beams).")] = 1,
+            max_new_tokens: MaxNewTokens = 256, temperature: Temperature = 0.0, top_k: TopK = 0, top_p: TopP = 1.0,
+            seed: Seed = None, stop: Stop = None, beams: Beams = 1, length_penalty: LengthPenalty = 1.0,
+            early_stopping: EarlyStopping = "false") -> None:
+    """Turn TEXT into new text with an encoder-decoder (T5 takes a task prefix: 'summarize: ...')."""
+    from nexttoken.seq2seq import Seq2SeqModel
+
+    config = _config(max_new_tokens, temperature, top_k, top_p, 0.0, 1.0, 1.0, 0.0, 0.0, 0, None, None, 0, seed, stop,
+                     beams, length_penalty, early_stopping, 0, num_return_sequences)
+    for completion in Seq2SeqModel.load(folder).generate_batch([text], config)[0]:
+        _write(completion.text + "\n")
+
+
 def main() -> None:
     try:
         app()
