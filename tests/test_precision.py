@@ -10,14 +10,15 @@ import torch
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.errors import NextTokenError
 from nexttoken.model.precision import set_precision
-from nexttoken.model.quantize import Int8Linear, quantize_rows
+from nexttoken.model.quantize import Int4Linear, Int8Linear, quantize_groups, quantize_rows
 from nexttoken.pretrained import LanguageModel
 from test_smollm2_parity import long_text
 
 # measured on SmolLM2-135M over the 2,000-token text below: bf16 97.5 % top-1 agreement and +0.15 %
-# perplexity, int8 95.3 % and +0.33 %; the bounds leave room for the platform's rounding
-BOUNDS = {"bf16": (0.965, 0.005), "int8": (0.94, 0.01)}
-MARGIN = {"bf16": 0.3, "int8": 0.6}  # where the reference's two best log-probabilities are closer, either may win
+# perplexity, int8 95.3 % and +0.33 %, int4 (float32 activations) 100 % and 0.0 %: its groups hold
+# the Q4_1 weights exactly. The bounds leave room for the platform's rounding.
+BOUNDS = {"bf16": (0.965, 0.005), "int8": (0.94, 0.01), "int4": (0.995, 0.001)}
+MARGIN = {"bf16": 0.3, "int8": 0.6, "int4": 1e-3}  # where the reference's two best log-probabilities are closer, either may win
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +26,10 @@ def variants(smollm2) -> dict[str, LanguageModel]:
     def variant(dtype: str, quantize: str) -> LanguageModel:
         return LanguageModel(set_precision(copy.deepcopy(smollm2.model), dtype, quantize), smollm2.tokenizer, smollm2.path)
 
-    return {"bf16": variant("bfloat16", "none"), "int8": variant("float32", "int8")}
+    return {"bf16": variant("bfloat16", "none"), "int8": variant("float32", "int8"), "int4": variant("float32", "int4")}
 
 
-@pytest.mark.parametrize("name", ["bf16", "int8"])
+@pytest.mark.parametrize("name", ["bf16", "int8", "int4"])
 def test_accuracy_against_float32(smollm2, variants, name):
     ids = smollm2.tokenizer.encode(long_text(smollm2.tokenizer, 2001))
     x, target = torch.tensor([ids[:-1]]), torch.tensor(ids[1:])
@@ -42,7 +43,7 @@ def test_accuracy_against_float32(smollm2, variants, name):
     assert abs(ppl_change) <= max_ppl_change
 
 
-@pytest.mark.parametrize("name", ["bf16", "int8"])
+@pytest.mark.parametrize("name", ["bf16", "int8", "int4"])
 @pytest.mark.parametrize("prompt", ["What is 2+2?", "Name the planets of the solar system."])
 def test_greedy_tokens_match_where_the_reference_is_clear(smollm2, variants, name, prompt):
     ids = smollm2.encode(prompt, chat=True)
@@ -75,8 +76,33 @@ def test_int8_keeps_the_embeddings_and_quantizes_the_head(variants):
 
 @pytest.mark.parametrize("options, message", [
     (dict(dtype="float16"), "dtype must be one of"),
-    (dict(quantize="int4"), "quantize must be one of"),
+    (dict(quantize="int3"), "quantize must be one of"),
 ])
 def test_bad_precision_options(smollm2, options, message):
     with pytest.raises(NextTokenError, match=message):
         set_precision(smollm2.model, **options)
+
+
+def dequantize_groups(q: torch.Tensor, scale: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+    groups = q.view(q.shape[0], scale.shape[1], -1).float()  # (N, K/G, G)
+    return (low.unsqueeze(-1) + groups * scale.unsqueeze(-1)).view(q.shape)
+
+
+def test_int4_linear_is_the_dequantized_product():
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(48, 64, generator=g)
+    q, scale, low = quantize_groups(weight)
+    assert int(q.min()) == 0 and int(q.max()) == 15
+    assert (weight - dequantize_groups(q, scale, low)).abs().le(scale.repeat_interleave(32, dim=1) / 2 + 1e-6).all()
+    layer = Int4Linear(weight)
+    for rows in (1, 15, 40):  # the int4 kernel for few rows, the unpacked weight for many
+        x = torch.randn(rows, 64, generator=g)
+        torch.testing.assert_close(layer(x), x @ dequantize_groups(q, scale, low).T, rtol=1e-5, atol=1e-5)
+
+
+def test_int4_holds_the_q4_1_weights_exactly(smollm2, variants):
+    weight = smollm2.model.blocks[3].mlp.w_down.weight  # Q4_1 in the GGUF file, float32 here
+    q, scale, low = quantize_groups(weight)
+    torch.testing.assert_close(dequantize_groups(q, scale, low), weight, rtol=0, atol=1e-6)
+    model = variants["int4"].model
+    assert isinstance(model.blocks[0].attn.wqkv, Int4Linear) and model.lm_head is None  # the head stays tied

@@ -35,7 +35,8 @@ ModelOption = Annotated[Optional[Path], typer.Option("--model", "-m", help="A GG
 System = Annotated[Optional[str], typer.Option(help="System prompt for the chat template.")]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table or streamed text.")]
 Dtype = Annotated[str, typer.Option(help="Compute in float32 (the reference) or bfloat16.")]
-Quantize = Annotated[str, typer.Option(help="Keep linear weights as 'int8' (computes in bfloat16), or 'none'.")]
+Quantize = Annotated[str, typer.Option(help="Keep linear weights as 'int8' (computes in bfloat16), 'int4' "
+                                              "(groups of 32, exact for Q4_1 weights), or 'none'.")]
 
 # Decoding options, shared by `generate` and `chat`; see nexttoken.decoding for what each does.
 MaxNewTokens = Annotated[int, typer.Option(help="Stop after this many new tokens.")]
@@ -260,7 +261,7 @@ def bench(model: ModelOption = None, dtype: Dtype = "float32", quantize: Quantiz
     if json_output:
         print(json.dumps(result.as_dict()))
         return
-    precision = "int8 weights" if quantize == "int8" else dtype
+    precision = {"int8": "int8 weights, bfloat16", "int4": f"int4 weights, {dtype}"}.get(quantize, dtype)
     table = Table(title=f"{precision}, batch {batch_size}, {torch.get_num_threads()} threads")
     table.add_column("measure")
     table.add_column("value", justify="right")

@@ -2,16 +2,19 @@
 
 Weights load as float32 (the reference). `bfloat16` halves the bytes each token reads and runs
 matrix products on the CPU's bf16 units; `int8` keeps linear weights as 8-bit integers with one
-scale per output channel (a quarter of the bytes) and computes in bfloat16."""
+scale per output channel (a quarter of the bytes) and computes in bfloat16; `int4` keeps them as
+4-bit integers with a scale and an offset per group of 32 inputs (exact for weights that were
+Q4_1 in the GGUF file) and computes in `dtype`. The output head shares the embedding matrix and
+keeps its precision under int4: in the built-in model it is 8-bit, and 4 bits would lose it."""
 
 import torch
 
 from nexttoken.errors import NextTokenError
-from nexttoken.model.quantize import quantize_int8
+from nexttoken.model.quantize import quantize_int4, quantize_int8
 from nexttoken.model.transformer import Transformer
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-QUANTIZATIONS = ("none", "int8")
+QUANTIZATIONS = ("none", "int8", "int4")
 
 
 def set_precision(model: Transformer, dtype: str = "float32", quantize: str = "none") -> Transformer:
@@ -25,4 +28,6 @@ def set_precision(model: Transformer, dtype: str = "float32", quantize: str = "n
     if quantize == "int8":
         model.untie_head()  # the output head is a fifth of the weights: quantize it too
         quantize_int8(model, compute)
+    elif quantize == "int4":
+        quantize_int4(model.blocks, compute)
     return model

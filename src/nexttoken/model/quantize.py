@@ -1,9 +1,14 @@
-"""Weight-only int8 quantization: a pure transform of each linear layer's weight plus a module swap
+"""Weight-only quantization: a pure transform of each linear layer's weight plus a module swap
 (as gpt-fast does it).
 
-Each output channel (row) keeps its own scale, max |w| / 127, so w ≈ q * scale with q in
+int8: each output channel (row) keeps its own scale, max |w| / 127, so w ≈ q * scale with q in
 [-127, 127]. The product runs in PyTorch's int8-weight kernel, which on this CPU is fast only with
-bfloat16 activations, so a quantized model computes in bfloat16."""
+bfloat16 activations, so an int8 model computes in bfloat16.
+
+int4: each group of 32 inputs of a row keeps a scale and an offset (its minimum), so
+w ≈ min + q * scale with q in [0, 15]. That is exactly how a GGUF Q4_1 block stores its weights,
+and a Q4_1 block's minimum and maximum are always among its values, so weights loaded from Q4_1
+come back exactly. The product runs in PyTorch's int4-weight kernel in the model's own dtype."""
 
 import torch
 from torch import nn
@@ -38,4 +43,69 @@ def quantize_int8(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.M
             setattr(model, name, Int8Linear(child.weight.detach(), dtype))
         else:
             quantize_int8(child, dtype)
+    return model
+
+
+INT4_GROUP = 32  # inputs per scale and offset: a Q4_1 block
+INT4_KERNEL_MAX_ROWS = 16  # measured: beyond this, unpacking and a float product is faster
+
+
+def quantize_groups(weight: torch.Tensor, group: int = INT4_GROUP) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out, in) float weight -> (out, in) int32 values in [0, 15], and (out, in / group) scales
+    and minimums, with w ≈ minimum + q * scale."""
+    out_features, in_features = weight.shape
+    groups = weight.float().view(out_features, in_features // group, group)  # (N, K/G, G)
+    low, high = groups.amin(dim=-1), groups.amax(dim=-1)  # (N, K/G)
+    scale = ((high - low) / 15).clamp(min=1e-12)
+    q = ((groups - low.unsqueeze(-1)) / scale.unsqueeze(-1)).round().clamp(0, 15).to(torch.int32)
+    return q.view(out_features, in_features), scale, low
+
+
+def int4_fits(layer: nn.Linear) -> bool:
+    """The int4 kernel wants whole groups of inputs and outputs in multiples of 16."""
+    out_features, in_features = layer.weight.shape
+    return layer.bias is None and in_features % INT4_GROUP == 0 and out_features % 16 == 0
+
+
+class Int4Linear(nn.Module):
+    """y = x @ w^T with w kept as 4-bit values and a scale and offset per group of inputs.
+
+    A few rows (decoding) go through PyTorch's int4 kernel, which reads the packed weight; many
+    rows (a prompt) through a float matrix product on the weight unpacked for the call, as the
+    kernel's cost grows with the rows while the unpacking is paid once."""
+
+    def __init__(self, weight: torch.Tensor, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        q, scale, low = quantize_groups(weight)
+        # the kernel computes (q - 8) * scale + zero, so the zero point is the minimum moved by 8 steps
+        zero = low + 8 * scale
+        self.register_buffer("weight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
+        self.register_buffer("scale_and_zero", torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous().to(dtype))  # (K/G, N, 2)
+        self.register_buffer("nibbles", (q[:, 0::2] | q[:, 1::2] << 4).to(torch.uint8))  # (N, K/2): two values a byte
+        self.register_buffer("scale", scale.to(dtype))  # (N, K/G)
+        self.register_buffer("low", low.to(dtype))
+
+    def unpacked(self) -> torch.Tensor:
+        """The (N, K) weight in the model's dtype."""
+        q = torch.stack([self.nibbles & 15, self.nibbles >> 4], dim=-1).view(self.nibbles.shape[0], -1)  # (N, K)
+        groups = q.view(q.shape[0], self.scale.shape[1], INT4_GROUP).to(self.scale.dtype)  # (N, K/G, G)
+        return (self.low.unsqueeze(-1) + groups * self.scale.unsqueeze(-1)).view(q.shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])  # (B * T, in): the kernel takes a matrix
+        if flat.shape[0] > INT4_KERNEL_MAX_ROWS:
+            y = flat @ self.unpacked().T
+        else:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.weight, INT4_GROUP, self.scale_and_zero)
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+
+def quantize_int4(model: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Swap every nn.Linear of `model` that the kernel can take for an Int4Linear, in place."""
+    for name, child in model.named_children():
+        if isinstance(child, nn.Linear):
+            if int4_fits(child):
+                setattr(model, name, Int4Linear(child.weight.detach(), dtype))
+        else:
+            quantize_int4(child, dtype)
     return model
