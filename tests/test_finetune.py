@@ -147,3 +147,13 @@ class FixedBatch:
 
     def load_state_dict(self, state):
         pass
+
+
+def test_finetune_command_refuses_an_unknown_task(tmp_path):
+    from typer.testing import CliRunner
+
+    from nexttoken import cli
+    from nexttoken.errors import NextTokenError
+
+    with pytest.raises(NextTokenError, match="unknown fine-tuning task 'poem'"):
+        CliRunner().invoke(cli.app, ["finetune", "poem", "--run-dir", str(tmp_path)], catch_exceptions=False)
