@@ -197,3 +197,26 @@ def test_cli_turns_text_into_text(pair):
     assert result.output == "".join(c.text + "\n" for c in expected)
     failed = CliRunner().invoke(app, ["seq2seq", str(folder), " "])
     assert failed.exit_code == 1 and isinstance(failed.exception, NextTokenError)
+
+
+def test_stored_copies_of_the_embeddings_are_ignored_and_strangers_refused(pair, tmp_path):
+    """Older checkpoints store the shared embeddings again for each side; those load as if absent.
+    A tensor no table names is refused with a one-line error."""
+    import shutil
+
+    import safetensors.torch
+
+    _, ours, folder = pair
+    tensors = safetensors.torch.load_file(folder / "model.safetensors")
+    prefix = "model." if "model.shared.weight" in tensors else ""
+    shared = tensors[f"{prefix}shared.weight"]
+    tensors |= {f"{prefix}{side}.embed_tokens.weight": shared.clone() for side in ("encoder", "decoder")}
+    shutil.copy(folder / "config.json", tmp_path / "config.json")
+    safetensors.torch.save_file(tensors, tmp_path / "model.safetensors")
+    again, _ = load_hf_seq2seq(tmp_path)
+    ids, mask = sources()
+    targets = torch.tensor([[0, 7, 8], [0, 9, 10]])
+    torch.testing.assert_close(again(ids, targets, mask), ours(ids, targets, mask), atol=0, rtol=0)
+    safetensors.torch.save_file(tensors | {"stray.weight": shared.clone()}, tmp_path / "model.safetensors")
+    with pytest.raises(NextTokenError, match="unexpected tensors .*stray.weight"):
+        load_hf_seq2seq(tmp_path)

@@ -9,8 +9,10 @@ from nexttoken.errors import NextTokenError
 from nexttoken.families.weights import WeightName
 
 MLPS = {"relu": "relu", "gated-gelu": "gated-gelu"}  # Hugging Face's feed_forward_proj -> ours
-# copies of `shared.weight` that some checkpoints store again
-HF_IGNORED = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
+# copies of `shared.weight` that some checkpoints store again, and a cross-attention position table
+# that older checkpoints carry but T5 never uses (cross-attention has no position bias)
+HF_IGNORED = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight",
+              "decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight")
 
 
 def _attention(ours: str, hf: str) -> tuple[WeightName, ...]:
