@@ -220,3 +220,28 @@ def test_stored_copies_of_the_embeddings_are_ignored_and_strangers_refused(pair,
     safetensors.torch.save_file(tensors | {"stray.weight": shared.clone()}, tmp_path / "model.safetensors")
     with pytest.raises(NextTokenError, match="unexpected tensors .*stray.weight"):
         load_hf_seq2seq(tmp_path)
+
+
+@pytest.mark.parametrize("bump, settings", [(3.5, dict(num_beams=1, min_new_tokens=3)),
+                                             (2.0, dict(num_beams=4, num_return_sequences=3, length_penalty=0.7))])
+def test_end_tokens_stop_rows_as_in_generate(bump, settings, tmp_path):
+    """A BART whose end token is made likely: rows and beams end at different lengths, at the same
+    steps as transformers' (min_new_tokens holds the end token back for the first steps)."""
+    from nexttoken.decoding.sampling import SamplingConfig
+
+    torch.manual_seed(0)
+    reference = build("bart").eval()
+    with torch.no_grad():
+        reference.final_logits_bias[0, 1] += bump
+    reference.save_pretrained(tmp_path)
+    ours, _ = load_hf_seq2seq(tmp_path)
+    ids, mask = sources()
+    expected, _ = reference_sequences(reference, ids, mask, max_new_tokens=10, **settings)
+    min_new_tokens = settings.pop("min_new_tokens", 0)
+    config = GenerationConfig(max_new_tokens=10, sampling=SamplingConfig(min_new_tokens=min_new_tokens), **settings)
+    completions = [c for row in generate_batch(ours.bind(ids, mask), word_tokenizer(), [[1]] * 2, [1], config)
+                   for c in row]
+    assert [c.token_ids for c in completions] == expected
+    assert {c.finish_reason for c in completions} == {"eos"}
+    lengths = {len(c.token_ids) for c in completions}
+    assert lengths == {min_new_tokens} if min_new_tokens else len(lengths) > 1
