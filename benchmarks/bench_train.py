@@ -6,12 +6,15 @@ Both models have the GPT-2-small shape in Llama form (12 layers, d_model 768, 12
 width 2048, a tied 50257-token head) and train on sequences of 512 random tokens with the same
 AdamW (fused), the same gradient clipping and the same autocast precision. Ours steps through
 nexttoken.train.loop.train_step, the loop's own step; theirs is the plain loop of the transformers
-documentation. Figures are medians of timed steps after one warm-up step; the ratio is ours /
-theirs (above 1: we are faster). Model FLOPs utilisation counts 6 FLOPs per parameter per token
+documentation. Figures are medians of steps timed in turns, ours then theirs, after one warm-up
+step each; the ratio is ours / theirs (above 1: we are faster). Model FLOPs utilisation counts 6 FLOPs per parameter per token
 plus attention (PaLM, Chowdhery et al. 2022, appendix B) against the bfloat16 matmul peak this
 script measures on this machine."""
 
 import argparse
+import statistics
+import time
+from collections.abc import Callable
 
 import torch
 from timing import median_seconds
@@ -61,10 +64,18 @@ def hf_step(model: nn.Module, optimizer: torch.optim.Optimizer, tokens: torch.Te
     optimizer.zero_grad(set_to_none=True)
 
 
-def time_our_steps(model: nn.Module, batch: dict[str, torch.Tensor], config: TrainConfig, repeats: int) -> float:
-    optimizer = make_optimizer(model, config)
-    cpu = Process(0, 1, torch.device("cpu"))
-    return median_seconds(lambda: train_step(model, [batch], next_token_loss, optimizer, config, cpu), repeats)
+def interleaved_medians(steps: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each step, timed in turns (A, B, A, B, ...) after one warm-up each, so
+    that a change in the machine's load (it is shared) falls on both sides alike."""
+    for step in steps.values():
+        step()
+    times = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -83,18 +94,20 @@ def main() -> None:
     n_tokens = args.batch * SEQ_LEN
     peak = matmul_peak()
     print(f"{torch.get_num_threads()} threads, {args.precision}, batch {args.batch} x {SEQ_LEN}, "
-          f"medians of {args.repeats} steps; bf16 matmul peak {peak / 1e9:.0f} GFLOP/s")
+          f"medians of {args.repeats} steps taken in turns; bf16 matmul peak {peak / 1e9:.0f} GFLOP/s")
 
     torch.manual_seed(0)
     ours = init_weights(Transformer(SHAPE), SHAPE.n_layer)
-    n_params = sum(p.numel() for p in ours.parameters())
-    ours_s = time_our_steps(ours, batch, config, args.repeats)
-    del ours  # one model in memory at a time
-
     theirs = hf_llama(SHAPE)
+    n_params = sum(p.numel() for p in ours.parameters())
     assert sum(p.numel() for p in theirs.parameters()) == n_params, "the two models differ in size"
-    optimizer = make_optimizer(theirs, config)
-    theirs_s = median_seconds(lambda: hf_step(theirs, optimizer, tokens[:, :-1], config), args.repeats)
+    ours_opt, theirs_opt = make_optimizer(ours, config), make_optimizer(theirs, config)
+    cpu = Process(0, 1, torch.device("cpu"))
+    seconds = interleaved_medians({
+        "nexttoken": lambda: train_step(ours, [batch], next_token_loss, ours_opt, config, cpu),
+        "transformers": lambda: hf_step(theirs, theirs_opt, tokens[:, :-1], config),
+    }, args.repeats)
+    ours_s, theirs_s = seconds["nexttoken"], seconds["transformers"]
 
     flops = flops_per_token(SHAPE, n_params, SEQ_LEN) * n_tokens
     print(f"{n_params / 1e6:.1f}M parameters, {flops / n_tokens / 1e6:.0f} MFLOP per token")
