@@ -13,7 +13,6 @@ from nexttoken.model.transformer import Transformer
 from nexttoken.tokenizer import Tokenizer
 from nexttoken.tokenizer.presets import chat_format
 from nexttoken.tokenizer.training import read_texts, save_tokenizer, shakespeare_files, train_bpe
-from nexttoken.loaders.gguf_file import read_gguf
 from nexttoken.train.export import export_gguf, export_hf, hf_state_dict, pre_tokenizer_name
 
 TEXTS = ["To be, or not to be, that is the question:", "Hi <|eot_id|> there\n\n  café 123", ""]
@@ -138,11 +137,10 @@ def test_model_smaller_than_vocabulary_is_refused(tokenizer, tmp_path):
         export_gguf(tiny_decoder(True, vocab_size=500), tokenizer, tmp_path / "model.gguf")
 
 
-def test_pre_tokenizer_rule_is_recognised(tokenizer, smollm2_path, tmp_path):
+def test_pre_tokenizer_rule_is_recognised(tokenizer, smollm2, tmp_path):
     assert pre_tokenizer_name(tokenizer) == "gpt-2"
-    smollm2 = Tokenizer.from_gguf_metadata(read_gguf(smollm2_path).metadata)
-    assert pre_tokenizer_name(smollm2) == read_gguf(smollm2_path).metadata["tokenizer.ggml.pre"] == "smollm"
-    smollm2.backend.save(str(tmp_path / "tokenizer.json"))  # what export_hf writes: the same rule comes back
+    assert pre_tokenizer_name(smollm2.tokenizer) == "smollm"  # its GGUF's tokenizer.ggml.pre
+    smollm2.tokenizer.backend.save(str(tmp_path / "tokenizer.json"))  # as export_hf writes it: the rule comes back
     assert pre_tokenizer_name(Tokenizer.from_hf_folder(tmp_path)) == "smollm"
 
 

@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 
 from nexttoken.encoder.sentence import builtin_encoder_path
-from nexttoken.loaders.gguf_file import read_gguf
 from nexttoken.tokenizer import Tokenizer
 from nexttoken.tokenizer.presets import chat_format
 from nexttoken.tokenizer.training import read_texts, save_tokenizer, shakespeare_files, train_bpe
@@ -89,8 +88,8 @@ def test_labelled_token_loss_is_mean_cross_entropy_over_labels():
 
 
 @pytest.fixture(scope="module")
-def chat_tokenizers(tmp_path_factory, smollm2_path) -> dict[str, Tokenizer]:
-    out = {"smollm2": Tokenizer.from_gguf_metadata(read_gguf(smollm2_path).metadata)}
+def chat_tokenizers(tmp_path_factory, smollm2) -> dict[str, Tokenizer]:
+    out = {"smollm2": smollm2.tokenizer}
     for name in ("chatml", "llama3", "deepseek"):
         chat = chat_format(name)
         backend = train_bpe(read_texts(shakespeare_files()[:1]), 500, chat)

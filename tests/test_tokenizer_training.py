@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 
 from nexttoken.errors import NextTokenError
-from nexttoken.loaders.gguf_file import read_gguf
 from nexttoken.tokenizer import Tokenizer
 from nexttoken.tokenizer.presets import PRESETS, chat_format
 from nexttoken.tokenizer.training import (bytes_per_token, read_texts, save_tokenizer, shakespeare_files,
@@ -124,10 +123,10 @@ def test_chat_template_renders_reference(ours, name):
     assert ours[name].apply_chat_template(CONVERSATION[:3], add_generation_prompt=False) == REFERENCE_RENDERINGS[name]
 
 
-def test_chatml_renders_as_smollm2_template(ours, smollm2_path):
+def test_chatml_renders_as_smollm2_template(ours, smollm2):
     """With a system message (SmolLM2's template adds a default one otherwise), our ChatML preset and
     SmolLM2's shipped template render the same text."""
-    smollm2 = Tokenizer.from_gguf_metadata(read_gguf(smollm2_path).metadata)
+    smollm2 = smollm2.tokenizer
     for generation_prompt in (False, True):
         messages = CONVERSATION if not generation_prompt else CONVERSATION[:4]
         assert (ours["chatml"].apply_chat_template(messages, add_generation_prompt=generation_prompt)
