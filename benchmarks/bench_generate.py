@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_generate.py [--model PATH] [--repeats 3]
 
-Theirs runs in float32 (their GGUF default), ours in float32, bfloat16 and with int8 weights, all on
+Theirs runs in float32 (their GGUF default), ours in float32, bfloat16 and with int8 and int4 weights, all on
 the CPU in this one process; the figures are medians and the ratios are ours / transformers float32
 (above 1: we are faster)."""
 
@@ -38,7 +38,8 @@ def main() -> None:
     print(f"model {lm.path.name}, {torch.get_num_threads()} threads, medians of {args.repeats}")
     models = {"float32": lm.model,
               "bfloat16": set_precision(copy.deepcopy(lm.model), "bfloat16"),
-              "int8": set_precision(copy.deepcopy(lm.model), quantize="int8")}
+              "int8": set_precision(copy.deepcopy(lm.model), quantize="int8"),
+              "int4": set_precision(copy.deepcopy(lm.model), quantize="int4")}
 
     @torch.inference_mode()
     def ours_prefill(model, ids: list[int]) -> None:

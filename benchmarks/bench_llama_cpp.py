@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/bench_llama_cpp.py [--repeats 3]
 
 llama.cpp runs the file's own Q4_1 weights with as many threads as PyTorch uses; transformers runs
-float32 (its GGUF default); ours runs float32, bfloat16 and int8 weights. Prints medians, and
+float32 (its GGUF default); ours runs float32, bfloat16, int8 and int4 weights. Prints medians, and
 ratios of ours to each reference."""
 
 import argparse
@@ -55,7 +55,8 @@ def main() -> None:
 
     runners = {"llama.cpp Q4_1": llama_run, "transformers fp32": hf_run}
     for name, model in (("ours float32", lm.model), ("ours bfloat16", set_precision(copy.deepcopy(lm.model), "bfloat16")),
-                        ("ours int8", set_precision(copy.deepcopy(lm.model), quantize="int8"))):
+                        ("ours int8", set_precision(copy.deepcopy(lm.model), quantize="int8")),
+                        ("ours int4", set_precision(copy.deepcopy(lm.model), quantize="int4"))):
         runners[name] = lambda ids, n, model=model: ours_run(model, ids, n)
 
     results = {}

@@ -10,15 +10,16 @@ import torch
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.errors import NextTokenError
 from nexttoken.model.precision import set_precision
-from nexttoken.model.quantize import Int4Linear, Int8Linear, quantize_groups, quantize_rows
+from nexttoken.model.quantize import INT4_KERNEL_MAX_ROWS, Int4Linear, Int8Linear, quantize_groups, quantize_rows
 from nexttoken.pretrained import LanguageModel
 from test_smollm2_parity import long_text
 
 # measured on SmolLM2-135M over the 2,000-token text below: bf16 97.5 % top-1 agreement and +0.15 %
-# perplexity, int8 95.3 % and +0.33 %, int4 (float32 activations) 100 % and 0.0 %: its groups hold
-# the Q4_1 weights exactly. The bounds leave room for the platform's rounding.
-BOUNDS = {"bf16": (0.965, 0.005), "int8": (0.94, 0.01), "int4": (0.995, 0.001)}
-MARGIN = {"bf16": 0.3, "int8": 0.6, "int4": 1e-3}  # where the reference's two best log-probabilities are closer, either may win
+# perplexity, int8 95.3 % and +0.33 %, int4 99.25 % and -0.11 % (its groups hold the Q4_1 weights
+# exactly; its products take bfloat16 inputs). The bounds leave room for the platform's rounding,
+# except int4's, which are the targets of issue #7: at least 99 % and at most 1 %.
+BOUNDS = {"bf16": (0.965, 0.005), "int8": (0.94, 0.01), "int4": (0.99, 0.01)}
+MARGIN = {"bf16": 0.3, "int8": 0.6, "int4": 0.3}  # where the reference's two best log-probabilities are closer, either may win
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +34,15 @@ def variants(smollm2) -> dict[str, LanguageModel]:
 def test_accuracy_against_float32(smollm2, variants, name):
     ids = smollm2.tokenizer.encode(long_text(smollm2.tokenizer, 2001))
     x, target = torch.tensor([ids[:-1]]), torch.tensor(ids[1:])
+    model = variants[name].model
     with torch.inference_mode():
         reference = smollm2.model(x)[0]
-        ours = variants[name].model(x)[0].float()
+        if name == "int4":  # through the cache a few tokens at a time, as decoding runs: the int4 kernel's path
+            cache = model.new_cache(capacity=x.shape[1])
+            ours = torch.cat([model(x[:, i : i + INT4_KERNEL_MAX_ROWS], cache)[0]
+                              for i in range(0, x.shape[1], INT4_KERNEL_MAX_ROWS)])
+        else:
+            ours = model(x)[0].float()
     agreement = (ours.argmax(-1) == reference.argmax(-1)).float().mean().item()
     ppl_change = math.exp(torch.nn.functional.cross_entropy(ours, target) - torch.nn.functional.cross_entropy(reference, target)) - 1
     min_agreement, max_ppl_change = BOUNDS[name]
@@ -97,7 +104,11 @@ def test_int4_linear_is_the_dequantized_product():
     layer = Int4Linear(weight)
     for rows in (1, 15, 40):  # the int4 kernel for few rows, the unpacked weight for many
         x = torch.randn(rows, 64, generator=g)
-        torch.testing.assert_close(layer(x), x @ dequantize_groups(q, scale, low).T, rtol=1e-5, atol=1e-5)
+        expected = x @ dequantize_groups(q, scale, low).T
+        if rows <= INT4_KERNEL_MAX_ROWS:  # the kernel takes bfloat16 inputs: a few parts in a thousand of |y| ~ 8
+            torch.testing.assert_close(layer(x), expected, rtol=0, atol=0.15)
+        else:
+            torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_int4_holds_the_q4_1_weights_exactly(smollm2, variants):

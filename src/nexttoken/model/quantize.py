@@ -8,7 +8,10 @@ bfloat16 activations, so an int8 model computes in bfloat16.
 int4: each group of 32 inputs of a row keeps a scale and an offset (its minimum), so
 w ≈ min + q * scale with q in [0, 15]. That is exactly how a GGUF Q4_1 block stores its weights,
 and a Q4_1 block's minimum and maximum are always among its values, so weights loaded from Q4_1
-come back exactly. The product runs in PyTorch's int4-weight kernel in the model's own dtype."""
+come back exactly. The product runs in PyTorch's int4-weight kernel with bfloat16 inputs (its
+float32 and float16 paths are several times slower on this CPU), while the rest of the model keeps
+its dtype: measured on SmolLM2, 99.3 % top-1 agreement with float32, against 97.5 % for a model
+computing wholly in bfloat16."""
 
 import torch
 from torch import nn
@@ -74,13 +77,15 @@ class Int4Linear(nn.Module):
     rows (a prompt) through a float matrix product on the weight unpacked for the call, as the
     kernel's cost grows with the rows while the unpacking is paid once."""
 
-    def __init__(self, weight: torch.Tensor, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, weight: torch.Tensor, dtype: torch.dtype = torch.float32,
+                 kernel_dtype: torch.dtype = torch.bfloat16) -> None:
         super().__init__()
+        self.kernel_dtype = kernel_dtype
         q, scale, low = quantize_groups(weight)
         # the kernel computes (q - 8) * scale + zero, so the zero point is the minimum moved by 8 steps
         zero = low + 8 * scale
         self.register_buffer("weight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
-        self.register_buffer("scale_and_zero", torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous().to(dtype))  # (K/G, N, 2)
+        self.register_buffer("scale_and_zero", torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous().to(kernel_dtype))  # (K/G, N, 2)
         self.register_buffer("nibbles", (q[:, 0::2] | q[:, 1::2] << 4).to(torch.uint8))  # (N, K/2): two values a byte
         self.register_buffer("scale", scale.to(dtype))  # (N, K/G)
         self.register_buffer("low", low.to(dtype))
@@ -96,16 +101,18 @@ class Int4Linear(nn.Module):
         if flat.shape[0] > INT4_KERNEL_MAX_ROWS:
             y = flat @ self.unpacked().T
         else:
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.weight, INT4_GROUP, self.scale_and_zero)
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat.to(self.kernel_dtype), self.weight, INT4_GROUP,
+                                                           self.scale_and_zero).to(flat.dtype)
         return y.view(*x.shape[:-1], y.shape[-1])
 
 
-def quantize_int4(model: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module:
+def quantize_int4(model: nn.Module, dtype: torch.dtype = torch.float32,
+                  kernel_dtype: torch.dtype = torch.bfloat16) -> nn.Module:
     """Swap every nn.Linear of `model` that the kernel can take for an Int4Linear, in place."""
     for name, child in model.named_children():
         if isinstance(child, nn.Linear):
             if int4_fits(child):
-                setattr(model, name, Int4Linear(child.weight.detach(), dtype))
+                setattr(model, name, Int4Linear(child.weight.detach(), dtype, kernel_dtype))
         else:
-            quantize_int4(child, dtype)
+            quantize_int4(child, dtype, kernel_dtype)
     return model
