@@ -4,6 +4,7 @@ tokenizer and chat template; the encoder is the real MiniLM with new heads."""
 
 import pytest
 import torch
+from train_tiny import Repeat
 
 from nexttoken.config import ModelConfig
 from nexttoken.encoder.sentence import load_encoder
@@ -127,27 +128,10 @@ def test_masked_lm_objective_trains_an_encoder(minilm, tmp_path):
                                  config.vocab_size, torch.Generator().manual_seed(0), )
     batch = {"input_ids": inputs, "labels": labels}
     before, _ = labelled_token_loss(model, batch)
-    result = train(model, iter(FixedBatch(batch)), labelled_token_loss, tiny_config(5, lr=1e-2, batch=8), tmp_path)
+    result = train(model, iter(Repeat(batch)), labelled_token_loss, tiny_config(5, lr=1e-2, batch=8), tmp_path)
     assert result.loss < before.item() - 1.0
 
 
-class FixedBatch:
-    """The same batch for ever, with the loader interface the loop checkpoints."""
-
-    def __init__(self, batch):
-        self.batch = batch
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        return self.batch
-
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, state):
-        pass
 
 
 def test_finetune_command_refuses_an_unknown_task(tmp_path):

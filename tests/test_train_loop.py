@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
-from train_tiny import one_thread  # noqa: F401 (a fixture)
+from train_tiny import Repeat, one_thread  # noqa: F401 (a fixture)
 
 from nexttoken.config import ModelConfig
 from nexttoken.errors import NextTokenError
@@ -105,23 +105,6 @@ def test_tiny_model_overfits_a_small_batch(tmp_path):
     assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 60
 
 
-class Repeat:
-    """The same batch forever, with the state_dict protocol the loop expects of its data."""
-
-    def __init__(self, batch):
-        self.batch = batch
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        return self.batch
-
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, state):
-        pass
 
 
 def test_global_batch_must_divide_evenly():

@@ -94,8 +94,9 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 def sinusoidal_table(max_seq_len: int, dim: int) -> torch.Tensor:
     """(max_seq_len, dim) fixed absolute positions (Vaswani et al. 2017 §3.5), from position 0.
 
-    Laid out as Marian and Hugging Face's Marian do: the sines of every frequency in the first
-    half of the vector, their cosines in the second half (not interleaved)."""
+    Laid out as Hugging Face's Marian port does: the sines of every frequency in the first half of
+    the vector, their cosines in the second half (not interleaved). Marian's own C++ spaces the
+    frequencies a little differently; families/marian.py builds that table for its models."""
     inv_freq = 1.0 / 10000.0 ** (torch.arange(0, dim, 2, dtype=torch.float64, device="cpu") / dim)  # (ceil(dim/2),)
     positions = torch.arange(max_seq_len, dtype=torch.float64, device="cpu")
     angles = torch.outer(positions, inv_freq)  # (T, ceil(dim/2))
