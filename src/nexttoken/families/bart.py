@@ -7,6 +7,7 @@ from typing import Any
 
 from nexttoken.config import ModelConfig
 from nexttoken.errors import NextTokenError
+from nexttoken.families.hf_config import required
 from nexttoken.families.weights import WeightName
 
 HF_PREFIX = "model."
@@ -61,26 +62,23 @@ WEIGHTS = (
 
 
 def config_from_hf(config: dict[str, Any]) -> ModelConfig:
-    def field(key: str) -> Any:
-        if key not in config:
-            raise NextTokenError(f"config.json lacks '{key}'")
-        return config[key]
-
     for encoder_key, decoder_key in (("encoder_attention_heads", "decoder_attention_heads"),
                                      ("encoder_ffn_dim", "decoder_ffn_dim")):
-        if field(encoder_key) != field(decoder_key):
+        if required(config, encoder_key) != required(config, decoder_key):
             raise NextTokenError(f"{encoder_key} and {decoder_key} differ; only equal shapes are supported")
     activation = config.get("activation_function", "gelu")
     if activation not in ACTIVATIONS:
         raise NextTokenError(f"activation '{activation}' is not supported (supported: {', '.join(ACTIVATIONS)})")
     if config.get("normalize_before") or config.get("add_final_layer_norm"):
         raise NextTokenError("pre-norm BART variants (mBART) are not supported")
-    d_model = int(field("d_model"))
+    d_model = int(required(config, "d_model"))
     return ModelConfig(
-        vocab_size=int(field("vocab_size")), d_model=d_model, n_layer=int(field("decoder_layers")),
-        n_head=int(field("decoder_attention_heads")), d_ff=int(field("decoder_ffn_dim")),
-        max_seq_len=int(field("max_position_embeddings")), norm="layer", pre_norm=False, mlp=activation,
+        vocab_size=int(required(config, "vocab_size")), d_model=d_model,
+        n_layer=int(required(config, "decoder_layers")),
+        n_head=int(required(config, "decoder_attention_heads")), d_ff=int(required(config, "decoder_ffn_dim")),
+        max_seq_len=int(required(config, "max_position_embeddings")), norm="layer", pre_norm=False, mlp=activation,
         positions="learned", bias=True, embed_norm=True,
         embed_scale=math.sqrt(d_model) if config.get("scale_embedding") else 1.0, head_bias=True,
-        tie_embeddings=config.get("tie_word_embeddings", True) is not False, n_encoder_layer=int(field("encoder_layers")),
+        tie_embeddings=config.get("tie_word_embeddings", True) is not False,
+        n_encoder_layer=int(required(config, "encoder_layers")),
     )

@@ -5,6 +5,7 @@ from typing import Any
 
 from nexttoken.config import ModelConfig
 from nexttoken.errors import NextTokenError
+from nexttoken.families.hf_config import required
 from nexttoken.families.weights import WeightName
 
 # checkpoints of BertFor* task models nest the encoder under this prefix
@@ -47,19 +48,14 @@ HF_TIED = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
 
 
 def config_from_hf(config: dict[str, Any]) -> ModelConfig:
-    def field(key: str) -> Any:
-        if key not in config:
-            raise NextTokenError(f"config.json lacks '{key}'")
-        return config[key]
-
     if config.get("hidden_act", "gelu") != "gelu":
         raise NextTokenError(f"activation '{config['hidden_act']}' is not supported (supported: gelu)")
     if config.get("position_embedding_type", "absolute") != "absolute":
         raise NextTokenError(f"position embeddings '{config['position_embedding_type']}' are not supported")
     return ModelConfig(
-        vocab_size=int(field("vocab_size")), d_model=int(field("hidden_size")),
-        n_layer=int(field("num_hidden_layers")), n_head=int(field("num_attention_heads")),
-        d_ff=int(field("intermediate_size")), max_seq_len=int(field("max_position_embeddings")),
+        vocab_size=int(required(config, "vocab_size")), d_model=int(required(config, "hidden_size")),
+        n_layer=int(required(config, "num_hidden_layers")), n_head=int(required(config, "num_attention_heads")),
+        d_ff=int(required(config, "intermediate_size")), max_seq_len=int(required(config, "max_position_embeddings")),
         norm_eps=float(config.get("layer_norm_eps", 1e-12)), causal=False, norm="layer", pre_norm=False,
         mlp="gelu", positions="learned", bias=True, type_vocab_size=int(config.get("type_vocab_size", 2)),
         embed_norm=True,

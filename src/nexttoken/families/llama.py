@@ -6,6 +6,7 @@ import torch
 
 from nexttoken.config import ModelConfig
 from nexttoken.errors import NextTokenError
+from nexttoken.families.hf_config import required
 from nexttoken.families.weights import WeightName
 
 
@@ -66,11 +67,6 @@ WEIGHTS = (
 
 def config_from_hf(config: dict[str, Any]) -> ModelConfig:
     """The shape a Hugging Face LlamaConfig (config.json) describes."""
-    def field(key: str) -> Any:
-        if key not in config:
-            raise NextTokenError(f"config.json lacks '{key}'")
-        return config[key]
-
     if config.get("hidden_act", "silu") != "silu":
         raise NextTokenError(f"activation '{config['hidden_act']}' is not supported (supported: silu)")
     if config.get("attention_bias") or config.get("mlp_bias"):
@@ -79,16 +75,16 @@ def config_from_hf(config: dict[str, Any]) -> ModelConfig:
     rope = config.get("rope_parameters") or {"rope_type": "default", **(config.get("rope_scaling") or {})}
     if rope.get("rope_type", rope.get("type", "default")) != "default":
         raise NextTokenError(f"RoPE scaling ('{rope.get('rope_type', rope.get('type'))}') is not supported yet")
-    n_head = int(field("num_attention_heads"))
+    n_head = int(required(config, "num_attention_heads"))
     return ModelConfig(
-        vocab_size=int(field("vocab_size")),
-        d_model=int(field("hidden_size")),
-        n_layer=int(field("num_hidden_layers")),
+        vocab_size=int(required(config, "vocab_size")),
+        d_model=int(required(config, "hidden_size")),
+        n_layer=int(required(config, "num_hidden_layers")),
         n_head=n_head,
         n_kv_head=int(config.get("num_key_value_heads") or n_head),
-        head_dim=int(config.get("head_dim") or field("hidden_size") // n_head),
-        d_ff=int(field("intermediate_size")),
-        max_seq_len=int(field("max_position_embeddings")),
+        head_dim=int(config.get("head_dim") or required(config, "hidden_size") // n_head),
+        d_ff=int(required(config, "intermediate_size")),
+        max_seq_len=int(required(config, "max_position_embeddings")),
         norm_eps=float(config.get("rms_norm_eps", 1e-6)),
         rope_theta=float(rope.get("rope_theta", config.get("rope_theta", 10000.0))),
         tie_embeddings=bool(config.get("tie_word_embeddings", False)),

@@ -6,6 +6,7 @@ from typing import Any
 
 from nexttoken.config import ModelConfig
 from nexttoken.errors import NextTokenError
+from nexttoken.families.hf_config import required
 from nexttoken.families.weights import WeightName
 
 MLPS = {"relu": "relu", "gated-gelu": "gated-gelu"}  # Hugging Face's feed_forward_proj -> ours
@@ -66,19 +67,15 @@ def scales_decoder_output(config: dict[str, Any]) -> bool:
 
 
 def config_from_hf(config: dict[str, Any]) -> ModelConfig:
-    def field(key: str) -> Any:
-        if key not in config:
-            raise NextTokenError(f"config.json lacks '{key}'")
-        return config[key]
-
     projection = config.get("feed_forward_proj", "relu")
     if projection not in MLPS:
         raise NextTokenError(f"T5 feed_forward_proj '{projection}' is not supported (supported: {', '.join(MLPS)})")
-    d_model, n_encoder_layer = int(field("d_model")), int(field("num_layers"))
+    d_model, n_encoder_layer = int(required(config, "d_model")), int(required(config, "num_layers"))
     scaled = scales_decoder_output(config)
     return ModelConfig(
-        vocab_size=int(field("vocab_size")), d_model=d_model, n_layer=int(config.get("num_decoder_layers") or n_encoder_layer),
-        n_head=int(field("num_heads")), head_dim=int(field("d_kv")), d_ff=int(field("d_ff")),
+        vocab_size=int(required(config, "vocab_size")), d_model=d_model,
+        n_layer=int(config.get("num_decoder_layers") or n_encoder_layer), n_head=int(required(config, "num_heads")),
+        head_dim=int(required(config, "d_kv")), d_ff=int(required(config, "d_ff")),
         max_seq_len=int(config.get("n_positions", 512)), norm_eps=float(config.get("layer_norm_epsilon", 1e-6)),
         norm="rms", mlp=MLPS[projection], positions="relative",
         relative_buckets=int(config.get("relative_attention_num_buckets", 32)),
