@@ -25,7 +25,7 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(config.d_model, sum(self.qkv_sizes), bias=config.bias)
         self.wo = nn.Linear(self.n_head * self.head_dim, config.d_model, bias=config.bias)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None,
+    def forward(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, cache: KVCache | None = None,
                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """`cos`, `sin`: (B, 1, T, D) rotations of each row's positions (unused without rotary
         positions); `attention_mask`: (B, 1, T or 1, S) where padding is involved, else None."""

@@ -34,7 +34,7 @@ class SSRU(nn.Module):
         self.w = nn.Linear(config.d_model, 2 * config.d_model, bias=False)  # W and W_f fused: one product
         self.forget_bias = nn.Parameter(torch.zeros(config.d_model))
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None,
+    def forward(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, cache: KVCache | None = None,
                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, d_model = x.shape
         candidate, forget = self.w(x).chunk(2, dim=-1)  # each (B, T, d_model)

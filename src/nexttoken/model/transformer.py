@@ -49,7 +49,7 @@ class Block(nn.Module):
         self.mlp_norm = make_norm(config)
         self.mlp = make_mlp(config)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None,
+    def forward(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, cache: KVCache | None,
                 attention_mask: torch.Tensor | None) -> torch.Tensor:
         if self.pre_norm:
             x = x + self.attn(self.attn_norm(x), cos, sin, cache, attention_mask)
@@ -68,7 +68,7 @@ class DecoderBlock(Block):
         self.cross_norm = make_norm(config)
         self.cross_attn = CrossAttention(config, layer_index)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: CrossKVCache,
+    def forward(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, cache: CrossKVCache,
                 attention_mask: torch.Tensor | None) -> torch.Tensor:
         if self.pre_norm:
             x = x + self.attn(self.attn_norm(x), cos, sin, cache, attention_mask)
@@ -123,16 +123,18 @@ class Transformer(nn.Module):
         steps = mask.long().cumsum(dim=1) - 1 if mask is not None else torch.arange(T).expand(B, T)
         positions = (real_before.unsqueeze(1) + steps).clamp(min=0)  # (B, T)
         x = self.embed_tokens(ids, positions)  # (B, T, d_model)
-        cos = self.rope_cos[positions].unsqueeze(1).to(x.dtype)  # (B, 1, T, D)
-        sin = self.rope_sin[positions].unsqueeze(1).to(x.dtype)
-        if not padded:
+        cos = sin = None  # rotations exist only with rotary positions
+        if self.config.positions == "rope":
+            cos = self.rope_cos[positions].unsqueeze(1).to(x.dtype)  # (B, 1, T, D)
+            sin = self.rope_sin[positions].unsqueeze(1).to(x.dtype)
+        if self.rel_bias is not None:  # the bias carries the masking too
+            attention_mask = self.position_bias(positions, key_mask).to(x.dtype)
+        elif not padded:
             attention_mask = None
         elif self.config.causal:
             attention_mask = padded_causal_mask(key_mask, T)
         else:
             attention_mask = key_mask[:, None, None, :]  # (B, 1, 1, S): every query sees every real key
-        if self.rel_bias is not None:
-            attention_mask = self.position_bias(positions, key_mask).to(x.dtype)
         for block in self.blocks:
             x = block(x, cos, sin, cache, attention_mask)
         if cache is not None:

@@ -140,6 +140,8 @@ class Engine:
         chosen, keep = [], []
         for index, row in enumerate(self.rows):
             request = row.request
+            if request.cancelled.is_set():  # its client has gone: no token to choose
+                continue
             try:
                 token = select(row.logits.unsqueeze(0), request.config.sampling, row.generator, row.history, end_ids)
                 row.state.accept(int(token), step_records(row.logits.unsqueeze(0), token, request.config.top_logprobs)[0],
@@ -148,8 +150,6 @@ class Engine:
                 request.emit(("error", str(exc)))
                 continue
             out_of_room = row.length + 1 > model.config.max_seq_len
-            if request.cancelled.is_set():
-                continue
             if row.state.finish_reason or len(row.state.steps) == request.config.max_new_tokens or out_of_room:
                 request.emit(("done", row.state.completion(len(request.prompt_ids))))
                 continue
