@@ -10,6 +10,7 @@ import torch
 from nexttoken.config import ModelConfig
 from nexttoken.families.llama import WEIGHTS
 from nexttoken.families.weights import expand
+from nexttoken.train.export import add_llama_metadata
 
 T = gguf.GGMLQuantizationType
 
@@ -59,16 +60,7 @@ def write_llama_gguf(path: Path, hf_model, matrix_type: T = T.F32, architecture:
     hf = hf_model.config
     config = ours_config_of(hf)
     writer = gguf.GGUFWriter(path, architecture)
-    writer.add_context_length(hf.max_position_embeddings)
-    writer.add_embedding_length(hf.hidden_size)
-    writer.add_block_count(hf.num_hidden_layers)
-    writer.add_feed_forward_length(hf.intermediate_size)
-    writer.add_head_count(hf.num_attention_heads)
-    writer.add_head_count_kv(hf.num_key_value_heads)
-    writer.add_rope_freq_base(hf.rope_parameters["rope_theta"])
-    writer.add_layer_norm_rms_eps(hf.rms_norm_eps)
-    writer.add_vocab_size(hf.vocab_size)
-    writer.add_rope_dimension_count(hf.hidden_size // hf.num_attention_heads)
+    add_llama_metadata(writer, config)
     state = hf_model.state_dict()
     for row in expand(WEIGHTS, config.n_layer):
         if row.hf not in state or row.gguf in extra_tensors or (config.tie_embeddings and row.ours == "lm_head.weight"):

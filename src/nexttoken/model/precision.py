@@ -4,8 +4,9 @@ Weights load as float32 (the reference). `bfloat16` halves the bytes each token 
 matrix products on the CPU's bf16 units; `int8` keeps linear weights as 8-bit integers with one
 scale per output channel (a quarter of the bytes) and computes in bfloat16; `int4` keeps them as
 4-bit integers with a scale and an offset per group of 32 inputs (exact for weights that were
-Q4_1 in the GGUF file); their products take bfloat16 inputs, everything else computes in `dtype`. The output head shares the embedding matrix and
-keeps its precision under int4: in the built-in model it is 8-bit, and 4 bits would lose it."""
+Q4_1 in the GGUF file); their products take bfloat16 inputs, everything else computes in
+`dtype`. The output head shares the embedding matrix and keeps its precision under int4: in the
+built-in model it is 8-bit, and 4 bits would lose it."""
 
 import torch
 

@@ -85,7 +85,8 @@ class Int4Linear(nn.Module):
         # the kernel computes (q - 8) * scale + zero, so the zero point is the minimum moved by 8 steps
         zero = low + 8 * scale
         self.register_buffer("weight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
-        self.register_buffer("scale_and_zero", torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous().to(kernel_dtype))  # (K/G, N, 2)
+        scale_and_zero = torch.stack([scale, zero], dim=-1).transpose(0, 1)  # (K/G, N, 2), as the kernel takes them
+        self.register_buffer("scale_and_zero", scale_and_zero.contiguous().to(kernel_dtype))
         self.register_buffer("nibbles", (q[:, 0::2] | q[:, 1::2] << 4).to(torch.uint8))  # (N, K/2): two values a byte
         self.register_buffer("scale", scale.to(dtype))  # (N, K/G)
         self.register_buffer("low", low.to(dtype))
