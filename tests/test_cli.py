@@ -15,7 +15,7 @@ from nexttoken.decoding.config import GenerationConfig
 
 @pytest.fixture
 def run(smollm2, monkeypatch):
-    monkeypatch.setattr(cli, "load", lambda path, dtype, quantize: smollm2)
+    monkeypatch.setattr(cli, "load", lambda path, dtype, quantize, compiled: smollm2)
     runner = CliRunner()
 
     def invoke(*args: str, stdin: str | None = None):
@@ -30,6 +30,16 @@ def test_generate_json(run, smollm2):
     data = json.loads(run("generate", "What is 2+2?", "--chat", "--json", "--max-new-tokens", "40"))
     expected = smollm2.generate(smollm2.encode("What is 2+2?", chat=True), GenerationConfig(max_new_tokens=40))
     assert data == {"text": expected.text, "token_ids": expected.token_ids, "finish_reason": "eos"}
+
+
+def test_compile_and_precision_options_reach_the_loader(smollm2, monkeypatch):
+    asked = []
+    monkeypatch.setattr(cli, "load", lambda path, dtype, quantize, compiled: asked.append((dtype, quantize, compiled))
+                        or smollm2)
+    for args in (["--quantize", "int4", "--compile"], ["--dtype", "bfloat16"]):
+        result = CliRunner().invoke(cli.app, ["generate", "Hi", "--max-new-tokens", "1", *args])
+        assert result.exit_code == 0, result.output
+    assert asked == [("float32", "int4", True), ("bfloat16", "none", False)]
 
 
 def test_generate_streams_the_text(run, smollm2):

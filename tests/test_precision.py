@@ -10,13 +10,14 @@ import torch
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.errors import NextTokenError
 from nexttoken.model.precision import set_precision
-from nexttoken.model.quantize import INT4_KERNEL_MAX_ROWS, Int4Linear, Int8Linear, quantize_groups, quantize_rows
+from nexttoken.model.quantize import (HALF_HEAD_MAX_ROWS, INT4_KERNEL_MAX_ROWS, Float16Head, Int4Linear, Int8Linear, quantize_groups,
+                                      quantize_rows)
 from nexttoken.pretrained import LanguageModel
 from test_smollm2_parity import long_text
 
 # measured on SmolLM2-135M over the 2,000-token text below: bf16 97.5 % top-1 agreement and +0.15 %
-# perplexity, int8 95.3 % and +0.33 %, int4 99.25 % and -0.11 % (its groups hold the Q4_1 weights
-# exactly; its products take bfloat16 inputs). The bounds leave room for the platform's rounding,
+# perplexity, int8 95.3 % and +0.33 %, int4 99.15 % and -0.05 % (its groups hold the Q4_1 weights
+# exactly; its products take bfloat16 inputs; its head is float16). The bounds leave room for the platform's rounding,
 # except int4's, which are the targets of issue #7: at least 99 % and at most 1 %.
 BOUNDS = {"bf16": (0.965, 0.005), "int8": (0.94, 0.01), "int4": (0.99, 0.01)}
 MARGIN = {"bf16": 0.3, "int8": 0.6, "int4": 0.3}  # where the reference's two best log-probabilities are closer, either may win
@@ -116,4 +117,19 @@ def test_int4_holds_the_q4_1_weights_exactly(smollm2, variants):
     q, scale, low = quantize_groups(weight)
     torch.testing.assert_close(dequantize_groups(q, scale, low), weight, rtol=0, atol=1e-6)
     model = variants["int4"].model
-    assert isinstance(model.blocks[0].attn.wqkv, Int4Linear) and model.lm_head is None  # the head stays tied
+    assert isinstance(model.blocks[0].attn.wqkv, Int4Linear)
+
+
+def test_int4_keeps_one_float16_table_for_the_embeddings_and_the_head(smollm2, variants):
+    model = variants["int4"].model
+    assert isinstance(model.lm_head, Float16Head) and model.lm_head.weight is model.embed.weight
+    assert model.embed.weight.dtype == torch.float16 and model.dtype == torch.float32
+    ids = torch.tensor([[1, 500, 49151]])
+    embedded = model.embed_tokens(ids, torch.arange(3).unsqueeze(0))
+    assert embedded.dtype == torch.float32
+    torch.testing.assert_close(embedded, smollm2.model.embed_tokens(ids, torch.arange(3).unsqueeze(0)),
+                               rtol=2**-11, atol=1e-7)  # float16 rounding of the Q8_0 values at most
+    hidden = torch.randn(1, HALF_HEAD_MAX_ROWS + 4, model.config.d_model)
+    for rows in (hidden[:, :1], hidden):  # the float16 product, and the float32 one on the cast weight
+        torch.testing.assert_close(model.head(rows), smollm2.model.head(rows), rtol=1e-2, atol=1e-2)
+    assert model.new_cache().keys[0].dtype == torch.float32

@@ -37,6 +37,8 @@ JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 Dtype = Annotated[str, typer.Option(help="Compute in float32 (the reference) or bfloat16.")]
 Quantize = Annotated[str, typer.Option(help="Keep linear weights as 'int8' (computes in bfloat16), 'int4' "
                                               "(groups of 32, exact for Q4_1 weights), or 'none'.")]
+Compile = Annotated[bool, typer.Option("--compile", help="Compile the decode step with torch.compile: faster tokens after "
+                                                         "tens of seconds of compiling at the first one.")]
 
 # Decoding options, shared by `generate` and `chat`; see nexttoken.decoding for what each does.
 MaxNewTokens = Annotated[int, typer.Option(help="Stop after this many new tokens.")]
@@ -60,9 +62,9 @@ PromptLookup = Annotated[int, typer.Option(help="Speculative greedy decoding: dr
 EarlyStopping = Annotated[str, typer.Option(help="Beam search stops: 'true' when num_beams have ended, 'false' when no better one is likely, 'never' when none can be better.")]
 
 
-def _load(model: Path | None, dtype: str = "float32", quantize: str = "none") -> LanguageModel:
+def _load(model: Path | None, dtype: str = "float32", quantize: str = "none", compiled: bool = False) -> LanguageModel:
     with err.status("loading the model…") if err.is_terminal else nullcontext():
-        return load(model, dtype=dtype, quantize=quantize)
+        return load(model, dtype=dtype, quantize=quantize, compiled=compiled)
 
 
 def _logit_bias(pairs: list[str] | None) -> dict[int, float]:
@@ -107,6 +109,7 @@ def _write(piece: str) -> None:
 
 @app.command()
 def generate(prompt: str, model: ModelOption = None, dtype: Dtype = "float32", quantize: Quantize = "none",
+             compiled: Compile = False,
              chat: Annotated[bool, typer.Option(help="Wrap the prompt in the chat template.")] = False,
              system: System = None, json_output: JsonOutput = False,
              explain: Annotated[bool, typer.Option(help="Show each step: the top candidates and the one chosen; with --beams, the live beams.")] = False,
@@ -124,7 +127,7 @@ def generate(prompt: str, model: ModelOption = None, dtype: Dtype = "float32", q
                      presence_penalty, frequency_penalty, no_repeat_ngram, logit_bias, ban, min_new_tokens, seed,
                      stop, beams, length_penalty, early_stopping, prompt_lookup, num_return_sequences,
                      max(logprobs, EXPLAIN_CANDIDATES if explain else 0))
-    lm = _load(model, dtype, quantize)
+    lm = _load(model, dtype, quantize, compiled)
     prompt_ids = lm.encode(prompt, chat=chat, system=system)
     watch = BeamPrinter(lm.tokenizer, out) if explain and beams > 1 else None
     streaming = not json_output and not explain and num_return_sequences == 1
@@ -147,6 +150,7 @@ def generate(prompt: str, model: ModelOption = None, dtype: Dtype = "float32", q
 
 @app.command()
 def chat(model: ModelOption = None, system: System = None, dtype: Dtype = "float32", quantize: Quantize = "none",
+         compiled: Compile = False,
          max_new_tokens: MaxNewTokens = 512, temperature: Temperature = 0.0, top_k: TopK = 0, top_p: TopP = 1.0,
          min_p: MinP = 0.0, typical_p: TypicalP = 1.0, repetition_penalty: RepetitionPenalty = 1.0,
          presence_penalty: PresencePenalty = 0.0, frequency_penalty: FrequencyPenalty = 0.0,
@@ -158,7 +162,7 @@ def chat(model: ModelOption = None, system: System = None, dtype: Dtype = "float
     config = _config(max_new_tokens, temperature, top_k, top_p, min_p, typical_p, repetition_penalty,
                      presence_penalty, frequency_penalty, no_repeat_ngram, logit_bias, ban, min_new_tokens, seed,
                      stop, beams, length_penalty, early_stopping, prompt_lookup)
-    session = ChatSession(_load(model, dtype, quantize), system, config)
+    session = ChatSession(_load(model, dtype, quantize, compiled), system, config)
     interactive = sys.stdin.isatty()
     if interactive:
         err.print("[dim]Type a message; /reset starts over, /exit or Ctrl-D leaves.[/dim]")
@@ -249,7 +253,7 @@ def attention(prompt: str, model: ModelOption = None,
 
 
 @app.command()
-def bench(model: ModelOption = None, dtype: Dtype = "float32", quantize: Quantize = "none",
+def bench(model: ModelOption = None, dtype: Dtype = "float32", quantize: Quantize = "none", compiled: Compile = False,
           batch_size: Annotated[int, typer.Option(help="Sequences decoded together.")] = 1,
           prompt_tokens: Annotated[int, typer.Option(help="Length of the prompt to prefill.")] = 512,
           new_tokens: Annotated[int, typer.Option(help="Tokens to decode.")] = 128,
@@ -257,12 +261,13 @@ def bench(model: ModelOption = None, dtype: Dtype = "float32", quantize: Quantiz
     """Prefill and decode speed, time to first token and peak memory, beside the bandwidth bound."""
     if min(batch_size, prompt_tokens, new_tokens) < 1:
         raise NextTokenError("--batch-size, --prompt-tokens and --new-tokens must be >= 1")
-    result = run_bench(_load(model, dtype, quantize), prompt_tokens, new_tokens, batch_size)
+    result = run_bench(_load(model, dtype, quantize, compiled), prompt_tokens, new_tokens, batch_size)
     if json_output:
         print(json.dumps(result.as_dict()))
         return
     precision = {"int8": "int8 weights, bfloat16", "int4": f"int4 weights, {dtype}"}.get(quantize, dtype)
-    table = Table(title=f"{precision}, batch {batch_size}, {torch.get_num_threads()} threads")
+    table = Table(title=f"{precision}{', compiled' if compiled else ''}, batch {batch_size}, "
+                        f"{torch.get_num_threads()} threads")
     table.add_column("measure")
     table.add_column("value", justify="right")
     for label, value in (("prefill", f"{result.prefill_tok_s:,.1f} tok/s ({prompt_tokens} tokens)"),
@@ -277,7 +282,7 @@ def bench(model: ModelOption = None, dtype: Dtype = "float32", quantize: Quantiz
 
 
 @app.command()
-def serve(model: ModelOption = None, dtype: Dtype = "float32", quantize: Quantize = "none",
+def serve(model: ModelOption = None, dtype: Dtype = "float32", quantize: Quantize = "none", compiled: Compile = False,
           host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = "127.0.0.1",
           port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
           api_key: Annotated[Optional[str], typer.Option(help="Require 'Authorization: Bearer KEY' (all but /health).")] = None,
@@ -291,7 +296,7 @@ def serve(model: ModelOption = None, dtype: Dtype = "float32", quantize: Quantiz
 
     if min(max_batch, max_waiting) < 1:
         raise NextTokenError("--max-batch and --max-waiting must be >= 1")
-    lm = _load(model, dtype, quantize)
+    lm = _load(model, dtype, quantize, compiled)
     encoder = _load_encoder(None) if embeddings else None
     uvicorn.run(create_app(lm, encoder, api_key, max_batch, max_waiting), host=host, port=port, log_level="warning")
 

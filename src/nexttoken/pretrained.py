@@ -14,6 +14,7 @@ from nexttoken.decoding.prompts import check_prompt
 from nexttoken.errors import NextTokenError
 from nexttoken.loaders.gguf import load_gguf_model
 from nexttoken.loaders.safetensors import load_hf_model
+from nexttoken.model.compiled import compile_decoding
 from nexttoken.model.kv_cache import KVCache
 from nexttoken.model.precision import set_precision
 from nexttoken.model.transformer import Transformer
@@ -87,10 +88,12 @@ class LanguageModel:
                 for p, i in zip(top.values, top.indices)]
 
 
-def load(path: str | Path | None = None, dtype: str = "float32", quantize: str = "none") -> LanguageModel:
+def load(path: str | Path | None = None, dtype: str = "float32", quantize: str = "none",
+         compiled: bool = False) -> LanguageModel:
     """Load a GGUF file or a Hugging Face Llama folder (config.json, model.safetensors,
     tokenizer.json; the built-in SmolLM2-135M-Instruct when `path` is None), computing in `dtype`
-    ("float32" or "bfloat16"), with linear weights kept as int8 when `quantize` is "int8"."""
+    ("float32" or "bfloat16"), with linear weights kept as `quantize` says ("none", "int8" or
+    "int4"), and with a compiled decode step when `compiled`."""
     path = Path(path) if path is not None else builtin_model_path()
     if path.is_dir():
         model, _, _ = load_hf_model(path)
@@ -100,4 +103,5 @@ def load(path: str | Path | None = None, dtype: str = "float32", quantize: str =
     else:
         model, file = load_gguf_model(path)
         tokenizer = Tokenizer.from_gguf_metadata(file.metadata)
-    return LanguageModel(set_precision(model, dtype, quantize), tokenizer, path)
+    model = set_precision(model, dtype, quantize)
+    return LanguageModel(compile_decoding(model) if compiled else model, tokenizer, path)

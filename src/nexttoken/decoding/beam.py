@@ -124,7 +124,7 @@ def beam_search(model: Transformer, tokenizer: Decoder, prompts: list[list[int]]
         if not (bool(can_improve.any()) and pool_open and not bool(ends.all())):
             break
         cache.select_rows((torch.arange(P).unsqueeze(1) * K + chosen_parents).view(-1))
-        logits = model.head(model.hidden_states(running[:, :, t].reshape(P * K, 1), cache)[:, -1])  # (P*K, V)
+        logits = model.decode(running[:, :, t].reshape(P * K, 1), cache)  # (P*K, V)
 
     results = []
     for p in range(P):

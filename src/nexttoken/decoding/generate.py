@@ -108,7 +108,7 @@ def generate_batch(model: Transformer, tokenizer: Decoder, prompts: list[list[in
         if all(state.finish_reason for state in states) or step == n_new - 1:
             break
         history = history.append(chosen)
-        logits = model.head(model.hidden_states(chosen.unsqueeze(1), cache)[:, -1])  # (R, V)
+        logits = model.decode(chosen.unsqueeze(1), cache)  # (R, V)
     completions = [state.completion(len(prompts[row // n_samples])) for row, state in enumerate(states)]
     return [completions[i * n_samples : (i + 1) * n_samples] for i in range(len(prompts))]
 

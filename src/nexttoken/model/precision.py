@@ -5,13 +5,13 @@ matrix products on the CPU's bf16 units; `int8` keeps linear weights as 8-bit in
 scale per output channel (a quarter of the bytes) and computes in bfloat16; `int4` keeps them as
 4-bit integers with a scale and an offset per group of 32 inputs (exact for weights that were
 Q4_1 in the GGUF file); their products take bfloat16 inputs, everything else computes in
-`dtype`. The output head shares the embedding matrix and keeps its precision under int4: in the
-built-in model it is 8-bit, and 4 bits would lose it."""
+`dtype`. Under int4 the output head (and the embedding table it is tied to) is kept in float16:
+in the built-in model it is Q8_0, which 4 bits or bfloat16 would lose."""
 
 import torch
 
 from nexttoken.errors import NextTokenError
-from nexttoken.model.quantize import quantize_int4, quantize_int8
+from nexttoken.model.quantize import halve_head, quantize_int4, quantize_int8
 from nexttoken.model.transformer import Transformer
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -31,4 +31,5 @@ def set_precision(model: Transformer, dtype: str = "float32", quantize: str = "n
         quantize_int8(model, compute)
     elif quantize == "int4":
         quantize_int4(model.blocks, compute)
+        halve_head(model)
     return model

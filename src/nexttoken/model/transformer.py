@@ -154,7 +154,7 @@ class Transformer(nn.Module):
     def embed_tokens(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Token embeddings (scaled where the family says so), plus absolute positions and token
         type 0 where the family has them."""
-        x = self.embed(ids)  # (B, T, d_model)
+        x = self.embed(ids).to(self.dtype)  # (B, T, d_model); the table may be kept in another dtype
         if self.embed_scale != 1.0:
             x = x * self.embed_scale
         if self.pos_embed is not None:
@@ -182,8 +182,19 @@ class Transformer(nn.Module):
                                      dtype=self.embed.weight.dtype)
             self.lm_head.weight = nn.Parameter(self.embed.weight.detach().clone(), requires_grad=False)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the residual stream computes in. The rotary tables are buffers, and follow
+        `Module.to(dtype)` as every float tensor does; weights may be kept in other formats."""
+        return self.rope_cos.dtype
+
     def forward(self, ids: torch.Tensor, cache: KVCache | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.hidden_states(ids, cache, mask))
 
+    def decode(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One decoding step: (B, 1) tokens, one per row, fed through the cache -> (B, vocab_size)
+        scores for each row's next token. This is the step `compile_decoding` compiles."""
+        return self.head(self.hidden_states(ids, cache)[:, -1])
+
     def new_cache(self, batch_size: int = 1, capacity: int = 256) -> KVCache:
-        return KVCache(self.config, batch_size, min(capacity, self.config.max_seq_len), self.embed.weight.dtype)
+        return KVCache(self.config, batch_size, min(capacity, self.config.max_seq_len), self.dtype)

@@ -161,7 +161,7 @@ class Engine:
             return
         if self.cache.capacity < self.cache.length + 1:
             self.cache.reserve(self.cache.length + 64)  # grow in steps, not on every token
-        logits = model.head(model.hidden_states(torch.tensor(chosen).unsqueeze(1), self.cache)[:, -1])  # (R, V)
+        logits = model.decode(torch.tensor(chosen).unsqueeze(1), self.cache)  # (R, V)
         for row, row_logits in zip(self.rows, logits):
             row.logits, row.length = row_logits, row.length + 1
 
