@@ -6,7 +6,7 @@ and 8, and peak memory, with the ratios issue #7 sets targets for.
 
 llama.cpp runs the file's own Q4_1 weights with as many threads as PyTorch uses; transformers runs
 float32 (its GGUF default) and bfloat16; ours runs float32, bfloat16, int8 and int4 weights, and
-int4 with the compiled decode step. Speeds are medians; peak memory is the resident set of a fresh
+bfloat16 and int4 compiled (`--compile`; the warm-up run compiles). Speeds are medians; peak memory is the resident set of a fresh
 process that loads the model and generates (one process per row, so that rows do not share a peak)."""
 
 import argparse
@@ -34,22 +34,24 @@ BATCH_NEW_TOKENS = 32
 # print the peak resident set in MiB
 MEMORY_PROBES = {
     "ours": """
-import json, resource, sys
+import json, sys
+from nexttoken.bench import peak_rss_mib
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.pretrained import load
 lm = load(dtype=sys.argv[2], quantize=sys.argv[3])
 lm.generate(json.loads(sys.argv[1]), GenerationConfig(max_new_tokens=32))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(peak_rss_mib())
 """,
     "transformers": """
-import json, resource, sys, torch
+import json, sys, torch
+from nexttoken.bench import peak_rss_mib
 from transformers import AutoModelForCausalLM
 from nexttoken.pretrained import builtin_model_path
 path = builtin_model_path()
 model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=sys.argv[2]).eval()
 with torch.inference_mode():
     model.generate(torch.tensor([json.loads(sys.argv[1])]), max_new_tokens=32, do_sample=False)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(peak_rss_mib())
 """,
 }
 
@@ -64,6 +66,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-memory", action="store_true", help="Skip the peak-memory processes.")
+    parser.add_argument("--only", nargs="+", metavar="ROW", help="Measure only these rows, e.g. 'llama.cpp Q4_1' "
+                        "'ours int4 compiled' (ratios to rows not measured print as nan).")
     args = parser.parse_args()
 
     from llama_cpp import Llama
@@ -98,17 +102,21 @@ def main() -> None:
             generate_batch(model, lm.tokenizer, [ids] * batch, (), config)
         return run
 
-    int4 = set_precision(copy.deepcopy(lm.model), quantize="int4")
+    bf16, int4 = set_precision(copy.deepcopy(lm.model), "bfloat16"), set_precision(copy.deepcopy(lm.model), quantize="int4")
     runners = {"llama.cpp Q4_1": llama_run, "transformers fp32": hf_runner(references["float32"]),
                "transformers bf16": hf_runner(references["bfloat16"]),
                "ours fp32": ours_runner(lm.model),
-               "ours bf16": ours_runner(set_precision(copy.deepcopy(lm.model), "bfloat16")),
+               "ours bf16": ours_runner(bf16),
+               "ours bf16 compiled": ours_runner(compile_decoding(copy.deepcopy(bf16))),
                "ours int8": ours_runner(set_precision(copy.deepcopy(lm.model), quantize="int8")),
                "ours int4": ours_runner(int4),
                "ours int4 compiled": ours_runner(compile_decoding(copy.deepcopy(int4)))}
 
     results = {}
+    nothing = {"prefill": float("nan"), "decode": float("nan"), "decode8": float("nan")}
     for name, run in runners.items():
+        if args.only and name not in args.only:
+            continue
         first = median_seconds(lambda: run(prompt, 1, 1), args.repeats)  # prefill and one token
         one = median_seconds(lambda: run(short, 1, 1), args.repeats)
         many = median_seconds(lambda: run(short, NEW_TOKENS + 1, 1), args.repeats)
@@ -120,7 +128,8 @@ def main() -> None:
         results[name] = row
         print(f"measured {name}: " + json.dumps({k: round(v, 1) for k, v in row.items()}), flush=True)
 
-    llama_cpp, hf32, hf16 = results["llama.cpp Q4_1"], results["transformers fp32"], results["transformers bf16"]
+    llama_cpp, hf32, hf16 = (results.get(name, nothing) for name in ("llama.cpp Q4_1", "transformers fp32",
+                                                                      "transformers bf16"))
     print(f"\n{threads} threads; prefill of {PROMPT_TOKENS} tokens, decode of {NEW_TOKENS} tokens at batch 1 and "
           f"{BATCH_NEW_TOKENS} at batch {BATCH} (tokens/s; ratios are this row / the reference named)")
     header = ("prefill", "decode", f"decode b{BATCH}", "prefill/llama.cpp", "prefill/hf bf16", "decode/llama.cpp",

@@ -34,14 +34,14 @@ def random_model() -> Transformer:
 
 
 def compile_and_count(model: Transformer) -> tuple[Transformer, int, int]:
-    """The model compiled, and the graphs and graph breaks its first two decode steps made."""
+    """The model compiled, and the graphs and graph breaks its prefill and first two decode steps made."""
     graphs, breaks = counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
     compiled = compile_decoding(model)
     with torch.inference_mode():
         cache = compiled.new_cache(capacity=16)
-        compiled.hidden_states(torch.tensor([PROMPTS[0]]), cache)
-        for token in (3, 50):  # a cache one longer the second time: no second graph
-            compiled.decode(torch.tensor([[token]]), cache)
+        compiled.next_scores(torch.tensor([PROMPTS[0]]), cache)
+        for token in (3, 50):  # a cache one longer the second time: no third graph
+            compiled.next_scores(torch.tensor([[token]]), cache)
     return compiled, counters["stats"]["unique_graphs"] - graphs, sum(counters["graph_break"].values()) - breaks
 
 
@@ -64,7 +64,7 @@ def pairs(compiled_models) -> dict[str, tuple[Transformer, Transformer]]:
 @pytest.mark.parametrize("name", list(PRECISIONS))
 def test_the_decode_step_compiles_whole_and_once(compiled_models, name):
     _, _, graphs, breaks = compiled_models[name]
-    assert (graphs, breaks) == (1, 0)
+    assert (graphs, breaks) == (1, 0)  # the prefill stays eager; the decoding steps share one graph
 
 
 def run(model: Transformer, prompts: list[list[int]], config: GenerationConfig):
@@ -76,22 +76,25 @@ def test_compiled_steps_give_the_eager_scores(pairs, name):
     eager, compiled = pairs[name]
     with torch.inference_mode():
         caches = [model.new_cache(capacity=32) for model in (eager, compiled)]
-        for model, cache in zip((eager, compiled), caches):
-            model.hidden_states(torch.tensor([PROMPTS[0]]), cache)
-        for token in (3, 50, 7):
-            ids = torch.tensor([[token]])
-            expected, got = eager.decode(ids, caches[0]), compiled.decode(ids, caches[1])
+        for ids in ([PROMPTS[0]], [[3]], [[50]], [[7]]):  # a prefill, then decoding steps
+            ids = torch.tensor(ids)
+            expected, got = eager.next_scores(ids, caches[0]), compiled.next_scores(ids, caches[1])
             # fused bfloat16 operations round once where eager rounds after each: a bf16 step apart
             tolerance = 1e-4 if name == "fp32" else 5e-2
             torch.testing.assert_close(got.float(), expected.float(), rtol=tolerance, atol=tolerance)
 
 
 @pytest.mark.parametrize("name", list(PRECISIONS))
-def test_compiled_greedy_batches_give_the_eager_tokens(pairs, name):
+def test_compiled_greedy_tokens_are_the_eager_tokens(pairs, name):
     eager, compiled = pairs[name]
     config = GenerationConfig(max_new_tokens=12)
-    expected = run(eager, PROMPTS, config)
-    got = run(compiled, PROMPTS, config)
+    assert run(compiled, PROMPTS[:1], config)[0][0].token_ids == run(eager, PROMPTS[:1], config)[0][0].token_ids
+
+
+def test_compiled_padded_batches_give_the_eager_tokens(pairs):
+    eager, compiled = pairs["fp32"]  # padding adds graphs (masks), not precision-specific code
+    config = GenerationConfig(max_new_tokens=12)
+    expected, got = run(eager, PROMPTS, config), run(compiled, PROMPTS, config)
     assert [c[0].token_ids for c in got] == [c[0].token_ids for c in expected]
     single = run(compiled, PROMPTS[:1], config)  # an unpadded batch of one after a padded one
     assert single[0][0].token_ids == expected[0][0].token_ids

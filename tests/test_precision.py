@@ -7,19 +7,21 @@ import math
 import pytest
 import torch
 
+from nexttoken.bench import weight_bytes_per_token
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.errors import NextTokenError
 from nexttoken.model.precision import set_precision
-from nexttoken.model.quantize import (HALF_HEAD_MAX_ROWS, INT4_KERNEL_MAX_ROWS, Float16Head, Int4Linear, Int8Linear, quantize_groups,
-                                      quantize_rows)
+from nexttoken.model.quantize import (HALF_HEAD_MAX_ROWS, INT4_GROUP, INT4_KERNEL_MAX_ROWS, Float16Head, Int4Linear,
+                                      Int8Linear, quantize_groups, quantize_rows)
 from nexttoken.pretrained import LanguageModel
 from test_smollm2_parity import long_text
 
 # measured on SmolLM2-135M over the 2,000-token text below: bf16 97.5 % top-1 agreement and +0.15 %
-# perplexity, int8 95.3 % and +0.33 %, int4 99.15 % and -0.05 % (its groups hold the Q4_1 weights
-# exactly; its products take bfloat16 inputs; its head is float16). The bounds leave room for the platform's rounding,
+# perplexity, int8 95.3 % and +0.33 %, int4 99.15 % and -0.05 % a few tokens at a time and 99.35 %
+# and +0.06 % for a whole prompt (its groups hold the Q4_1 weights exactly; its products take
+# bfloat16 inputs; its head is float16). The bounds leave room for the platform's rounding,
 # except int4's, which are the targets of issue #7: at least 99 % and at most 1 %.
-BOUNDS = {"bf16": (0.965, 0.005), "int8": (0.94, 0.01), "int4": (0.99, 0.01)}
+BOUNDS = {"bf16": (0.965, 0.005), "int8": (0.94, 0.01), "int4": (0.99, 0.01), "int4 prompt": (0.99, 0.01)}
 MARGIN = {"bf16": 0.3, "int8": 0.6, "int4": 0.3}  # where the reference's two best log-probabilities are closer, either may win
 
 
@@ -31,18 +33,18 @@ def variants(smollm2) -> dict[str, LanguageModel]:
     return {"bf16": variant("bfloat16", "none"), "int8": variant("float32", "int8"), "int4": variant("float32", "int4")}
 
 
-@pytest.mark.parametrize("name", ["bf16", "int8", "int4"])
+@pytest.mark.parametrize("name", ["bf16", "int8", "int4", "int4 prompt"])
 def test_accuracy_against_float32(smollm2, variants, name):
     ids = smollm2.tokenizer.encode(long_text(smollm2.tokenizer, 2001))
     x, target = torch.tensor([ids[:-1]]), torch.tensor(ids[1:])
-    model = variants[name].model
+    model = variants[name.split()[0]].model
     with torch.inference_mode():
         reference = smollm2.model(x)[0]
         if name == "int4":  # through the cache a few tokens at a time, as decoding runs: the int4 kernel's path
             cache = model.new_cache(capacity=x.shape[1])
             ours = torch.cat([model(x[:, i : i + INT4_KERNEL_MAX_ROWS], cache)[0]
                               for i in range(0, x.shape[1], INT4_KERNEL_MAX_ROWS)])
-        else:
+        else:  # "int4 prompt": the whole text at once, through the unpacked weights
             ours = model(x)[0].float()
     agreement = (ours.argmax(-1) == reference.argmax(-1)).float().mean().item()
     ppl_change = math.exp(torch.nn.functional.cross_entropy(ours, target) - torch.nn.functional.cross_entropy(reference, target)) - 1
@@ -106,10 +108,9 @@ def test_int4_linear_is_the_dequantized_product():
     for rows in (1, 15, 40):  # the int4 kernel for few rows, the unpacked weight for many
         x = torch.randn(rows, 64, generator=g)
         expected = x @ dequantize_groups(q, scale, low).T
-        if rows <= INT4_KERNEL_MAX_ROWS:  # the kernel takes bfloat16 inputs: a few parts in a thousand of |y| ~ 8
-            torch.testing.assert_close(layer(x), expected, rtol=0, atol=0.15)
-        else:
-            torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+        # both take bfloat16 inputs, scales and offsets: a few parts in a thousand of |y| ~ 8
+        torch.testing.assert_close(layer(x), expected, rtol=0, atol=0.15)
+    assert layer(x).dtype == torch.float32
 
 
 def test_int4_holds_the_q4_1_weights_exactly(smollm2, variants):
@@ -133,3 +134,14 @@ def test_int4_keeps_one_float16_table_for_the_embeddings_and_the_head(smollm2, v
     for rows in (hidden[:, :1], hidden):  # the float16 product, and the float32 one on the cast weight
         torch.testing.assert_close(model.head(rows), smollm2.model.head(rows), rtol=1e-2, atol=1e-2)
     assert model.new_cache().keys[0].dtype == torch.float32
+
+
+def test_bytes_read_per_decode_step(smollm2, variants):
+    n_parameters = sum(p.numel() for p in smollm2.model.parameters())  # the tied table once
+    assert weight_bytes_per_token(smollm2.model) == 4 * n_parameters
+    linear = sum(p.numel() for p in smollm2.model.blocks.parameters() if p.dim() == 2)
+    table = smollm2.model.embed.weight.numel()
+    norms = n_parameters - linear - table
+    # 4 bits a weight and a bfloat16 scale and zero per 32 of them; the float16 table; float32 norms
+    expected = linear // 2 + linear // INT4_GROUP * 4 + 2 * table + 4 * norms
+    assert weight_bytes_per_token(variants["int4"].model) == expected

@@ -6,11 +6,13 @@ Decoding one token reads every weight once, so tokens/s cannot exceed bandwidth 
 import resource
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.sampling import SamplingConfig
+from nexttoken.model.quantize import Int4Linear
 from nexttoken.model.transformer import Transformer
 from nexttoken.pretrained import LanguageModel
 
@@ -47,16 +49,25 @@ def measure_bandwidth(repeats: int = 5) -> float:
 
 
 def weight_bytes_per_token(model: Transformer) -> int:
-    """Bytes of every weight a decode step reads: all but the embedding table, which is read only
-    row by row, unless it is also the output head."""
-    total = sum(t.numel() * t.element_size() for name, t in model.state_dict().items())
+    """Bytes of every weight a decode step reads, each tensor once: all but the embedding table,
+    which is read only row by row unless it is also the output head, and but the copies int4
+    layers keep for prompts."""
+    unread = {f"{name}.{buffer}" for name, module in model.named_modules() if isinstance(module, Int4Linear)
+              for buffer in module.PREFILL_ONLY}
     if model.lm_head is not None:
-        total -= model.embed.weight.numel() * model.embed.weight.element_size()
-    return total
+        unread.add("embed.weight")  # a head that shares the table lists it under its own name too
+    read = {t.data_ptr(): t for name, t in model.state_dict().items() if name not in unread}
+    return sum(t.numel() * t.element_size() for t in read.values())
 
 
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    """This process's peak resident memory. Linux's VmHWM, where there is one: getrusage's maximum
+    survives exec, so a process started from a large one would report its parent's peak."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")) / 1024
 
 
 def run_bench(lm: LanguageModel, prompt_tokens: int = 512, new_tokens: int = 128, batch_size: int = 1) -> BenchResult:

@@ -16,7 +16,7 @@ from nexttoken.loaders.gguf import load_gguf_model
 from nexttoken.loaders.safetensors import load_hf_model
 from nexttoken.model.compiled import compile_decoding
 from nexttoken.model.kv_cache import KVCache
-from nexttoken.model.precision import set_precision
+from nexttoken.model.precision import load_dtype, set_precision
 from nexttoken.model.transformer import Transformer
 from nexttoken.packaged import packaged_path
 from nexttoken.tokenizer import Tokenizer
@@ -101,7 +101,7 @@ def load(path: str | Path | None = None, dtype: str = "float32", quantize: str =
             raise NextTokenError(f"{path}: an encoder, not a language model (see `nexttoken embed`)")
         tokenizer = Tokenizer.from_hf_folder(path)
     else:
-        model, file = load_gguf_model(path)
+        model, file = load_gguf_model(path, load_dtype(dtype, quantize))
         tokenizer = Tokenizer.from_gguf_metadata(file.metadata)
     model = set_precision(model, dtype, quantize)
     return LanguageModel(compile_decoding(model) if compiled else model, tokenizer, path)

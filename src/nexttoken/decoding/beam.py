@@ -61,7 +61,7 @@ def beam_search(model: Transformer, tokenizer: Decoder, prompts: list[list[int]]
 
     cache = model.new_cache(batch_size=P)
     cache.reserve(L + n_max - 1)
-    logits = model.head(model.hidden_states(ids, cache, None if bool(mask.all()) else mask)[:, -1])  # (P, V)
+    logits = model.next_scores(ids, cache, None if bool(mask.all()) else mask)  # (P, V)
     beam_rows = torch.arange(P).repeat_interleave(K)  # each prompt's prefill, copied to its K beams
     cache.select_rows(beam_rows)
     logits, prompt_ids, prompt_mask = logits[beam_rows], ids[beam_rows], mask[beam_rows]
@@ -124,7 +124,7 @@ def beam_search(model: Transformer, tokenizer: Decoder, prompts: list[list[int]]
         if not (bool(can_improve.any()) and pool_open and not bool(ends.all())):
             break
         cache.select_rows((torch.arange(P).unsqueeze(1) * K + chosen_parents).view(-1))
-        logits = model.decode(running[:, :, t].reshape(P * K, 1), cache)  # (P*K, V)
+        logits = model.next_scores(running[:, :, t].reshape(P * K, 1), cache)  # (P*K, V)
 
     results = []
     for p in range(P):

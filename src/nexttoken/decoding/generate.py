@@ -80,8 +80,7 @@ def generate_batch(model: Transformer, tokenizer: Decoder, prompts: list[list[in
     if cache is None:
         cache = model.new_cache(batch_size=len(prompts))
     cache.reserve(n_cached + ids.shape[1] + n_new - 1)
-    hidden = model.hidden_states(ids, cache, None if bool(mask.all()) else mask)[:, -1]  # (P, d_model)
-    logits = model.head(hidden)  # (P, V)
+    logits = model.next_scores(ids, cache, None if bool(mask.all()) else mask)  # (P, V)
     if n_samples > 1:  # every sample of a prompt continues from the same prefill
         rows = torch.arange(len(prompts)).repeat_interleave(n_samples)
         cache.select_rows(rows)
@@ -108,7 +107,7 @@ def generate_batch(model: Transformer, tokenizer: Decoder, prompts: list[list[in
         if all(state.finish_reason for state in states) or step == n_new - 1:
             break
         history = history.append(chosen)
-        logits = model.decode(chosen.unsqueeze(1), cache)  # (R, V)
+        logits = model.next_scores(chosen.unsqueeze(1), cache)  # (R, V)
     completions = [state.completion(len(prompts[row // n_samples])) for row, state in enumerate(states)]
     return [completions[i * n_samples : (i + 1) * n_samples] for i in range(len(prompts))]
 

@@ -1,6 +1,7 @@
 """Build our Transformer from a GGUF file: the family from its architecture, the config from its
 metadata, and each parameter from its tensor through the family's weight map."""
 
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -14,31 +15,39 @@ from nexttoken.loaders.quants import dequantize
 from nexttoken.model.transformer import Transformer
 
 
-def load_gguf_model(path: str | Path) -> tuple[Transformer, GGUFFile]:
+def load_gguf_model(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Transformer, GGUFFile]:
+    """The model, with its weights in `dtype` (cast one by one as they are read, so that the
+    float32 weights never exist all at once), and the file."""
     file = read_gguf(path)
     architecture = file.metadata.get("general.architecture")
     if architecture is None:
         raise NextTokenError(f"{file.path}: GGUF metadata lacks 'general.architecture'")
     family = family_for(architecture)
     config = family.config_from_gguf(file.metadata, set(file.tensors))
-    state = state_dict_from_gguf(file, family, config)
+    state = state_dict_from_gguf(file, family, config, dtype)
     with torch.device("meta"):
         model = Transformer(config)
     model.load_state_dict(state, strict=True, assign=True)
-    return model.eval().requires_grad_(False), file
+    return model.to(dtype).eval().requires_grad_(False), file
 
 
-def state_dict_from_gguf(file: GGUFFile, family: Family, config: ModelConfig) -> dict[str, torch.Tensor]:
+def state_dict_from_gguf(file: GGUFFile, family: Family, config: ModelConfig,
+                         dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     rows = [row for row in expand(family.weights, config.n_layer)
             if not (config.tie_embeddings and row.ours == "lm_head.weight")]
     unknown = set(file.tensors) - {row.gguf for row in rows}
     if unknown:
         raise NextTokenError(f"{file.path}: unexpected tensors for a {family.name} model: {', '.join(sorted(unknown)[:5])}")
+    n_parts = Counter(row.ours for row in rows)
     parts: dict[str, list[torch.Tensor]] = {}
+    state: dict[str, torch.Tensor] = {}
     for row in rows:
         raw = file.tensors.get(row.gguf)
         if raw is None:
             raise NextTokenError(f"{file.path}: missing tensor '{row.gguf}'")
         weight = dequantize(raw.data, raw.ggml_type, raw.shape, raw.name)
-        parts.setdefault(row.ours, []).append(row.from_gguf(weight, config) if row.from_gguf else weight)
-    return stack_parts(parts)
+        pieces = parts.setdefault(row.ours, [])
+        pieces.append(row.from_gguf(weight, config) if row.from_gguf else weight)
+        if len(pieces) == n_parts[row.ours]:  # stacked at once: one parameter's parts at most are held twice
+            state.update({name: t.to(dtype) for name, t in stack_parts({row.ours: parts.pop(row.ours)}).items()})
+    return state

@@ -88,7 +88,7 @@ class SourceBound:
         self.config = model.decoder.config
         self.hidden_states = model.decoder.hidden_states  # needs a cache: the source is read from it
         self.head = model.decoder.head
-        self.decode = model.decoder.decode
+        self.next_scores = model.decoder.next_scores
         self.dtype = model.decoder.embed.weight.dtype
         self.cross_keys, self.cross_values, self.source_mask = cross_keys, cross_values, source_mask
 

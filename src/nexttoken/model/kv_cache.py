@@ -88,12 +88,13 @@ class KVCache:
 
     def append_mask(self, mask: torch.Tensor | None, n_positions: int) -> torch.Tensor:
         """Record which of the next `n_positions` are real tokens ((B, T) bool, None: all) and return
-        the (B, length + T) mask of every key the step attends to."""
+        the (B, length + T) mask of every key the step attends to. A mask marks the cache as padded
+        (callers pass None when no row is padded), so that no step waits to read the mask's values."""
         end = self.length + n_positions
         if end > self.capacity:
             raise RuntimeError(f"KV cache holds {self.capacity} positions; this step needs {end}")
         self.key_mask[:, self.length : end] = True if mask is None else mask
-        self.padded = self.padded or (mask is not None and not bool(mask.all()))
+        self.padded = self.padded or mask is not None
         return self.key_mask[:, :end]
 
     def update(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

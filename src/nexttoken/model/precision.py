@@ -18,6 +18,14 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 QUANTIZATIONS = ("none", "int8", "int4")
 
 
+def load_dtype(dtype: str = "float32", quantize: str = "none") -> torch.dtype:
+    """The dtype to load weights in for `set_precision(model, dtype, quantize)`: the compute dtype,
+    or float32 for weights about to be quantized (int4 keeps Q4_1 weights exactly only from them)."""
+    if dtype not in DTYPES:
+        raise NextTokenError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+    return DTYPES[dtype] if quantize == "none" else torch.float32
+
+
 def set_precision(model: Transformer, dtype: str = "float32", quantize: str = "none") -> Transformer:
     """Convert `model` in place; `quantize="int8"` implies bfloat16 activations."""
     if dtype not in DTYPES:
@@ -30,6 +38,6 @@ def set_precision(model: Transformer, dtype: str = "float32", quantize: str = "n
         model.untie_head()  # the output head is a fifth of the weights: quantize it too
         quantize_int8(model, compute)
     elif quantize == "int4":
-        quantize_int4(model.blocks, compute)
+        quantize_int4(model.blocks)
         halve_head(model)
     return model

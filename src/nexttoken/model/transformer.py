@@ -191,10 +191,11 @@ class Transformer(nn.Module):
     def forward(self, ids: torch.Tensor, cache: KVCache | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.hidden_states(ids, cache, mask))
 
-    def decode(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """One decoding step: (B, 1) tokens, one per row, fed through the cache -> (B, vocab_size)
-        scores for each row's next token. This is the step `compile_decoding` compiles."""
-        return self.head(self.hidden_states(ids, cache)[:, -1])
+    def next_scores(self, ids: torch.Tensor, cache: KVCache, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) tokens fed through the cache -> (B, vocab_size) scores for each row's next token:
+        the head on the last position only. A prefill (T > 1, `mask` as in hidden_states) and each
+        decoding step (T = 1); this is what `compile_decoding` compiles."""
+        return self.head(self.hidden_states(ids, cache, mask)[:, -1])
 
     def new_cache(self, batch_size: int = 1, capacity: int = 256) -> KVCache:
         return KVCache(self.config, batch_size, min(capacity, self.config.max_seq_len), self.dtype)
