@@ -105,3 +105,14 @@ def test_compiled_beams_are_the_eager_beams(pairs):
     config = GenerationConfig(max_new_tokens=8, num_beams=3, num_return_sequences=2)
     expected, got = run(eager, PROMPTS, config), run(compiled, PROMPTS, config)
     assert [[c.token_ids for c in row] for row in got] == [[c.token_ids for c in row] for row in expected]
+
+
+def test_a_step_that_fills_the_cache_compiles_nothing_new(pairs):
+    compiled = pairs["fp32"][1]  # its decode graph exists (the fixture ran it)
+    graphs = counters["stats"]["unique_graphs"]
+    with torch.inference_mode():
+        cache = compiled.new_cache(capacity=len(PROMPTS[0]) + 2)
+        compiled.next_scores(torch.tensor([PROMPTS[0]]), cache)
+        for token in (3, 50):  # the second step writes the cache's last position
+            compiled.next_scores(torch.tensor([[token]]), cache)
+    assert counters["stats"]["unique_graphs"] == graphs

@@ -4,7 +4,8 @@ The cache is preallocated and indexed by position (as in gpt-fast): a step write
 values at [length, length + T) and attends over [0, length + T). Rows of a batch share positions;
 a row whose prompt is shorter is left-padded, and `key_mask` marks which positions hold real tokens.
 It grows by reallocation only when asked to `reserve` more room than it has, which generation
-does once, up front."""
+does once, up front. Its buffers hold one position more than its capacity, never written: a step
+then never ends at the end of the buffers, so a compiled step sees one case, not two."""
 
 import torch
 
@@ -17,10 +18,10 @@ class KVCache:
         self.config = config
         self.dtype = dtype
         self.length = 0
-        shape = (batch_size, config.n_kv_head, capacity, config.head_dim)  # (B, H_kv, T, D)
+        shape = (batch_size, config.n_kv_head, capacity + 1, config.head_dim)  # (B, H_kv, T, D)
         self.keys = [torch.zeros(shape, dtype=dtype) for _ in range(config.n_layer)]
         self.values = [torch.zeros(shape, dtype=dtype) for _ in range(config.n_layer)]
-        self.key_mask = torch.ones(batch_size, capacity, dtype=torch.bool)  # (B, T): False at padding
+        self.key_mask = torch.ones(batch_size, capacity + 1, dtype=torch.bool)  # (B, T): False at padding
         self.padded = False  # whether any cached position is padding
 
     @property
@@ -29,7 +30,7 @@ class KVCache:
 
     @property
     def capacity(self) -> int:
-        return self.key_mask.shape[1]
+        return self.key_mask.shape[1] - 1  # the spare position is not room
 
     def row_lengths(self) -> torch.Tensor:
         """(B,) how many real tokens each row holds: the position its next token takes."""
@@ -67,8 +68,9 @@ class KVCache:
         self.length = length
 
     def _aligned(self, length: int, capacity: int) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
-        """Keys, values and mask moved right by `length - self.length` slots, in `capacity` slots."""
-        shift, tail = length - self.length, capacity - length
+        """Keys, values and mask moved right by `length - self.length` slots, in `capacity` slots
+        and the spare one."""
+        shift, tail = length - self.length, capacity + 1 - length
 
         def move(t: torch.Tensor) -> torch.Tensor:  # (B, H_kv, T, D)
             return torch.nn.functional.pad(t[:, :, : self.length], (0, 0, shift, tail))
