@@ -38,7 +38,7 @@ Dtype = Annotated[str, typer.Option(help="Compute in float32 (the reference) or 
 Quantize = Annotated[str, typer.Option(help="Keep linear weights as 'int8' (computes in bfloat16), 'int4' "
                                               "(groups of 32, exact for Q4_1 weights), or 'none'.")]
 Compile = Annotated[bool, typer.Option("--compile", help="Compile the decode step with torch.compile: faster tokens after "
-                                                         "tens of seconds of compiling at the first one.")]
+                                                         "a minute or more of compiling at the first one.")]
 
 # Decoding options, shared by `generate` and `chat`; see nexttoken.decoding for what each does.
 MaxNewTokens = Annotated[int, typer.Option(help="Stop after this many new tokens.")]

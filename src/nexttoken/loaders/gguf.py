@@ -49,5 +49,5 @@ def state_dict_from_gguf(file: GGUFFile, family: Family, config: ModelConfig,
         pieces = parts.setdefault(row.ours, [])
         pieces.append(row.from_gguf(weight, config) if row.from_gguf else weight)
         if len(pieces) == n_parts[row.ours]:  # stacked at once: one parameter's parts at most are held twice
-            state.update({name: t.to(dtype) for name, t in stack_parts({row.ours: parts.pop(row.ours)}).items()})
+            state[row.ours] = stack_parts({row.ours: parts.pop(row.ours)})[row.ours].to(dtype)
     return state
