@@ -13,15 +13,11 @@ from nexttoken.decoding.generate import generate_batch
 from nexttoken.model.compiled import compile_decoding
 from nexttoken.model.precision import set_precision
 from nexttoken.model.transformer import Transformer
+from test_generation import ByteText
 
 CONFIG = ModelConfig(vocab_size=96, d_model=64, n_layer=2, n_head=4, n_kv_head=2, d_ff=160, max_seq_len=64)
 PRECISIONS = {"fp32": ("float32", "none"), "bf16": ("bfloat16", "none"), "int4": ("float32", "int4")}
 PROMPTS = [[5, 17, 33, 2, 61, 8, 40], [9, 9, 71]]  # of different lengths: the batch is left-padded
-
-
-class Letters:
-    def decode(self, ids: list[int]) -> str:
-        return "".join(chr(65 + i % 26) for i in ids)
 
 
 def random_model() -> Transformer:
@@ -68,7 +64,7 @@ def test_the_decode_step_compiles_whole_and_once(compiled_models, name):
 
 
 def run(model: Transformer, prompts: list[list[int]], config: GenerationConfig):
-    return generate_batch(model, Letters(), prompts, end_ids=(), config=config)
+    return generate_batch(model, ByteText(), prompts, end_ids=(), config=config)
 
 
 @pytest.mark.parametrize("name", list(PRECISIONS))

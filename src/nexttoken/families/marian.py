@@ -17,6 +17,7 @@ import torch
 
 from nexttoken.config import ModelConfig
 from nexttoken.errors import NextTokenError
+from nexttoken.families.weights import stack_parts
 
 if TYPE_CHECKING:  # the loader imports this table
     from nexttoken.loaders.marian import MarianTensor
@@ -126,7 +127,7 @@ def state_dict(tensors: dict[str, MarianTensor], config: ModelConfig, where: str
         if row.marian not in tensors:
             raise NextTokenError(f"{where}: missing tensor '{row.marian}'")
         parts.setdefault(row.ours, []).append(row.transform(tensors[row.marian]))
-    return {name: torch.cat(ts) if len(ts) > 1 else ts[0] for name, ts in parts.items()}
+    return stack_parts(parts)
 
 
 # what this family reads, and the value each other key of model.yml must have

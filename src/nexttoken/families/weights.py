@@ -27,9 +27,14 @@ class WeightName:
     from_hf: Transform | None = None  # Hugging Face layout -> ours
 
 
+def stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """One parameter of ours from its parts, in table order (see the module docstring)."""
+    return torch.cat(tensors) if len(tensors) > 1 else tensors[0]
+
+
 def stack_parts(parts: dict[str, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Our parameters from their parts, in table order (see the module docstring)."""
-    return {name: torch.cat(tensors) if len(tensors) > 1 else tensors[0] for name, tensors in parts.items()}
+    """Our parameters from their parts."""
+    return {name: stack(tensors) for name, tensors in parts.items()}
 
 
 def unstack_parts(state: dict[str, torch.Tensor], rows: list[WeightName],

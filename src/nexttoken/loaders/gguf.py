@@ -9,7 +9,7 @@ import torch
 from nexttoken.config import ModelConfig
 from nexttoken.errors import NextTokenError
 from nexttoken.families import Family, family_for
-from nexttoken.families.weights import expand, stack_parts
+from nexttoken.families.weights import expand, stack
 from nexttoken.loaders.gguf_file import GGUFFile, read_gguf
 from nexttoken.loaders.quants import dequantize
 from nexttoken.model.transformer import Transformer
@@ -49,5 +49,5 @@ def state_dict_from_gguf(file: GGUFFile, family: Family, config: ModelConfig,
         pieces = parts.setdefault(row.ours, [])
         pieces.append(row.from_gguf(weight, config) if row.from_gguf else weight)
         if len(pieces) == n_parts[row.ours]:  # stacked at once: one parameter's parts at most are held twice
-            state[row.ours] = stack_parts({row.ours: parts.pop(row.ours)})[row.ours].to(dtype)
+            state[row.ours] = stack(parts.pop(row.ours)).to(dtype)
     return state
