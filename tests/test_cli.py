@@ -42,6 +42,18 @@ def test_compile_and_precision_options_reach_the_loader(smollm2, monkeypatch):
     assert asked == [("float32", "int4", True), ("bfloat16", "none", False)]
 
 
+def test_train_options_reach_the_recipe(monkeypatch, tmp_path):
+    from nexttoken.train import run as train_run
+
+    asked = []
+    monkeypatch.setattr(train_run, "run_recipe", lambda recipe, run_dir, resume: asked.append(recipe.train)
+                        or train_run.RunResult(run_dir, None, 0, ""))
+    for args in (["--compile", "--precision", "fp32"], []):
+        result = CliRunner().invoke(cli.app, ["train", "--run-dir", str(tmp_path), *args])
+        assert result.exit_code == 0, result.output
+    assert [(c.compile, c.precision) for c in asked] == [(True, "fp32"), (False, "bf16")]
+
+
 def test_generate_streams_the_text(run, smollm2):
     output = run("generate", "The capital of France is", "--max-new-tokens", "8")
     expected = smollm2.generate(smollm2.encode("The capital of France is"), GenerationConfig(max_new_tokens=8))

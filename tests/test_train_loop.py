@@ -2,12 +2,16 @@
 tiny model can fit a small batch."""
 
 import itertools
+import json
 import math
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch._dynamo.utils import counters
 from train_tiny import Repeat, one_thread  # noqa: F401 (a fixture)
 
 from nexttoken.config import ModelConfig
@@ -105,6 +109,67 @@ def test_tiny_model_overfits_a_small_batch(tmp_path):
     assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 60
 
 
+
+
+def test_clipping_scales_the_mean_gradient_to_the_clip_norm():
+    """The step the loop takes is the mean loss's gradient, shrunk to `grad_clip` when longer, in
+    the one pass that also divides by the token count; the norm it reports is the unclipped one."""
+    batch = random_batch(4)
+    reference = tiny_model()
+    loss, _ = next_token_loss(reference, batch)
+    loss.backward()
+    gradient_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in reference.parameters()])).item()
+    for grad_clip in (0.0, gradient_norm / 4):
+        model = tiny_model()
+        config = TrainConfig(global_batch=4, micro_batch=4, precision="fp32", grad_clip=grad_clip)
+        _, norm, _ = train_step(model, [batch], next_token_loss, torch.optim.SGD(model.parameters(), lr=1.0),
+                                config, CPU)
+        shrink = 1 / 4 if grad_clip else 1.0
+        assert norm == pytest.approx(gradient_norm, rel=1e-5)
+        for trained, start in zip(model.parameters(), reference.parameters()):
+            torch.testing.assert_close(trained, start.detach() - shrink * start.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_blocks_train_as_the_eager_model(tmp_path):
+    """TrainConfig(compile=True): the same losses, step by step, within float32 rounding of fused kernels."""
+    batch = random_batch(4)
+    losses = {}
+    graphs = counters["stats"]["unique_graphs"]
+    for compiled in (False, True):
+        config = TrainConfig(max_steps=3, global_batch=4, micro_batch=4, warmup_steps=1, checkpoint_every=0,
+                             precision="fp32", progress=False, compile=compiled)
+        train(tiny_model(), iter(Repeat(batch)), next_token_loss, config, tmp_path / str(compiled), process=CPU)
+        records = (tmp_path / str(compiled) / "metrics.jsonl").read_text().splitlines()
+        losses[compiled] = [json.loads(line)["loss"] for line in records]
+    assert counters["stats"]["unique_graphs"] - graphs == 1  # both blocks run the one graph
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+    assert losses[True][-1] < losses[True][0]
+    with pytest.raises(NextTokenError, match="not with fsdp"):
+        TrainConfig(compile=True, strategy="fsdp")
+
+
+def test_keep_freed_memory_keeps_a_freed_block_in_the_process():
+    """By default glibc hands a large freed block back to the system (the resident set falls); after
+    keep_freed_memory it stays for the next allocation. Run in a fresh interpreter: the setting is
+    for the whole process."""
+    probe = """
+from pathlib import Path
+import torch
+from nexttoken.train.memory import keep_freed_memory
+def current_rss_mib():
+    status = Path("/proc/self/status").read_text()
+    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")) / 1024
+def kept_after_free():
+    before = current_rss_mib()
+    block = torch.ones(50_000_000)  # 200 MB
+    del block
+    return current_rss_mib() - before
+print(kept_after_free(), keep_freed_memory(), kept_after_free())
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    default_kept, changed, kept = float(out[0]), out[1], float(out[2])
+    assert changed == "True"
+    assert default_kept < 50 and kept > 150
 
 
 def test_global_batch_must_divide_evenly():

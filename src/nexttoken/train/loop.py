@@ -54,6 +54,7 @@ from nexttoken.train.distributed import (
     sum_across,
     wrap,
 )
+from nexttoken.train.memory import keep_freed_memory
 from nexttoken.train.metrics import (
     append_metrics,
     evaluation_metrics,
@@ -80,6 +81,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # the largest global gradient norm; 0: no clipping
     precision: str = "bf16"  # "bf16": bfloat16 autocast, float32 weights and optimiser; "fp32"
     fused: bool = True  # AdamW's fused kernel (one pass over all parameters)
+    compile: bool = False  # torch.compile each block (the first step compiles; single process or DDP)
     eval_every: int = 100  # steps between evaluations (and one at the end)
     checkpoint_every: int = 100  # steps between checkpoints (and one at the end); 0: only at the end
     keep_checkpoints: int = 1
@@ -91,6 +93,8 @@ class TrainConfig:
             raise NextTokenError(f"precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
         if self.max_steps < 1 or self.micro_batch < 1 or self.global_batch < self.micro_batch:
             raise NextTokenError("max_steps and micro_batch must be positive and global_batch at least micro_batch")
+        if self.compile and self.strategy == "fsdp":
+            raise NextTokenError("compile works alone or with the ddp strategy, not with fsdp")
 
     def accumulation(self, world_size: int) -> int:
         """Micro-batches per step in each process: the global batch stays the same for any world size."""
@@ -120,6 +124,18 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=config.fused)
 
 
+def compile_blocks(model: nn.Module) -> None:
+    """torch.compile each of the model's blocks in place. The blocks share their code and shapes, so
+    the first step compiles one graph for all of them (forward and backward), in the time one block
+    takes rather than the whole model; inductor fuses the work around the matrix products (norms,
+    rotations, SwiGLU, autocast's casts of the weights)."""
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        raise NextTokenError("compile works block by block; this model has no `blocks`")
+    for block in blocks:
+        block.compile(dynamic=False)
+
+
 def to_device(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -145,13 +161,15 @@ def train_step(model: nn.Module, batches: list[Batch], objective: Objective, opt
     # DDP and FSDP2 average gradients over processes; undo that and divide by the global count instead
     scale = process.world_size / max(n_sum.item(), 1.0)
     grads = [p.grad for p in model.parameters() if p.grad is not None]
-    torch._foreach_mul_(grads, scale)
-    norm = nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip if config.grad_clip > 0 else float("inf"))
+    norm = nn.utils.get_total_norm(grads)
     if hasattr(norm, "full_tensor"):  # FSDP2 gives a DTensor
         norm = norm.full_tensor()
+    norm = norm.item() * scale
+    clip = min(1.0, config.grad_clip / (norm + 1e-6)) if config.grad_clip > 0 else 1.0
+    torch._foreach_mul_(grads, scale * clip)  # the mean and the clipping in one pass over the gradients
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return (loss_sum / n_sum.clamp(min=1)).item(), norm.item(), int(n_sum.item())
+    return (loss_sum / n_sum.clamp(min=1)).item(), norm, int(n_sum.item())
 
 
 @torch.no_grad()
@@ -181,8 +199,11 @@ def train(model: nn.Module, data: Iterator[Batch], objective: Objective, config:
     """Train `model` in place (see the module docstring); only the main process writes to `run_dir`:
     metrics.jsonl, loss.png and checkpoints/."""
     process = process or start()
+    keep_freed_memory()
     run_dir = Path(run_dir)
     accumulation = config.accumulation(process.world_size)
+    if config.compile:
+        compile_blocks(model)
     model = wrap(model.to(process.device), process, config.strategy)
     optimizer = make_optimizer(model, config)
     step, tokens = 0, 0
