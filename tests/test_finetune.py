@@ -7,13 +7,15 @@ import torch
 from train_tiny import Repeat
 
 from nexttoken.config import ModelConfig
-from nexttoken.encoder.sentence import load_encoder
+from nexttoken.encoder.classifier import load_classifier, save_classifier
+from nexttoken.encoder.sentence import load_encoder, right_pad
+from nexttoken.errors import NextTokenError
 from nexttoken.model.heads import MaskedLMHead
 from nexttoken.model.transformer import Transformer
 from nexttoken.pretrained import LanguageModel
 from nexttoken.tokenizer.training import shakespeare_files
-from nexttoken.train.finetune import (ExampleLoader, finetune_chat, finetune_classifier, sft_examples, tagged_batch,
-                                      word_labels)
+from nexttoken.train.finetune import (ExampleLoader, classifier_for, finetune_chat, finetune_classifier, sft_examples,
+                                      tagged_batch, word_labels)
 from nexttoken.train.lora import LoraConfig, LoRALinear
 from nexttoken.train.loop import TrainConfig, train
 from nexttoken.train.masking import MaskedLM, labelled_token_loss, mask_tokens, maskable_positions, sft_batch
@@ -113,6 +115,42 @@ def test_name_tagging_learns(plays, tmp_path):
                                         per_token=True, lora=lora)
     assert result.eval_after < result.eval_before - 0.1
     assert not any(isinstance(m, LoRALinear) for m in model.modules())
+
+
+@pytest.mark.parametrize("per_token", [False, True], ids=["sequence", "token"])
+def test_saved_classifier_gives_transformers_the_same_scores(plays, per_token, tmp_path):
+    """A fine-tuned classifier (the token one through LoRA, merged) saved as a BertFor*Classification
+    folder: transformers reads it and scores a padded batch as we do; load_classifier reads it back."""
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    encoder = load_encoder()
+    if per_token:
+        rows, labels, lora = person_tags(plays, 4), ["O", "PERSON"], LoraConfig(rank=4, alpha=8, targets=("wqkv",))
+    else:
+        rows, labels, lora = play_lines(plays, per_play=2), [play.title for play in plays], None
+    classifier, _ = finetune_classifier(encoder, rows, rows[:2], len(labels), tiny_config(1, batch=2),
+                                        tmp_path / "run", per_token=per_token, lora=lora)
+    folder = save_classifier(classifier, encoder.path, labels, tmp_path / "saved")
+    ids, mask = right_pad([encoder.encode("Thou art a villain, Hamlet."), encoder.encode("Good night.")],
+                          encoder.tokenizer.pad_id)
+    ours = classifier(ids, mask=mask)
+    reference = (AutoModelForTokenClassification if per_token else AutoModelForSequenceClassification)
+    theirs = reference.from_pretrained(folder).eval()(input_ids=ids, attention_mask=mask.long()).logits
+    counted = mask if per_token else torch.ones(2, dtype=torch.bool)
+    torch.testing.assert_close(ours[counted], theirs[counted].detach(), atol=1e-4, rtol=1e-4)
+    assert theirs.shape[-1] == len(labels) and not torch.equal(ours, torch.zeros_like(ours))
+
+    loaded_encoder, loaded, loaded_labels = load_classifier(folder)
+    assert loaded_labels == labels and loaded_encoder.encode("Good night.") == encoder.encode("Good night.")
+    torch.testing.assert_close(loaded(ids, mask=mask), ours, atol=1e-5, rtol=1e-5)
+
+
+def test_classifier_folders_are_checked(minilm, tmp_path):
+    with pytest.raises(NextTokenError, match="not a saved classifier"):
+        load_classifier(minilm.path)
+    classifier = classifier_for(load_encoder(), 3, per_token=False)
+    with pytest.raises(NextTokenError, match="2 label names for a head of 3"):
+        save_classifier(classifier, minilm.path, ["a", "b"], tmp_path)
 
 
 def test_masked_lm_objective_trains_an_encoder(minilm, tmp_path):

@@ -430,8 +430,8 @@ def train_command(
     recipe = recipe_with(corpus=corpus, files=tuple(files) if files else None, data=data, max_steps=steps,
                          global_batch=global_batch, micro_batch=micro_batch, lr=lr, warmup_steps=warmup_steps,
                          seq_len=seq_len, d_model=d_model, n_layer=n_layer, n_head=n_head, d_ff=d_ff,
-                         vocab_size=vocab_size, precision=precision, strategy=strategy, eval_every=eval_every,
-                         checkpoint_every=checkpoint_every, seed=seed, threads=threads, progress=progress)
+                         vocab_size=vocab_size, precision=precision, strategy=strategy, compile=compiled,
+                         eval_every=eval_every, checkpoint_every=checkpoint_every, seed=seed, threads=threads, progress=progress)
     result = run_recipe(recipe, run_dir, resume=resume)
     if result.sample:
         ev = result.train.eval
@@ -483,7 +483,7 @@ def finetune_command(
         lora_rank: Annotated[int, typer.Option(help="LoRA rank; 0 trains every weight.")] = 8,
         examples: Annotated[int, typer.Option(help="Training examples built from the Shakespeare plays.")] = 400,
         eval_examples: Annotated[int, typer.Option(help="Held-out examples for loss and accuracy.")] = 32,
-        save_to: Annotated[Optional[Path], typer.Option("--out", help="chat: write the fine-tuned model here (a folder, or a .gguf file).")] = None,
+        save_to: Annotated[Optional[Path], typer.Option("--out", help="Write the fine-tuned model here: a Hugging Face folder (chat: or a .gguf file).")] = None,
         plays: Annotated[int, typer.Option(help="play: how many plays to tell apart.")] = 4,
 ) -> None:
     """Fine-tune on a small set built from the shipped Shakespeare plays; prints held-out loss and accuracy."""

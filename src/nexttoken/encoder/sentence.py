@@ -129,6 +129,11 @@ def load_encoder(path: str | Path | None = None) -> SentenceEncoder:
     """Load a BERT-layout Hugging Face folder (the built-in all-MiniLM-L6-v2 when `path` is None)."""
     folder = Path(path) if path is not None else builtin_encoder_path()
     model, heads, _ = load_hf_model(folder)
+    return encoder_from(folder, model, heads)
+
+
+def encoder_from(folder: Path, model: Transformer, heads: dict[str, torch.Tensor]) -> SentenceEncoder:
+    """The encoder of a loaded folder, with its tokenizer, pooling and (if it has one) masked-LM head."""
     mlm = None
     if "mlm.bias" in heads:
         mlm = MaskedLMHead(model.config)

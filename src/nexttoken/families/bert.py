@@ -1,6 +1,7 @@
 """BERT (and MiniLM, which is a BERT): a bidirectional encoder with learned positions, token types,
 post-norm LayerNorm blocks and a GELU MLP, read from Hugging Face checkpoints."""
 
+from collections.abc import Callable
 from typing import Any
 
 from nexttoken.config import ModelConfig
@@ -14,8 +15,14 @@ HF_PREFIX = "bert."
 HF_IGNORED = ("embeddings.position_ids",)
 
 
-def _layer(ours: str, hf: str) -> tuple[WeightName, WeightName]:
-    return (WeightName(f"{ours}.weight", None, f"{hf}.weight"), WeightName(f"{ours}.bias", None, f"{hf}.bias"))
+def _layer(ours: str, hf: str, rows: Callable[[ModelConfig], int] | None = None) -> tuple[WeightName, WeightName]:
+    return (WeightName(f"{ours}.weight", None, f"{hf}.weight", rows=rows),
+            WeightName(f"{ours}.bias", None, f"{hf}.bias", rows=rows))
+
+
+def _width(config: ModelConfig) -> int:
+    """Rows of each of the query, key and value projections in the fused one."""
+    return config.d_model
 
 
 def _head(ours: str, hf: str) -> tuple[WeightName, WeightName]:
@@ -28,17 +35,19 @@ WEIGHTS = (
     WeightName("pos_embed.weight", None, "embeddings.position_embeddings.weight"),
     WeightName("type_embed.weight", None, "embeddings.token_type_embeddings.weight"),
     *_layer("embed_norm", "embeddings.LayerNorm"),
-    *_layer("blocks.{i}.attn.wqkv", "encoder.layer.{i}.attention.self.query"),
-    *_layer("blocks.{i}.attn.wqkv", "encoder.layer.{i}.attention.self.key"),
-    *_layer("blocks.{i}.attn.wqkv", "encoder.layer.{i}.attention.self.value"),
+    *_layer("blocks.{i}.attn.wqkv", "encoder.layer.{i}.attention.self.query", _width),
+    *_layer("blocks.{i}.attn.wqkv", "encoder.layer.{i}.attention.self.key", _width),
+    *_layer("blocks.{i}.attn.wqkv", "encoder.layer.{i}.attention.self.value", _width),
     *_layer("blocks.{i}.attn.wo", "encoder.layer.{i}.attention.output.dense"),
     *_layer("blocks.{i}.attn_norm", "encoder.layer.{i}.attention.output.LayerNorm"),
     *_layer("blocks.{i}.mlp.w_up", "encoder.layer.{i}.intermediate.dense"),
     *_layer("blocks.{i}.mlp.w_down", "encoder.layer.{i}.output.dense"),
     *_layer("blocks.{i}.mlp_norm", "encoder.layer.{i}.output.LayerNorm"),
-    # heads: the pooler (first token, dense, tanh) for sentence classification, and the masked-LM
-    # head, whose decoder shares the word embeddings
+    # heads: the pooler (first token, dense, tanh) for sentence classification, the linear layer of
+    # BertForSequenceClassification and BertForTokenClassification (outside the "bert." prefix), and
+    # the masked-LM head, whose decoder shares the word embeddings
     *_head("pooler.dense", "pooler.dense"),
+    *_head("classifier", "classifier"),
     *_head("mlm.dense", "cls.predictions.transform.dense"),
     *_head("mlm.norm", "cls.predictions.transform.LayerNorm"),
     WeightName("mlm.bias", None, "cls.predictions.bias", optional=True),

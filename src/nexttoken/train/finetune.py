@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nexttoken.decoding.config import GenerationConfig
+from nexttoken.encoder.classifier import EncoderClassifier, save_classifier
 from nexttoken.encoder.sentence import SentenceEncoder, load_encoder, right_pad
 from nexttoken.errors import NextTokenError
 from nexttoken.model.heads import SequenceClassifier, TokenClassifier
@@ -134,18 +135,6 @@ def answer_accuracy(lm: LanguageModel, conversations: list[list[dict[str, str]]]
 # --- classification heads on an encoder --------------------------------------------------------
 
 
-class EncoderClassifier(nn.Module):
-    """An encoder with a classification head: (B, T) ids -> (B, n_labels) for a SequenceClassifier,
-    (B, T, n_labels) for a TokenClassifier."""
-
-    def __init__(self, encoder: nn.Module, head: nn.Module) -> None:
-        super().__init__()
-        self.encoder, self.head = encoder, head
-
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self.encoder.hidden_states(ids, mask=mask))
-
-
 def sequence_classification_loss(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy of one label per input. batch: "input_ids" (B, T), "attention_mask" (B, T),
     "labels" (B,)."""
@@ -243,6 +232,7 @@ def finetune_classifier(encoder: SentenceEncoder, train_rows: list, held_out: li
 # --- the `nexttoken finetune` tasks ------------------------------------------------------------
 
 TASKS = ("chat", "play", "names")
+NAME_TAGS = ["O", "PERSON"]  # "names": tag 1 marks a word that names a person of the play
 
 
 def split(rows: list, n_train: int) -> tuple[list, list]:
@@ -259,8 +249,9 @@ def run_finetune(task: str, run_dir: Path, model: Path | None = None, steps: int
     line and to continue speeches; "play": which play a line is from, and "names": which words name
     a person of the play, both on an encoder (default: the built-in MiniLM) with a new head; "play"
     chooses among the first `n_plays` plays.
-    `lora_rank` 0 trains every weight. `out` receives the fine-tuned chat model: a Hugging Face
-    folder, or a GGUF file when it ends in .gguf."""
+    `lora_rank` 0 trains every weight. `out` receives the fine-tuned model: for "chat" a Hugging
+    Face folder, or a GGUF file when it ends in .gguf; for the others a BertForSequenceClassification
+    or BertForTokenClassification folder (nexttoken.encoder.classifier.load_classifier reads it)."""
     if task not in TASKS:
         raise NextTokenError(f"unknown fine-tuning task {task!r} (tasks: {', '.join(TASKS)})")
     lora = LoraConfig(rank=lora_rank, alpha=2.0 * lora_rank) if lora_rank else None
@@ -277,12 +268,17 @@ def run_finetune(task: str, run_dir: Path, model: Path | None = None, steps: int
         lora = LoraConfig(rank=lora.rank, alpha=lora.alpha, targets=("wqkv", "wo", "w_up", "w_down"))
     if task == "play":
         chosen = plays[:n_plays]
-        rows, n_labels, per_token = play_lines(chosen, per_play=-(-(examples + eval_examples) // len(chosen))), len(chosen), False
+        per_play = -(-(examples + eval_examples) // len(chosen))
+        rows, labels, per_token = play_lines(chosen, per_play), [play.title for play in chosen], False
     else:
-        rows, n_labels, per_token = person_tags(plays, examples + eval_examples), 2, True
+        rows, labels, per_token = person_tags(plays, examples + eval_examples), NAME_TAGS, True
+    if out is not None and out.suffix == ".gguf":
+        raise NextTokenError(f"{out}: a classifier is saved as a Hugging Face folder, not a GGUF file")
     train_rows, held_out = split(rows, examples)
-    _, result = finetune_classifier(encoder, train_rows, held_out[:eval_examples], n_labels, config, run_dir,
-                                    per_token=per_token, lora=lora)
+    classifier, result = finetune_classifier(encoder, train_rows, held_out[:eval_examples], len(labels), config,
+                                             run_dir, per_token=per_token, lora=lora)
+    if out is not None:
+        save_classifier(classifier, encoder.path, labels, out)
     return result
 
 

@@ -1,0 +1,104 @@
+"""An encoder with a classification head, saved and loaded as a Hugging Face BertForSequenceClassification
+or BertForTokenClassification folder, so that `transformers` (and its pipelines) reads what
+nexttoken fine-tuned, and nexttoken reads it back.
+
+    classifier, labels = finetune_classifier(...)      # nexttoken.train.finetune
+    save_classifier(classifier, encoder.path, ["Hamlet", "Macbeth"], "runs/plays")
+    encoder, classifier, labels = load_classifier("runs/plays")"""
+
+import json
+import shutil
+from pathlib import Path
+
+import safetensors.torch
+import torch
+from torch import nn
+
+from nexttoken.encoder.sentence import SentenceEncoder, encoder_from
+from nexttoken.errors import NextTokenError
+from nexttoken.families import bert
+from nexttoken.families.weights import expand, unstack_parts
+from nexttoken.loaders.safetensors import load_hf_model
+from nexttoken.model.heads import SequenceClassifier, TokenClassifier
+
+ARCHITECTURES = {SequenceClassifier: "BertForSequenceClassification", TokenClassifier: "BertForTokenClassification"}
+# the tokenizer's files, copied from the folder the encoder came from
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
+class EncoderClassifier(nn.Module):
+    """An encoder with a classification head: (B, T) ids -> (B, n_labels) for a SequenceClassifier,
+    (B, T, n_labels) for a TokenClassifier."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.encoder.hidden_states(ids, mask=mask))
+
+
+def our_state(classifier: EncoderClassifier) -> dict[str, torch.Tensor]:
+    """The encoder's and the head's weights under the names of the BERT weight map."""
+    state = dict(classifier.encoder.state_dict())
+    head = classifier.head
+    if isinstance(head, SequenceClassifier):
+        state |= {f"pooler.dense.{name}": t for name, t in head.pooler.dense.state_dict().items()}
+    state |= {f"classifier.{name}": t for name, t in head.out.state_dict().items()}
+    return {name: t.detach() for name, t in state.items()}
+
+
+def hf_tensors(classifier: EncoderClassifier) -> dict[str, torch.Tensor]:
+    """Hugging Face names -> float32 tensors; the encoder's under "bert.", the classifier's not."""
+    state = our_state(classifier)
+    rows = [row for row in expand(bert.WEIGHTS, classifier.encoder.config.n_layer) if row.ours in state]
+    missing = sorted(set(state) - {row.ours for row in rows})
+    if missing:
+        raise NextTokenError(f"the classifier has weights BERT's layout lacks ({', '.join(missing[:3])}): merge "
+                             "LoRA adapters before saving")
+    return {(row.hf if row.hf.startswith("classifier.") else bert.HF_PREFIX + row.hf): part.float().contiguous()
+            for row, part in unstack_parts(state, rows, classifier.encoder.config)}
+
+
+def save_classifier(classifier: EncoderClassifier, source: str | Path, labels: list[str], folder: str | Path) -> Path:
+    """Write `classifier` to `folder` with the config and tokenizer of `source`, the Hugging Face
+    folder its encoder was loaded from, and `labels` (by index) as id2label."""
+    source, folder = Path(source), Path(folder)
+    n_labels = classifier.head.out.out_features
+    if len(labels) != n_labels:
+        raise NextTokenError(f"{len(labels)} label names for a head of {n_labels} labels")
+    tensors = hf_tensors(classifier)
+    config = json.loads((source / "config.json").read_text())
+    config |= {"architectures": [ARCHITECTURES[type(classifier.head)]],
+               "id2label": {str(i): label for i, label in enumerate(labels)},
+               "label2id": {label: i for i, label in enumerate(labels)}}
+    folder.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, folder / name)
+    return folder
+
+
+def load_classifier(folder: str | Path) -> tuple[SentenceEncoder, EncoderClassifier, list[str]]:
+    """(encoder with its tokenizer, classifier, label names by index) from a folder that
+    `save_classifier` (or transformers' BertFor{Sequence,Token}Classification) wrote."""
+    folder = Path(folder)
+    model, heads, config_json = load_hf_model(folder)
+    architecture = (config_json.get("architectures") or [""])[0]
+    kinds = {name: kind for kind, name in ARCHITECTURES.items()}
+    if architecture not in kinds or "classifier.weight" not in heads:
+        raise NextTokenError(f"{folder}: not a saved classifier (architectures: {architecture or 'none'}; "
+                             f"expected one of {', '.join(kinds)})")
+    n_labels = heads["classifier.weight"].shape[0]
+    head = kinds[architecture](model.config, n_labels)
+    head_state = {f"out.{name.removeprefix('classifier.')}": t for name, t in heads.items()
+                  if name.startswith("classifier.")}
+    if isinstance(head, SequenceClassifier):
+        head_state |= {name: t for name, t in heads.items() if name.startswith("pooler.")}
+    head.load_state_dict(head_state)
+    id2label = config_json.get("id2label") or {}
+    labels = [id2label.get(str(i), f"LABEL_{i}") for i in range(n_labels)]
+    classifier = EncoderClassifier(model, head.eval().requires_grad_(False))
+    return encoder_from(folder, model, heads), classifier, labels
