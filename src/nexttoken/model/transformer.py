@@ -31,8 +31,8 @@ def padded_causal_mask(key_mask: torch.Tensor, n_queries: int) -> torch.Tensor:
     never onto padding. A padding query may see itself, so that no row of scores is all -inf
     (which would turn the softmax, and then every later layer, into NaN)."""
     n_keys = key_mask.shape[1]
-    query_pos = torch.arange(n_keys - n_queries, n_keys).unsqueeze(1)  # (T, 1)
-    key_pos = torch.arange(n_keys).unsqueeze(0)  # (1, S)
+    query_pos = torch.arange(n_keys - n_queries, n_keys, device=key_mask.device).unsqueeze(1)  # (T, 1)
+    key_pos = torch.arange(n_keys, device=key_mask.device).unsqueeze(0)  # (1, S)
     allowed = (key_pos <= query_pos) & key_mask[:, None, :]  # (B, T, S)
     return (allowed | (key_pos == query_pos)).unsqueeze(1)  # (B, 1, T, S)
 
@@ -117,10 +117,10 @@ class Transformer(nn.Module):
             key_mask = cache.append_mask(mask, T)  # (B, past + T)
             padded = cache.padded
         else:
-            real_before = torch.zeros(B, dtype=torch.long)
-            key_mask = mask if mask is not None else torch.ones(B, T, dtype=torch.bool)
+            real_before = torch.zeros(B, dtype=torch.long, device=ids.device)
+            key_mask = mask if mask is not None else torch.ones(B, T, dtype=torch.bool, device=ids.device)
             padded = mask is not None and not bool(mask.all())
-        steps = mask.long().cumsum(dim=1) - 1 if mask is not None else torch.arange(T).expand(B, T)
+        steps = mask.long().cumsum(dim=1) - 1 if mask is not None else torch.arange(T, device=ids.device).expand(B, T)
         positions = (real_before.unsqueeze(1) + steps).clamp(min=0)  # (B, T)
         x = self.embed_tokens(ids, positions)  # (B, T, d_model)
         cos = sin = None  # rotations exist only with rotary positions
