@@ -1,6 +1,6 @@
 """The same `nexttoken train` under torchrun (two CPU processes, gloo) trains as one process does with
-the same global batch: DDP and FSDP2 give the losses of a single process accumulating over both
-halves, up to float32 reduction order."""
+the same global batch: DDP and FSDP2, eager and with compiled blocks, give the losses of a single
+process accumulating over both halves, up to float32 reduction order."""
 
 import json
 import os
@@ -39,19 +39,21 @@ def alone(tmp_path_factory, data):
     return run_dir
 
 
-def torchrun(data: Path, run_dir: Path, strategy: str) -> None:
+def torchrun(data: Path, run_dir: Path, strategy: str, *extra: str) -> None:
     options = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k not in ("max_steps", "progress")]
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--no-python",
                str(Path(sys.executable).parent / "nexttoken"), "train", "--data", str(data), "--run-dir", str(run_dir),
-               "--steps", str(STEPS), "--strategy", strategy, "--no-progress", *options]
+               "--steps", str(STEPS), "--strategy", strategy, "--no-progress", *options, *extra]
     done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                           check=False)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_processes_train_as_one(tmp_path, data, alone, strategy):
-    torchrun(data, tmp_path, strategy)
+@pytest.mark.parametrize(("strategy", "extra"), [("ddp", ()), ("fsdp", ()), ("ddp", ("--compile",)),
+                                                   ("fsdp", ("--compile",))],
+                         ids=["ddp", "fsdp", "ddp-compiled", "fsdp-compiled"])
+def test_two_processes_train_as_one(tmp_path, data, alone, strategy, extra):
+    torchrun(data, tmp_path, strategy, *extra)
     ours, reference = read_metrics(tmp_path), read_metrics(alone)
     assert [r["step"] for r in ours] == list(range(1, STEPS + 1))
     for a, b in zip(ours, reference):

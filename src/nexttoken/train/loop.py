@@ -81,7 +81,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # the largest global gradient norm; 0: no clipping
     precision: str = "bf16"  # "bf16": bfloat16 autocast, float32 weights and optimiser; "fp32"
     fused: bool = True  # AdamW's fused kernel (one pass over all parameters)
-    compile: bool = False  # torch.compile each block (the first step compiles; single process or DDP)
+    compile: bool = False  # torch.compile each block (the first step compiles)
     eval_every: int = 100  # steps between evaluations (and one at the end)
     checkpoint_every: int = 100  # steps between checkpoints (and one at the end); 0: only at the end
     keep_checkpoints: int = 1
@@ -93,8 +93,6 @@ class TrainConfig:
             raise NextTokenError(f"precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
         if self.max_steps < 1 or self.micro_batch < 1 or self.global_batch < self.micro_batch:
             raise NextTokenError("max_steps and micro_batch must be positive and global_batch at least micro_batch")
-        if self.compile and self.strategy == "fsdp":
-            raise NextTokenError("compile works alone or with the ddp strategy, not with fsdp")
 
     def accumulation(self, world_size: int) -> int:
         """Micro-batches per step in each process: the global batch stays the same for any world size."""
