@@ -54,6 +54,31 @@ def test_train_options_reach_the_recipe(monkeypatch, tmp_path):
     assert [(c.compile, c.precision) for c in asked] == [(True, "fp32"), (False, "bf16")]
 
 
+@pytest.mark.parametrize("per_token", [False, True], ids=["sequence", "token"])
+def test_classify_labels_texts_or_tags_words(per_token, tmp_path):
+    from nexttoken.encoder.classifier import load_classifier, save_classifier
+    from nexttoken.encoder.sentence import load_encoder
+    from nexttoken.train.finetune import classifier_for
+
+    encoder = load_encoder()
+    labels = ["O", "PERSON"] if per_token else ["Hamlet", "Macbeth", "The Tempest"]
+    folder = save_classifier(classifier_for(encoder, len(labels), per_token), encoder.path, labels, tmp_path)
+    texts = ["Alas, poor Yorick!", "Out, damned spot!"]
+    result = CliRunner().invoke(cli.app, ["classify", *texts, "--model", str(folder), "--json"])
+    assert result.exit_code == 0, result.output
+    classifier = load_classifier(folder)
+    if per_token:
+        expected = [{"text": t, "words": [list(pair) for pair in classifier.tag(t)]} for t in texts]
+    else:
+        expected = [{"text": t, "labels": scores} for t, scores in zip(texts, classifier.classify(texts))]
+    assert json.loads(result.stdout) == expected
+    shown = CliRunner().invoke(cli.app, ["classify", texts[0], "--model", str(folder)]).stdout
+    if per_token:
+        assert "Alas" in shown and "Yorick" in shown
+    else:
+        assert shown.startswith(next(iter(expected[0]["labels"])))
+
+
 def test_generate_streams_the_text(run, smollm2):
     output = run("generate", "The capital of France is", "--max-new-tokens", "8")
     expected = smollm2.generate(smollm2.encode("The capital of France is"), GenerationConfig(max_new_tokens=8))
@@ -205,13 +230,15 @@ def test_search_finds_the_right_passage_and_caches(run_encoder, tmp_path):
     assert hits[0]["index"] == 1 and len(list((tmp_path / "cache").glob("*.npy"))) == 2  # changed file, new cache
 
 
-def test_encoder_errors_are_one_line(tmp_path):
+def test_encoder_errors_are_one_line(tmp_path, minilm):
     corpus = tmp_path / "empty.txt"
     corpus.write_text("\n\n")
     result = nexttoken("search", "query", "--corpus", str(corpus), "--cache-dir", str(tmp_path))
     assert result.returncode == 1 and result.stderr.count("\n") == 1 and "error:" in result.stderr
     result = nexttoken("fill", "Paris is the [MASK] of France.")
     assert result.returncode == 1 and "has no masked-LM head" in result.stderr and "Traceback" not in result.stderr
+    result = nexttoken("classify", "Hi", "--model", str(minilm.path))
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "not a saved classifier" in result.stderr
 
 
 def test_generate_prompt_lookup(run):

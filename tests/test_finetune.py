@@ -140,9 +140,20 @@ def test_saved_classifier_gives_transformers_the_same_scores(plays, per_token, t
     torch.testing.assert_close(ours[counted], theirs[counted].detach(), atol=1e-4, rtol=1e-4)
     assert theirs.shape[-1] == len(labels) and not torch.equal(ours, torch.zeros_like(ours))
 
-    loaded_encoder, loaded, loaded_labels = load_classifier(folder)
-    assert loaded_labels == labels and loaded_encoder.encode("Good night.") == encoder.encode("Good night.")
-    torch.testing.assert_close(loaded(ids, mask=mask), ours, atol=1e-5, rtol=1e-5)
+    loaded = load_classifier(folder)
+    assert loaded.labels == labels and loaded.per_token == per_token
+    assert loaded.encoder.encode("Good night.") == encoder.encode("Good night.")
+    torch.testing.assert_close(loaded.model(ids, mask=mask), ours, atol=1e-5, rtol=1e-5)
+    if per_token:  # [CLS] thou art a villain , hamlet . [SEP]: a piece per word, each labelled on it
+        tagged = loaded.tag("Thou art a villain, Hamlet.")
+        assert len(ids[0]) == 9 and [word for word, _ in tagged] == ["Thou", "art", "a", "villain", ",", "Hamlet", "."]
+        assert [label for _, label in tagged] == [labels[int(i)] for i in ours[0, 1:8].argmax(dim=-1)]
+    else:
+        scores = loaded.classify(["Thou art a villain, Hamlet.", "Good night."])
+        probabilities = ours.softmax(dim=-1)
+        for row, text_scores in zip(probabilities, scores):
+            assert list(text_scores)[0] == labels[int(row.argmax())]
+            assert [text_scores[label] for label in labels] == pytest.approx(row.tolist(), abs=1e-5)
 
 
 def test_classifier_folders_are_checked(minilm, tmp_path):

@@ -361,6 +361,30 @@ def fill(text: str, model: EncoderOption = None, top: Annotated[int, typer.Optio
         out.print(f"[bold][MASK] {n}[/bold]: " + "  ".join(f"{escape(repr(c.text))} {c.probability:.1%}" for c in mask))
 
 
+@app.command()
+def classify(texts: list[str],
+             model: Annotated[Path, typer.Option("--model", "-m", help="A classifier folder: what `finetune play|names "
+                                                 "--out` saves, or any BertFor{Sequence,Token}Classification.")],
+             json_output: JsonOutput = False) -> None:
+    """Label each TEXT with a fine-tuned classifier, or each of its words with a token classifier."""
+    from nexttoken.encoder.classifier import load_classifier
+
+    classifier = load_classifier(model)
+    if classifier.per_token:
+        results = [{"text": text, "words": classifier.tag(text)} for text in texts]
+    else:
+        results = [{"text": text, "labels": scores} for text, scores in zip(texts, classifier.classify(texts))]
+    if json_output:
+        print(json.dumps(results, ensure_ascii=False))
+        return
+    for result in results:
+        if classifier.per_token:  # words outside every entity ("O") are left bare
+            out.print(" ".join(escape(word if label == "O" else f"{word}[{label}]") for word, label in result["words"]))
+        else:
+            label, probability = next(iter(result["labels"].items()))
+            out.print(f"{escape(label)} ({probability:.1%})  {escape(repr(result['text'][:60]))}")
+
+
 @app.command(name="train-tokenizer")
 def train_tokenizer_command(
         folder: Annotated[Path, typer.Argument(help="Where to save tokenizer.json and tokenizer_config.json.")],

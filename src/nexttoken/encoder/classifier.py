@@ -1,20 +1,23 @@
 """An encoder with a classification head, saved and loaded as a Hugging Face BertForSequenceClassification
 or BertForTokenClassification folder, so that `transformers` (and its pipelines) reads what
-nexttoken fine-tuned, and nexttoken reads it back.
+nexttoken fine-tuned, and nexttoken reads it back to label texts or tag their words.
 
-    classifier, labels = finetune_classifier(...)      # nexttoken.train.finetune
-    save_classifier(classifier, encoder.path, ["Hamlet", "Macbeth"], "runs/plays")
-    encoder, classifier, labels = load_classifier("runs/plays")"""
+    model, result = finetune_classifier(encoder, ...)      # nexttoken.train.finetune
+    save_classifier(model, encoder.path, ["Hamlet", "Macbeth"], "runs/plays")
+    classifier = load_classifier("runs/plays")
+    classifier.classify(["Out, damned spot!"])   # [{"Macbeth": 0.93, "Hamlet": 0.07}]"""
 
 import json
+import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import safetensors.torch
 import torch
 from torch import nn
 
-from nexttoken.encoder.sentence import SentenceEncoder, encoder_from
+from nexttoken.encoder.sentence import SentenceEncoder, encoder_from, right_pad
 from nexttoken.errors import NextTokenError
 from nexttoken.families import bert
 from nexttoken.families.weights import expand, unstack_parts
@@ -24,6 +27,7 @@ from nexttoken.model.heads import SequenceClassifier, TokenClassifier
 ARCHITECTURES = {SequenceClassifier: "BertForSequenceClassification", TokenClassifier: "BertForTokenClassification"}
 # the tokenizer's files, copied from the folder the encoder came from
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+WORD = re.compile(r"\w+(?:'\w+)?|[^\w\s]")  # the words a token classifier labels: "thou'rt", ",", "Horatio"
 
 
 class EncoderClassifier(nn.Module):
@@ -81,9 +85,51 @@ def save_classifier(classifier: EncoderClassifier, source: str | Path, labels: l
     return folder
 
 
-def load_classifier(folder: str | Path) -> tuple[SentenceEncoder, EncoderClassifier, list[str]]:
-    """(encoder with its tokenizer, classifier, label names by index) from a folder that
-    `save_classifier` (or transformers' BertFor{Sequence,Token}Classification) wrote."""
+def words_of(text: str) -> list[str]:
+    return WORD.findall(text)
+
+
+def word_pieces(encoder: SentenceEncoder, words: list[str]) -> tuple[list[int], list[int | None]]:
+    """[CLS] the words' pieces [SEP], and where each word's first piece is (BERT §4.3 labels a word
+    there); None for a word with no pieces or beyond the encoder's length limit."""
+    ids, firsts = [encoder.tokenizer.bos_id], []
+    limit = encoder.pooling.max_tokens - 1
+    for word in words:
+        pieces = encoder.tokenizer.encode(word, add_bos=False, add_eos=False)
+        firsts.append(len(ids) if pieces and len(ids) < limit else None)
+        ids += pieces
+    return ids[:limit] + [encoder.tokenizer.eos_id], firsts
+
+
+@dataclass
+class TextClassifier:
+    encoder: SentenceEncoder  # the tokenizer and the [CLS] ... [SEP] framing
+    model: EncoderClassifier
+    labels: list[str]  # by index
+
+    @property
+    def per_token(self) -> bool:
+        return isinstance(self.model.head, TokenClassifier)
+
+    @torch.inference_mode()
+    def classify(self, texts: list[str]) -> list[dict[str, float]]:
+        """Each text's probability of every label, the most likely first (a sequence classifier)."""
+        ids, mask = right_pad([self.encoder.encode(text) for text in texts], self.encoder.tokenizer.pad_id or 0)
+        probabilities = self.model(ids, mask=mask).float().softmax(dim=-1)  # (B, n_labels)
+        return [dict(sorted(zip(self.labels, row.tolist()), key=lambda pair: -pair[1])) for row in probabilities]
+
+    @torch.inference_mode()
+    def tag(self, text: str) -> list[tuple[str, str]]:
+        """Each word of `text` with its most likely label (a token classifier); words beyond the
+        encoder's length limit are left out."""
+        words = words_of(text)
+        ids, firsts = word_pieces(self.encoder, words)
+        predicted = self.model(torch.tensor([ids])).argmax(dim=-1)[0]  # (T,)
+        return [(word, self.labels[int(predicted[first])]) for word, first in zip(words, firsts) if first is not None]
+
+
+def load_classifier(folder: str | Path) -> TextClassifier:
+    """A folder that `save_classifier` (or transformers' BertFor{Sequence,Token}Classification) wrote."""
     folder = Path(folder)
     model, heads, config_json = load_hf_model(folder)
     architecture = (config_json.get("architectures") or [""])[0]
@@ -101,4 +147,4 @@ def load_classifier(folder: str | Path) -> tuple[SentenceEncoder, EncoderClassif
     id2label = config_json.get("id2label") or {}
     labels = [id2label.get(str(i), f"LABEL_{i}") for i in range(n_labels)]
     classifier = EncoderClassifier(model, head.eval().requires_grad_(False))
-    return encoder_from(folder, model, heads), classifier, labels
+    return TextClassifier(encoder_from(folder, model, heads), classifier, labels)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nexttoken.decoding.config import GenerationConfig
-from nexttoken.encoder.classifier import EncoderClassifier, save_classifier
+from nexttoken.encoder.classifier import EncoderClassifier, save_classifier, word_pieces
 from nexttoken.encoder.sentence import SentenceEncoder, load_encoder, right_pad
 from nexttoken.errors import NextTokenError
 from nexttoken.model.heads import SequenceClassifier, TokenClassifier
@@ -154,13 +154,12 @@ def text_batch(encoder: SentenceEncoder, rows: list[tuple[str, int]]) -> Batch:
 def word_labels(encoder: SentenceEncoder, words: list[str], tags: list[int]) -> tuple[list[int], list[int]]:
     """[CLS] tokens [SEP] and a label per token: each word's tag on its first token, IGNORE on the
     rest of the word and on [CLS] and [SEP]."""
-    ids, labels = [encoder.tokenizer.bos_id], [IGNORE]
-    for word, tag in zip(words, tags):
-        pieces = encoder.tokenizer.encode(word, add_bos=False, add_eos=False)
-        ids += pieces
-        labels += [tag] + [IGNORE] * (len(pieces) - 1)
-    limit = encoder.pooling.max_tokens - 1
-    return ids[:limit] + [encoder.tokenizer.eos_id], labels[:limit] + [IGNORE]
+    ids, firsts = word_pieces(encoder, words)
+    labels = [IGNORE] * len(ids)
+    for first, tag in zip(firsts, tags):
+        if first is not None:
+            labels[first] = tag
+    return ids, labels
 
 
 def tagged_batch(encoder: SentenceEncoder, rows: list[tuple[list[int], list[int]]]) -> Batch:

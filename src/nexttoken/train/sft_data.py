@@ -18,6 +18,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from nexttoken.encoder.classifier import words_of
 from nexttoken.errors import NextTokenError
 
 # "Ber.", "FIRST WITCH.", "Lady Macbeth."; or, in some plays, capitals without a full stop: "THESEUS"
@@ -25,7 +26,6 @@ SPEAKER = re.compile(r"^([A-Z][A-Za-z']*(?: [A-Za-z']+){0,3})\.$|^([A-Z][A-Z']+(
 NOT_SPEAKERS = re.compile(r"^(ACT|SCENE|[IVX]+$)")
 ACT = re.compile(r"^ACT [1I]\b", re.MULTILINE)  # where the list of persons ends and the play begins
 NAME = re.compile(r"\b[A-Z][a-z]+\b|\b[A-Z]{3,}\b")
-WORD = re.compile(r"\w+(?:'\w+)?|[^\w\s]")
 SMALL_WORDS = {"of", "and", "the", "that", "a", "in", "to"}
 MIN_LINE_WORDS = 5  # shorter lines ("Say.", "He.") could be anyone's
 Message = dict[str, str]
@@ -157,7 +157,7 @@ def person_tags(plays: list[Play], n: int, seed: int = 0) -> list[tuple[list[str
     for play in plays:
         for speech in play.speeches:
             for line in speech.lines:
-                words = WORD.findall(line)
+                words = words_of(line)
                 tags = [int(w in play.persons and w[0].isupper()) for w in words]
                 if any(tags):
                     tagged.append((words, tags))
