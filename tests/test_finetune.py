@@ -148,12 +148,16 @@ def test_saved_classifier_gives_transformers_the_same_scores(plays, per_token, t
         tagged = loaded.tag("Thou art a villain, Hamlet.")
         assert len(ids[0]) == 9 and [word for word, _ in tagged] == ["Thou", "art", "a", "villain", ",", "Hamlet", "."]
         assert [label for _, label in tagged] == [labels[int(i)] for i in ours[0, 1:8].argmax(dim=-1)]
+        with pytest.raises(NextTokenError, match="tags words"):
+            loaded.classify(["Good night."])
     else:
         scores = loaded.classify(["Thou art a villain, Hamlet.", "Good night."])
         probabilities = ours.softmax(dim=-1)
         for row, text_scores in zip(probabilities, scores):
             assert list(text_scores)[0] == labels[int(row.argmax())]
             assert [text_scores[label] for label in labels] == pytest.approx(row.tolist(), abs=1e-5)
+        with pytest.raises(NextTokenError, match="labels texts"):
+            loaded.tag("Good night.")
 
 
 def test_classifier_folders_are_checked(minilm, tmp_path):

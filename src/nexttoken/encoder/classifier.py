@@ -5,7 +5,7 @@ nexttoken fine-tuned, and nexttoken reads it back to label texts or tag their wo
     model, result = finetune_classifier(encoder, ...)      # nexttoken.train.finetune
     save_classifier(model, encoder.path, ["Hamlet", "Macbeth"], "runs/plays")
     classifier = load_classifier("runs/plays")
-    classifier.classify(["Out, damned spot!"])   # [{"Macbeth": 0.93, "Hamlet": 0.07}]"""
+    classifier.classify(["Out, damned spot!"])   # [{"Macbeth": p, "Hamlet": 1 - p}], most likely first"""
 
 import json
 import re
@@ -114,6 +114,8 @@ class TextClassifier:
     @torch.inference_mode()
     def classify(self, texts: list[str]) -> list[dict[str, float]]:
         """Each text's probability of every label, the most likely first (a sequence classifier)."""
+        if self.per_token:
+            raise NextTokenError(f"{self.encoder.path}: a token classifier tags words (tag), it does not classify texts")
         ids, mask = right_pad([self.encoder.encode(text) for text in texts], self.encoder.tokenizer.pad_id or 0)
         probabilities = self.model(ids, mask=mask).float().softmax(dim=-1)  # (B, n_labels)
         return [dict(sorted(zip(self.labels, row.tolist()), key=lambda pair: -pair[1])) for row in probabilities]
@@ -122,6 +124,8 @@ class TextClassifier:
     def tag(self, text: str) -> list[tuple[str, str]]:
         """Each word of `text` with its most likely label (a token classifier); words beyond the
         encoder's length limit are left out."""
+        if not self.per_token:
+            raise NextTokenError(f"{self.encoder.path}: a sequence classifier labels texts (classify), not words")
         words = words_of(text)
         ids, firsts = word_pieces(self.encoder, words)
         predicted = self.model(torch.tensor([ids])).argmax(dim=-1)[0]  # (T,)
