@@ -55,6 +55,14 @@ def start(device: str = "auto") -> Process:
     return Process(int(os.environ.get("RANK", "0")), world_size, where)
 
 
+def wait_for_others(process: Process) -> None:
+    """Block until every process gets here. The processes of a finished run leave the group
+    together: now and then gloo aborted a rank that tore down its connections while rank 0 was
+    still exporting (SIGABRT, "terminate called without an active exception")."""
+    if process.distributed:
+        dist.barrier()
+
+
 def stop(process: Process) -> None:
     if process.distributed and dist.is_initialized():
         dist.destroy_process_group()

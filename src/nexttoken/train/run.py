@@ -24,7 +24,7 @@ from nexttoken.tokenizer.tokenizer import Tokenizer
 from nexttoken.tokenizer.training import save_tokenizer, train_bpe
 from nexttoken.train.corpora import load_corpus, text_files
 from nexttoken.train.data import TokenLoader, eval_batches
-from nexttoken.train.distributed import Process, full_model_state, start, stop
+from nexttoken.train.distributed import Process, full_model_state, start, stop, wait_for_others
 from nexttoken.train.export import export_hf
 from nexttoken.train.initialization import init_weights
 from nexttoken.train.loop import TrainConfig, TrainResult, train
@@ -137,6 +137,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False) -> Run
             export_hf(final, tokenizer, run_dir)
             text = sample(final, tokenizer, run_dir, SAMPLE_PROMPT, recipe.seed)
             (run_dir / "sample.txt").write_text(text + "\n")
+        wait_for_others(process)  # not on failure: torchrun stops the others when one process fails
         return RunResult(run_dir, result, sum(p.numel() for p in final.parameters()), text)
     finally:
         stop(process)
