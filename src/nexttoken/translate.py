@@ -21,7 +21,6 @@ from nexttoken.errors import NextTokenError
 from nexttoken.families import marian
 from nexttoken.loaders.marian import Shortlist, load_marian_model, read_shortlist, shortlist_ids
 from nexttoken.model.encoder_decoder import EncoderDecoder, SourceBound
-from nexttoken.model.kv_cache import KVCache
 from nexttoken.model.transformer import Transformer
 from nexttoken.packaged import packaged_path
 
@@ -153,8 +152,7 @@ class Shortlisted:
         scores[..., self.ids] = listed
         return scores
 
-    def next_scores(self, ids: torch.Tensor, cache: KVCache, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self.hidden_states(ids, cache, mask)[:, -1])
+    next_scores = Transformer.next_scores  # the same step: this head on each row's last position
 
 
 def load_translator(direction: str, shortlist: bool = False, folder: Path | None = None) -> Translator:

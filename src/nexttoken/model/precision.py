@@ -18,21 +18,25 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 QUANTIZATIONS = ("none", "int8", "int4")
 
 
+def named_dtype(dtype: str) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise NextTokenError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+    return DTYPES[dtype]
+
+
 def load_dtype(dtype: str = "float32", quantize: str = "none") -> torch.dtype:
     """The dtype to load weights in for `set_precision(model, dtype, quantize)`: the compute dtype,
     or float32 for weights about to be quantized (int4 keeps Q4_1 weights exactly only from them)."""
-    if dtype not in DTYPES:
-        raise NextTokenError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
-    return DTYPES[dtype] if quantize == "none" else torch.float32
+    compute = named_dtype(dtype)
+    return compute if quantize == "none" else torch.float32
 
 
 def set_precision(model: Transformer, dtype: str = "float32", quantize: str = "none") -> Transformer:
     """Convert `model` in place; `quantize="int8"` implies bfloat16 activations."""
-    if dtype not in DTYPES:
-        raise NextTokenError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+    requested = named_dtype(dtype)
     if quantize not in QUANTIZATIONS:
         raise NextTokenError(f"quantize must be one of {', '.join(QUANTIZATIONS)}; got {quantize!r}")
-    compute = torch.bfloat16 if quantize == "int8" else DTYPES[dtype]
+    compute = torch.bfloat16 if quantize == "int8" else requested
     model.to(compute)
     if quantize == "int8":
         model.untie_head()  # the output head is a fifth of the weights: quantize it too
