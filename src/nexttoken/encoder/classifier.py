@@ -42,19 +42,10 @@ class EncoderClassifier(nn.Module):
         return self.head(self.encoder.hidden_states(ids, mask=mask))
 
 
-def our_state(classifier: EncoderClassifier) -> dict[str, torch.Tensor]:
-    """The encoder's and the head's weights under the names of the BERT weight map."""
-    state = dict(classifier.encoder.state_dict())
-    head = classifier.head
-    if isinstance(head, SequenceClassifier):
-        state |= {f"pooler.dense.{name}": t for name, t in head.pooler.dense.state_dict().items()}
-    state |= {f"classifier.{name}": t for name, t in head.out.state_dict().items()}
-    return {name: t.detach() for name, t in state.items()}
-
-
 def hf_tensors(classifier: EncoderClassifier) -> dict[str, torch.Tensor]:
-    """Hugging Face names -> float32 tensors; the encoder's under "bert.", the classifier's not."""
-    state = our_state(classifier)
+    """Hugging Face names -> float32 tensors; the encoder's under "bert.", the classifier's not.
+    The BERT weight map names the heads' own parameters (pooler.dense, out)."""
+    state = classifier.encoder.state_dict() | classifier.head.state_dict()
     rows = [row for row in expand(bert.WEIGHTS, classifier.encoder.config.n_layer) if row.ours in state]
     missing = sorted(set(state) - {row.ours for row in rows})
     if missing:
@@ -129,7 +120,8 @@ class TextClassifier:
         words = words_of(text)
         ids, firsts = word_pieces(self.encoder, words)
         predicted = self.model(torch.tensor([ids])).argmax(dim=-1)[0]  # (T,)
-        return [(word, self.labels[int(predicted[first])]) for word, first in zip(words, firsts) if first is not None]
+        return [(word, self.labels[int(predicted[first])])
+                for word, first in zip(words, firsts) if first is not None]
 
 
 def load_classifier(folder: str | Path) -> TextClassifier:
@@ -138,16 +130,15 @@ def load_classifier(folder: str | Path) -> TextClassifier:
     model, heads, config_json = load_hf_model(folder)
     architecture = (config_json.get("architectures") or [""])[0]
     kinds = {name: kind for kind, name in ARCHITECTURES.items()}
-    if architecture not in kinds or "classifier.weight" not in heads:
+    if architecture not in kinds or "out.weight" not in heads:
         raise NextTokenError(f"{folder}: not a saved classifier (architectures: {architecture or 'none'}; "
                              f"expected one of {', '.join(kinds)})")
-    n_labels = heads["classifier.weight"].shape[0]
+    n_labels = heads["out.weight"].shape[0]
     head = kinds[architecture](model.config, n_labels)
-    head_state = {f"out.{name.removeprefix('classifier.')}": t for name, t in heads.items()
-                  if name.startswith("classifier.")}
-    if isinstance(head, SequenceClassifier):
-        head_state |= {name: t for name, t in heads.items() if name.startswith("pooler.")}
-    head.load_state_dict(head_state)
+    missing = sorted(set(head.state_dict()) - set(heads))
+    if missing:
+        raise NextTokenError(f"{folder}: the {architecture} lacks {', '.join(missing)}")
+    head.load_state_dict({name: heads[name] for name in head.state_dict()})
     id2label = config_json.get("id2label") or {}
     labels = [id2label.get(str(i), f"LABEL_{i}") for i in range(n_labels)]
     classifier = EncoderClassifier(model, head.eval().requires_grad_(False))

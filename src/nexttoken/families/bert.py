@@ -44,10 +44,11 @@ WEIGHTS = (
     *_layer("blocks.{i}.mlp.w_down", "encoder.layer.{i}.output.dense"),
     *_layer("blocks.{i}.mlp_norm", "encoder.layer.{i}.output.LayerNorm"),
     # heads: the pooler (first token, dense, tanh) for sentence classification, the linear layer of
-    # BertForSequenceClassification and BertForTokenClassification (outside the "bert." prefix), and
-    # the masked-LM head, whose decoder shares the word embeddings
+    # BertForSequenceClassification and BertForTokenClassification (outside the "bert." prefix;
+    # `out` of our classification heads), and the masked-LM head, whose decoder shares the word
+    # embeddings
     *_head("pooler.dense", "pooler.dense"),
-    *_head("classifier", "classifier"),
+    *_head("out", "classifier"),
     *_head("mlm.dense", "cls.predictions.transform.dense"),
     *_head("mlm.norm", "cls.predictions.transform.LayerNorm"),
     WeightName("mlm.bias", None, "cls.predictions.bias", optional=True),
