@@ -106,7 +106,8 @@ class TextClassifier:
     def classify(self, texts: list[str]) -> list[dict[str, float]]:
         """Each text's probability of every label, the most likely first (a sequence classifier)."""
         if self.per_token:
-            raise NextTokenError(f"{self.encoder.path}: a token classifier tags words (tag), it does not classify texts")
+            raise NextTokenError(f"{self.encoder.path}: a token classifier tags words (tag), it does not "
+                                 "classify texts")
         ids, mask = right_pad([self.encoder.encode(text) for text in texts], self.encoder.tokenizer.pad_id or 0)
         probabilities = self.model(ids, mask=mask).float().softmax(dim=-1)  # (B, n_labels)
         return [dict(sorted(zip(self.labels, row.tolist()), key=lambda pair: -pair[1])) for row in probabilities]
