@@ -50,10 +50,10 @@ def measure_bandwidth(repeats: int = 5) -> float:
 
 def weight_bytes_per_token(model: Transformer) -> int:
     """Bytes of every weight a decode step reads, each tensor once: all but the embedding table,
-    which is read only row by row unless it is also the output head, and but the copies int4
-    layers keep for prompts."""
+    which is read only row by row unless it is also the output head, and but the copies of int4
+    weights that only prompts read."""
     unread = {f"{name}.{buffer}" for name, module in model.named_modules() if isinstance(module, Int4Linear)
-              for buffer in module.PREFILL_ONLY}
+              for buffer, _ in module.named_buffers() if buffer not in module.decoding_buffers()}
     if model.lm_head is not None:
         unread.add("embed.weight")  # a head that shares the table lists it under its own name too
     read = {t.data_ptr(): t for name, t in model.state_dict().items() if name not in unread}

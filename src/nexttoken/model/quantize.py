@@ -6,18 +6,20 @@ int8: each output channel (row) keeps its own scale, max |w| / 127, so w ≈ q *
 bfloat16 activations, so an int8 model computes in bfloat16.
 
 int4: each group of 32 inputs of a row keeps a scale and an offset (its minimum), so
-w ≈ min + q * scale with q in [0, 15]. That is exactly how a GGUF Q4_1 block stores its weights,
-and a Q4_1 block's minimum and maximum are always among its values, so weights loaded from Q4_1
-come back exactly. The product runs in PyTorch's int4-weight kernel with bfloat16 inputs (its
-float32 and float16 paths are several times slower on this CPU), while the rest of the model keeps
-its dtype: measured on SmolLM2, 99.15 % top-1 agreement with float32, against 97.5 % for a model
-computing wholly in bfloat16.
+w ≈ min + q * scale with q in [0, 15], both in float16. That is exactly how a GGUF Q4_1 block
+stores its weights, and a Q4_1 block's minimum and maximum are always among its values, so weights
+loaded from Q4_1 come back exactly. Decoding multiplies them in our kernel (int4_kernel.py) with
+bfloat16 inputs and float32 sums, while the rest of the model keeps its dtype: measured on
+SmolLM2, 99.35 % top-1 agreement with float32, against 97.5 % for a model computing wholly in
+bfloat16.
 
 The output head keeps float16 weights: half the bytes of float32, and unlike bfloat16 (8 bits of
 mantissa) float16's 11 bits hold a Q8_0 weight, a scale times an 8-bit integer, almost exactly."""
 
 import torch
 from torch import nn
+
+from nexttoken.model import int4_kernel
 
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,7 +54,7 @@ def quantize_int8(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.M
     return model
 
 
-INT4_GROUP = 32  # inputs per scale and offset: a Q4_1 block
+INT4_GROUP = int4_kernel.GROUP  # inputs per scale and offset: a Q4_1 block
 INT4_KERNEL_MAX_ROWS = 16  # measured: beyond this, unpacking and a float product is faster
 
 
@@ -68,47 +70,51 @@ def quantize_groups(weight: torch.Tensor, group: int = INT4_GROUP) -> tuple[torc
 
 
 def int4_fits(layer: nn.Linear) -> bool:
-    """The int4 kernel wants whole groups of inputs and outputs in multiples of 16."""
+    """The int4 kernels want whole groups of inputs and outputs in multiples of 16."""
     out_features, in_features = layer.weight.shape
-    return layer.bias is None and in_features % INT4_GROUP == 0 and out_features % 16 == 0
+    return layer.bias is None and in_features % INT4_GROUP == 0 and out_features % int4_kernel.BLOCK_ROWS == 0
 
 
 class Int4Linear(nn.Module):
-    """y = x @ w^T with w kept as 4-bit values and a scale and offset per group of inputs.
+    """y = x @ w^T with w kept as 4-bit values and a float16 scale and minimum per group of inputs.
 
-    A few rows (decoding) go through PyTorch's int4 kernel, which reads the packed weight; many
-    rows (a prompt) through a bfloat16 matrix product on the weight unpacked for the call, as the
-    kernel's cost grows with the rows while the unpacking is paid once. Both take bfloat16 inputs.
-    Unpacked in float32 and rounded once, prompts agree with float32 on 99.35 % of next tokens
-    (SmolLM2), against 98.35 % when unpacked in bfloat16 arithmetic."""
+    A few rows (decoding) go through our int4 kernel (int4_kernel.py), which reads the packed
+    weight and takes x in float32 or bfloat16, rounding it to bfloat16; where that kernel cannot be
+    built, through PyTorch's, which keeps a copy of the weight in its own layout. Many rows (a
+    prompt) go through a bfloat16 matrix product on the weight unpacked for the call, as a kernel's
+    cost grows with the rows while the unpacking is paid once. Unpacked in float32 and rounded
+    once, prompts agree with float32 on 99.35 % of next tokens (SmolLM2), against 98.35 % when
+    unpacked in bfloat16 arithmetic."""
 
-    PREFILL_ONLY = ("nibbles", "scale", "low")  # buffers that only the many-row path reads
-
-    def __init__(self, weight: torch.Tensor, kernel_dtype: torch.dtype = torch.bfloat16) -> None:
+    def __init__(self, weight: torch.Tensor, kernel_dtype: torch.dtype = torch.bfloat16,
+                 own_kernel: bool = True) -> None:
         super().__init__()
         self.kernel_dtype = kernel_dtype
+        self.own_kernel = own_kernel and int4_kernel.load()  # False: PyTorch's kernel, as where ours cannot be built
         q, scale, low = quantize_groups(weight)
-        # the kernel computes (q - 8) * scale + zero, so the zero point is the minimum moved by 8 steps
-        zero = low + 8 * scale
-        self.register_buffer("weight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
-        scale_and_zero = torch.stack([scale, zero], dim=-1).transpose(0, 1)  # (K/G, N, 2), as the kernel takes them
-        self.register_buffer("scale_and_zero", scale_and_zero.contiguous().to(kernel_dtype))
-        self.register_buffer("nibbles", (q[:, 0::2] | q[:, 1::2] << 4).to(torch.uint8))  # (N, K/2): two values a byte
-        self.register_buffer("scale", scale)  # (N, K/G) float32: rounded once, after unpacking
-        self.register_buffer("low", low)
+        self.register_buffer("packed", int4_kernel.pack(q, scale, low))
+        if not self.own_kernel:
+            # PyTorch's kernel computes (q - 8) * scale + zero, so its zero is the minimum moved by 8 steps
+            self.register_buffer("aten_weight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
+            scale_and_zero = torch.stack([scale, low + 8 * scale], dim=-1).transpose(0, 1)
+            self.register_buffer("scale_and_zero", scale_and_zero.contiguous().to(kernel_dtype))
+
+    def decoding_buffers(self) -> tuple[str, ...]:
+        """The buffers a decode step reads."""
+        return ("packed",) if self.own_kernel else ("aten_weight", "scale_and_zero")
 
     def unpacked(self) -> torch.Tensor:
         """The (N, K) weight in the kernel's dtype."""
-        q = torch.stack([self.nibbles & 15, self.nibbles >> 4], dim=-1).view(self.nibbles.shape[0], -1)  # (N, K)
-        groups = q.view(q.shape[0], self.scale.shape[1], INT4_GROUP).to(self.scale.dtype)  # (N, K/G, G)
-        return (self.low.unsqueeze(-1) + groups * self.scale.unsqueeze(-1)).view(q.shape).to(self.kernel_dtype)
+        return int4_kernel.unpack(self.packed).to(self.kernel_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1])  # (B * T, in): the kernel takes a matrix
+        flat = x.reshape(-1, x.shape[-1])  # (B * T, in): the kernels take a matrix
         if flat.shape[0] > INT4_KERNEL_MAX_ROWS:
             y = (flat.to(self.kernel_dtype) @ self.unpacked().T).to(flat.dtype)
+        elif self.own_kernel:
+            y = torch.ops.nexttoken.int4_matmul(flat.contiguous(), self.packed)
         else:
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat.to(self.kernel_dtype), self.weight, INT4_GROUP,
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat.to(self.kernel_dtype), self.aten_weight, INT4_GROUP,
                                                            self.scale_and_zero).to(flat.dtype)
         return y.view(*x.shape[:-1], y.shape[-1])
 

@@ -1,0 +1,142 @@
+// y = x @ w^T for a few rows of x (decoding), with w kept as 4-bit values and a float16 scale and
+// minimum per group of 32 inputs: w = minimum + q * scale, q in [0, 15].
+//
+// Weights are laid out so that one AVX-512 register holds 16 output rows, and so that each thread
+// reads one stream: for rows 16b..16b+15 and inputs 32g..32g+31, packed[b][g] is 320 bytes, eight
+// runs of 32 bytes (run t: byte 2r + j holds q[16b + r][32g + 2t + j] in its low nibble and
+// q[16b + r][32g + 16 + 2t + j] in its high one), then the 16 rows' float16 scales and minimums. Widened to 16-bit words, a nibble n or'ed with 0x4300 is exactly the bfloat16
+// 128 + n, so each 32-byte load becomes two registers of bfloat16 pairs that vdpbf16ps multiplies
+// by a broadcast pair of inputs: lane r gathers row r's sum over the group, and subtracting
+// 128 * sum(x) afterwards removes the offset. The group's scale and minimum are then applied once
+// per 16 rows: y += scale * (sum - 128 * sum(x)) + minimum * sum(x).
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <immintrin.h>
+
+#include <vector>
+
+namespace {
+
+constexpr int64_t kGroup = 32;    // inputs per scale and minimum
+constexpr int64_t kBlock = 16;    // output rows per register, one float32 lane each
+constexpr int64_t kNibbleBytes = kBlock * kGroup / 2;
+constexpr int64_t kGroupBytes = kNibbleBytes + 2 * kBlock * 2;  // nibbles, scales, minimums
+constexpr int kMaxTile = 4;       // input rows that share one unpacking of the weights
+
+struct Inputs {
+  const uint16_t* x;      // (M, K) bfloat16 bits
+  const float* x_sums;    // (M, K / 32): each group's sum of x
+  int64_t groups;         // K / 32
+};
+
+template <int Tile>
+void block_product(const Inputs& in, int64_t row, const uint8_t* packed, float* out) {
+  const __m512i nibble = _mm512_set1_epi16(0x000f);
+  const __m512i bf16_128 = _mm512_set1_epi16(0x4300);
+  const int64_t k = in.groups * kGroup;
+  __m512 y[Tile];
+  for (int m = 0; m < Tile; ++m) y[m] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < in.groups; ++g) {
+    __m512 sums[Tile];
+    for (int m = 0; m < Tile; ++m) sums[m] = _mm512_setzero_ps();
+    const uint8_t* bytes = packed + g * kGroupBytes;
+    for (int t = 0; t < kGroup / 4; ++t) {
+      const __m512i words = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes + 32 * t)));
+      const __m512bh low = (__m512bh)_mm512_ternarylogic_epi32(words, nibble, bf16_128, 0xea);  // (w & 15) | 0x4300
+      const __m512bh high = (__m512bh)_mm512_or_si512(_mm512_srli_epi16(words, 4), bf16_128);
+      for (int m = 0; m < Tile; ++m) {
+        const uint16_t* x = in.x + (row + m) * k + g * kGroup + 2 * t;
+        int32_t low_pair, high_pair;
+        __builtin_memcpy(&low_pair, x, 4);
+        __builtin_memcpy(&high_pair, x + kGroup / 2, 4);
+        sums[m] = _mm512_dpbf16_ps(sums[m], low, (__m512bh)_mm512_set1_epi32(low_pair));
+        sums[m] = _mm512_dpbf16_ps(sums[m], high, (__m512bh)_mm512_set1_epi32(high_pair));
+      }
+    }
+    const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes + kNibbleBytes)));
+    const __m512 lo = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes + kNibbleBytes + 32)));
+    for (int m = 0; m < Tile; ++m) {
+      const __m512 x_sum = _mm512_set1_ps(in.x_sums[(row + m) * in.groups + g]);
+      const __m512 centred = _mm512_fnmadd_ps(_mm512_set1_ps(128.0f), x_sum, sums[m]);
+      y[m] = _mm512_fmadd_ps(lo, x_sum, _mm512_fmadd_ps(s, centred, y[m]));
+    }
+  }
+  for (int m = 0; m < Tile; ++m) _mm512_storeu_ps(out + m * kBlock, y[m]);
+}
+
+void rows_product(const Inputs& in, int64_t row, int tile, const uint8_t* packed, float* out) {
+  switch (tile) {
+    case 1: return block_product<1>(in, row, packed, out);
+    case 2: return block_product<2>(in, row, packed, out);
+    case 3: return block_product<3>(in, row, packed, out);
+    default: return block_product<4>(in, row, packed, out);
+  }
+}
+
+uint16_t bfloat16_bits(float value) {
+  uint32_t bits;
+  __builtin_memcpy(&bits, &value, 4);
+  return static_cast<uint16_t>((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);  // round to nearest even
+}
+
+float bfloat16_value(uint16_t bits) {
+  const uint32_t wide = static_cast<uint32_t>(bits) << 16;
+  float value;
+  __builtin_memcpy(&value, &wide, 4);
+  return value;
+}
+
+// x: (M, K) float32 or bfloat16; packed: (N / 16, K / 32, 320) uint8. Returns (M, N) in x's dtype.
+at::Tensor int4_matmul(const at::Tensor& x, const at::Tensor& packed) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "int4_matmul: x must be a contiguous matrix");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, "int4_matmul: x must be float32 or bfloat16");
+  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 3 && packed.size(2) == kGroupBytes && packed.is_contiguous(),
+              "int4_matmul: packed must be a contiguous (N/16, K/32, ", kGroupBytes, ") uint8 tensor");
+  const int64_t rows = x.size(0), groups = packed.size(1), blocks = packed.size(0);
+  TORCH_CHECK(x.size(1) == groups * kGroup, "int4_matmul: x has ", x.size(1), " inputs, the weight ", groups * kGroup);
+  const int64_t k = groups * kGroup, n = blocks * kBlock;
+
+  thread_local std::vector<uint16_t> x_bits;
+  thread_local std::vector<float> x_sums;
+  x_bits.resize(rows * k);
+  x_sums.assign(rows * groups, 0.0f);
+  if (x.scalar_type() == at::kFloat) {
+    const float* values = x.const_data_ptr<float>();
+    for (int64_t i = 0; i < rows * k; ++i) x_bits[i] = bfloat16_bits(values[i]);
+  } else {
+    const at::BFloat16* values = x.const_data_ptr<at::BFloat16>();
+    for (int64_t i = 0; i < rows * k; ++i) x_bits[i] = values[i].x;
+  }
+  for (int64_t i = 0; i < rows * k; ++i) x_sums[i / kGroup] += bfloat16_value(x_bits[i]);
+  const Inputs in{x_bits.data(), x_sums.data(), groups};
+
+  at::Tensor result = at::empty({rows, n}, x.options().dtype(at::kFloat));
+  float* y = result.data_ptr<float>();
+  const uint8_t* weights = packed.const_data_ptr<uint8_t>();
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    float block_out[kMaxTile * kBlock];
+    for (int64_t b = begin; b < end; ++b) {
+      for (int64_t row = 0; row < rows; row += kMaxTile) {
+        const int tile = static_cast<int>(std::min<int64_t>(kMaxTile, rows - row));
+        rows_product(in, row, tile, weights + b * groups * kGroupBytes, block_out);
+        for (int m = 0; m < tile; ++m)
+          std::copy(block_out + m * kBlock, block_out + (m + 1) * kBlock, y + (row + m) * n + b * kBlock);
+      }
+    }
+  });
+  return x.scalar_type() == at::kFloat ? result : result.to(at::kBFloat16);
+}
+
+}  // namespace
+
+TORCH_LIBRARY(nexttoken, m) {
+  m.def("int4_matmul(Tensor x, Tensor packed) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(nexttoken, CPU, m) {
+  m.impl("int4_matmul", &int4_matmul);
+}
