@@ -4,11 +4,12 @@
 // Weights are laid out so that one AVX-512 register holds 16 output rows, and so that each thread
 // reads one stream: for rows 16b..16b+15 and inputs 32g..32g+31, packed[b][g] is 320 bytes, eight
 // runs of 32 bytes (run t: byte 2r + j holds q[16b + r][32g + 2t + j] in its low nibble and
-// q[16b + r][32g + 16 + 2t + j] in its high one), then the 16 rows' float16 scales and minimums. Widened to 16-bit words, a nibble n or'ed with 0x4300 is exactly the bfloat16
-// 128 + n, so each 32-byte load becomes two registers of bfloat16 pairs that vdpbf16ps multiplies
-// by a broadcast pair of inputs: lane r gathers row r's sum over the group, and subtracting
-// 128 * sum(x) afterwards removes the offset. The group's scale and minimum are then applied once
-// per 16 rows: y += scale * (sum - 128 * sum(x)) + minimum * sum(x).
+// q[16b + r][32g + 16 + 2t + j] in its high one), then the 16 rows' float16 scales and minimums.
+// Widened to 16-bit words, a nibble n or'ed with 0x4300 is exactly the bfloat16 128 + n, so each
+// 32-byte run becomes two registers of bfloat16 pairs that vdpbf16ps multiplies by a broadcast pair
+// of inputs: lane r gathers row r's sum over the group, and subtracting 128 * sum(x) afterwards
+// removes the offset. The group's scale and minimum are then applied once per 16 rows:
+// y += scale * (sum - 128 * sum(x)) + minimum * sum(x).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -93,9 +94,10 @@ float bfloat16_value(uint16_t bits) {
 // x: (M, K) float32 or bfloat16; packed: (N / 16, K / 32, 320) uint8. Returns (M, N) in x's dtype.
 at::Tensor int4_matmul(const at::Tensor& x, const at::Tensor& packed) {
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "int4_matmul: x must be a contiguous matrix");
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, "int4_matmul: x must be float32 or bfloat16");
-  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 3 && packed.size(2) == kGroupBytes && packed.is_contiguous(),
-              "int4_matmul: packed must be a contiguous (N/16, K/32, ", kGroupBytes, ") uint8 tensor");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
+              "int4_matmul: x must be float32 or bfloat16");
+  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 3 && packed.size(2) == kGroupBytes &&
+              packed.is_contiguous(), "int4_matmul: packed must be a contiguous (N/16, K/32, ", kGroupBytes, ") uint8 tensor");
   const int64_t rows = x.size(0), groups = packed.size(1), blocks = packed.size(0);
   TORCH_CHECK(x.size(1) == groups * kGroup, "int4_matmul: x has ", x.size(1), " inputs, the weight ", groups * kGroup);
   const int64_t k = groups * kGroup, n = blocks * kBlock;
