@@ -98,13 +98,16 @@ def pack(q: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor) -> torch.T
 def unpack(packed: torch.Tensor) -> torch.Tensor:
     """The kernel's layout -> the (N, K) float32 weight, minimum + q * scale."""
     blocks, groups = packed.shape[:2]
-    pairs = packed[..., :NIBBLE_BYTES].reshape(blocks, groups, 8, BLOCK_ROWS, 2)  # (b, g, t, r, j)
-    values = torch.stack([pairs & 15, pairs >> 4], dim=2)  # (b, g, half, t, r, j)
-    q = values.permute(0, 4, 1, 2, 3, 5).reshape(blocks * BLOCK_ROWS, groups, GROUP).float()  # (N, K/G, G)
+    n = blocks * BLOCK_ROWS
+    # each row's byte pair j = 0, 1 of a run moves as one int16: run t's pair lands at bytes 2t, 2t + 1
+    pairs = packed[..., :NIBBLE_BYTES].contiguous().view(torch.int16)  # (b, g, t * 16 + r)
+    by_row = pairs.view(blocks, groups, 8, BLOCK_ROWS).permute(0, 3, 1, 2).contiguous().view(torch.uint8)
+    nibbles = by_row.view(n, groups, GROUP // 2)  # byte i of a group: values i (low nibble) and 16 + i (high)
+    q = torch.cat([nibbles & 15, nibbles >> 4], dim=-1).float()  # (N, K/G, G)
 
-    def by_row(start: int) -> torch.Tensor:  # (N/16, K/G, 32) bytes of float16 -> (N, K/G, 1) float32
+    def per_row(start: int) -> torch.Tensor:  # (N/16, K/G, 32) bytes of float16 -> (N, K/G, 1) float32
         per_block = packed[..., start : start + 2 * BLOCK_ROWS].contiguous().view(torch.float16)
-        return per_block.transpose(1, 2).reshape(blocks * BLOCK_ROWS, groups, 1).float()
+        return per_block.transpose(1, 2).reshape(n, groups, 1).float()
 
-    scale, minimum = by_row(NIBBLE_BYTES), by_row(NIBBLE_BYTES + 2 * BLOCK_ROWS)
-    return (minimum + q * scale).view(blocks * BLOCK_ROWS, groups * GROUP)
+    scale, minimum = per_row(NIBBLE_BYTES), per_row(NIBBLE_BYTES + 2 * BLOCK_ROWS)
+    return (minimum + q * scale).view(n, groups * GROUP)
