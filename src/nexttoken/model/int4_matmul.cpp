@@ -35,7 +35,7 @@ struct Inputs {
 };
 
 template <int Tile>
-void block_product(const Inputs& in, int64_t row, const uint8_t* packed, float* out) {
+void block_product(const Inputs& in, int64_t row, const uint8_t* packed, float* out, int64_t out_stride) {
   const __m512i nibble = _mm512_set1_epi16(0x000f);
   const __m512i bf16_128 = _mm512_set1_epi16(0x4300);
   const int64_t k = in.groups * kGroup;
@@ -66,15 +66,16 @@ void block_product(const Inputs& in, int64_t row, const uint8_t* packed, float* 
       y[m] = _mm512_fmadd_ps(lo, x_sum, _mm512_fmadd_ps(s, centred, y[m]));
     }
   }
-  for (int m = 0; m < Tile; ++m) _mm512_storeu_ps(out + m * kBlock, y[m]);
+  for (int m = 0; m < Tile; ++m) _mm512_storeu_ps(out + m * out_stride, y[m]);
 }
 
-void rows_product(const Inputs& in, int64_t row, int tile, const uint8_t* packed, float* out) {
+// Rows row..row + tile - 1 of x times one block of 16 weight rows, into out (rows out_stride apart).
+void rows_product(const Inputs& in, int64_t row, int tile, const uint8_t* packed, float* out, int64_t out_stride) {
   switch (tile) {
-    case 1: return block_product<1>(in, row, packed, out);
-    case 2: return block_product<2>(in, row, packed, out);
-    case 3: return block_product<3>(in, row, packed, out);
-    default: return block_product<4>(in, row, packed, out);
+    case 1: return block_product<1>(in, row, packed, out, out_stride);
+    case 2: return block_product<2>(in, row, packed, out, out_stride);
+    case 3: return block_product<3>(in, row, packed, out, out_stride);
+    default: return block_product<4>(in, row, packed, out, out_stride);
   }
 }
 
@@ -120,13 +121,10 @@ at::Tensor int4_matmul(const at::Tensor& x, const at::Tensor& packed) {
   float* y = result.data_ptr<float>();
   const uint8_t* weights = packed.const_data_ptr<uint8_t>();
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    float block_out[kMaxTile * kBlock];
     for (int64_t b = begin; b < end; ++b) {
       for (int64_t row = 0; row < rows; row += kMaxTile) {
         const int tile = static_cast<int>(std::min<int64_t>(kMaxTile, rows - row));
-        rows_product(in, row, tile, weights + b * groups * kGroupBytes, block_out);
-        for (int m = 0; m < tile; ++m)
-          std::copy(block_out + m * kBlock, block_out + (m + 1) * kBlock, y + (row + m) * n + b * kBlock);
+        rows_product(in, row, tile, weights + b * groups * kGroupBytes, y + row * n + b * kBlock, n);
       }
     }
   });
