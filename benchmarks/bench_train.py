@@ -32,7 +32,7 @@ from nexttoken.model.transformer import Transformer
 from nexttoken.train.distributed import Process
 from nexttoken.train.initialization import init_weights
 from nexttoken.train.loop import TrainConfig, compile_blocks, make_optimizer, train_step
-from nexttoken.train.memory import keep_freed_memory
+from nexttoken.memory import keep_freed_memory
 from nexttoken.train.objectives import next_token_loss
 
 SHAPE = ModelConfig(vocab_size=50257, d_model=768, n_layer=12, n_head=12, d_ff=2048, max_seq_len=512)

@@ -54,7 +54,7 @@ from nexttoken.train.distributed import (
     sum_across,
     wrap,
 )
-from nexttoken.train.memory import keep_freed_memory
+from nexttoken.memory import keep_freed_memory
 from nexttoken.train.metrics import (
     append_metrics,
     evaluation_metrics,
