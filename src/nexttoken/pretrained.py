@@ -14,7 +14,6 @@ from nexttoken.decoding.prompts import check_prompt
 from nexttoken.errors import NextTokenError
 from nexttoken.loaders.gguf import load_gguf_model
 from nexttoken.loaders.safetensors import load_hf_model
-from nexttoken.memory import move_to_huge_pages
 from nexttoken.model.compiled import compile_decoding
 from nexttoken.model.kv_cache import KVCache
 from nexttoken.model.precision import load_dtype, set_precision
@@ -105,5 +104,4 @@ def load(path: str | Path | None = None, dtype: str = "float32", quantize: str =
         model, file = load_gguf_model(path, load_dtype(dtype, quantize))
         tokenizer = Tokenizer.from_gguf_metadata(file.metadata)
     model = set_precision(model, dtype, quantize)
-    move_to_huge_pages(model)  # a decode step streams every weight: fewer TLB misses
     return LanguageModel(compile_decoding(model) if compiled else model, tokenizer, path)

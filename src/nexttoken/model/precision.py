@@ -11,6 +11,7 @@ in the built-in model it is Q8_0, which 4 bits or bfloat16 would lose."""
 import torch
 
 from nexttoken.errors import NextTokenError
+from nexttoken.memory import move_to_huge_pages
 from nexttoken.model.quantize import halve_head, quantize_int4, quantize_int8
 from nexttoken.model.transformer import Transformer
 
@@ -32,7 +33,8 @@ def load_dtype(dtype: str = "float32", quantize: str = "none") -> torch.dtype:
 
 
 def set_precision(model: Transformer, dtype: str = "float32", quantize: str = "none") -> Transformer:
-    """Convert `model` in place; `quantize="int8"` implies bfloat16 activations."""
+    """Convert `model` in place, its weights then kept in huge-page memory (nexttoken.memory);
+    `quantize="int8"` implies bfloat16 activations."""
     requested = named_dtype(dtype)
     if quantize not in QUANTIZATIONS:
         raise NextTokenError(f"quantize must be one of {', '.join(QUANTIZATIONS)}; got {quantize!r}")
@@ -44,4 +46,5 @@ def set_precision(model: Transformer, dtype: str = "float32", quantize: str = "n
     elif quantize == "int4":
         quantize_int4(model.blocks)
         halve_head(model)
+    move_to_huge_pages(model)  # a decode step streams every weight: fewer TLB misses
     return model
