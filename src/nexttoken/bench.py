@@ -12,6 +12,7 @@ import torch
 
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.sampling import SamplingConfig
+from nexttoken.memory import huge_page_bytes
 from nexttoken.model.quantize import Int4Linear
 from nexttoken.model.transformer import Transformer
 from nexttoken.pretrained import LanguageModel
@@ -37,8 +38,10 @@ class BenchResult:
 
 
 def measure_bandwidth(repeats: int = 5) -> float:
-    """GB/s this machine reads memory at with PyTorch's threads: the best of a few full-buffer sums."""
-    buffer = torch.ones(BANDWIDTH_BYTES // 4)
+    """GB/s this machine reads memory at with PyTorch's threads: the best of a few full-buffer sums,
+    in huge pages where the weights are (about a third faster than 4 KiB pages here)."""
+    huge = huge_page_bytes(BANDWIDTH_BYTES)
+    buffer = torch.ones(BANDWIDTH_BYTES // 4) if huge is None else huge.view(torch.float32).fill_(1)
     buffer.sum()
     best = float("inf")
     for _ in range(repeats):
