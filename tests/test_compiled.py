@@ -10,6 +10,7 @@ from torch._dynamo.utils import counters
 from nexttoken.config import ModelConfig
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.generate import generate_batch
+from nexttoken.model.attention import one_query_attention
 from nexttoken.model.compiled import compile_decoding
 from nexttoken.model.precision import set_precision
 from nexttoken.model.transformer import Transformer
@@ -112,3 +113,24 @@ def test_a_step_that_fills_the_cache_compiles_nothing_new(pairs):
         for token in (3, 50):  # the second step writes the cache's last position
             compiled.next_scores(torch.tensor([[token]]), cache)
     assert counters["stats"]["unique_graphs"] == graphs
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mask", [None, "padding", "bias"])
+def test_one_query_attention_is_sdpa(dtype, mask):
+    """The written-out attention the compiled step runs, against SDPA: grouped heads, padding masks
+    as decoder batches have them, and T5's float biases."""
+    generator = torch.Generator().manual_seed(0)
+    B, H, H_kv, S, D = 3, 6, 2, 11, 16
+    q, k, v = (torch.randn(shape, generator=generator).to(dtype) for shape in ((B, H, 1, D), (B, H_kv, S, D), (B, H_kv, S, D)))
+    if mask == "padding":  # each row has padding at its start; the last key is the query's own
+        attention_mask = (torch.arange(S) >= torch.tensor([[0], [3], [7]])).view(B, 1, 1, S)
+    elif mask == "bias":
+        attention_mask = torch.randn(B, H, 1, S, generator=generator).to(dtype)
+    else:
+        attention_mask = None
+    for scale in (None, 1.0):
+        expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attention_mask, scale=scale, enable_gqa=True)
+        got = one_query_attention(q, k, v, attention_mask, scale)
+        tolerance = 1e-6 if dtype == torch.float32 else 1e-2  # bfloat16: SDPA rounds its probabilities as we do
+        torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance)

@@ -38,8 +38,11 @@ class Attention(nn.Module):
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_index, k, v)  # (B, H_kv, past + T, D)
-        mask = {"attn_mask": attention_mask} if attention_mask is not None else self._causal(T, k.shape[2])
-        y = F.scaled_dot_product_attention(q, k, v, scale=self.scale, enable_gqa=True, **mask)
+        if T == 1 and torch.compiler.is_compiling():
+            y = one_query_attention(q, k, v, attention_mask, self.scale)
+        else:
+            mask = {"attn_mask": attention_mask} if attention_mask is not None else self._causal(T, k.shape[2])
+            y = F.scaled_dot_product_attention(q, k, v, scale=self.scale, enable_gqa=True, **mask)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, H * D)
         return self.wo(y)
 
@@ -52,6 +55,24 @@ class Attention(nn.Module):
         past = n_keys - n_queries
         query_pos = torch.arange(past, n_keys).unsqueeze(1)  # (T, 1)
         return {"attn_mask": torch.arange(n_keys).unsqueeze(0) <= query_pos}  # (T, past + T)
+
+
+def one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                        scale: float | None) -> torch.Tensor:
+    """Attention of a decode step's single query per row, written out as products and sums: what
+    the compiled step runs instead of SDPA, whose CPU kernel took 28 µs per SmolLM2 layer on one
+    query, where inductor fuses these few lines, with the rotation before them, into one loop of
+    about 11 µs. (B, H, 1, D) queries, (B, H_kv, S, D) keys and values, and a mask as SDPA takes
+    it: bool (B, 1, 1, S), or float (B, H, 1, S) biases -> (B, H, 1, D). Sums are float32, as in SDPA."""
+    B, H, _, D = q.shape
+    H_kv = k.shape[1]
+    queries = q.float().view(B, H_kv, H // H_kv, 1, D)  # each key/value head with its group of query heads
+    scores = (queries * k.float().unsqueeze(2)).sum(-1) * (scale if scale is not None else D**-0.5)  # (B, H_kv, G, S)
+    if mask is not None:
+        mask = mask.view(B, H_kv, H // H_kv, -1) if mask.shape[1] == H else mask.view(B, 1, 1, -1)
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    weights = scores.softmax(dim=-1).unsqueeze(-1)  # (B, H_kv, G, S, 1)
+    return (weights * v.float().unsqueeze(2)).sum(-2).view(B, H, 1, D).to(q.dtype)
 
 
 class CrossAttention(nn.Module):
