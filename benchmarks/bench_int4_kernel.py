@@ -14,7 +14,7 @@ import statistics
 
 import torch
 
-from nexttoken.model import int4_kernel
+from nexttoken.model import kernels
 from nexttoken.model.quantize import Int4Linear
 from timing import median_seconds
 
@@ -33,28 +33,28 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    if not int4_kernel.load():
+    if not kernels.load():
         raise SystemExit("our int4 kernel cannot be built here (it needs AVX512-BF16 and g++)")
     generator = torch.Generator().manual_seed(0)
     weights = [torch.randn(shape, generator=generator) for _ in range(LAYERS) for shape in SHAPES]
-    kernels = {"ours": [Int4Linear(w) for w in weights], "pytorch": [Int4Linear(w, own_kernel=False) for w in weights]}
+    by_kernel = {"ours": [Int4Linear(w) for w in weights], "pytorch": [Int4Linear(w, own_kernel=False) for w in weights]}
     inputs = [torch.randn(args.rows, w.shape[1], generator=generator) for w in weights]
 
     def one_pass(layers: list[Int4Linear]) -> None:
         for layer, x in zip(layers, inputs):
             layer(x)
 
-    seconds = {name: [] for name in kernels}
+    seconds = {name: [] for name in by_kernel}
     with torch.inference_mode():
         for _ in range(args.rounds):
-            for name, layers in kernels.items():
+            for name, layers in by_kernel.items():
                 seconds[name].append(median_seconds(lambda: one_pass(layers), args.repeats))
-    total = {name: sum(weight_bytes(layer) for layer in layers) for name, layers in kernels.items()}
+    total = {name: sum(weight_bytes(layer) for layer in layers) for name, layers in by_kernel.items()}
     plain = torch.ones(total["ours"] // 4)
     sum_seconds = median_seconds(plain.sum, args.repeats)
     print(f"{torch.get_num_threads()} threads, {args.rows} row(s), {LAYERS} layers of {SHAPES}")
     print(f"{'':10}{'ms/pass':>10}{'MB':>8}{'GB/s':>8}")
-    for name in kernels:
+    for name in by_kernel:
         median = statistics.median(seconds[name])
         print(f"{name:10}{median * 1e3:10.2f}{total[name] / 1e6:8.1f}{total[name] / median / 1e9:8.1f}")
     print(f"{'sum':10}{sum_seconds * 1e3:10.2f}{total['ours'] / 1e6:8.1f}{total['ours'] / sum_seconds / 1e9:8.1f}")

@@ -6,11 +6,12 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from nexttoken.bench import weight_bytes_per_token
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.errors import NextTokenError
-from nexttoken.model import int4_kernel
+from nexttoken.model import kernels
 from nexttoken.model.precision import set_precision
 from nexttoken.model.quantize import (HALF_HEAD_MAX_ROWS, INT4_GROUP, INT4_KERNEL_MAX_ROWS, Float16Head, Int4Linear,
                                       Int8Linear, quantize_groups, quantize_rows)
@@ -117,22 +118,22 @@ def test_int4_linear_is_the_dequantized_product():
 def test_the_kernel_layout_holds_the_weights_exactly():
     g = torch.Generator().manual_seed(0)
     q, scale, low = quantize_groups(torch.randn(48, 96, generator=g))
-    packed = int4_kernel.pack(q, scale, low)
+    packed = kernels.pack(q, scale, low)
     assert packed.shape == (3, 3, 320) and packed.dtype == torch.uint8
     # scales and minimums are kept in float16, as a Q4_1 block keeps them
-    torch.testing.assert_close(int4_kernel.unpack(packed), dequantize_groups(q, scale.half().float(), low.half().float()),
+    torch.testing.assert_close(kernels.unpack(packed), dequantize_groups(q, scale.half().float(), low.half().float()),
                                rtol=0, atol=0)
 
 
 @pytest.mark.skipif(not torch.cpu._is_avx512_bf16_supported(), reason="our int4 kernel needs AVX512-BF16")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_our_int4_kernel_is_the_dequantized_product(dtype):
-    assert int4_kernel.load(), "the int4 kernel did not build"
+    assert kernels.load(), "the int4 kernel did not build"
     g = torch.Generator().manual_seed(0)
     weight = torch.randn(80, 96, generator=g)
     layer = Int4Linear(weight)
     assert layer.own_kernel and layer.decoding_buffers() == ("packed",)
-    dequantized = int4_kernel.unpack(layer.packed)
+    dequantized = kernels.unpack(layer.packed)
     for rows in (1, 2, 3, 4, 5, 11, 16):  # tiles of 1 to 4 rows share one unpacking of the weights
         x = torch.randn(2, rows, 96, generator=g).to(dtype)[1]  # a row that does not start its storage
         y = layer(x)
@@ -148,22 +149,45 @@ def test_our_int4_kernel_is_the_dequantized_product(dtype):
         torch.ops.nexttoken.int4_matmul(torch.zeros(1, 64), layer.packed)
 
 
-def test_without_a_compiler_int4_uses_pytorchs_kernel(monkeypatch):
-    monkeypatch.setattr(int4_kernel, "load", lambda: False)
+@pytest.mark.skipif(not torch.cpu._is_avx512_bf16_supported(), reason="our kernels need AVX512-BF16")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_our_float16_head_kernel_is_the_exact_product(dtype):
+    assert kernels.load(), "our kernels did not build"
+    g = torch.Generator().manual_seed(0)
+    head = Float16Head(nn.Parameter(torch.randn(100, 72, generator=g).half(), requires_grad=False))
+    assert head.own_kernel
+    for rows in range(1, HALF_HEAD_MAX_ROWS + 1):
+        x = torch.randn(2, rows, 72, generator=g).to(dtype)[1]  # a row that does not start its storage
+        y = head(x.unsqueeze(0))
+        assert y.dtype == dtype and y.shape == (1, rows, 100)
+        # x stays as it is (no rounding to float16); sums are float32, over 72 terms
+        expected = (x.double() @ head.weight.double().T).to(dtype)
+        tolerance = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else {}
+        torch.testing.assert_close(y[0], expected, **tolerance)
+    with pytest.raises(RuntimeError, match="x has 64 inputs, the weight 72"):
+        torch.ops.nexttoken.half_matmul(torch.zeros(1, 64), head.weight)
+
+
+def test_without_a_compiler_int4_and_the_head_use_pytorchs_kernels(monkeypatch):
+    monkeypatch.setattr(kernels, "load", lambda: False)
     layer = Int4Linear(torch.randn(32, 64))
     assert not layer.own_kernel and layer.decoding_buffers() == ("aten_weight", "scale_and_zero")
+    head = Float16Head(nn.Parameter(torch.randn(48, 64).half(), requires_grad=False))
+    x = torch.randn(3, 64)
+    assert not head.own_kernel
+    torch.testing.assert_close(head(x), x.half().float() @ head.weight.float().T, rtol=1e-3, atol=1e-3)
 
 
 def test_a_failing_build_warns_and_falls_back(monkeypatch, tmp_path):
     monkeypatch.setenv("NEXTTOKEN_CACHE", str(tmp_path))
-    monkeypatch.setattr(int4_kernel, "FLAGS", [*int4_kernel.FLAGS, "-DNEXTTOKEN_NO_SUCH_HEADER", "-include", "no_such_header.h"])
-    int4_kernel.load.cache_clear()
+    monkeypatch.setattr(kernels, "FLAGS", [*kernels.FLAGS, "-DNEXTTOKEN_NO_SUCH_HEADER", "-include", "no_such_header.h"])
+    kernels.load.cache_clear()
     try:
-        with pytest.warns(UserWarning, match="could not build the int4 kernel"):
-            assert int4_kernel.load() is False
+        with pytest.warns(UserWarning, match="could not build our CPU kernels"):
+            assert kernels.load() is False
         assert list(tmp_path.iterdir()) == []  # no half-written library left behind
     finally:
-        int4_kernel.load.cache_clear()
+        kernels.load.cache_clear()
 
 
 def test_int4_holds_the_q4_1_weights_exactly(smollm2, variants):

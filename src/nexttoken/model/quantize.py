@@ -8,7 +8,7 @@ bfloat16 activations, so an int8 model computes in bfloat16.
 int4: each group of 32 inputs of a row keeps a scale and an offset (its minimum), so
 w ≈ min + q * scale with q in [0, 15], both in float16. That is exactly how a GGUF Q4_1 block
 stores its weights, and a Q4_1 block's minimum and maximum are always among its values, so weights
-loaded from Q4_1 come back exactly. Decoding multiplies them in our kernel (int4_kernel.py) with
+loaded from Q4_1 come back exactly. Decoding multiplies them in our kernel (kernels.py) with
 bfloat16 inputs and float32 sums, while the rest of the model keeps its dtype: measured on
 SmolLM2, 99.35 % top-1 agreement with float32, against 97.5 % for a model computing wholly in
 bfloat16.
@@ -19,7 +19,7 @@ mantissa) float16's 11 bits hold a Q8_0 weight, a scale times an 8-bit integer, 
 import torch
 from torch import nn
 
-from nexttoken.model import int4_kernel
+from nexttoken.model import kernels
 
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,7 +54,7 @@ def quantize_int8(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.M
     return model
 
 
-INT4_GROUP = int4_kernel.GROUP  # inputs per scale and offset: a Q4_1 block
+INT4_GROUP = kernels.GROUP  # inputs per scale and offset: a Q4_1 block
 # measured on SmolLM2's layers: beyond this many rows, unpacking the weight for a bfloat16 matrix
 # product is faster than the kernel (from about 300 rows for ours, 16 for PyTorch's)
 INT4_KERNEL_MAX_ROWS = 256
@@ -75,13 +75,13 @@ def quantize_groups(weight: torch.Tensor, group: int = INT4_GROUP) -> tuple[torc
 def int4_fits(layer: nn.Linear) -> bool:
     """The int4 kernels want whole groups of inputs and outputs in multiples of 16."""
     out_features, in_features = layer.weight.shape
-    return layer.bias is None and in_features % INT4_GROUP == 0 and out_features % int4_kernel.BLOCK_ROWS == 0
+    return layer.bias is None and in_features % INT4_GROUP == 0 and out_features % kernels.BLOCK_ROWS == 0
 
 
 class Int4Linear(nn.Module):
     """y = x @ w^T with w kept as 4-bit values and a float16 scale and minimum per group of inputs.
 
-    Up to 256 rows (decoding, short prompts) go through our int4 kernel (int4_kernel.py), which
+    Up to 256 rows (decoding, short prompts) go through our int4 kernel (kernels.py), which
     reads the packed weight and takes x in float32 or bfloat16, rounding it to bfloat16; where that
     kernel cannot be built, up to 16 go through PyTorch's, which keeps a copy of the weight in its
     own layout. More rows (a prompt) go through a bfloat16 matrix product on the weight unpacked for
@@ -93,10 +93,10 @@ class Int4Linear(nn.Module):
                  own_kernel: bool = True) -> None:
         super().__init__()
         self.kernel_dtype = kernel_dtype
-        self.own_kernel = own_kernel and int4_kernel.load()  # False: PyTorch's kernel, as where ours cannot be built
+        self.own_kernel = own_kernel and kernels.load()  # False: PyTorch's kernel, as where ours cannot be built
         self.kernel_max_rows = INT4_KERNEL_MAX_ROWS if self.own_kernel else PYTORCH_INT4_KERNEL_MAX_ROWS
         q, scale, low = quantize_groups(weight)
-        self.register_buffer("packed", int4_kernel.pack(q, scale, low))
+        self.register_buffer("packed", kernels.pack(q, scale, low))
         if not self.own_kernel:
             # PyTorch's kernel computes (q - 8) * scale + zero, so its zero is the minimum moved by 8 steps
             self.register_buffer("aten_weight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
@@ -109,7 +109,7 @@ class Int4Linear(nn.Module):
 
     def unpacked(self) -> torch.Tensor:
         """The (N, K) weight in the kernel's dtype."""
-        return int4_kernel.unpack(self.packed).to(self.kernel_dtype)
+        return kernels.unpack(self.packed).to(self.kernel_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])  # (B * T, in): the kernels take a matrix
@@ -140,19 +140,22 @@ HALF_HEAD_MAX_ROWS = 8  # measured: up to here float16 products beat float32 one
 class Float16Head(nn.Module):
     """y = x @ w^T with w in float16 and x in any dtype. On this CPU a float16 matrix–vector
     product is the fastest of the three formats (SmolLM2's 49,152 × 576 head: 1.9 ms, against 3.3
-    in bfloat16 and 9.9 in float32); many rows (scoring a whole text) multiply the weight cast to
-    x's dtype instead."""
+    in bfloat16 and 9.9 in float32), and ours (kernels.py) is faster again, 1.25 ms, with x kept in
+    float32; many rows (scoring a whole text) multiply the weight cast to x's dtype instead."""
 
     def __init__(self, weight: nn.Parameter) -> None:
         super().__init__()
         self.weight = weight  # (vocab, d_model) float16; may be shared with the embedding table
+        self.own_kernel = kernels.load()  # False: PyTorch's float16 product
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
-        if flat.shape[0] <= HALF_HEAD_MAX_ROWS:
-            y = nn.functional.linear(flat.half(), self.weight).to(x.dtype)
-        else:
+        if flat.shape[0] > HALF_HEAD_MAX_ROWS:
             y = nn.functional.linear(flat, self.weight.to(x.dtype))
+        elif self.own_kernel:
+            y = torch.ops.nexttoken.half_matmul(flat.contiguous(), self.weight)
+        else:
+            y = nn.functional.linear(flat.half(), self.weight).to(x.dtype)
         return y.view(*x.shape[:-1], y.shape[-1])
 
 
