@@ -19,9 +19,10 @@ from nexttoken.pretrained import LanguageModel
 from test_smollm2_parity import long_text
 
 # measured on SmolLM2-135M over the 2,000-token text below: bf16 97.5 % top-1 agreement and +0.15 %
-# perplexity, int8 95.3 % and +0.33 %, int4 99.35 % and -0.02 % a few tokens at a time (99.15 % and
-# -0.05 % through PyTorch's kernel) and 99.35 % and +0.06 % for a whole prompt (its groups hold the
-# Q4_1 weights exactly; its products take bfloat16 inputs; its head is float16). The bounds leave room for the platform's rounding,
+# perplexity, int8 95.3 % and +0.33 %, int4 99.55 % and +0.005 % a few tokens at a time (99.15 % and
+# -0.05 % through PyTorch's kernels) and 99.35 % and +0.06 % for a whole prompt (its groups hold the
+# Q4_1 weights exactly; its products take bfloat16 inputs; its head is float16, and a few tokens at
+# a time multiply it by float32 inputs). The bounds leave room for the platform's rounding,
 # except int4's, which are the targets of issue #7: at least 99 % and at most 1 %.
 BOUNDS = {"bf16": (0.965, 0.005), "int8": (0.94, 0.01), "int4": (0.99, 0.01), "int4 prompt": (0.99, 0.01)}
 DECODE_ROWS = 16  # tokens a step, as speculative decoding verifies them
