@@ -13,17 +13,18 @@ from nexttoken.decoding.config import GenerationConfig
 from nexttoken.errors import NextTokenError
 from nexttoken.model import kernels
 from nexttoken.model.precision import set_precision
-from nexttoken.model.quantize import (HALF_HEAD_MAX_ROWS, INT4_GROUP, INT4_KERNEL_MAX_ROWS, Float16Head, Int4Linear,
+from nexttoken.model.quantize import (INT4_GROUP, INT4_KERNEL_MAX_ROWS, Float16Head, Int4Linear,
                                       Int8Linear, quantize_groups, quantize_rows)
 from nexttoken.pretrained import LanguageModel
 from test_smollm2_parity import long_text
 
 # measured on SmolLM2-135M over the 2,000-token text below: bf16 97.5 % top-1 agreement and +0.15 %
-# perplexity, int8 95.3 % and +0.33 %, int4 99.55 % and +0.005 % a few tokens at a time (99.15 % and
-# -0.05 % through PyTorch's kernels) and 99.35 % and +0.06 % for a whole prompt (its groups hold the
-# Q4_1 weights exactly; its products take bfloat16 inputs; its head is float16, and a few tokens at
-# a time multiply it by float32 inputs). The bounds leave room for the platform's rounding,
-# except int4's, which are the targets of issue #7: at least 99 % and at most 1 %.
+# perplexity, int8 95.3 % and +0.33 %, int4 99.45 % and +0.006 % 16 tokens at a time (99.65 % and
+# +0.002 % one at a time, as decoding runs; 99.15 % and -0.05 % through PyTorch's kernels) and
+# 99.35 % and +0.06 % for a whole prompt (its groups hold the Q4_1 weights exactly; its products take
+# bfloat16 inputs; its head is float16, multiplied by float32 inputs up to 128 rows). The bounds
+# leave room for the platform's rounding, except int4's, which are the targets of issue #7: at least
+# 99 % and at most 1 %.
 BOUNDS = {"bf16": (0.965, 0.005), "int8": (0.94, 0.01), "int4": (0.99, 0.01), "int4 prompt": (0.99, 0.01)}
 DECODE_ROWS = 16  # tokens a step, as speculative decoding verifies them
 MARGIN = {"bf16": 0.3, "int8": 0.6, "int4": 0.3}  # where the reference's two best log-probabilities are closer, either may win
@@ -157,7 +158,7 @@ def test_our_float16_head_kernel_is_the_exact_product(dtype):
     g = torch.Generator().manual_seed(0)
     head = Float16Head(nn.Parameter(torch.randn(100, 72, generator=g).half(), requires_grad=False))
     assert head.own_kernel
-    for rows in range(1, HALF_HEAD_MAX_ROWS + 1):
+    for rows in (*range(1, 10), 17, head.max_rows):  # tiles of 1 to 8 rows share one widening of the weights
         x = torch.randn(2, rows, 72, generator=g).to(dtype)[1]  # a row that does not start its storage
         y = head(x.unsqueeze(0))
         assert y.dtype == dtype and y.shape == (1, rows, 100)
@@ -208,7 +209,7 @@ def test_int4_keeps_one_float16_table_for_the_embeddings_and_the_head(smollm2, v
     assert embedded.dtype == torch.float32
     torch.testing.assert_close(embedded, smollm2.model.embed_tokens(ids, torch.arange(3).unsqueeze(0)),
                                rtol=2**-11, atol=1e-7)  # float16 rounding of the Q8_0 values at most
-    hidden = torch.randn(1, HALF_HEAD_MAX_ROWS + 4, model.config.d_model)
+    hidden = torch.randn(1, model.lm_head.max_rows + 4, model.config.d_model)
     for rows in (hidden[:, :1], hidden):  # the float16 product, and the float32 one on the cast weight
         torch.testing.assert_close(model.head(rows), smollm2.model.head(rows), rtol=1e-2, atol=1e-2)
     assert model.new_cache().keys[0].dtype == torch.float32

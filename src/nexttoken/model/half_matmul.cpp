@@ -1,6 +1,6 @@
 // y = x @ w^T for a few rows of x (the output head of a decode step), with w kept in float16:
 // each weight row is widened to float32 sixteen values at a time (vcvtph2ps) and multiplied by
-// x in float32, so x is never rounded. Each thread reads one contiguous run of rows.
+// up to 8 rows of x in float32, so x is never rounded. Each thread reads one contiguous run of rows.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -9,22 +9,46 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
+
 namespace {
 
 constexpr int64_t kRowsPerTask = 64;
+constexpr int kMaxTile = 8;  // rows of x that share one widening of each weight row
 
-float row_dot(const uint16_t* w, const float* x, int64_t k) {
-  __m512 even = _mm512_setzero_ps(), odd = _mm512_setzero_ps();  // two chains of fused adds
+// out[m * out_stride] = w . x[m] for the Tile rows of x (k apart): each 32 weights are widened once
+// and multiplied into every row, each row keeping two chains of fused adds.
+template <int Tile>
+void tile_dot(const uint16_t* w, const float* x, int64_t k, float* out, int64_t out_stride) {
+  __m512 even[Tile], odd[Tile];
+  for (int m = 0; m < Tile; ++m) even[m] = odd[m] = _mm512_setzero_ps();
   int64_t i = 0;
   for (; i + 32 <= k; i += 32) {
-    even = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + i))),
-                           _mm512_loadu_ps(x + i), even);
-    odd = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + i + 16))),
-                          _mm512_loadu_ps(x + i + 16), odd);
+    const __m512 w_even = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + i)));
+    const __m512 w_odd = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + i + 16)));
+    for (int m = 0; m < Tile; ++m) {
+      even[m] = _mm512_fmadd_ps(w_even, _mm512_loadu_ps(x + m * k + i), even[m]);
+      odd[m] = _mm512_fmadd_ps(w_odd, _mm512_loadu_ps(x + m * k + i + 16), odd[m]);
+    }
   }
-  float sum = _mm512_reduce_add_ps(_mm512_add_ps(even, odd));
-  for (; i < k; ++i) sum += _cvtsh_ss(w[i]) * x[i];
-  return sum;
+  for (int m = 0; m < Tile; ++m) {
+    float sum = _mm512_reduce_add_ps(_mm512_add_ps(even[m], odd[m]));
+    for (int64_t j = i; j < k; ++j) sum += _cvtsh_ss(w[j]) * x[m * k + j];
+    out[m * out_stride] = sum;
+  }
+}
+
+void rows_dot(int tile, const uint16_t* w, const float* x, int64_t k, float* out, int64_t out_stride) {
+  switch (tile) {
+    case 1: return tile_dot<1>(w, x, k, out, out_stride);
+    case 2: return tile_dot<2>(w, x, k, out, out_stride);
+    case 3: return tile_dot<3>(w, x, k, out, out_stride);
+    case 4: return tile_dot<4>(w, x, k, out, out_stride);
+    case 5: return tile_dot<5>(w, x, k, out, out_stride);
+    case 6: return tile_dot<6>(w, x, k, out, out_stride);
+    case 7: return tile_dot<7>(w, x, k, out, out_stride);
+    default: return tile_dot<8>(w, x, k, out, out_stride);
+  }
 }
 
 // x: (M, K) float32 or bfloat16; w: (N, K) float16. Returns (M, N) in x's dtype.
@@ -42,7 +66,10 @@ at::Tensor half_matmul(const at::Tensor& x, const at::Tensor& w) {
   float* y = result.data_ptr<float>();
   at::parallel_for(0, n, kRowsPerTask, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      for (int64_t m = 0; m < rows; ++m) y[m * n + r] = row_dot(weights + r * k, xs + m * k, k);
+      for (int64_t m = 0; m < rows; m += kMaxTile) {
+        const int tile = static_cast<int>(std::min<int64_t>(kMaxTile, rows - m));
+        rows_dot(tile, weights + r * k, xs + m * k, k, y + m * n + r, n);
+      }
     }
   });
   return x.scalar_type() == at::kFloat ? result : result.to(at::kBFloat16);

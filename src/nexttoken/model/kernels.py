@@ -5,7 +5,7 @@ product (int4_matmul.cpp, with its weight layout below) and the float16 output h
 PyTorch's own int4 CPU kernel is compute-bound on a decode step's few rows (11–16 GB/s of weights
 on 2 cores, against 24–50 GB/s that the memory delivers); ours multiplies 4-bit weights by
 bfloat16 inputs with AVX512-BF16 dot products and gets through a SmolLM2 decode step's products
-1.7 times as fast (benchmarks/bench_kernels.py). PyTorch's float16 product rounds x to
+1.7 times as fast (benchmarks/bench_int4_kernel.py). PyTorch's float16 product rounds x to
 float16 and read SmolLM2's 49,152 × 576 head at 33 GB/s, in 1.7 ms; ours keeps x in float32 and
 reads it at 45 GB/s, in 1.25 ms.
 
@@ -47,9 +47,10 @@ def compile_command(compiler: str, output: Path) -> list[str]:
 
 
 def build(compiler: str) -> Path:
-    """The compiled library, built now if this source, these flags and this torch have none yet.
+    """The compiled library, built now if these sources, flags and torch have none yet.
     Written to a temporary name and renamed, so processes building at once never load half a file."""
-    key = hashlib.sha256(b"".join(source.read_bytes() for source in SOURCES) + " ".join(FLAGS).encode() + torch.__version__.encode()).hexdigest()[:16]
+    sources = b"".join(source.read_bytes() for source in SOURCES)
+    key = hashlib.sha256(sources + " ".join(FLAGS).encode() + torch.__version__.encode()).hexdigest()[:16]
     library = cache_dir() / f"kernels-{key}.so"
     if not library.exists():
         library.parent.mkdir(parents=True, exist_ok=True)
