@@ -135,7 +135,8 @@ def quantize_int4(model: nn.Module, kernel_dtype: torch.dtype = torch.bfloat16) 
 
 
 # measured on SmolLM2's head: up to here float16 products beat float32 ones on the weight cast to
-# float32; ours reads the weight once for every 8 rows (16 rows: 12 ms, against 59 ms for the cast)
+# float32; ours widens each weight row once for every 8 rows of x (16 rows: 12 ms, against 59 for the
+# cast; 128 rows: 78 against 98)
 HALF_HEAD_MAX_ROWS = 8
 OWN_HALF_HEAD_MAX_ROWS = 128
 
