@@ -26,10 +26,13 @@ from pathlib import Path
 import torch
 from torch.utils import cpp_extension
 
-SOURCES = [Path(__file__).with_name(name) for name in ("int4_matmul.cpp", "half_matmul.cpp")]
+SOURCES = [Path(__file__).with_name(name)
+           for name in ("int4_matmul.cpp", "half_matmul.cpp", "flash_attention.cpp", "elementwise.cpp")]
+HEADERS = [Path(__file__).with_name("vector_math.h")]
 GROUP = 32  # inputs per scale and minimum
 BLOCK_ROWS = 16  # output rows the kernel keeps in one register
 NIBBLE_BYTES = BLOCK_ROWS * GROUP // 2  # of a group's 16 rows; their scales and minimums follow
+ATTENTION_HEAD_SIZES = (32, 64, 128)  # what flash_attention.cpp is built for
 FLAGS = ["-O3", "-std=c++20", "-shared", "-fPIC", "-fopenmp", "-w",
          "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mf16c", "-mfma"]
 
@@ -49,7 +52,7 @@ def compile_command(compiler: str, output: Path) -> list[str]:
 def build(compiler: str) -> Path:
     """The compiled library, built now if these sources, flags and torch have none yet.
     Written to a temporary name and renamed, so processes building at once never load half a file."""
-    sources = b"".join(source.read_bytes() for source in SOURCES)
+    sources = b"".join(source.read_bytes() for source in SOURCES + HEADERS)
     key = hashlib.sha256(sources + " ".join(FLAGS).encode() + torch.__version__.encode()).hexdigest()[:16]
     library = cache_dir() / f"kernels-{key}.so"
     if not library.exists():
@@ -87,7 +90,35 @@ def load() -> bool:
     def _(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return x.new_empty(x.shape[0], weight.shape[0])
 
+    @torch.library.register_fake("nexttoken::flash_attention")
+    def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float) -> torch.Tensor:
+        B, H, T, D = q.shape
+        return q.new_empty(B, T, H, D).transpose(1, 2)
+
+    @torch.library.register_fake("nexttoken::rms_norm")
+    def _(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        return torch.empty_like(x)
+
+    @torch.library.register_fake("nexttoken::silu_mul")
+    def _(gate_up: torch.Tensor) -> torch.Tensor:
+        return gate_up.new_empty(*gate_up.shape[:-1], gate_up.shape[-1] // 2)
+
     return True
+
+
+def runs_ours(*tensors: torch.Tensor) -> bool:
+    """Whether our float32/bfloat16 kernels (flash_attention, rms_norm, silu_mul) may compute on
+    these tensors now: they are of those dtypes, with no gradient to record, not being traced by
+    torch.compile (which fuses such steps itself), and the kernels are built."""
+    if torch.compiler.is_compiling() or any(t.dtype not in (torch.float32, torch.bfloat16) for t in tensors):
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)) and load()
+
+
+def takes_attention(q: torch.Tensor) -> bool:
+    """Whether torch.ops.nexttoken.flash_attention takes these (B, H, T, D) queries (and their
+    keys and values): bfloat16, heads of a size it is built for, and our kernels may run."""
+    return q.dtype == torch.bfloat16 and q.shape[-1] in ATTENTION_HEAD_SIZES and runs_ours(q)
 
 
 def pack(q: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor) -> torch.Tensor:

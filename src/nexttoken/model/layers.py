@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nexttoken.config import ModelConfig
+from nexttoken.model import kernels
 
 
 class RMSNorm(nn.Module):
@@ -20,6 +21,8 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # in float32 whatever the model's precision, as the reference does: the mean of squares
         # of a bfloat16 vector loses too much
+        if kernels.runs_ours(x, self.weight):
+            return torch.ops.nexttoken.rms_norm(x, self.weight, self.eps)
         return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
 
 
@@ -54,7 +57,10 @@ class GatedMLP(nn.Module):
         self.w_down = nn.Linear(d_ff, d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.w_gate_up(x).chunk(2, dim=-1)
+        gate_up = self.w_gate_up(x)
+        if self.act is F.silu and kernels.runs_ours(gate_up):
+            return self.w_down(torch.ops.nexttoken.silu_mul(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)
         return self.w_down(self.act(gate) * up)
 
 

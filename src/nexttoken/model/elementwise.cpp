@@ -1,0 +1,119 @@
+// The per-value steps between a layer's products, each one pass over memory in float32 whatever the
+// tensors' dtype (float32 or bfloat16): RMSNorm, and SwiGLU's silu(gate) * up. PyTorch runs each as
+// several operations, each reading and writing the whole tensor, and widening bfloat16 each time.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "vector_math.h"
+
+namespace {
+
+constexpr int64_t kValuesPerTask = 16384;  // below this much work, a call stays on one thread
+
+int64_t rows_per_task(int64_t row_size) { return std::max<int64_t>(1, kValuesPerTask / row_size); }
+
+// bfloat16 tensors are read through their bits
+template <typename T> const auto* values_of(const at::Tensor& t) {
+  if constexpr (std::is_same_v<T, float>) return t.const_data_ptr<float>();
+  else return reinterpret_cast<const uint16_t*>(t.const_data_ptr<at::BFloat16>());
+}
+template <typename T> auto* values_of(at::Tensor& t) {
+  if constexpr (std::is_same_v<T, float>) return t.data_ptr<float>();
+  else return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>());
+}
+
+template <typename X, typename W>
+void rms_norm_rows(const at::Tensor& x, const at::Tensor& weight, double eps, at::Tensor& out) {
+  const int64_t n = x.size(-1), rows = x.numel() / n;
+  const auto* xs = values_of<X>(x);
+  const auto* ws = values_of<W>(weight);
+  auto* ys = values_of<X>(out);
+  at::parallel_for(0, rows, rows_per_task(n), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const auto* in = xs + row * n;
+      __m512 squares = _mm512_setzero_ps();
+      for (int64_t i = 0; i < n; i += 16) {
+        const __m512 v = load16(in + i, static_cast<int>(std::min<int64_t>(16, n - i)));
+        squares = _mm512_fmadd_ps(v, v, squares);
+      }
+      const float mean = _mm512_reduce_add_ps(squares) / static_cast<float>(n);
+      const __m512 inverse_rms = _mm512_set1_ps(1.0f / std::sqrt(mean + static_cast<float>(eps)));
+      for (int64_t i = 0; i < n; i += 16) {
+        const int count = static_cast<int>(std::min<int64_t>(16, n - i));
+        const __m512 normed = _mm512_mul_ps(load16(in + i, count), inverse_rms);
+        store16(ys + row * n + i, _mm512_mul_ps(normed, load16(ws + i, count)), count);
+      }
+    }
+  });
+}
+
+template <typename X>
+void silu_mul_rows(const at::Tensor& gate_up, at::Tensor& out) {
+  const int64_t n = out.size(-1), rows = out.numel() / n;
+  const auto* in = values_of<X>(gate_up);
+  auto* ys = values_of<X>(out);
+  at::parallel_for(0, rows, rows_per_task(n), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      for (int64_t i = 0; i < n; i += 16) {
+        const int count = static_cast<int>(std::min<int64_t>(16, n - i));
+        const __m512 gate = load16(in + row * 2 * n + i, count);
+        const __m512 up = load16(in + row * 2 * n + n + i, count);
+        const __m512 sigmoid = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_add_ps(_mm512_set1_ps(1.0f),
+                                                                                 vector_exp(_mm512_sub_ps(_mm512_setzero_ps(), gate))));
+        store16(ys + row * n + i, _mm512_mul_ps(_mm512_mul_ps(gate, sigmoid), up), count);
+      }
+    }
+  });
+}
+
+bool is_float_or_bfloat16(const at::Tensor& t) {
+  return t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16;
+}
+
+// x: (..., N); weight: (N). Returns x / sqrt(mean(x^2) + eps) * weight, in x's dtype.
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  TORCH_CHECK(is_float_or_bfloat16(x) && is_float_or_bfloat16(weight), "rms_norm: x and weight must be float32 or bfloat16");
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == x.size(-1), "rms_norm: weight of ", weight.sizes(), " for x of ", x.sizes());
+  const at::Tensor input = x.contiguous(), w = weight.contiguous();
+  at::Tensor out = at::empty_like(input);
+  const bool x32 = x.scalar_type() == at::kFloat, w32 = weight.scalar_type() == at::kFloat;
+  if (x32 && w32) rms_norm_rows<float, float>(input, w, eps, out);
+  else if (x32) rms_norm_rows<float, uint16_t>(input, w, eps, out);
+  else if (w32) rms_norm_rows<uint16_t, float>(input, w, eps, out);
+  else rms_norm_rows<uint16_t, uint16_t>(input, w, eps, out);
+  return out;
+}
+
+// gate_up: (..., 2F), the gate's F values then up's. Returns silu(gate) * up: (..., F).
+at::Tensor silu_mul(const at::Tensor& gate_up) {
+  TORCH_CHECK(is_float_or_bfloat16(gate_up) && gate_up.size(-1) % 2 == 0,
+              "silu_mul: gate_up must be float32 or bfloat16, of an even size");
+  const at::Tensor input = gate_up.contiguous();
+  std::vector<int64_t> shape = input.sizes().vec();
+  shape.back() /= 2;
+  at::Tensor out = at::empty(shape, input.options());
+  if (input.scalar_type() == at::kFloat) silu_mul_rows<float>(input, out);
+  else silu_mul_rows<uint16_t>(input, out);
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(nexttoken, m) {
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  m.def("silu_mul(Tensor gate_up) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(nexttoken, CPU, m) {
+  m.impl("rms_norm", &rms_norm);
+  m.impl("silu_mul", &silu_mul);
+}

@@ -1,0 +1,234 @@
+// Attention of a prompt's queries in bfloat16, a block of keys at a time with a running softmax
+// (Dao et al., 2022, "FlashAttention"), so the scores of a block never leave the cache.
+//
+// Products are vdpbf16ps: a broadcast pair of bfloat16 values times 16 pairs gives 16 float32 sums.
+// So keys are first packed so that one register holds 16 keys' values at the same pair of
+// dimensions, and values so that one register holds 16 dimensions of the same pair of keys.
+// Scores, the softmax and the output's sums stay in float32; the softmax weights are rounded to
+// bfloat16 for their product with the values, as PyTorch's own bfloat16 kernel does.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "vector_math.h"
+
+namespace {
+
+constexpr int kQueries = 32;  // query rows per task
+constexpr int kKeys = 32;     // keys per block: two registers of 16
+constexpr int kScoreRows = 8; // query rows whose scores are computed together (16 registers)
+
+inline __m512bh as_pairs(__m512i v) { return (__m512bh)v; }
+inline __m512i broadcast_pair(const uint16_t* pair) {
+  return _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(pair));
+}
+
+struct Shapes {
+  int64_t batch, heads, kv_heads, queries, keys, key_blocks;
+  int64_t past;  // keys before the first query: causal query i sees keys up to past + i
+  bool causal;
+  float scale;
+};
+
+// (B, H_kv, S, D) keys -> (B, H_kv, S/32, D/2, 32, 2): block, dimension pair, key, the pair's two
+// values; values -> (B, H_kv, S/32, 16, D, 2): block, key pair, dimension, the pair's two keys.
+// Keys past S are zero (their scores are masked, their weights are 0).
+template <int D>
+void pack_keys_values(const at::Tensor& k, const at::Tensor& v, const Shapes& s, uint16_t* keys, uint16_t* values) {
+  const auto* k_data = reinterpret_cast<const uint16_t*>(k.const_data_ptr<at::BFloat16>());
+  const auto* v_data = reinterpret_cast<const uint16_t*>(v.const_data_ptr<at::BFloat16>());
+  constexpr int64_t block_size = kKeys * D;
+  __m512i first_half, second_half;  // where vpermt2w finds the words of a's and b's first and last 16 values
+  alignas(64) uint16_t first_index[32], second_index[32];
+  for (int i = 0; i < 32; ++i) {
+    first_index[i] = (i % 2) * 32 + i / 2;
+    second_index[i] = first_index[i] + 16;
+  }
+  first_half = _mm512_load_si512(first_index);
+  second_half = _mm512_load_si512(second_index);
+  at::parallel_for(0, s.batch * s.kv_heads * s.key_blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t block = task % s.key_blocks, head = task / s.key_blocks % s.kv_heads;
+      const int64_t b = task / s.key_blocks / s.kv_heads;
+      auto* key_pairs = reinterpret_cast<uint32_t*>(keys + task * block_size);
+      uint16_t* value_out = values + task * block_size;
+      const int64_t present = std::min<int64_t>(kKeys, s.keys - block * kKeys);  // the rest stay zero
+      for (int j = 0; j < present; ++j) {
+        const int64_t key = block * kKeys + j;
+        const auto* k_row = reinterpret_cast<const uint32_t*>(k_data + b * k.stride(0) + head * k.stride(1) + key * k.stride(2));
+        for (int pair = 0; pair < D / 2; ++pair) key_pairs[pair * kKeys + j] = k_row[pair];
+      }
+      for (int j = 0; j < present; j += 2) {
+        const int64_t key = block * kKeys + j;
+        const uint16_t* a = v_data + b * v.stride(0) + head * v.stride(1) + key * v.stride(2);
+        const uint16_t* next = a + v.stride(2);
+        for (int r = 0; r < D / 32; ++r) {
+          const __m512i a_words = _mm512_loadu_si512(a + r * 32);
+          const __m512i b_words = j + 1 < present ? _mm512_loadu_si512(next + r * 32) : _mm512_setzero_si512();
+          uint16_t* out = value_out + (j / 2) * D * 2 + r * 64;
+          _mm512_storeu_si512(out, _mm512_permutex2var_epi16(a_words, first_half, b_words));
+          _mm512_storeu_si512(out + 32, _mm512_permutex2var_epi16(a_words, second_half, b_words));
+        }
+      }
+    }
+  });
+}
+
+// scores[i][j] = scale * q[i] . key j of the block, for kScoreRows query rows and the block's 32 keys
+template <int D>
+void block_scores(const uint16_t* q, const uint16_t* keys, float scale, float* scores) {
+  __m512 sums[kScoreRows][2];
+  for (auto& row : sums) row[0] = row[1] = _mm512_setzero_ps();
+  for (int pair = 0; pair < D / 2; ++pair) {
+    const __m512i low = _mm512_loadu_si512(keys + pair * kKeys * 2);
+    const __m512i high = _mm512_loadu_si512(keys + pair * kKeys * 2 + 32);
+    for (int i = 0; i < kScoreRows; ++i) {
+      const __m512i q_pair = broadcast_pair(q + i * D + pair * 2);
+      sums[i][0] = _mm512_dpbf16_ps(sums[i][0], as_pairs(q_pair), as_pairs(low));
+      sums[i][1] = _mm512_dpbf16_ps(sums[i][1], as_pairs(q_pair), as_pairs(high));
+    }
+  }
+  const __m512 scale_v = _mm512_set1_ps(scale);
+  for (int i = 0; i < kScoreRows; ++i) {
+    _mm512_storeu_ps(scores + i * kKeys, _mm512_mul_ps(sums[i][0], scale_v));
+    _mm512_storeu_ps(scores + i * kKeys + 16, _mm512_mul_ps(sums[i][1], scale_v));
+  }
+}
+
+// out[i] = carry[i] * out[i] + weights[i] @ block values, for Rows rows (D / 16 registers each)
+template <int D, int Rows>
+void add_weighted_values(const uint16_t* weights, const uint16_t* values, const float* carry, float* out) {
+  constexpr int V = D / 16;
+  __m512 sums[Rows][V];
+  for (int i = 0; i < Rows; ++i) {
+    const __m512 c = _mm512_set1_ps(carry[i]);
+    for (int r = 0; r < V; ++r) sums[i][r] = _mm512_mul_ps(c, _mm512_loadu_ps(out + i * D + r * 16));
+  }
+  for (int pair = 0; pair < kKeys / 2; ++pair) {
+    __m512i value_pairs[V];
+    for (int r = 0; r < V; ++r) value_pairs[r] = _mm512_loadu_si512(values + pair * D * 2 + r * 32);
+    for (int i = 0; i < Rows; ++i) {
+      const __m512i w_pair = broadcast_pair(weights + i * kKeys + pair * 2);
+      for (int r = 0; r < V; ++r) sums[i][r] = _mm512_dpbf16_ps(sums[i][r], as_pairs(w_pair), as_pairs(value_pairs[r]));
+    }
+  }
+  for (int i = 0; i < Rows; ++i) {
+    for (int r = 0; r < V; ++r) _mm512_storeu_ps(out + i * D + r * 16, sums[i][r]);
+  }
+}
+
+// One task: kQueries query rows of one head, against every key block they may see.
+template <int D>
+void attend(const at::Tensor& q, const Shapes& s, const uint16_t* keys, const uint16_t* values, int64_t b,
+            int64_t head, int64_t first, at::BFloat16* out) {
+  alignas(64) uint16_t q_rows[kQueries * D] = {};  // rows past the last query stay zero
+  alignas(64) float scores[kQueries * kKeys];
+  alignas(64) uint16_t weights[kQueries * kKeys];
+  alignas(64) float sums[kQueries * D] = {};
+  float running_max[kQueries], total[kQueries] = {}, carry[kQueries];
+  std::fill(running_max, running_max + kQueries, -std::numeric_limits<float>::infinity());
+
+  const int rows = static_cast<int>(std::min<int64_t>(kQueries, s.queries - first));
+  const int active = (rows + kScoreRows - 1) / kScoreRows * kScoreRows;  // rows computed: whole tiles
+  const auto* q_data = reinterpret_cast<const uint16_t*>(q.const_data_ptr<at::BFloat16>());
+  for (int i = 0; i < rows; ++i) {
+    std::copy_n(q_data + b * q.stride(0) + head * q.stride(1) + (first + i) * q.stride(2), D, q_rows + i * D);
+  }
+  const int64_t kv_head = head / (s.heads / s.kv_heads);
+  const int64_t last_key = s.causal ? std::min(s.keys, s.past + first + rows) : s.keys;  // exclusive
+  const int64_t blocks = (last_key + kKeys - 1) / kKeys;
+  const uint16_t* head_keys = keys + (b * s.kv_heads + kv_head) * s.key_blocks * kKeys * D;
+  const uint16_t* head_values = values + (b * s.kv_heads + kv_head) * s.key_blocks * kKeys * D;
+  const __m512 minus_infinity = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+
+  for (int64_t block = 0; block < blocks; ++block) {
+    for (int i = 0; i < active; i += kScoreRows) {
+      block_scores<D>(q_rows + i * D, head_keys + block * kKeys * D, s.scale, scores + i * kKeys);
+    }
+    for (int i = 0; i < active; ++i) {
+      const int64_t seen = s.causal ? std::min(s.keys, s.past + first + i + 1) : s.keys;  // keys row i sees
+      const int64_t visible = std::clamp<int64_t>(seen - block * kKeys, 0, kKeys);
+      const uint32_t keep = visible == kKeys ? 0xffffffffu : (1u << visible) - 1;
+      __m512 low = _mm512_mask_mov_ps(minus_infinity, keep & 0xffff, _mm512_loadu_ps(scores + i * kKeys));
+      __m512 high = _mm512_mask_mov_ps(minus_infinity, keep >> 16, _mm512_loadu_ps(scores + i * kKeys + 16));
+      const float block_max = _mm512_reduce_max_ps(_mm512_max_ps(low, high));
+      const float new_max = std::max(running_max[i], block_max);
+      carry[i] = std::exp(running_max[i] - new_max);
+      running_max[i] = new_max;
+      low = vector_exp(_mm512_sub_ps(low, _mm512_set1_ps(new_max)));
+      high = vector_exp(_mm512_sub_ps(high, _mm512_set1_ps(new_max)));
+      total[i] = total[i] * carry[i] + _mm512_reduce_add_ps(_mm512_add_ps(low, high));
+      _mm512_storeu_si512(weights + i * kKeys, (__m512i)_mm512_cvtne2ps_pbh(high, low));
+    }
+    constexpr int rows_per_call = 16 / (D / 16);  // 16 registers of sums; divides kScoreRows
+    for (int i = 0; i < active; i += rows_per_call) {
+      add_weighted_values<D, rows_per_call>(weights + i * kKeys, head_values + block * kKeys * D, carry + i,
+                                            sums + i * D);
+    }
+  }
+  for (int i = 0; i < rows; ++i) {
+    const __m512 inverse = _mm512_set1_ps(1.0f / total[i]);
+    auto* row = reinterpret_cast<uint16_t*>(out + ((b * s.queries + first + i) * s.heads + head) * D);
+    for (int r = 0; r < D / 16; ++r) store16(row + r * 16, _mm512_mul_ps(load16(sums + i * D + r * 16), inverse));
+  }
+}
+
+template <int D>
+void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const Shapes& s, at::Tensor& out) {
+  const auto options = k.options().dtype(at::kBFloat16);
+  const at::Tensor keys = at::zeros({s.batch, s.kv_heads, s.key_blocks, kKeys * D}, options);
+  const at::Tensor values = at::zeros({s.batch, s.kv_heads, s.key_blocks, kKeys * D}, options);
+  auto* key_data = reinterpret_cast<uint16_t*>(keys.data_ptr<at::BFloat16>());
+  auto* value_data = reinterpret_cast<uint16_t*>(values.data_ptr<at::BFloat16>());
+  pack_keys_values<D>(k, v, s, key_data, value_data);
+  const int64_t query_blocks = (s.queries + kQueries - 1) / kQueries;
+  at::BFloat16* out_data = out.data_ptr<at::BFloat16>();
+  at::parallel_for(0, s.batch * s.heads * query_blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t block = task % query_blocks, head = task / query_blocks % s.heads;
+      attend<D>(q, s, key_data, value_data, task / query_blocks / s.heads, head, block * kQueries, out_data);
+    }
+  });
+}
+
+// q: (B, H, T, D), k and v: (B, H_kv, S, D), bfloat16, each row contiguous; S >= T. With `causal`,
+// the queries are the last T of the S positions. Returns (B, H, T, D), a view of a (B, T, H, D) tensor.
+at::Tensor flash_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool causal, double scale) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && k.sizes() == v.sizes(),
+              "flash_attention: q, k and v must be (B, H, T, D), k and v of one shape");
+  TORCH_CHECK(q.scalar_type() == at::kBFloat16 && k.scalar_type() == at::kBFloat16 && v.scalar_type() == at::kBFloat16,
+              "flash_attention: q, k and v must be bfloat16");
+  TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1, "flash_attention: rows must be contiguous");
+  const int64_t head_dim = q.size(3);
+  TORCH_CHECK(q.size(0) == k.size(0) && k.size(3) == head_dim && q.size(1) % k.size(1) == 0 && k.size(2) >= q.size(2),
+              "flash_attention: q ", q.sizes(), " does not fit keys ", k.sizes());
+  const Shapes s{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), (k.size(2) + kKeys - 1) / kKeys,
+                 k.size(2) - q.size(2), causal, static_cast<float>(scale)};
+  at::Tensor out = at::empty({s.batch, s.queries, s.heads, head_dim}, q.options());
+  switch (head_dim) {
+    case 32: run<32>(q, k, v, s, out); break;
+    case 64: run<64>(q, k, v, s, out); break;
+    case 128: run<128>(q, k, v, s, out); break;
+    default: TORCH_CHECK(false, "flash_attention: head size must be 32, 64 or 128, not ", head_dim);
+  }
+  return out.transpose(1, 2);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(nexttoken, m) {
+  m.def("flash_attention(Tensor q, Tensor k, Tensor v, bool causal, float scale) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(nexttoken, CPU, m) {
+  m.impl("flash_attention", &flash_attention);
+}

@@ -1,0 +1,118 @@
+"""Our float32/bfloat16 CPU kernels against PyTorch's operations: attention (flash_attention.cpp)
+and the per-value steps between products (elementwise.cpp), alone and inside a model."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nexttoken.config import ModelConfig
+from nexttoken.model import kernels
+from nexttoken.model.precision import set_precision
+from nexttoken.model.transformer import Transformer
+
+pytestmark = pytest.mark.skipif(not torch.cpu._is_avx512_bf16_supported(), reason="our kernels need AVX512-BF16")
+OUR_OPS = {"nexttoken::flash_attention", "nexttoken::rms_norm", "nexttoken::silu_mul"}
+
+
+@pytest.fixture(autouse=True)
+def built():
+    assert kernels.load(), "our kernels did not build"
+
+
+@pytest.mark.parametrize("batch, heads, kv_heads, queries, keys, head_dim, causal", [
+    (1, 9, 3, 512, 512, 64, True),  # SmolLM2's heads over a 512-token prompt: 16 blocks of queries and of keys
+    (2, 4, 2, 37, 50, 32, True),  # partial blocks, 13 keys cached before the queries
+    (1, 2, 1, 1, 130, 64, True),  # a decode step
+    (1, 4, 4, 70, 70, 128, False),  # an encoder's
+])
+def test_flash_attention_is_sdpa(batch, heads, kv_heads, queries, keys, head_dim, causal):
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(batch, queries, heads, head_dim, generator=g).bfloat16().transpose(1, 2)  # as projections give it
+    cache = torch.randn(2, batch, kv_heads, keys + 7, head_dim, generator=g).bfloat16()  # a cache with room to spare
+    k, v = cache[0, :, :, :keys], cache[1, :, :, :keys]
+    allowed = torch.arange(keys) <= torch.arange(keys - queries, keys).unsqueeze(1) if causal else None
+    groups = heads // kv_heads
+    exact = F.scaled_dot_product_attention(q.double(), k.double().repeat_interleave(groups, 1),
+                                           v.double().repeat_interleave(groups, 1), attn_mask=allowed)
+    ours = torch.ops.nexttoken.flash_attention(q, k, v, causal, head_dim**-0.5)
+    assert ours.dtype == torch.bfloat16 and ours.shape == (batch, heads, queries, head_dim)
+    # the weights and the output are rounded to bfloat16, as in PyTorch's own bfloat16 kernel
+    torch.testing.assert_close(ours.double(), exact, rtol=1e-2, atol=1e-2)
+    theirs = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, enable_gqa=True)
+    torch.testing.assert_close(ours, theirs, rtol=2e-2, atol=2e-2)
+
+
+def test_flash_attention_says_what_it_cannot_take():
+    q = torch.zeros(1, 2, 3, 48, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="head size must be 32, 64 or 128, not 48"):
+        torch.ops.nexttoken.flash_attention(q, q, q, True, 1.0)
+    with pytest.raises(RuntimeError, match="must be bfloat16"):
+        torch.ops.nexttoken.flash_attention(q.float(), q, q, True, 1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("weight_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 1, 576), (2, 40, 100)])  # 100: a last run of 4 values
+def test_rms_norm_is_pytorchs(dtype, weight_dtype, shape):
+    g = torch.Generator().manual_seed(0)
+    x = (3 * torch.randn(shape, generator=g)).to(dtype)
+    weight = (0.5 + torch.rand(shape[-1], generator=g)).to(weight_dtype)
+    expected = F.rms_norm(x.double(), (shape[-1],), weight.double(), 1e-5).to(dtype)
+    ours = torch.ops.nexttoken.rms_norm(x, weight, 1e-5)
+    assert ours.dtype == dtype
+    # float32 sums in another order; bfloat16 results within a rounding
+    torch.testing.assert_close(ours, expected, **(dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else {}))
+    strided = torch.ops.nexttoken.rms_norm(x.transpose(0, 1), weight, 1e-5)  # not contiguous
+    torch.testing.assert_close(strided, ours.transpose(0, 1), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 1, 3072), (3, 5, 34)])  # 17 values a half: a last run of 1
+def test_silu_mul_is_silu_of_the_gate_times_up(dtype, shape):
+    g = torch.Generator().manual_seed(0)
+    gate_up = (4 * torch.randn(shape, generator=g)).to(dtype)
+    gate, up = gate_up.double().chunk(2, dim=-1)
+    ours = torch.ops.nexttoken.silu_mul(gate_up)
+    assert ours.dtype == dtype and ours.shape == (*shape[:-1], shape[-1] // 2)
+    torch.testing.assert_close(ours, (F.silu(gate) * up).to(dtype),
+                               **(dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else {}))
+
+
+def profiled_ops(run) -> set[str]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        run()
+    return {event.name for event in profile.events()}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_model_runs_our_kernels_as_accurately(dtype, monkeypatch):
+    config = ModelConfig(vocab_size=96, d_model=128, n_layer=2, n_head=4, n_kv_head=2, d_ff=192, max_seq_len=64)
+    torch.manual_seed(0)
+    reference = Transformer(config).eval()
+    model = set_precision(copy.deepcopy(reference), dtype)
+    ids = torch.randint(0, 96, (2, 40))
+    with torch.inference_mode():
+        exact = reference(ids)  # float32, through our kernels too: compared below only in bfloat16
+        ran = profiled_ops(lambda: model(ids))
+        ours = model(ids).float()
+        monkeypatch.setattr(kernels, "runs_ours", lambda *tensors: False)
+        theirs = model(ids).float()
+    assert ran >= (OUR_OPS if dtype == "bfloat16" else OUR_OPS - {"nexttoken::flash_attention"})
+    if dtype == "float32":  # float32 sums in another order
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    else:  # logits of about 10: both 0.046 from float32's on average
+        assert (ours - exact).abs().mean() <= 1.1 * (theirs - exact).abs().mean()
+
+
+def test_training_keeps_pytorchs_operations():
+    """Our kernels have no backward: where a gradient is recorded, PyTorch's operations run."""
+    config = ModelConfig(vocab_size=96, d_model=64, n_layer=1, n_head=2, n_kv_head=1, d_ff=96, max_seq_len=32)
+    model = Transformer(config)
+    ids = torch.randint(0, 96, (1, 12))
+    ran = profiled_ops(lambda: model(ids).logsumexp(-1).mean().backward())
+    assert not ran & OUR_OPS
+    assert model.blocks[0].mlp.w_gate_up.weight.grad is not None
+    with torch.no_grad():
+        assert profiled_ops(lambda: copy.deepcopy(model)(ids)) >= OUR_OPS - {"nexttoken::flash_attention"}
