@@ -13,18 +13,18 @@ from nexttoken.decoding.config import GenerationConfig
 from nexttoken.errors import NextTokenError
 from nexttoken.model import kernels
 from nexttoken.model.precision import set_precision
-from nexttoken.model.quantize import (INT4_GROUP, INT4_KERNEL_MAX_ROWS, Float16Head, Int4Linear,
+from nexttoken.model.quantize import (INT4_GROUP, Float16Head, Int4Linear,
                                       Int8Linear, quantize_groups, quantize_rows)
 from nexttoken.pretrained import LanguageModel
 from test_smollm2_parity import long_text
 
-# measured on SmolLM2-135M over the 2,000-token text below: bf16 97.5 % top-1 agreement and +0.15 %
-# perplexity, int8 95.3 % and +0.33 %, int4 99.45 % and +0.006 % 16 tokens at a time (99.65 % and
-# +0.002 % one at a time, as decoding runs; 99.15 % and -0.05 % through PyTorch's kernels) and
-# 99.35 % and +0.06 % for a whole prompt (its groups hold the Q4_1 weights exactly; its products take
-# bfloat16 inputs; its head is float16, multiplied by float32 inputs up to 128 rows). The bounds
-# leave room for the platform's rounding, except int4's, which are the targets of issue #7: at least
-# 99 % and at most 1 %.
+# measured on SmolLM2-135M over the 2,000-token text below: bf16 97.6 % top-1 agreement and +0.01 %
+# perplexity, int8 95.3 % and +0.27 %, int4 99.55 % and -0.009 % 16 tokens at a time (99.55 % and
+# +0.013 % one at a time, as decoding runs; 99.15 % and -0.05 % through PyTorch's kernels) and
+# 99.50 % and -0.02 % for a whole prompt (its groups hold the Q4_1 weights exactly; its products take
+# bfloat16 inputs and sum in float32; its head is float16, multiplied by float32 inputs up to 128
+# rows). The bounds leave room for the platform's rounding, except int4's, which are the targets of
+# issue #7: at least 99 % and at most 1 %.
 BOUNDS = {"bf16": (0.965, 0.005), "int8": (0.94, 0.01), "int4": (0.99, 0.01), "int4 prompt": (0.99, 0.01)}
 DECODE_ROWS = 16  # tokens a step, as speculative decoding verifies them
 MARGIN = {"bf16": 0.3, "int8": 0.6, "int4": 0.3}  # where the reference's two best log-probabilities are closer, either may win
@@ -136,7 +136,7 @@ def test_our_int4_kernel_is_the_dequantized_product(dtype):
     layer = Int4Linear(weight)
     assert layer.own_kernel and layer.decoding_buffers() == ("packed",)
     dequantized = kernels.unpack(layer.packed)
-    for rows in (1, 2, 3, 4, 5, 11, 16):  # tiles of 1 to 4 rows share one unpacking of the weights
+    for rows in (1, 2, 3, 4, 5, 11, 16, 300):  # tiles of 1 to 4 rows share one unpacking of the weights; a prompt
         x = torch.randn(2, rows, 96, generator=g).to(dtype)[1]  # a row that does not start its storage
         y = layer(x)
         assert y.dtype == dtype and y.shape == (rows, 80)
@@ -144,9 +144,6 @@ def test_our_int4_kernel_is_the_dequantized_product(dtype):
         expected = (x.bfloat16().double() @ dequantized.double().T).to(dtype)
         tolerance = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else {}
         torch.testing.assert_close(y, expected, **tolerance)
-    x = torch.randn(INT4_KERNEL_MAX_ROWS + 1, 96, generator=g)  # a prompt: the unpacked weight, in bfloat16
-    # bfloat16 inputs and weights: a few parts in a thousand of the products' sum of |w x| ~ 60
-    torch.testing.assert_close(layer(x), x @ dequantized.T, rtol=0, atol=0.3)
     with pytest.raises(RuntimeError, match="x has 64 inputs, the weight 96"):
         torch.ops.nexttoken.int4_matmul(torch.zeros(1, 64), layer.packed)
 

@@ -1,6 +1,9 @@
 // The per-value steps between a layer's products, each one pass over memory in float32 whatever the
 // tensors' dtype (float32 or bfloat16): RMSNorm, and SwiGLU's silu(gate) * up. PyTorch runs each as
 // several operations, each reading and writing the whole tensor, and widening bfloat16 each time.
+// Results are rounded where PyTorch's operations round them: a bfloat16 silu(gate) is rounded
+// before the product with up, as in transformers' bfloat16 Llama. Rounded once instead, SmolLM2's
+// bfloat16 top-1 agreement with float32 fell from 97.6 to 97.0 % over a 2,000-token text.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -12,6 +15,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
+#include <vector>
 
 #include "vector_math.h"
 
@@ -67,9 +72,10 @@ void silu_mul_rows(const at::Tensor& gate_up, at::Tensor& out) {
         const int count = static_cast<int>(std::min<int64_t>(16, n - i));
         const __m512 gate = load16(in + row * 2 * n + i, count);
         const __m512 up = load16(in + row * 2 * n + n + i, count);
-        const __m512 sigmoid = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_add_ps(_mm512_set1_ps(1.0f),
-                                                                                 vector_exp(_mm512_sub_ps(_mm512_setzero_ps(), gate))));
-        store16(ys + row * n + i, _mm512_mul_ps(_mm512_mul_ps(gate, sigmoid), up), count);
+        const __m512 exp_minus = vector_exp(_mm512_sub_ps(_mm512_setzero_ps(), gate));
+        __m512 silu = _mm512_div_ps(gate, _mm512_add_ps(_mm512_set1_ps(1.0f), exp_minus));
+        if constexpr (!std::is_same_v<X, float>) silu = round_to_bfloat16(silu);
+        store16(ys + row * n + i, _mm512_mul_ps(silu, up), count);
       }
     }
   });

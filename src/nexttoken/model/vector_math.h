@@ -37,3 +37,9 @@ inline void store16(float* out, __m512 values, int count = 16) {
 inline void store16(uint16_t* out, __m512 values, int count = 16) {
   _mm256_mask_storeu_epi16(out, static_cast<__mmask16>((1u << count) - 1), (__m256i)_mm512_cvtneps_pbh(values));
 }
+
+// the nearest bfloat16 values, widened back to float32
+inline __m512 round_to_bfloat16(__m512 values) {
+  const __m256i bits = (__m256i)_mm512_cvtneps_pbh(values);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
