@@ -13,7 +13,7 @@ from nexttoken.model.precision import set_precision
 from nexttoken.model.transformer import Transformer
 
 pytestmark = pytest.mark.skipif(not torch.cpu._is_avx512_bf16_supported(), reason="our kernels need AVX512-BF16")
-OUR_OPS = {"nexttoken::flash_attention", "nexttoken::rms_norm", "nexttoken::silu_mul"}
+OUR_OPS = {"nexttoken::flash_attention", "nexttoken::rms_norm", "nexttoken::silu_mul", "nexttoken::rotary"}
 
 
 @pytest.fixture(autouse=True)
@@ -78,6 +78,20 @@ def test_silu_mul_is_silu_of_the_gate_times_up(dtype, shape):
     assert ours.dtype == dtype and ours.shape == (*shape[:-1], shape[-1] // 2)
     silu = F.silu(gate).to(dtype).double()  # rounded before the product, as PyTorch's two operations do
     torch.testing.assert_close(ours, (silu * up).to(dtype), **(dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else {}))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("head_dim", [64, 40])  # 40: halves of 20, a last run of 4
+def test_rotary_is_pytorchs(dtype, head_dim):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 3, head_dim, generator=g).to(dtype).transpose(1, 2)  # (B, H, T, D) as projections give it
+    angles = torch.rand(2, 1, 5, head_dim // 2, generator=g) * 50
+    cos, sin = (torch.cat([f(angles)] * 2, dim=-1).to(dtype) for f in (torch.cos, torch.sin))
+    half = head_dim // 2
+    expected = x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin  # PyTorch's operations, in dtype
+    ours = torch.ops.nexttoken.rotary(x, cos, sin)
+    assert ours.dtype == dtype and ours.is_contiguous()
+    torch.testing.assert_close(ours, expected, rtol=1e-6, atol=1e-6)  # rounded where they round
 
 
 def profiled_ops(run) -> set[str]:

@@ -99,6 +99,10 @@ def load() -> bool:
     def _(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         return torch.empty_like(x)
 
+    @torch.library.register_fake("nexttoken::rotary")
+    def _(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        return x.new_empty(x.shape)
+
     @torch.library.register_fake("nexttoken::silu_mul")
     def _(gate_up: torch.Tensor) -> torch.Tensor:
         return gate_up.new_empty(*gate_up.shape[:-1], gate_up.shape[-1] // 2)
@@ -107,7 +111,7 @@ def load() -> bool:
 
 
 def runs_ours(*tensors: torch.Tensor) -> bool:
-    """Whether our float32/bfloat16 kernels (flash_attention, rms_norm, silu_mul) may compute on
+    """Whether our float32/bfloat16 kernels (flash_attention, rms_norm, silu_mul, rotary) may compute on
     these tensors now: they are of those dtypes, with no gradient to record, not being traced by
     torch.compile (which fuses such steps itself), and the kernels are built."""
     if torch.compiler.is_compiling() or any(t.dtype not in (torch.float32, torch.bfloat16) for t in tensors):
