@@ -182,7 +182,7 @@ def test_a_failing_build_warns_and_falls_back(monkeypatch, tmp_path):
     monkeypatch.setattr(kernels, "FLAGS", [*kernels.FLAGS, "-DNEXTTOKEN_NO_SUCH_HEADER", "-include", "no_such_header.h"])
     kernels.load.cache_clear()
     try:
-        with pytest.warns(UserWarning, match="could not build our CPU kernels"):
+        with pytest.warns(UserWarning, match=r"could not build our CPU kernels \(.*no_such_header\.h"):
             assert kernels.load() is False
         assert list(tmp_path.iterdir()) == []  # no half-written library left behind
     finally:
