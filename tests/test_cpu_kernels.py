@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from nexttoken.config import ModelConfig
 from nexttoken.model import kernels
 from nexttoken.model.precision import set_precision
-from nexttoken.model.transformer import Transformer
+from nexttoken.model.transformer import Transformer, padded_causal_mask
 
 pytestmark = pytest.mark.skipif(not torch.cpu._is_avx512_bf16_supported(), reason="our kernels need AVX512-BF16")
 OUR_OPS = {"nexttoken::flash_attention", "nexttoken::rms_norm", "nexttoken::silu_mul", "nexttoken::rotary"}
@@ -36,7 +36,7 @@ def test_flash_attention_is_sdpa(batch, heads, kv_heads, queries, keys, head_dim
     groups = heads // kv_heads
     exact = F.scaled_dot_product_attention(q.double(), k.double().repeat_interleave(groups, 1),
                                            v.double().repeat_interleave(groups, 1), attn_mask=allowed)
-    ours = torch.ops.nexttoken.flash_attention(q, k, v, causal, head_dim**-0.5)
+    ours = torch.ops.nexttoken.flash_attention(q, k, v, None, causal, head_dim**-0.5)
     assert ours.dtype == torch.bfloat16 and ours.shape == (batch, heads, queries, head_dim)
     # the weights and the output are rounded to bfloat16, as in PyTorch's own bfloat16 kernel
     torch.testing.assert_close(ours.double(), exact, rtol=1e-2, atol=1e-2)
@@ -44,12 +44,33 @@ def test_flash_attention_is_sdpa(batch, heads, kv_heads, queries, keys, head_dim
     torch.testing.assert_close(ours, theirs, rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.parametrize("queries", [50, 1])  # a padded batch's prompt, and a decode step after it
+def test_flash_attention_with_padding_is_sdpa(queries):
+    g = torch.Generator().manual_seed(0)
+    keys = 50
+    q = torch.randn(3, 4, queries, 64, generator=g).bfloat16()
+    k, v = torch.randn(2, 3, 2, keys, 64, generator=g).bfloat16()
+    real = torch.arange(keys) >= torch.tensor([[0], [7], [40]])  # rows left-padded by 0, 7 and 40 positions
+    allowed = padded_causal_mask(real, queries)  # (B, 1, T, S): row 2's real queries see nothing in the first block
+    exact = F.scaled_dot_product_attention(q.double(), k.double().repeat_interleave(2, 1),
+                                           v.double().repeat_interleave(2, 1), attn_mask=allowed)
+    ours = torch.ops.nexttoken.flash_attention(q, k, v, allowed, True, 0.125)
+    torch.testing.assert_close(ours.double(), exact, rtol=1e-2, atol=1e-2)
+    encoder_mask = real[:, None, None, :]  # (B, 1, 1, S): every query sees every real key
+    exact = F.scaled_dot_product_attention(q.double(), k.double().repeat_interleave(2, 1),
+                                           v.double().repeat_interleave(2, 1), attn_mask=encoder_mask)
+    ours = torch.ops.nexttoken.flash_attention(q, k, v, encoder_mask, False, 0.125)
+    torch.testing.assert_close(ours.double(), exact, rtol=1e-2, atol=1e-2)
+
+
 def test_flash_attention_says_what_it_cannot_take():
     q = torch.zeros(1, 2, 3, 48, dtype=torch.bfloat16)
     with pytest.raises(RuntimeError, match="head size must be 32, 64 or 128, not 48"):
-        torch.ops.nexttoken.flash_attention(q, q, q, True, 1.0)
+        torch.ops.nexttoken.flash_attention(q, q, q, None, True, 1.0)
     with pytest.raises(RuntimeError, match="must be bfloat16"):
-        torch.ops.nexttoken.flash_attention(q.float(), q, q, True, 1.0)
+        torch.ops.nexttoken.flash_attention(q.float(), q, q, None, True, 1.0)
+    with pytest.raises(RuntimeError, match="the mask must be bool"):
+        torch.ops.nexttoken.flash_attention(q, q, q, torch.ones(1, 1, 3, 3), True, 1.0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -107,12 +128,13 @@ def test_a_model_runs_our_kernels_as_accurately(dtype, monkeypatch):
     reference = Transformer(config).eval()
     model = set_precision(copy.deepcopy(reference), dtype)
     ids = torch.randint(0, 96, (2, 40))
+    real = torch.arange(40) >= torch.tensor([[0], [35]])  # row 1 left-padded: its first block of keys is padding
     with torch.inference_mode():
-        exact = reference(ids)  # float32, through our kernels too: compared below only in bfloat16
-        ran = profiled_ops(lambda: model(ids))
-        ours = model(ids).float()
+        exact = reference(ids, mask=real)  # float32, through our kernels too: compared below only in bfloat16
+        ran = profiled_ops(lambda: model(ids, mask=real))
+        ours = model(ids, mask=real).float()
         monkeypatch.setattr(kernels, "runs_ours", lambda *tensors: False)
-        theirs = model(ids).float()
+        theirs = model(ids, mask=real).float()
     assert ran >= (OUR_OPS if dtype == "bfloat16" else OUR_OPS - {"nexttoken::flash_attention"})
     if dtype == "float32":  # float32 sums in another order
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)

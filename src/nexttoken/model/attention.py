@@ -41,9 +41,9 @@ class Attention(nn.Module):
             k, v = cache.update(self.layer_index, k, v)  # (B, H_kv, past + T, D)
         if T == 1 and torch.compiler.is_compiling():
             y = one_query_attention(q, k, v, attention_mask, self.scale)
-        elif attention_mask is None and kernels.takes_attention(q):
+        elif kernels.takes_attention(q, k, v) and (attention_mask is None or attention_mask.dtype == torch.bool):
             scale = self.scale if self.scale is not None else self.head_dim**-0.5
-            y = torch.ops.nexttoken.flash_attention(q, k, v, self.causal, scale)
+            y = torch.ops.nexttoken.flash_attention(q, k, v, attention_mask, self.causal, scale)
         else:
             mask = {"attn_mask": attention_mask} if attention_mask is not None else self._causal(T, k.shape[2])
             y = F.scaled_dot_product_attention(q, k, v, scale=self.scale, enable_gqa=True, **mask)

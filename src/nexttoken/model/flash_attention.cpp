@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 
 #include "vector_math.h"
 
@@ -37,7 +38,18 @@ struct Shapes {
   int64_t past;  // keys before the first query: causal query i sees keys up to past + i
   bool causal;
   float scale;
+  const bool* mask;  // null, or whether query t of row b may see key j: mask[b * batch_step + t * query_step + j]
+  int64_t mask_batch_step, mask_query_step;
 };
+
+// bit j: whether the mask lets `query` of row b see key block * 32 + j (0 past the last key)
+uint32_t allowed_keys(const Shapes& s, int64_t b, int64_t query, int64_t block) {
+  const int64_t start = block * kKeys;
+  const int64_t count = std::min<int64_t>(kKeys, s.keys - start);
+  const bool* row = s.mask + b * s.mask_batch_step + query * s.mask_query_step + start;
+  const __m256i bytes = _mm256_maskz_loadu_epi8(count == kKeys ? 0xffffffffu : (1u << count) - 1, row);
+  return _mm256_test_epi8_mask(bytes, bytes);
+}
 
 // (B, H_kv, S, D) keys -> (B, H_kv, S/32, D/2, 32, 2): block, dimension pair, key, the pair's two
 // values; values -> (B, H_kv, S/32, 16, D, 2): block, key pair, dimension, the pair's two keys.
@@ -157,11 +169,17 @@ void attend(const at::Tensor& q, const Shapes& s, const uint16_t* keys, const ui
     for (int i = 0; i < active; ++i) {
       const int64_t seen = s.causal ? std::min(s.keys, s.past + first + i + 1) : s.keys;  // keys row i sees
       const int64_t visible = std::clamp<int64_t>(seen - block * kKeys, 0, kKeys);
-      const uint32_t keep = visible == kKeys ? 0xffffffffu : (1u << visible) - 1;
+      uint32_t keep = visible == kKeys ? 0xffffffffu : (1u << visible) - 1;
+      if (s.mask != nullptr) keep &= allowed_keys(s, b, std::min<int64_t>(first + i, s.queries - 1), block);
       __m512 low = _mm512_mask_mov_ps(minus_infinity, keep & 0xffff, _mm512_loadu_ps(scores + i * kKeys));
       __m512 high = _mm512_mask_mov_ps(minus_infinity, keep >> 16, _mm512_loadu_ps(scores + i * kKeys + 16));
       const float block_max = _mm512_reduce_max_ps(_mm512_max_ps(low, high));
       const float new_max = std::max(running_max[i], block_max);
+      if (new_max == -std::numeric_limits<float>::infinity()) {  // no key seen yet: all padding so far
+        carry[i] = 1.0f;
+        _mm512_storeu_si512(weights + i * kKeys, _mm512_setzero_si512());
+        continue;
+      }
       carry[i] = std::exp(running_max[i] - new_max);
       running_max[i] = new_max;
       low = vector_exp(_mm512_sub_ps(low, _mm512_set1_ps(new_max)));
@@ -201,8 +219,11 @@ void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const Sh
 }
 
 // q: (B, H, T, D), k and v: (B, H_kv, S, D), bfloat16, each row contiguous; S >= T. With `causal`,
-// the queries are the last T of the S positions. Returns (B, H, T, D), a view of a (B, T, H, D) tensor.
-at::Tensor flash_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool causal, double scale) {
+// the queries are the last T of the S positions. `mask`, as SDPA takes a bool one: (B, 1, T or 1, S),
+// true where a query may see a key (with `causal` too, both must allow it). Returns (B, H, T, D), a
+// view of a (B, T, H, D) tensor.
+at::Tensor flash_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                           const std::optional<at::Tensor>& mask, bool causal, double scale) {
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && k.sizes() == v.sizes(),
               "flash_attention: q, k and v must be (B, H, T, D), k and v of one shape");
   TORCH_CHECK(q.scalar_type() == at::kBFloat16 && k.scalar_type() == at::kBFloat16 && v.scalar_type() == at::kBFloat16,
@@ -211,8 +232,17 @@ at::Tensor flash_attention(const at::Tensor& q, const at::Tensor& k, const at::T
   const int64_t head_dim = q.size(3);
   TORCH_CHECK(q.size(0) == k.size(0) && k.size(3) == head_dim && q.size(1) % k.size(1) == 0 && k.size(2) >= q.size(2),
               "flash_attention: q ", q.sizes(), " does not fit keys ", k.sizes());
+  if (mask.has_value()) {
+    const at::Tensor& m = *mask;
+    TORCH_CHECK(m.scalar_type() == at::kBool && m.dim() == 4 && m.size(0) == q.size(0) && m.size(1) == 1 &&
+                (m.size(2) == 1 || m.size(2) == q.size(2)) && m.size(3) == k.size(2) && m.stride(3) == 1,
+                "flash_attention: the mask must be bool (B, 1, T or 1, S), each row contiguous; got ", m.sizes());
+  }
+  const bool* mask_data = mask.has_value() ? mask->const_data_ptr<bool>() : nullptr;
+  const int64_t mask_query_step = mask.has_value() && mask->size(2) > 1 ? mask->stride(2) : 0;
   const Shapes s{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), (k.size(2) + kKeys - 1) / kKeys,
-                 k.size(2) - q.size(2), causal, static_cast<float>(scale)};
+                 k.size(2) - q.size(2), causal, static_cast<float>(scale), mask_data,
+                 mask.has_value() ? mask->stride(0) : 0, mask_query_step};
   at::Tensor out = at::empty({s.batch, s.queries, s.heads, head_dim}, q.options());
   switch (head_dim) {
     case 32: run<32>(q, k, v, s, out); break;
@@ -226,7 +256,7 @@ at::Tensor flash_attention(const at::Tensor& q, const at::Tensor& k, const at::T
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(nexttoken, m) {
-  m.def("flash_attention(Tensor q, Tensor k, Tensor v, bool causal, float scale) -> Tensor");
+  m.def("flash_attention(Tensor q, Tensor k, Tensor v, Tensor? mask, bool causal, float scale) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(nexttoken, CPU, m) {

@@ -97,7 +97,8 @@ def load() -> bool:
         return x.new_empty(x.shape[0], weight.shape[0])
 
     @torch.library.register_fake("nexttoken::flash_attention")
-    def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float) -> torch.Tensor:
+    def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool,
+          scale: float) -> torch.Tensor:
         B, H, T, D = q.shape
         return q.new_empty(B, T, H, D).transpose(1, 2)
 
@@ -125,10 +126,11 @@ def runs_ours(*tensors: torch.Tensor) -> bool:
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)) and load()
 
 
-def takes_attention(q: torch.Tensor) -> bool:
-    """Whether torch.ops.nexttoken.flash_attention takes these (B, H, T, D) queries (and their
-    keys and values): bfloat16, heads of a size it is built for, and our kernels may run."""
-    return q.dtype == torch.bfloat16 and q.shape[-1] in ATTENTION_HEAD_SIZES and runs_ours(q)
+def takes_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether torch.ops.nexttoken.flash_attention takes these (B, H, T, D) queries, keys and
+    values: bfloat16, heads of a size it is built for, and our kernels may run."""
+    bfloat16 = q.dtype == k.dtype == v.dtype == torch.bfloat16
+    return bfloat16 and q.shape[-1] in ATTENTION_HEAD_SIZES and runs_ours(q, k, v)
 
 
 def pack(q: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor) -> torch.Tensor:

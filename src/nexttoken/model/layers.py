@@ -92,7 +92,8 @@ def rotary_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate each (i, i + D/2) pair of x (B, H, T, D) by its position's angle; cos, sin: (B, 1, T, D)."""
-    if kernels.runs_ours(x, cos, sin):
+    fits = x.dim() == 4 and cos.shape == (x.shape[0], 1, *x.shape[2:]) and cos.dtype == sin.dtype == x.dtype
+    if fits and kernels.runs_ours(x, cos, sin):  # other shapes broadcast, and autocast mixes dtypes, below
         return torch.ops.nexttoken.rotary(x, cos, sin)
     half = x.shape[-1] // 2
     rotated_half = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
