@@ -13,7 +13,7 @@ from nexttoken.decoding.config import GenerationConfig
 from nexttoken.errors import NextTokenError
 from nexttoken.model import kernels
 from nexttoken.model.precision import set_precision
-from nexttoken.model.quantize import (INT4_GROUP, Float16Head, Int4Linear,
+from nexttoken.model.quantize import (INT4_GROUP, Int4Linear, Linear16,
                                       Int8Linear, quantize_groups, quantize_rows)
 from nexttoken.pretrained import LanguageModel
 from test_smollm2_parity import long_text
@@ -153,7 +153,7 @@ def test_our_int4_kernel_is_the_dequantized_product(dtype):
 def test_our_float16_head_kernel_is_the_exact_product(dtype):
     assert kernels.load(), "our kernels did not build"
     g = torch.Generator().manual_seed(0)
-    head = Float16Head(nn.Parameter(torch.randn(100, 72, generator=g).half(), requires_grad=False))
+    head = Linear16(nn.Parameter(torch.randn(100, 72, generator=g).half(), requires_grad=False))
     assert head.own_kernel
     for rows in (*range(1, 10), 17, head.max_rows):  # tiles of 1 to 8 rows share one widening of the weights
         x = torch.randn(2, rows, 72, generator=g).to(dtype)[1]  # a row that does not start its storage
@@ -164,17 +164,46 @@ def test_our_float16_head_kernel_is_the_exact_product(dtype):
         tolerance = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else {}
         torch.testing.assert_close(y[0], expected, **tolerance)
     with pytest.raises(RuntimeError, match="x has 64 inputs, the weight 72"):
-        torch.ops.nexttoken.half_matmul(torch.zeros(1, 64), head.weight)
+        torch.ops.nexttoken.matmul16(torch.zeros(1, 64), head.weight)
+
+
+@pytest.mark.skipif(not torch.cpu._is_avx512_bf16_supported(), reason="our kernels need AVX512-BF16")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_our_bfloat16_weight_kernel_takes_one_row(dtype):
+    g = torch.Generator().manual_seed(0)
+    weight = nn.Parameter(torch.randn(100, 72, generator=g).bfloat16(), requires_grad=False)
+    bias = nn.Parameter(torch.randn(100, generator=g).bfloat16(), requires_grad=False)
+    layer = Linear16(weight, bias)
+    assert layer.own_kernel and layer.max_rows == 1
+    for rows in (1, 2):  # one row through our kernel, more through PyTorch's bfloat16 product
+        x = torch.randn(rows, 72, generator=g).to(dtype)
+        y = layer(x)
+        assert y.dtype == dtype and y.shape == (rows, 100)
+        expected = (x.double() @ weight.double().T + bias.double()).to(dtype)
+        if dtype == torch.float32:  # float32 sums; PyTorch's product rounds x to bfloat16
+            torch.testing.assert_close(y, expected, **(dict(rtol=1e-5, atol=1e-5) if rows == 1 else {}))
+        else:  # the product and the bias rounded to bfloat16 in turn: within two roundings
+            torch.testing.assert_close(y, expected, rtol=1e-2, atol=0.05)
+
+
+def test_a_bfloat16_model_runs_its_products_through_linear16(variants):
+    model = variants["bf16"].model
+    assert isinstance(model.blocks[0].attn.wqkv, Linear16) and isinstance(model.blocks[0].mlp.w_down, Linear16)
+    assert isinstance(model.lm_head, Linear16) and model.lm_head.weight is model.embed.weight  # tied: one table
+    assert model.embed.weight.dtype == torch.bfloat16
 
 
 def test_without_a_compiler_int4_and_the_head_use_pytorchs_kernels(monkeypatch):
     monkeypatch.setattr(kernels, "load", lambda: False)
     layer = Int4Linear(torch.randn(32, 64))
     assert not layer.own_kernel and layer.decoding_buffers() == ("aten_weight", "scale_and_zero")
-    head = Float16Head(nn.Parameter(torch.randn(48, 64).half(), requires_grad=False))
+    head = Linear16(nn.Parameter(torch.randn(48, 64).half(), requires_grad=False))
     x = torch.randn(3, 64)
     assert not head.own_kernel
     torch.testing.assert_close(head(x), x.half().float() @ head.weight.float().T, rtol=1e-3, atol=1e-3)
+    layer = Linear16(nn.Parameter(torch.randn(48, 64).bfloat16(), requires_grad=False))
+    assert not layer.own_kernel and layer.max_rows == 0  # PyTorch's bfloat16 product, whatever the rows
+    torch.testing.assert_close(layer(x[:1].bfloat16()), x[:1].bfloat16() @ layer.weight.T)
 
 
 def test_a_failing_build_warns_and_falls_back(monkeypatch, tmp_path):
@@ -199,7 +228,7 @@ def test_int4_holds_the_q4_1_weights_exactly(smollm2, variants):
 
 def test_int4_keeps_one_float16_table_for_the_embeddings_and_the_head(smollm2, variants):
     model = variants["int4"].model
-    assert isinstance(model.lm_head, Float16Head) and model.lm_head.weight is model.embed.weight
+    assert isinstance(model.lm_head, Linear16) and model.lm_head.weight is model.embed.weight
     assert model.embed.weight.dtype == torch.float16 and model.dtype == torch.float32
     ids = torch.tensor([[1, 500, 49151]])
     embedded = model.embed_tokens(ids, torch.arange(3).unsqueeze(0))

@@ -1,7 +1,7 @@
 """Our CPU kernels, compiled for this machine on first use.
 
 For decoding: the int4 matrix product (int4_matmul.cpp, with its weight layout below) and the
-float16 output head's (half_matmul.cpp). PyTorch's own int4 CPU kernel is compute-bound on a decode
+float16 output head's (matmul16.cpp). PyTorch's own int4 CPU kernel is compute-bound on a decode
 step's few rows (11–16 GB/s of weights on 2 cores, against 24–50 GB/s that the memory delivers);
 ours multiplies 4-bit weights by bfloat16 inputs with AVX512-BF16 dot products and gets through a
 SmolLM2 decode step's products 1.7 times as fast (benchmarks/bench_int4_kernel.py), and a 512-token
@@ -32,7 +32,7 @@ import torch
 from torch.utils import cpp_extension
 
 SOURCES = [Path(__file__).with_name(name)
-           for name in ("int4_matmul.cpp", "half_matmul.cpp", "flash_attention.cpp", "elementwise.cpp")]
+           for name in ("int4_matmul.cpp", "matmul16.cpp", "flash_attention.cpp", "elementwise.cpp")]
 HEADERS = [Path(__file__).with_name("vector_math.h")]
 GROUP = 32  # inputs per scale and minimum
 BLOCK_ROWS = 16  # output rows the kernel keeps in one register
@@ -74,7 +74,7 @@ def build(compiler: str) -> Path:
 
 @functools.cache
 def load() -> bool:
-    """Whether torch.ops.nexttoken.int4_matmul and half_matmul are there to call (building them
+    """Whether our operators, torch.ops.nexttoken.*, are there to call (building them
     if need be)."""
     compiler = shutil.which(os.environ.get("CXX", "g++"))
     if compiler is None or not torch.cpu._is_avx512_bf16_supported():
@@ -92,7 +92,7 @@ def load() -> bool:
     def _(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
         return x.new_empty(x.shape[0], packed.shape[0] * BLOCK_ROWS)
 
-    @torch.library.register_fake("nexttoken::half_matmul")
+    @torch.library.register_fake("nexttoken::matmul16")
     def _(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return x.new_empty(x.shape[0], weight.shape[0])
 

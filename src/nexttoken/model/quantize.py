@@ -132,41 +132,67 @@ def quantize_int4(model: nn.Module, kernel_dtype: torch.dtype = torch.bfloat16) 
     return model
 
 
-# measured on SmolLM2's head: up to here float16 products beat float32 ones on the weight cast to
-# float32; ours widens each weight row once for every 8 rows of x (16 rows: 12 ms, against 59 for the
-# cast; 128 rows: 78 against 98)
-HALF_HEAD_MAX_ROWS = 8
-OWN_HALF_HEAD_MAX_ROWS = 128
+# measured on SmolLM2: up to this many rows, a product with 16-bit weights is faster in our kernel
+# (or, without it, in PyTorch's float16 product) than as PyTorch's product with the weight cast to
+# x's dtype. float16 (the int4 model's head): ours widens each weight row once for every 8 rows of x
+# (16 rows: 12 ms, against 59 for the float32 cast; 128 rows: 78 against 98). bfloat16 (a bfloat16
+# model's layers and head): ours reads one row's weights 2–3 times as fast as PyTorch's bfloat16
+# product (the head: 1.65 against 3.5 ms; a 576 × 3,072 layer: 44 against 99 µs), but from two rows
+# on PyTorch's is as fast or faster.
+KERNEL_MAX_ROWS = {(torch.float16, True): 128, (torch.float16, False): 8,
+                   (torch.bfloat16, True): 1, (torch.bfloat16, False): 0}
 
 
-class Float16Head(nn.Module):
-    """y = x @ w^T with w in float16 and x in any dtype. On this CPU a float16 matrix–vector
-    product is the fastest of the three formats (SmolLM2's 49,152 × 576 head: 1.9 ms, against 3.3
-    in bfloat16 and 9.9 in float32), and ours (kernels.py) is faster again, 1.25 ms, with x kept in
-    float32; many rows (scoring a whole text) multiply the weight cast to x's dtype instead."""
+class Linear16(nn.Module):
+    """y = x @ w^T (+ b) with w kept in float16 or bfloat16 and x in any dtype: the int4 model's
+    float16 head, and a bfloat16 model's layers and head. A decode step's few rows go through our
+    kernel (kernels.py), which widens the weights to float32 and keeps x as it is; on this CPU it
+    reads weights at 34–80 GB/s where PyTorch's float16 product reads SmolLM2's head at 33 GB/s
+    and its bfloat16 one at 16. More rows (a prompt, scoring a text) multiply the weight cast to
+    x's dtype."""
 
-    def __init__(self, weight: nn.Parameter) -> None:
+    def __init__(self, weight: nn.Parameter, bias: nn.Parameter | None = None) -> None:
         super().__init__()
-        self.weight = weight  # (vocab, d_model) float16; may be shared with the embedding table
-        self.own_kernel = kernels.load()  # False: PyTorch's float16 product
-        self.max_rows = OWN_HALF_HEAD_MAX_ROWS if self.own_kernel else HALF_HEAD_MAX_ROWS
+        self.weight = weight  # (out, in); may be shared with the embedding table
+        self.bias = bias
+        self.own_kernel = kernels.load()  # False: PyTorch's float16 product, or none for bfloat16
+        self.max_rows = KERNEL_MAX_ROWS[weight.dtype, self.own_kernel]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
-        if flat.shape[0] > self.max_rows:
+        if flat.shape[0] > self.max_rows or x.requires_grad:
             y = nn.functional.linear(flat, self.weight.to(x.dtype))
         elif self.own_kernel:
-            y = torch.ops.nexttoken.half_matmul(flat, self.weight)
+            y = torch.ops.nexttoken.matmul16(flat, self.weight)
         else:
-            y = nn.functional.linear(flat.half(), self.weight).to(x.dtype)
+            y = nn.functional.linear(flat.to(self.weight.dtype), self.weight).to(x.dtype)
+        y = y if self.bias is None else y + self.bias.to(x.dtype)
         return y.view(*x.shape[:-1], y.shape[-1])
 
 
+def frozen(weight: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(weight.detach(), requires_grad=False)
+
+
 def halve_head(model: nn.Module) -> None:
-    """Give `model` (a Transformer) a Float16Head. A tied table is kept once, in float16, for both
+    """Give `model` (a Transformer) a float16 head. A tied table is kept once, in float16, for both
     the embedding lookup (which casts the rows it reads) and the head."""
     if model.lm_head is None:
-        model.embed.weight = nn.Parameter(model.embed.weight.detach().half(), requires_grad=False)
-        model.lm_head = Float16Head(model.embed.weight)
+        model.embed.weight = frozen(model.embed.weight.half())
+        model.lm_head = Linear16(model.embed.weight)
     else:
-        model.lm_head = Float16Head(nn.Parameter(model.lm_head.weight.detach().half(), requires_grad=False))
+        model.lm_head = Linear16(frozen(model.lm_head.weight.half()))
+
+
+def widen_bfloat16_products(model: nn.Module) -> None:
+    """Swap every nn.Linear of a bfloat16 `model` (a Transformer) for a Linear16, in place, and give
+    a tied head one that shares the embedding table."""
+    for name, child in model.named_children():
+        if isinstance(child, nn.Linear):
+            bias = None if child.bias is None else frozen(child.bias)
+            setattr(model, name, Linear16(frozen(child.weight), bias))
+        else:
+            widen_bfloat16_products(child)
+    if getattr(model, "lm_head", False) is None and hasattr(model, "embed"):
+        model.embed.weight = frozen(model.embed.weight)
+        model.lm_head = Linear16(model.embed.weight)

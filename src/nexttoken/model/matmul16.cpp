@@ -1,0 +1,101 @@
+// y = x @ w^T for a few rows of x (a decode step), with w kept in 16 bits, float16 or bfloat16: each
+// weight row is widened to float32 sixteen values at a time (vcvtph2ps, or a shift for bfloat16) and
+// multiplied by up to 8 rows of x in float32, so x is never rounded. Each thread reads one contiguous
+// run of rows.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "vector_math.h"
+
+namespace {
+
+constexpr int64_t kRowsPerTask = 64;
+constexpr int kMaxTile = 8;  // rows of x that share one widening of each weight row
+
+struct Float16 {
+  static __m512 widen(const uint16_t* w, int count = 16) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << count) - 1), w));
+  }
+};
+struct BFloat16 {
+  static __m512 widen(const uint16_t* w, int count = 16) { return load16(w, count); }
+};
+
+// out[m * out_stride] = w . x[m] for the Tile rows of x (k apart): each 32 weights are widened once
+// and multiplied into every row, each row keeping two chains of fused adds.
+template <typename Weight, int Tile>
+void tile_dot(const uint16_t* w, const float* x, int64_t k, float* out, int64_t out_stride) {
+  __m512 even[Tile], odd[Tile];
+  for (int m = 0; m < Tile; ++m) even[m] = odd[m] = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= k; i += 32) {
+    const __m512 w_even = Weight::widen(w + i), w_odd = Weight::widen(w + i + 16);
+    for (int m = 0; m < Tile; ++m) {
+      even[m] = _mm512_fmadd_ps(w_even, _mm512_loadu_ps(x + m * k + i), even[m]);
+      odd[m] = _mm512_fmadd_ps(w_odd, _mm512_loadu_ps(x + m * k + i + 16), odd[m]);
+    }
+  }
+  for (; i < k; i += 16) {  // the last 1 to 31 inputs
+    const int count = static_cast<int>(std::min<int64_t>(16, k - i));
+    const __m512 w_part = Weight::widen(w + i, count);
+    for (int m = 0; m < Tile; ++m) even[m] = _mm512_fmadd_ps(w_part, load16(x + m * k + i, count), even[m]);
+  }
+  for (int m = 0; m < Tile; ++m) out[m * out_stride] = _mm512_reduce_add_ps(_mm512_add_ps(even[m], odd[m]));
+}
+
+template <typename Weight>
+void rows_dot(int tile, const uint16_t* w, const float* x, int64_t k, float* out, int64_t out_stride) {
+  switch (tile) {
+    case 1: return tile_dot<Weight, 1>(w, x, k, out, out_stride);
+    case 2: return tile_dot<Weight, 2>(w, x, k, out, out_stride);
+    case 3: return tile_dot<Weight, 3>(w, x, k, out, out_stride);
+    case 4: return tile_dot<Weight, 4>(w, x, k, out, out_stride);
+    case 5: return tile_dot<Weight, 5>(w, x, k, out, out_stride);
+    case 6: return tile_dot<Weight, 6>(w, x, k, out, out_stride);
+    case 7: return tile_dot<Weight, 7>(w, x, k, out, out_stride);
+    default: return tile_dot<Weight, 8>(w, x, k, out, out_stride);
+  }
+}
+
+// x: (M, K) float32 or bfloat16; w: (N, K) float16 or bfloat16. Returns (M, N) in x's dtype.
+at::Tensor matmul16(const at::Tensor& x, const at::Tensor& w) {
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && w.is_contiguous() &&
+              (w.scalar_type() == at::kHalf || w.scalar_type() == at::kBFloat16),
+              "matmul16: x must be a matrix and w a contiguous float16 or bfloat16 matrix");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
+              "matmul16: x must be float32 or bfloat16");
+  TORCH_CHECK(x.size(1) == w.size(1), "matmul16: x has ", x.size(1), " inputs, the weight ", w.size(1));
+  const at::Tensor x32 = x.to(at::kFloat).contiguous();
+  const int64_t rows = x32.size(0), k = x32.size(1), n = w.size(0);
+  at::Tensor result = at::empty({rows, n}, x32.options());
+  const float* xs = x32.const_data_ptr<float>();
+  const auto* weights = static_cast<const uint16_t*>(w.const_data_ptr());
+  const auto dot = w.scalar_type() == at::kHalf ? rows_dot<Float16> : rows_dot<BFloat16>;
+  float* y = result.data_ptr<float>();
+  at::parallel_for(0, n, kRowsPerTask, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      for (int64_t m = 0; m < rows; m += kMaxTile) {
+        const int tile = static_cast<int>(std::min<int64_t>(kMaxTile, rows - m));
+        dot(tile, weights + r * k, xs + m * k, k, y + m * n + r, n);
+      }
+    }
+  });
+  return x.scalar_type() == at::kFloat ? result : result.to(at::kBFloat16);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(nexttoken, m) {
+  m.def("matmul16(Tensor x, Tensor w) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(nexttoken, CPU, m) {
+  m.impl("matmul16", &matmul16);
+}
