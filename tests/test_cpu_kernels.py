@@ -98,7 +98,8 @@ def test_silu_mul_is_silu_of_the_gate_times_up(dtype, shape):
     ours = torch.ops.nexttoken.silu_mul(gate_up)
     assert ours.dtype == dtype and ours.shape == (*shape[:-1], shape[-1] // 2)
     silu = F.silu(gate).to(dtype).double()  # rounded before the product, as PyTorch's two operations do
-    torch.testing.assert_close(ours, (silu * up).to(dtype), **(dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else {}))
+    tolerance = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else {}
+    torch.testing.assert_close(ours, (silu * up).to(dtype), **tolerance)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

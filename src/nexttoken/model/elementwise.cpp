@@ -103,8 +103,10 @@ void rotate_rows(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& s
       for (int64_t i = 0; i < half; i += 16) {
         const int count = static_cast<int>(std::min<int64_t>(16, half - i));
         const __m512 first = load16(in + i, count), second = load16(in + half + i, count);
-        const __m512 cos_first = load16(coss + angle_row + i, count), cos_second = load16(coss + angle_row + half + i, count);
-        const __m512 sin_first = load16(sins + angle_row + i, count), sin_second = load16(sins + angle_row + half + i, count);
+        const auto* cos_row = coss + angle_row;
+        const auto* sin_row = sins + angle_row;
+        const __m512 cos_first = load16(cos_row + i, count), cos_second = load16(cos_row + half + i, count);
+        const __m512 sin_first = load16(sin_row + i, count), sin_second = load16(sin_row + half + i, count);
         const __m512 new_first = _mm512_sub_ps(rounded(_mm512_mul_ps(first, cos_first)),
                                                rounded(_mm512_mul_ps(second, sin_first)));
         const __m512 new_second = _mm512_add_ps(rounded(_mm512_mul_ps(second, cos_second)),
@@ -122,8 +124,10 @@ bool is_float_or_bfloat16(const at::Tensor& t) {
 
 // x: (..., N); weight: (N). Returns x / sqrt(mean(x^2) + eps) * weight, in x's dtype.
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  TORCH_CHECK(is_float_or_bfloat16(x) && is_float_or_bfloat16(weight), "rms_norm: x and weight must be float32 or bfloat16");
-  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == x.size(-1), "rms_norm: weight of ", weight.sizes(), " for x of ", x.sizes());
+  TORCH_CHECK(is_float_or_bfloat16(x) && is_float_or_bfloat16(weight),
+              "rms_norm: x and weight must be float32 or bfloat16");
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == x.size(-1),
+              "rms_norm: weight of ", weight.sizes(), " for x of ", x.sizes());
   const at::Tensor input = x.contiguous(), w = weight.contiguous();
   at::Tensor out = at::empty_like(input);
   const bool x32 = x.scalar_type() == at::kFloat, w32 = weight.scalar_type() == at::kFloat;
@@ -150,11 +154,12 @@ at::Tensor silu_mul(const at::Tensor& gate_up) {
 // x: (B, H, T, D), each row contiguous; cos, sin: (B, 1, T, D) in x's dtype. Returns the rotated x,
 // (B, H, T, D) contiguous.
 at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  TORCH_CHECK(is_float_or_bfloat16(x) && cos.scalar_type() == x.scalar_type() && sin.scalar_type() == x.scalar_type(),
-              "rotary: x must be float32 or bfloat16, and cos and sin of its dtype");
+  TORCH_CHECK(is_float_or_bfloat16(x) && cos.scalar_type() == x.scalar_type() &&
+              sin.scalar_type() == x.scalar_type(), "rotary: x must be float32 or bfloat16, and cos and sin of its dtype");
   TORCH_CHECK(x.dim() == 4 && x.stride(3) == 1 && x.size(3) % 2 == 0, "rotary: x must be (B, H, T, D), rows contiguous");
   TORCH_CHECK(cos.sizes() == sin.sizes() && cos.dim() == 4 && cos.size(0) == x.size(0) && cos.size(1) == 1 &&
-              cos.size(2) == x.size(2) && cos.size(3) == x.size(3), "rotary: cos and sin of ", cos.sizes(), " for x of ", x.sizes());
+              cos.size(2) == x.size(2) && cos.size(3) == x.size(3),
+              "rotary: cos and sin of ", cos.sizes(), " for x of ", x.sizes());
   const at::Tensor c = cos.contiguous(), s = sin.contiguous();
   at::Tensor out = at::empty(x.sizes(), x.options());
   if (x.scalar_type() == at::kFloat) rotate_rows<float>(x, c, s, out);

@@ -76,7 +76,8 @@ void pack_keys_values(const at::Tensor& k, const at::Tensor& v, const Shapes& s,
       const int64_t present = std::min<int64_t>(kKeys, s.keys - block * kKeys);  // the rest stay zero
       for (int j = 0; j < present; ++j) {
         const int64_t key = block * kKeys + j;
-        const auto* k_row = reinterpret_cast<const uint32_t*>(k_data + b * k.stride(0) + head * k.stride(1) + key * k.stride(2));
+        const uint16_t* k_values = k_data + b * k.stride(0) + head * k.stride(1) + key * k.stride(2);
+        const auto* k_row = reinterpret_cast<const uint32_t*>(k_values);
         for (int pair = 0; pair < D / 2; ++pair) key_pairs[pair * kKeys + j] = k_row[pair];
       }
       for (int j = 0; j < present; j += 2) {

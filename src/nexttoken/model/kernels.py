@@ -1,7 +1,8 @@
 """Our CPU kernels, compiled for this machine on first use.
 
-For decoding: the int4 matrix product (int4_matmul.cpp, with its weight layout below) and the
-float16 output head's (matmul16.cpp). PyTorch's own int4 CPU kernel is compute-bound on a decode
+For decoding: the int4 matrix product (int4_matmul.cpp, with its weight layout below), and the
+product with 16-bit weights (matmul16.cpp: the int4 model's float16 head, a bfloat16 model's
+layers). PyTorch's own int4 CPU kernel is compute-bound on a decode
 step's few rows (11–16 GB/s of weights on 2 cores, against 24–50 GB/s that the memory delivers);
 ours multiplies 4-bit weights by bfloat16 inputs with AVX512-BF16 dot products and gets through a
 SmolLM2 decode step's products 1.7 times as fast (benchmarks/bench_int4_kernel.py), and a 512-token
@@ -118,9 +119,9 @@ def load() -> bool:
 
 
 def runs_ours(*tensors: torch.Tensor) -> bool:
-    """Whether our float32/bfloat16 kernels (flash_attention, rms_norm, silu_mul, rotary) may compute on
-    these tensors now: they are of those dtypes, with no gradient to record, not being traced by
-    torch.compile (which fuses such steps itself), and the kernels are built."""
+    """Whether our float32/bfloat16 kernels (flash_attention, rms_norm, silu_mul, rotary) may
+    compute on these tensors now: they are of those dtypes, with no gradient to record, not being
+    traced by torch.compile (which fuses such steps itself), and the kernels are built."""
     if torch.compiler.is_compiling() or any(t.dtype not in (torch.float32, torch.bfloat16) for t in tensors):
         return False
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)) and load()

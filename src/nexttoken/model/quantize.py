@@ -187,12 +187,11 @@ def halve_head(model: nn.Module) -> None:
 def widen_bfloat16_products(model: nn.Module) -> None:
     """Swap every nn.Linear of a bfloat16 `model` (a Transformer) for a Linear16, in place, and give
     a tied head one that shares the embedding table."""
-    for name, child in model.named_children():
-        if isinstance(child, nn.Linear):
-            bias = None if child.bias is None else frozen(child.bias)
-            setattr(model, name, Linear16(frozen(child.weight), bias))
-        else:
-            widen_bfloat16_products(child)
-    if getattr(model, "lm_head", False) is None and hasattr(model, "embed"):
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, nn.Linear):
+                bias = None if child.bias is None else frozen(child.bias)
+                setattr(module, name, Linear16(frozen(child.weight), bias))
+    if model.lm_head is None:
         model.embed.weight = frozen(model.embed.weight)
         model.lm_head = Linear16(model.embed.weight)
