@@ -169,13 +169,13 @@ def test_our_float16_head_kernel_is_the_exact_product(dtype):
 
 @pytest.mark.skipif(not torch.cpu._is_avx512_bf16_supported(), reason="our kernels need AVX512-BF16")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_our_bfloat16_weight_kernel_takes_one_row(dtype):
+def test_our_bfloat16_weight_kernel_takes_a_few_rows(dtype):
     g = torch.Generator().manual_seed(0)
     weight = nn.Parameter(torch.randn(100, 72, generator=g).bfloat16(), requires_grad=False)
     bias = nn.Parameter(torch.randn(100, generator=g).bfloat16(), requires_grad=False)
     layer = Linear16(weight, bias)
-    assert layer.own_kernel and layer.max_rows == 1
-    for rows in (1, 2):  # one row through our kernel, more through PyTorch's bfloat16 product
+    assert layer.own_kernel and layer.max_rows == 4
+    for rows in (1, 3, 4, 5):  # up to 4 rows through our kernel, more through PyTorch's bfloat16 product
         x = torch.randn(rows, 72, generator=g).to(dtype)
         y = layer(x)
         assert y.dtype == dtype and y.shape == (rows, 100)

@@ -29,14 +29,18 @@ struct BFloat16 {
 };
 
 // out[m * out_stride] = w . x[m] for the Tile rows of x (k apart): each 32 weights are widened once
-// and multiplied into every row, each row keeping two chains of fused adds.
+// and multiplied into every row, each row keeping two chains of fused adds. The loops over rows
+// are unrolled on request (#pragma): left to itself, GCC kept the sums in memory and stored them at
+// every step, which made 8 rows 4.3 times as slow (225 against 52 µs for a 960 × 576 weight).
 template <typename Weight, int Tile>
 void tile_dot(const uint16_t* w, const float* x, int64_t k, float* out, int64_t out_stride) {
   __m512 even[Tile], odd[Tile];
+#pragma GCC unroll 8
   for (int m = 0; m < Tile; ++m) even[m] = odd[m] = _mm512_setzero_ps();
   int64_t i = 0;
   for (; i + 32 <= k; i += 32) {
     const __m512 w_even = Weight::widen(w + i), w_odd = Weight::widen(w + i + 16);
+#pragma GCC unroll 8
     for (int m = 0; m < Tile; ++m) {
       even[m] = _mm512_fmadd_ps(w_even, _mm512_loadu_ps(x + m * k + i), even[m]);
       odd[m] = _mm512_fmadd_ps(w_odd, _mm512_loadu_ps(x + m * k + i + 16), odd[m]);
@@ -45,8 +49,10 @@ void tile_dot(const uint16_t* w, const float* x, int64_t k, float* out, int64_t 
   for (; i < k; i += 16) {  // the last 1 to 31 inputs
     const int count = static_cast<int>(std::min<int64_t>(16, k - i));
     const __m512 w_part = Weight::widen(w + i, count);
+#pragma GCC unroll 8
     for (int m = 0; m < Tile; ++m) even[m] = _mm512_fmadd_ps(w_part, load16(x + m * k + i, count), even[m]);
   }
+#pragma GCC unroll 8
   for (int m = 0; m < Tile; ++m) out[m * out_stride] = _mm512_reduce_add_ps(_mm512_add_ps(even[m], odd[m]));
 }
 

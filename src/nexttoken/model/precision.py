@@ -1,8 +1,8 @@
 """The precision a model computes in, and the format its weights are kept in.
 
 Weights load as float32 (the reference). `bfloat16` halves the bytes each token reads and runs
-matrix products on the CPU's bf16 units (a decode step's single row in our kernel, which reads
-bfloat16 weights 2–3 times as fast as PyTorch's product); `int8` keeps linear weights as 8-bit
+matrix products on the CPU's bf16 units (a decode step's few rows in our kernel, which reads
+bfloat16 weights up to 2–3 times as fast as PyTorch's product); `int8` keeps linear weights as 8-bit
 integers with one scale per output channel (a quarter of the bytes) and computes in bfloat16;
 `int4` keeps them as 4-bit integers with a scale and an offset per group of 32 inputs (exact for weights that were
 Q4_1 in the GGUF file); their products take bfloat16 inputs, everything else computes in

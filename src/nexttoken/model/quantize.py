@@ -135,12 +135,12 @@ def quantize_int4(model: nn.Module, kernel_dtype: torch.dtype = torch.bfloat16) 
 # measured on SmolLM2: up to this many rows, a product with 16-bit weights is faster in our kernel
 # (or, without it, in PyTorch's float16 product) than as PyTorch's product with the weight cast to
 # x's dtype. float16 (the int4 model's head): ours widens each weight row once for every 8 rows of x
-# (16 rows: 12 ms, against 59 for the float32 cast; 128 rows: 78 against 98). bfloat16 (a bfloat16
-# model's layers and head): ours reads one row's weights 2–3 times as fast as PyTorch's bfloat16
-# product (the head: 1.65 against 3.5 ms; a 576 × 3,072 layer: 44 against 99 µs), but from two rows
-# on PyTorch's is as fast or faster.
+# (16 rows: 11 ms, against 57 for the float32 cast; 128 rows: 70 against 102; 256: 202 against 163).
+# bfloat16 (a bfloat16 model's layers and head): one row 2–3 times as fast as PyTorch's bfloat16
+# product (the head: 1.5 against 3.5 ms; a 576 × 3,072 layer: 44 against 101 µs), 4 rows 1.2–1.4
+# times; at 8 rows PyTorch's is as fast or faster.
 KERNEL_MAX_ROWS = {(torch.float16, True): 128, (torch.float16, False): 8,
-                   (torch.bfloat16, True): 1, (torch.bfloat16, False): 0}
+                   (torch.bfloat16, True): 4, (torch.bfloat16, False): 0}
 
 
 class Linear16(nn.Module):
