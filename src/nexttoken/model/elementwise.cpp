@@ -37,6 +37,12 @@ template <typename T> auto* values_of(at::Tensor& t) {
   else return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>());
 }
 
+// values as a tensor of X holds them: rounded to bfloat16 where X is (uint16_t)
+template <typename X> __m512 rounded_as(__m512 values) {
+  if constexpr (std::is_same_v<X, float>) return values;
+  else return round_to_bfloat16(values);
+}
+
 template <typename X, typename W>
 void rms_norm_rows(const at::Tensor& x, const at::Tensor& weight, double eps, at::Tensor& out) {
   const int64_t n = x.size(-1), rows = x.numel() / n;
@@ -74,8 +80,7 @@ void silu_mul_rows(const at::Tensor& gate_up, at::Tensor& out) {
         const __m512 gate = load16(in + row * 2 * n + i, count);
         const __m512 up = load16(in + row * 2 * n + n + i, count);
         const __m512 exp_minus = vector_exp(_mm512_sub_ps(_mm512_setzero_ps(), gate));
-        __m512 silu = _mm512_div_ps(gate, _mm512_add_ps(_mm512_set1_ps(1.0f), exp_minus));
-        if constexpr (!std::is_same_v<X, float>) silu = round_to_bfloat16(silu);
+        const __m512 silu = rounded_as<X>(_mm512_div_ps(gate, _mm512_add_ps(_mm512_set1_ps(1.0f), exp_minus)));
         store16(ys + row * n + i, _mm512_mul_ps(silu, up), count);
       }
     }
@@ -91,26 +96,21 @@ void rotate_rows(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& s
   const auto* coss = values_of<X>(cos);
   const auto* sins = values_of<X>(sin);
   auto* ys = values_of<X>(out);
-  const auto rounded = [](__m512 v) {
-    if constexpr (std::is_same_v<X, float>) return v;
-    else return round_to_bfloat16(v);
-  };
   at::parallel_for(0, x.size(0) * heads * positions, rows_per_task(d), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / (heads * positions), h = row / positions % heads, t = row % positions;
       const auto* in = xs + b * x.stride(0) + h * x.stride(1) + t * x.stride(2);
-      const int64_t angle_row = (b * positions + t) * d;
+      const auto* cos_row = coss + (b * positions + t) * d;
+      const auto* sin_row = sins + (b * positions + t) * d;
       for (int64_t i = 0; i < half; i += 16) {
         const int count = static_cast<int>(std::min<int64_t>(16, half - i));
         const __m512 first = load16(in + i, count), second = load16(in + half + i, count);
-        const auto* cos_row = coss + angle_row;
-        const auto* sin_row = sins + angle_row;
         const __m512 cos_first = load16(cos_row + i, count), cos_second = load16(cos_row + half + i, count);
         const __m512 sin_first = load16(sin_row + i, count), sin_second = load16(sin_row + half + i, count);
-        const __m512 new_first = _mm512_sub_ps(rounded(_mm512_mul_ps(first, cos_first)),
-                                               rounded(_mm512_mul_ps(second, sin_first)));
-        const __m512 new_second = _mm512_add_ps(rounded(_mm512_mul_ps(second, cos_second)),
-                                                rounded(_mm512_mul_ps(first, sin_second)));
+        const __m512 new_first = _mm512_sub_ps(rounded_as<X>(_mm512_mul_ps(first, cos_first)),
+                                               rounded_as<X>(_mm512_mul_ps(second, sin_first)));
+        const __m512 new_second = _mm512_add_ps(rounded_as<X>(_mm512_mul_ps(second, cos_second)),
+                                                rounded_as<X>(_mm512_mul_ps(first, sin_second)));
         store16(ys + row * d + i, new_first, count);
         store16(ys + row * d + half + i, new_second, count);
       }
@@ -154,9 +154,10 @@ at::Tensor silu_mul(const at::Tensor& gate_up) {
 // x: (B, H, T, D), each row contiguous; cos, sin: (B, 1, T, D) in x's dtype. Returns the rotated x,
 // (B, H, T, D) contiguous.
 at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  TORCH_CHECK(is_float_or_bfloat16(x) && cos.scalar_type() == x.scalar_type() &&
-              sin.scalar_type() == x.scalar_type(), "rotary: x must be float32 or bfloat16, and cos and sin of its dtype");
-  TORCH_CHECK(x.dim() == 4 && x.stride(3) == 1 && x.size(3) % 2 == 0, "rotary: x must be (B, H, T, D), rows contiguous");
+  TORCH_CHECK(is_float_or_bfloat16(x) && cos.scalar_type() == x.scalar_type() && sin.scalar_type() == x.scalar_type(),
+              "rotary: x must be float32 or bfloat16, and cos and sin of its dtype");
+  TORCH_CHECK(x.dim() == 4 && x.stride(3) == 1 && x.size(3) % 2 == 0,
+              "rotary: x must be (B, H, T, D), rows contiguous");
   TORCH_CHECK(cos.sizes() == sin.sizes() && cos.dim() == 4 && cos.size(0) == x.size(0) && cos.size(1) == 1 &&
               cos.size(2) == x.size(2) && cos.size(3) == x.size(3),
               "rotary: cos and sin of ", cos.sizes(), " for x of ", x.sizes());

@@ -16,6 +16,8 @@ bfloat16.
 The output head keeps float16 weights: half the bytes of float32, and unlike bfloat16 (8 bits of
 mantissa) float16's 11 bits hold a Q8_0 weight, a scale times an 8-bit integer, almost exactly."""
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -44,14 +46,22 @@ class Int8Linear(nn.Module):
         return y.view(*x.shape[:-1], y.shape[-1])
 
 
-def quantize_int8(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
-    """Swap every nn.Linear of `model` for an Int8Linear, in place; returns the model."""
-    for name, child in model.named_children():
-        if isinstance(child, nn.Linear) and child.bias is None:
-            setattr(model, name, Int8Linear(child.weight.detach(), dtype))
-        else:
-            quantize_int8(child, dtype)
+def swap_linears(model: nn.Module, replacement: Callable[[nn.Linear], nn.Module | None]) -> nn.Module:
+    """Put `replacement(layer)` in place of every nn.Linear of `model` it gives a module for;
+    returns the model."""
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, nn.Linear) and (new := replacement(child)) is not None:
+                setattr(module, name, new)
     return model
+
+
+def quantize_int8(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+    """Swap every bias-free nn.Linear of `model` for an Int8Linear, in place; returns the model."""
+    def int8(layer: nn.Linear) -> Int8Linear | None:
+        return Int8Linear(layer.weight.detach(), dtype) if layer.bias is None else None
+
+    return swap_linears(model, int8)
 
 
 INT4_GROUP = kernels.GROUP  # inputs per scale and offset: a Q4_1 block
@@ -123,13 +133,10 @@ class Int4Linear(nn.Module):
 
 def quantize_int4(model: nn.Module, kernel_dtype: torch.dtype = torch.bfloat16) -> nn.Module:
     """Swap every nn.Linear of `model` that the kernel can take for an Int4Linear, in place."""
-    for name, child in model.named_children():
-        if isinstance(child, nn.Linear):
-            if int4_fits(child):
-                setattr(model, name, Int4Linear(child.weight.detach(), kernel_dtype))
-        else:
-            quantize_int4(child, kernel_dtype)
-    return model
+    def int4(layer: nn.Linear) -> Int4Linear | None:
+        return Int4Linear(layer.weight.detach(), kernel_dtype) if int4_fits(layer) else None
+
+    return swap_linears(model, int4)
 
 
 # measured on SmolLM2: up to this many rows, a product with 16-bit weights is faster in our kernel
@@ -187,11 +194,10 @@ def halve_head(model: nn.Module) -> None:
 def widen_bfloat16_products(model: nn.Module) -> None:
     """Swap every nn.Linear of a bfloat16 `model` (a Transformer) for a Linear16, in place, and give
     a tied head one that shares the embedding table."""
-    for module in list(model.modules()):
-        for name, child in module.named_children():
-            if isinstance(child, nn.Linear):
-                bias = None if child.bias is None else frozen(child.bias)
-                setattr(module, name, Linear16(frozen(child.weight), bias))
+    def widened(layer: nn.Linear) -> Linear16:
+        return Linear16(frozen(layer.weight), None if layer.bias is None else frozen(layer.bias))
+
+    swap_linears(model, widened)
     if model.lm_head is None:
         model.embed.weight = frozen(model.embed.weight)
         model.lm_head = Linear16(model.embed.weight)

@@ -21,13 +21,17 @@ inline __m512 vector_exp(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
+// 16 bfloat16 values as float32: each one's bits are the high half of the float's
+inline __m512 widen_bfloat16(__m256i bits) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+
 // up to 16 values from `count` (1..16) at `values`, widened to float32; the other lanes are 0
 inline __m512 load16(const float* values, int count = 16) {
   return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << count) - 1), values);
 }
 inline __m512 load16(const uint16_t* bfloat16_bits, int count = 16) {
-  const __m256i bits = _mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << count) - 1), bfloat16_bits);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+  return widen_bfloat16(_mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << count) - 1), bfloat16_bits));
 }
 
 // the first `count` of 16 values, rounded to nearest even where bfloat16
@@ -39,7 +43,4 @@ inline void store16(uint16_t* out, __m512 values, int count = 16) {
 }
 
 // the nearest bfloat16 values, widened back to float32
-inline __m512 round_to_bfloat16(__m512 values) {
-  const __m256i bits = (__m256i)_mm512_cvtneps_pbh(values);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-}
+inline __m512 round_to_bfloat16(__m512 values) { return widen_bfloat16((__m256i)_mm512_cvtneps_pbh(values)); }
