@@ -10,13 +10,14 @@ from torch._dynamo.utils import counters
 from nexttoken.config import ModelConfig
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.generate import generate_batch
+from nexttoken.model import kernels
 from nexttoken.model.attention import one_query_attention
 from nexttoken.model.compiled import compile_decoding
 from nexttoken.model.precision import set_precision
 from nexttoken.model.transformer import Transformer
 from test_generation import ByteText
 
-CONFIG = ModelConfig(vocab_size=96, d_model=64, n_layer=2, n_head=4, n_kv_head=2, d_ff=160, max_seq_len=64)
+CONFIG = ModelConfig(vocab_size=96, d_model=128, n_layer=2, n_head=4, n_kv_head=2, d_ff=160, max_seq_len=64)  # heads of 32
 PRECISIONS = {"fp32": ("float32", "none"), "bf16": ("bfloat16", "none"), "int4": ("float32", "int4")}
 PROMPTS = [[5, 17, 33, 2, 61, 8, 40], [9, 9, 71]]  # of different lengths: the batch is left-padded
 
@@ -62,6 +63,19 @@ def pairs(compiled_models) -> dict[str, tuple[Transformer, Transformer]]:
 def test_the_decode_step_compiles_whole_and_once(compiled_models, name):
     _, _, graphs, breaks = compiled_models[name]
     assert (graphs, breaks) == (1, 0)  # the prefill stays eager; the decoding steps share one graph
+
+
+@pytest.mark.parametrize("name", list(PRECISIONS))
+def test_the_compiled_step_runs_our_attention_kernel(pairs, name):
+    """Where the kernels are built, inductor calls one_query_attention.cpp instead of fusing its own loop."""
+    compiled = pairs[name][1]
+    with torch.inference_mode():
+        cache = compiled.new_cache(capacity=16)
+        compiled.next_scores(torch.tensor([PROMPTS[0]]), cache)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+            compiled.next_scores(torch.tensor([[3]]), cache)
+    ran = {event.name for event in profile.events()}
+    assert ("nexttoken::one_query_attention" in ran) == kernels.load()
 
 
 def run(model: Transformer, prompts: list[list[int]], config: GenerationConfig):
@@ -118,8 +132,9 @@ def test_a_step_that_fills_the_cache_compiles_nothing_new(pairs):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("mask", [None, "padding", "bias"])
 def test_one_query_attention_is_sdpa(dtype, mask):
-    """The written-out attention the compiled step runs, against SDPA: grouped heads, padding masks
-    as decoder batches have them, and T5's float biases."""
+    """The written-out attention the compiled step runs where our kernel does not (T5's float biases,
+    heads of other sizes, no kernels built), against SDPA: grouped heads, padding masks as decoder
+    batches have them, and T5's float biases."""
     generator = torch.Generator().manual_seed(0)
     B, H, H_kv, S, D = 3, 6, 2, 11, 16
     q, k, v = (torch.randn(shape, generator=generator).to(dtype) for shape in ((B, H, 1, D), (B, H_kv, S, D), (B, H_kv, S, D)))

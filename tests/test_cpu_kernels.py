@@ -1,5 +1,6 @@
-"""Our float32/bfloat16 CPU kernels against PyTorch's operations: attention (flash_attention.cpp)
-and the per-value steps between products (elementwise.cpp), alone and inside a model."""
+"""Our float32/bfloat16 CPU kernels against PyTorch's operations: attention (flash_attention.cpp
+for prompts, one_query_attention.cpp for decode steps) and the per-value steps between products
+(elementwise.cpp), alone and inside a model."""
 
 import copy
 
@@ -74,6 +75,47 @@ def test_flash_attention_says_what_it_cannot_take():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch, heads, kv_heads, keys, head_dim", [
+    (1, 9, 3, 130, 64),  # SmolLM2's heads, a decode step
+    (3, 4, 2, 37, 32),  # a padded batch's
+    (2, 8, 8, 600, 128),  # enough keys that the heads are shared between threads
+])
+def test_one_query_attention_is_sdpa(dtype, batch, heads, kv_heads, keys, head_dim):
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(batch, 1, heads, head_dim, generator=g).to(dtype).transpose(1, 2)  # as projections give it
+    cache = torch.randn(2, batch, kv_heads, keys + 7, head_dim, generator=g).to(dtype)  # a cache with room to spare
+    k, v = cache[0, :, :, :keys], cache[1, :, :, :keys]
+    real = torch.arange(keys) >= torch.randint(0, keys, (batch, 1), generator=g)  # left padding; the last key is real
+    groups = heads // kv_heads
+    for mask in (None, real.view(batch, 1, 1, keys)):
+        exact = F.scaled_dot_product_attention(q.double(), k.double().repeat_interleave(groups, 1),
+                                               v.double().repeat_interleave(groups, 1), attn_mask=mask)
+        ours = torch.ops.nexttoken.one_query_attention(q, k, v, mask, head_dim**-0.5)
+        assert ours.dtype == dtype and ours.shape == (batch, heads, 1, head_dim)
+        tolerance = 1e-5 if dtype == torch.float32 else 1e-2  # bfloat16: float32 sums, the output rounded once
+        torch.testing.assert_close(ours.double(), exact, rtol=tolerance, atol=tolerance)
+
+
+def test_one_query_attention_of_a_query_that_sees_no_key_is_zero():
+    q, k = torch.ones(1, 2, 1, 32), torch.ones(1, 1, 5, 32)
+    ours = torch.ops.nexttoken.one_query_attention(q, k, k, torch.zeros(1, 1, 1, 5, dtype=torch.bool), 1.0)
+    assert torch.equal(ours, torch.zeros(1, 2, 1, 32))  # SDPA gives NaN
+
+
+def test_one_query_attention_says_what_it_cannot_take():
+    q = torch.zeros(1, 2, 1, 32)
+    with pytest.raises(RuntimeError, match="head size must be 32, 64 or 128, not 48"):
+        torch.ops.nexttoken.one_query_attention(torch.zeros(1, 2, 1, 48), torch.zeros(1, 1, 3, 48),
+                                                torch.zeros(1, 1, 3, 48), None, 1.0)
+    with pytest.raises(RuntimeError, match="must all be float32 or all bfloat16"):
+        torch.ops.nexttoken.one_query_attention(q, q.bfloat16(), q.bfloat16(), None, 1.0)
+    with pytest.raises(RuntimeError, match="q must be \\(B, H, 1, D\\)"):
+        torch.ops.nexttoken.one_query_attention(torch.zeros(1, 2, 2, 32), q, q, None, 1.0)
+    with pytest.raises(RuntimeError, match="the mask must be bool"):
+        torch.ops.nexttoken.one_query_attention(q, q, q, torch.ones(1, 1, 1, 1), 1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("weight_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(1, 1, 576), (2, 40, 100)])  # 100: a last run of 4 values
 def test_rms_norm_is_pytorchs(dtype, weight_dtype, shape):
@@ -141,6 +183,31 @@ def test_a_model_runs_our_kernels_as_accurately(dtype, monkeypatch):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
     else:  # logits of about 10: both 0.046 from float32's on average
         assert (ours - exact).abs().mean() <= 1.1 * (theirs - exact).abs().mean()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_decode_steps_run_one_query_attention(dtype, monkeypatch):
+    config = ModelConfig(vocab_size=96, d_model=128, n_layer=2, n_head=4, n_kv_head=2, d_ff=192, max_seq_len=64)
+    torch.manual_seed(0)
+    model = set_precision(Transformer(config).eval(), dtype)
+    prompts = torch.randint(0, 96, (2, 20))
+    real = torch.arange(20) >= torch.tensor([[0], [6]])  # row 1 left-padded
+
+    def decode(steps: int = 3) -> tuple[torch.Tensor, set[str]]:
+        cache = model.new_cache(batch_size=2, capacity=32)
+        scores = [model.next_scores(prompts, cache, real)]
+        ran = set()
+        for token in range(steps):
+            ran |= profiled_ops(lambda: scores.append(model.next_scores(torch.full((2, 1), token), cache)))
+        return torch.stack(scores).float(), ran
+
+    with torch.inference_mode():
+        ours, ran = decode()
+        monkeypatch.setattr(kernels, "takes_one_query", lambda *args: False)
+        theirs, ran_without = decode()
+    assert "nexttoken::one_query_attention" in ran and "nexttoken::one_query_attention" not in ran_without
+    tolerance = 1e-5 if dtype == "float32" else 5e-2  # bfloat16: PyTorch's kernel rounds its weights to bfloat16
+    torch.testing.assert_close(ours, theirs, rtol=tolerance, atol=tolerance)
 
 
 def test_training_keeps_pytorchs_operations():

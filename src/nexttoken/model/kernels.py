@@ -15,6 +15,12 @@ PyTorch's on SmolLM2's 512-token prompt (1.25 against 4.3 ms a layer), and RMSNo
 product and the rotary rotation in one pass each (elementwise.cpp). They run where nothing is
 differentiated and torch.compile is not tracing (`runs_ours`).
 
+For every decode step, eager or compiled: attention of one query per row in float32 or bfloat16
+(one_query_attention.cpp), which reads each cached key and value once for its group of query
+heads. On SmolLM2's heads it takes about 4 µs a layer over 100 cached positions and 45 over
+1,000, against about 9 and 95 for inductor's fused loop (float32; bfloat16 200) and 13 and 37 for
+PyTorch's SDPA called eagerly.
+
 The kernels need AVX512-BF16 and a C++ compiler; without either, `load()` says no and PyTorch's
 operations run instead. The library is built once per source, flags and torch version, into
 $NEXTTOKEN_CACHE (default ~/.cache/nexttoken), and loaded as the operators torch.ops.nexttoken.*,
@@ -33,7 +39,8 @@ import torch
 from torch.utils import cpp_extension
 
 SOURCES = [Path(__file__).with_name(name)
-           for name in ("int4_matmul.cpp", "matmul16.cpp", "flash_attention.cpp", "elementwise.cpp")]
+           for name in ("int4_matmul.cpp", "matmul16.cpp", "flash_attention.cpp", "one_query_attention.cpp",
+                        "elementwise.cpp")]
 HEADERS = [Path(__file__).with_name("vector_math.h")]
 GROUP = 32  # inputs per scale and minimum
 BLOCK_ROWS = 16  # output rows the kernel keeps in one register
@@ -103,6 +110,11 @@ def load() -> bool:
         B, H, T, D = q.shape
         return q.new_empty(B, T, H, D).transpose(1, 2)
 
+    @torch.library.register_fake("nexttoken::one_query_attention")
+    def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
+        B, H, _, D = q.shape
+        return q.new_empty(B, 1, H, D).transpose(1, 2)
+
     @torch.library.register_fake("nexttoken::rms_norm")
     def _(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         return torch.empty_like(x)
@@ -116,6 +128,13 @@ def load() -> bool:
         return gate_up.new_empty(*gate_up.shape[:-1], gate_up.shape[-1] // 2)
 
     return True
+
+
+@torch.compiler.assume_constant_result
+def built() -> bool:
+    """load(), for code that torch.compile traces: it calls this once, as it compiles, instead of
+    tracing into the build."""
+    return load()
 
 
 def runs_ours(*tensors: torch.Tensor) -> bool:
@@ -132,6 +151,19 @@ def takes_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     values: bfloat16, heads of a size it is built for, and our kernels may run."""
     bfloat16 = q.dtype == k.dtype == v.dtype == torch.bfloat16
     return bfloat16 and q.shape[-1] in ATTENTION_HEAD_SIZES and runs_ours(q, k, v)
+
+
+def takes_one_query(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> bool:
+    """Whether torch.ops.nexttoken.one_query_attention takes these: one (B, H, 1, D) query per
+    row, keys and values of its dtype (float32 or bfloat16) and of one layout, heads of a size it
+    is built for, no mask or a bool one, nothing to differentiate, and the kernels are built. Unlike
+    the other kernels it runs in the compiled decode step too, where it is faster than inductor's loop."""
+    fits = (q.shape[2] == 1 and q.dtype == k.dtype == v.dtype and q.dtype in (torch.float32, torch.bfloat16)
+            and q.shape[-1] in ATTENTION_HEAD_SIZES and k.stride() == v.stride()
+            and q.stride(-1) == k.stride(-1) == 1
+            and (mask is None or mask.dtype == torch.bool and mask.shape[1] == mask.shape[2] == 1 and mask.stride(-1) == 1))
+    differentiated = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    return fits and not differentiated and built()
 
 
 def pack(q: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,167 @@
+// Attention of one query per row over the cached keys and values: a decode step. Each key/value
+// head is read once for its whole group of query heads, with no packing, where the prompt kernel
+// (flash_attention.cpp) packs keys and values for blocks of 32 queries first.
+//
+// float32 or bfloat16 inputs; scores, the softmax and the sums are float32 (bfloat16 is widened
+// on load), and the output is rounded to the inputs' dtype once, at the end.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <limits>
+#include <optional>
+#include <vector>
+
+#include "vector_math.h"
+
+namespace {
+
+constexpr int kMaxGroup = 16;          // query heads per key/value head
+constexpr int64_t kSerialWork = 2048;  // query-key pairs below which one thread does all (about 200
+                                       // of SmolLM2's positions: 2 µs of starting threads is more)
+
+struct Shapes {
+  int64_t heads, kv_heads, keys;
+  float scale;
+  const bool* mask;     // (B, S) rows `mask_stride` apart, or null
+  int64_t mask_stride;
+};
+
+// Row `row` of 16 * Chunks values as float32 registers.
+template <int Chunks, typename T>
+void load_row(const T* row, __m512* out) {
+  for (int c = 0; c < Chunks; ++c) out[c] = load16(row + 16 * c);
+}
+
+// The `group` queries of one key/value head (rows `q_step` apart) over its keys and values (rows
+// `row_step` apart): scores into `scores` (group x S), then softmax weights, then the weighted sums
+// of the values into `out` (rows `out_step` apart).
+template <int Chunks, typename T>
+void one_head(const T* q, int64_t q_step, const T* k, const T* v, int64_t row_step, const bool* mask,
+              const Shapes& s, int group, float* scores, T* out, int64_t out_step) {
+  __m512 queries[kMaxGroup][Chunks];
+  for (int g = 0; g < group; ++g) load_row<Chunks>(q + g * q_step, queries[g]);
+  const float minus_infinity = -std::numeric_limits<float>::infinity();
+  for (int64_t t = 0; t < s.keys; ++t) {
+    if (mask != nullptr && !mask[t]) {
+      for (int g = 0; g < group; ++g) scores[g * s.keys + t] = minus_infinity;
+      continue;
+    }
+    __m512 key[Chunks];
+    load_row<Chunks>(k + t * row_step, key);
+    for (int g = 0; g < group; ++g) {
+      __m512 sum = _mm512_mul_ps(queries[g][0], key[0]);
+      for (int c = 1; c < Chunks; ++c) sum = _mm512_fmadd_ps(queries[g][c], key[c], sum);
+      scores[g * s.keys + t] = _mm512_reduce_add_ps(sum) * s.scale;
+    }
+  }
+  float totals[kMaxGroup];
+  for (int g = 0; g < group; ++g) {
+    float* row = scores + g * s.keys;
+    const float best = *std::max_element(row, row + s.keys);
+    __m512 total = _mm512_setzero_ps();
+    for (int64_t t = 0; t < s.keys; t += 16) {
+      const int count = static_cast<int>(std::min<int64_t>(16, s.keys - t));
+      const __mmask16 lanes = static_cast<__mmask16>((1u << count) - 1);
+      // a row that sees no key gets weights of 0 and an output of 0, not NaN
+      const __m512 weights = best == minus_infinity ? _mm512_setzero_ps()
+          : _mm512_maskz_mov_ps(lanes, vector_exp(_mm512_sub_ps(load16(row + t, count), _mm512_set1_ps(best))));
+      store16(row + t, weights, count);
+      total = _mm512_add_ps(total, weights);
+    }
+    totals[g] = _mm512_reduce_add_ps(total);
+  }
+  __m512 sums[kMaxGroup][Chunks];
+  for (int g = 0; g < group; ++g)
+    for (int c = 0; c < Chunks; ++c) sums[g][c] = _mm512_setzero_ps();
+  for (int64_t t = 0; t < s.keys; ++t) {
+    if (mask != nullptr && !mask[t]) continue;
+    __m512 value[Chunks];
+    load_row<Chunks>(v + t * row_step, value);
+    for (int g = 0; g < group; ++g) {
+      const __m512 weight = _mm512_set1_ps(scores[g * s.keys + t]);
+      for (int c = 0; c < Chunks; ++c) sums[g][c] = _mm512_fmadd_ps(weight, value[c], sums[g][c]);
+    }
+  }
+  for (int g = 0; g < group; ++g) {
+    const __m512 inverse = _mm512_set1_ps(totals[g] > 0 ? 1.0f / totals[g] : 0.0f);
+    for (int c = 0; c < Chunks; ++c) store16(out + g * out_step + 16 * c, _mm512_mul_ps(sums[g][c], inverse));
+  }
+}
+
+template <int Chunks, typename T>
+void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const Shapes& s, at::Tensor& out) {
+  const int group = static_cast<int>(s.heads / s.kv_heads);
+  const int64_t batch = q.size(0), tasks = batch * s.kv_heads;
+  const T* q_data = reinterpret_cast<const T*>(q.const_data_ptr());
+  const T* k_data = reinterpret_cast<const T*>(k.const_data_ptr());
+  const T* v_data = reinterpret_cast<const T*>(v.const_data_ptr());
+  T* out_data = reinterpret_cast<T*>(out.data_ptr());
+  const int64_t grain = tasks * s.keys * group < kSerialWork ? tasks : 1;
+  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(group * s.keys);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / s.kv_heads, h = task % s.kv_heads;
+      const int64_t first_query = h * group;
+      one_head<Chunks>(q_data + b * q.stride(0) + first_query * q.stride(1), q.stride(1),
+                       k_data + b * k.stride(0) + h * k.stride(1), v_data + b * v.stride(0) + h * v.stride(1),
+                       k.stride(2), s.mask == nullptr ? nullptr : s.mask + b * s.mask_stride, s, group,
+                       scores.data(), out_data + b * out.stride(0) + first_query * out.stride(1), out.stride(1));
+    }
+  });
+}
+
+template <typename T>
+void run_for_head_size(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const Shapes& s, at::Tensor& out) {
+  switch (q.size(3)) {
+    case 32: return run<2, T>(q, k, v, s, out);
+    case 64: return run<4, T>(q, k, v, s, out);
+    case 128: return run<8, T>(q, k, v, s, out);
+    default: TORCH_CHECK(false, "one_query_attention: head size must be 32, 64 or 128, not ", q.size(3));
+  }
+}
+
+// q: (B, H, 1, D), k and v: (B, H_kv, S, D), all float32 or all bfloat16, each row contiguous and
+// k and v with the same strides. `mask`: none, or bool (B, 1, 1, S), true where the query may see
+// a key. Returns (B, H, 1, D) in q's dtype.
+at::Tensor one_query_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                               const std::optional<at::Tensor>& mask, double scale) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && k.sizes() == v.sizes() && k.strides() == v.strides() && q.size(2) == 1,
+              "one_query_attention: q must be (B, H, 1, D), k and v (B, H_kv, S, D) of one shape and layout");
+  TORCH_CHECK(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type() &&
+              (q.scalar_type() == at::kFloat || q.scalar_type() == at::kBFloat16),
+              "one_query_attention: q, k and v must all be float32 or all bfloat16");
+  TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1, "one_query_attention: rows must be contiguous");
+  TORCH_CHECK(q.size(0) == k.size(0) && q.size(3) == k.size(3) && q.size(1) % k.size(1) == 0 &&
+              q.size(1) / k.size(1) <= kMaxGroup, "one_query_attention: q ", q.sizes(), " does not fit keys ", k.sizes());
+  if (mask.has_value()) {
+    const at::Tensor& m = *mask;
+    TORCH_CHECK(m.scalar_type() == at::kBool && m.dim() == 4 && m.size(0) == q.size(0) && m.size(1) == 1 &&
+                m.size(2) == 1 && m.size(3) == k.size(2) && m.stride(3) == 1,
+                "one_query_attention: the mask must be bool (B, 1, 1, S), each row contiguous; got ", m.sizes());
+  }
+  const Shapes s{q.size(1), k.size(1), k.size(2), static_cast<float>(scale),
+                 mask.has_value() ? mask->const_data_ptr<bool>() : nullptr, mask.has_value() ? mask->stride(0) : 0};
+  at::Tensor out = at::empty({q.size(0), 1, q.size(1), q.size(3)}, q.options()).transpose(1, 2);
+  if (q.scalar_type() == at::kFloat) {
+    run_for_head_size<float>(q, k, v, s, out);
+  } else {
+    run_for_head_size<uint16_t>(q, k, v, s, out);
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(nexttoken, m) {
+  m.def("one_query_attention(Tensor q, Tensor k, Tensor v, Tensor? mask, float scale) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(nexttoken, CPU, m) {
+  m.impl("one_query_attention", &one_query_attention);
+}
