@@ -3,6 +3,8 @@ for prompts, one_query_attention.cpp for decode steps) and the per-value steps b
 (elementwise.cpp), alone and inside a model."""
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -220,3 +222,22 @@ def test_training_keeps_pytorchs_operations():
     assert model.blocks[0].mlp.w_gate_up.weight.grad is not None
     with torch.no_grad():
         assert profiled_ops(lambda: copy.deepcopy(model)(ids)) >= OUR_OPS - {"nexttoken::flash_attention"}
+
+
+def test_eager_decoding_does_not_import_the_compiler():
+    """torch._dynamo and sympy add about 70 MB to a process: eager models must not pull them in."""
+    script = """
+import sys, torch
+from nexttoken.config import ModelConfig
+from nexttoken.model import kernels
+from nexttoken.model.transformer import Transformer
+assert kernels.load()
+model = Transformer(ModelConfig(vocab_size=96, d_model=64, n_layer=1, n_head=2, n_kv_head=1, d_ff=96, max_seq_len=32))
+with torch.inference_mode():
+    cache = model.new_cache(capacity=8)
+    model.next_scores(torch.tensor([[1, 2, 3]]), cache)
+    model.next_scores(torch.tensor([[4]]), cache)
+print(sorted(name for name in ("torch._dynamo", "sympy") if name in sys.modules))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.split("\n")[-2] == "[]"

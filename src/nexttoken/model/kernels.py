@@ -80,6 +80,9 @@ def build(compiler: str) -> Path:
     return library
 
 
+loaded = False  # whether load() has loaded our operators: what traced code reads, as dynamo cannot trace the build
+
+
 @functools.cache
 def load() -> bool:
     """Whether our operators, torch.ops.nexttoken.*, are there to call (building them
@@ -95,6 +98,9 @@ def load() -> bool:
         warnings.warn(f"nexttoken: could not build our CPU kernels ({detail.strip()}); PyTorch's operations "
                       "run instead", stacklevel=2)
         return False
+
+    global loaded
+    loaded = True
 
     @torch.library.register_fake("nexttoken::int4_matmul")
     def _(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
@@ -130,13 +136,6 @@ def load() -> bool:
     return True
 
 
-@torch.compiler.assume_constant_result
-def built() -> bool:
-    """load(), for code that torch.compile traces: it calls this once, as it compiles, instead of
-    tracing into the build."""
-    return load()
-
-
 def runs_ours(*tensors: torch.Tensor) -> bool:
     """Whether our float32/bfloat16 kernels (flash_attention, rms_norm, silu_mul, rotary) may
     compute on these tensors now: they are of those dtypes, with no gradient to record, not being
@@ -163,7 +162,7 @@ def takes_one_query(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
             and q.stride(-1) == k.stride(-1) == 1
             and (mask is None or mask.dtype == torch.bool and mask.shape[1] == mask.shape[2] == 1 and mask.stride(-1) == 1))
     differentiated = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    return fits and not differentiated and built()
+    return fits and not differentiated and (loaded if torch.compiler.is_compiling() else load())
 
 
 def pack(q: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor) -> torch.Tensor:
