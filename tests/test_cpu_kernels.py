@@ -115,6 +115,11 @@ def test_one_query_attention_says_what_it_cannot_take():
         torch.ops.nexttoken.one_query_attention(torch.zeros(1, 2, 2, 32), q, q, None, 1.0)
     with pytest.raises(RuntimeError, match="the mask must be bool"):
         torch.ops.nexttoken.one_query_attention(q, q, q, torch.ones(1, 1, 1, 1), 1.0)
+    many_queries, one_key_head = torch.zeros(1, 32, 1, 32), torch.zeros(1, 1, 5, 32)  # 32 query heads to a key head
+    assert not kernels.takes_one_query(many_queries, one_key_head, one_key_head, None)
+    with pytest.raises(RuntimeError, match="does not fit keys"):
+        torch.ops.nexttoken.one_query_attention(many_queries, one_key_head, one_key_head, None, 1.0)
+    assert kernels.takes_one_query(q, q[:, :1], q[:, :1], None)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

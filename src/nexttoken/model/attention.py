@@ -68,8 +68,9 @@ def one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask:
     """Attention of a decode step's single query per row, written out as products and sums: what
     the compiled step runs where our kernel (one_query_attention.cpp) does not, instead of SDPA,
     whose CPU kernel took 28 µs per SmolLM2 layer on one query, where inductor fuses these few
-    lines, with the rotation before them, into one loop of about 11 µs. (B, H, 1, D) queries, (B, H_kv, S, D) keys and values, and a mask as SDPA takes
-    it: bool (B, 1, 1, S), or float (B, H, 1, S) biases -> (B, H, 1, D). Sums are float32, as in SDPA."""
+    lines, with the rotation before them, into one loop of about 11 µs. (B, H, 1, D) queries,
+    (B, H_kv, S, D) keys and values, and a mask as SDPA takes it: bool (B, 1, 1, S), or float
+    (B, H, 1, S) biases -> (B, H, 1, D). Sums are float32, as in SDPA."""
     B, H, _, D = q.shape
     H_kv = k.shape[1]
     queries = q.float().view(B, H_kv, H // H_kv, 1, D)  # each key/value head with its group of query heads

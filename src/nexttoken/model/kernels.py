@@ -45,7 +45,8 @@ HEADERS = [Path(__file__).with_name("vector_math.h")]
 GROUP = 32  # inputs per scale and minimum
 BLOCK_ROWS = 16  # output rows the kernel keeps in one register
 NIBBLE_BYTES = BLOCK_ROWS * GROUP // 2  # of a group's 16 rows; their scales and minimums follow
-ATTENTION_HEAD_SIZES = (32, 64, 128)  # what flash_attention.cpp is built for
+ATTENTION_HEAD_SIZES = (32, 64, 128)  # what flash_attention.cpp and one_query_attention.cpp are built for
+ONE_QUERY_MAX_GROUP = 16  # query heads per key/value head that one_query_attention.cpp keeps in registers
 FLAGS = ["-O3", "-std=c++20", "-shared", "-fPIC", "-fopenmp", "-w",
          "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mf16c", "-mfma"]
 
@@ -155,12 +156,15 @@ def takes_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
 def takes_one_query(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> bool:
     """Whether torch.ops.nexttoken.one_query_attention takes these: one (B, H, 1, D) query per
     row, keys and values of its dtype (float32 or bfloat16) and of one layout, heads of a size it
-    is built for, no mask or a bool one, nothing to differentiate, and the kernels are built. Unlike
-    the other kernels it runs in the compiled decode step too, where it is faster than inductor's loop."""
+    is built for and at most 16 to a key/value head, no mask or a bool one, nothing to
+    differentiate, and the kernels are built. Unlike the other kernels it runs in the compiled
+    decode step too, where it is faster than inductor's loop."""
     fits = (q.shape[2] == 1 and q.dtype == k.dtype == v.dtype and q.dtype in (torch.float32, torch.bfloat16)
-            and q.shape[-1] in ATTENTION_HEAD_SIZES and k.stride() == v.stride()
+            and q.shape[-1] in ATTENTION_HEAD_SIZES and q.shape[1] // k.shape[1] <= ONE_QUERY_MAX_GROUP
+            and k.stride() == v.stride()
             and q.stride(-1) == k.stride(-1) == 1
-            and (mask is None or mask.dtype == torch.bool and mask.shape[1] == mask.shape[2] == 1 and mask.stride(-1) == 1))
+            and (mask is None or mask.dtype == torch.bool and mask.shape[1] == mask.shape[2] == 1
+                 and mask.stride(-1) == 1))
     differentiated = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     return fits and not differentiated and (loaded if torch.compiler.is_compiling() else load())
 
