@@ -98,6 +98,21 @@ def test_one_query_attention_is_sdpa(dtype, batch, heads, kv_heads, keys, head_d
         torch.testing.assert_close(ours.double(), exact, rtol=tolerance, atol=tolerance)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_one_query_attention_over_spans_of_a_long_cache_is_sdpa(dtype):
+    """SmolLM2's 3 key/value heads over 700 positions: each head's keys in two spans for the two
+    threads, and with 400 positions of padding, one span sees no key."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 9, 1, 64, generator=g).to(dtype)
+    k, v = torch.randn(2, 1, 3, 700, 64, generator=g).to(dtype)
+    for mask in (None, (torch.arange(700) >= 400).view(1, 1, 1, 700)):
+        exact = F.scaled_dot_product_attention(q.double(), k.double().repeat_interleave(3, 1),
+                                               v.double().repeat_interleave(3, 1), attn_mask=mask)
+        ours = torch.ops.nexttoken.one_query_attention(q, k, v, mask, 0.125)
+        tolerance = 1e-5 if dtype == torch.float32 else 1e-2
+        torch.testing.assert_close(ours.double(), exact, rtol=tolerance, atol=tolerance)
+
+
 def test_one_query_attention_of_a_query_that_sees_no_key_is_zero():
     q, k = torch.ones(1, 2, 1, 32), torch.ones(1, 1, 5, 32)
     ours = torch.ops.nexttoken.one_query_attention(q, k, k, torch.zeros(1, 1, 1, 5, dtype=torch.bool), 1.0)

@@ -1,6 +1,8 @@
 // Attention of one query per row over the cached keys and values: a decode step. Each key/value
 // head is read once for its whole group of query heads, with no packing, where the prompt kernel
-// (flash_attention.cpp) packs keys and values for blocks of 32 queries first.
+// (flash_attention.cpp) packs keys and values for blocks of 32 queries first. With many keys, each
+// head's keys are split into spans that the threads share, and the spans' softmax sums combined
+// after (as in "flash-decoding"): a batch of one has too few heads to keep two threads busy.
 //
 // float32 or bfloat16 inputs; scores, the softmax and the sums are float32 (bfloat16 is widened
 // on load), and the output is rounded to the inputs' dtype once, at the end.
@@ -13,6 +15,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <optional>
 #include <vector>
@@ -38,82 +41,123 @@ void load_row(const T* row, __m512* out) {
   for (int c = 0; c < Chunks; ++c) out[c] = load16(row + 16 * c);
 }
 
-// The `group` queries of one key/value head (rows `q_step` apart) over its keys and values (rows
-// `row_step` apart): scores into `scores` (group x S), then softmax weights, then the weighted sums
-// of the values into `out` (rows `out_step` apart).
+// What one span of keys gives a query: its highest score, the sum of its softmax weights taken
+// against that score, and the weighted sum of its values (head_dim floats, unnormalized).
+struct Partial {
+  float best;
+  float total;
+  float* sums;
+};
+
+// The `group` queries of one key/value head (rows `q_step` apart) over keys and values [first,
+// last) (rows `row_step` apart): scores into `scores` (group x (last - first)), then softmax
+// weights, then each query's Partial.
 template <int Chunks, typename T>
-void one_head(const T* q, int64_t q_step, const T* k, const T* v, int64_t row_step, const bool* mask,
-              const Shapes& s, int group, float* scores, T* out, int64_t out_step) {
+void one_span(const T* q, int64_t q_step, const T* k, const T* v, int64_t row_step, const bool* mask,
+              int64_t first, int64_t last, float scale, int group, float* scores, Partial* partials) {
+  const int64_t n = last - first;
   __m512 queries[kMaxGroup][Chunks];
   for (int g = 0; g < group; ++g) load_row<Chunks>(q + g * q_step, queries[g]);
   const float minus_infinity = -std::numeric_limits<float>::infinity();
-  for (int64_t t = 0; t < s.keys; ++t) {
-    if (mask != nullptr && !mask[t]) {
-      for (int g = 0; g < group; ++g) scores[g * s.keys + t] = minus_infinity;
+  for (int64_t t = 0; t < n; ++t) {
+    if (mask != nullptr && !mask[first + t]) {
+      for (int g = 0; g < group; ++g) scores[g * n + t] = minus_infinity;
       continue;
     }
     __m512 key[Chunks];
-    load_row<Chunks>(k + t * row_step, key);
+    load_row<Chunks>(k + (first + t) * row_step, key);
     for (int g = 0; g < group; ++g) {
       __m512 sum = _mm512_mul_ps(queries[g][0], key[0]);
       for (int c = 1; c < Chunks; ++c) sum = _mm512_fmadd_ps(queries[g][c], key[c], sum);
-      scores[g * s.keys + t] = _mm512_reduce_add_ps(sum) * s.scale;
+      scores[g * n + t] = _mm512_reduce_add_ps(sum) * scale;
     }
   }
-  float totals[kMaxGroup];
   for (int g = 0; g < group; ++g) {
-    float* row = scores + g * s.keys;
-    const float best = *std::max_element(row, row + s.keys);
+    float* row = scores + g * n;
+    const float best = *std::max_element(row, row + n);
     __m512 total = _mm512_setzero_ps();
-    for (int64_t t = 0; t < s.keys; t += 16) {
-      const int count = static_cast<int>(std::min<int64_t>(16, s.keys - t));
+    for (int64_t t = 0; t < n; t += 16) {
+      const int count = static_cast<int>(std::min<int64_t>(16, n - t));
       const __mmask16 lanes = static_cast<__mmask16>((1u << count) - 1);
-      // a row that sees no key gets weights of 0 and an output of 0, not NaN
+      // a span whose keys are all masked gets weights of 0, not NaN
       const __m512 weights = best == minus_infinity ? _mm512_setzero_ps()
           : _mm512_maskz_mov_ps(lanes, vector_exp(_mm512_sub_ps(load16(row + t, count), _mm512_set1_ps(best))));
       store16(row + t, weights, count);
       total = _mm512_add_ps(total, weights);
     }
-    totals[g] = _mm512_reduce_add_ps(total);
+    partials[g].best = best;
+    partials[g].total = _mm512_reduce_add_ps(total);
   }
   __m512 sums[kMaxGroup][Chunks];
   for (int g = 0; g < group; ++g)
     for (int c = 0; c < Chunks; ++c) sums[g][c] = _mm512_setzero_ps();
-  for (int64_t t = 0; t < s.keys; ++t) {
-    if (mask != nullptr && !mask[t]) continue;
+  for (int64_t t = 0; t < n; ++t) {
+    if (mask != nullptr && !mask[first + t]) continue;
     __m512 value[Chunks];
-    load_row<Chunks>(v + t * row_step, value);
+    load_row<Chunks>(v + (first + t) * row_step, value);
     for (int g = 0; g < group; ++g) {
-      const __m512 weight = _mm512_set1_ps(scores[g * s.keys + t]);
+      const __m512 weight = _mm512_set1_ps(scores[g * n + t]);
       for (int c = 0; c < Chunks; ++c) sums[g][c] = _mm512_fmadd_ps(weight, value[c], sums[g][c]);
     }
   }
-  for (int g = 0; g < group; ++g) {
-    const __m512 inverse = _mm512_set1_ps(totals[g] > 0 ? 1.0f / totals[g] : 0.0f);
-    for (int c = 0; c < Chunks; ++c) store16(out + g * out_step + 16 * c, _mm512_mul_ps(sums[g][c], inverse));
+  for (int g = 0; g < group; ++g)
+    for (int c = 0; c < Chunks; ++c) _mm512_storeu_ps(partials[g].sums + 16 * c, sums[g][c]);
+}
+
+// One query's output from its spans' Partials: each span's weights rescaled to the highest score
+// of all (Milakov and Gimelshein, 2018, "Online normalizer calculation for softmax").
+template <int Chunks, typename T>
+void combine(const Partial* spans, int n_spans, int64_t span_step, T* out) {
+  float best = -std::numeric_limits<float>::infinity();
+  for (int i = 0; i < n_spans; ++i) best = std::max(best, spans[i * span_step].best);
+  __m512 sums[Chunks];
+  for (int c = 0; c < Chunks; ++c) sums[c] = _mm512_setzero_ps();
+  float total = 0;
+  for (int i = 0; i < n_spans; ++i) {
+    const Partial& span = spans[i * span_step];
+    if (span.total == 0) continue;  // every key of the span masked
+    const float factor = std::exp(span.best - best);
+    total += factor * span.total;
+    for (int c = 0; c < Chunks; ++c)
+      sums[c] = _mm512_fmadd_ps(_mm512_set1_ps(factor), _mm512_loadu_ps(span.sums + 16 * c), sums[c]);
   }
+  const __m512 inverse = _mm512_set1_ps(total > 0 ? 1.0f / total : 0.0f);  // a query that sees no key: 0
+  for (int c = 0; c < Chunks; ++c) store16(out + 16 * c, _mm512_mul_ps(sums[c], inverse));
 }
 
 template <int Chunks, typename T>
 void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const Shapes& s, at::Tensor& out) {
   const int group = static_cast<int>(s.heads / s.kv_heads);
-  const int64_t batch = q.size(0), tasks = batch * s.kv_heads;
+  const int64_t batch = q.size(0), heads = batch * s.kv_heads, head_dim = 16 * Chunks;
+  // above kSerialWork, enough spans of keys a head that every thread has two tasks or more
+  const bool threaded = heads * s.keys * group >= kSerialWork;
+  const int64_t n_spans = threaded ? std::min<int64_t>(s.keys, (2 * at::get_num_threads() + heads - 1) / heads) : 1;
+  const int64_t span_keys = (s.keys + n_spans - 1) / n_spans;
+  std::vector<float> partial_sums(heads * n_spans * group * head_dim);
+  std::vector<Partial> partials(heads * n_spans * group);  // (head, span, query of the group)
+  for (size_t i = 0; i < partials.size(); ++i) partials[i].sums = partial_sums.data() + i * head_dim;
   const T* q_data = reinterpret_cast<const T*>(q.const_data_ptr());
   const T* k_data = reinterpret_cast<const T*>(k.const_data_ptr());
   const T* v_data = reinterpret_cast<const T*>(v.const_data_ptr());
-  T* out_data = reinterpret_cast<T*>(out.data_ptr());
-  const int64_t grain = tasks * s.keys * group < kSerialWork ? tasks : 1;
-  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores(group * s.keys);
+  at::parallel_for(0, heads * n_spans, threaded ? 1 : heads * n_spans, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(group * span_keys);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / s.kv_heads, h = task % s.kv_heads;
-      const int64_t first_query = h * group;
-      one_head<Chunks>(q_data + b * q.stride(0) + first_query * q.stride(1), q.stride(1),
+      const int64_t head = task / n_spans, span = task % n_spans;
+      const int64_t b = head / s.kv_heads, h = head % s.kv_heads;
+      const int64_t first = span * span_keys, last = std::min(s.keys, first + span_keys);
+      one_span<Chunks>(q_data + b * q.stride(0) + h * group * q.stride(1), q.stride(1),
                        k_data + b * k.stride(0) + h * k.stride(1), v_data + b * v.stride(0) + h * v.stride(1),
-                       k.stride(2), s.mask == nullptr ? nullptr : s.mask + b * s.mask_stride, s, group,
-                       scores.data(), out_data + b * out.stride(0) + first_query * out.stride(1), out.stride(1));
+                       k.stride(2), s.mask == nullptr ? nullptr : s.mask + b * s.mask_stride, first, last, s.scale,
+                       group, scores.data(), partials.data() + task * group);
     }
   });
+  T* out_data = reinterpret_cast<T*>(out.data_ptr());
+  for (int64_t head = 0; head < heads; ++head) {
+    const int64_t b = head / s.kv_heads, first_query = head % s.kv_heads * group;
+    for (int g = 0; g < group; ++g)
+      combine<Chunks>(partials.data() + head * n_spans * group + g, static_cast<int>(n_spans), group,
+                      out_data + b * out.stride(0) + (first_query + g) * out.stride(1));
+  }
 }
 
 template <typename T>
