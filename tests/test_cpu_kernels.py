@@ -135,6 +135,8 @@ def test_one_query_attention_says_what_it_cannot_take():
     with pytest.raises(RuntimeError, match="does not fit keys"):
         torch.ops.nexttoken.one_query_attention(many_queries, one_key_head, one_key_head, None, 1.0)
     assert kernels.takes_one_query(q, q[:, :1], q[:, :1], None)
+    with pytest.raises(RuntimeError, match="does not fit keys"):  # no key at all
+        torch.ops.nexttoken.one_query_attention(q, one_key_head[:, :, :0], one_key_head[:, :, :0], None, 1.0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -184,7 +184,8 @@ at::Tensor one_query_attention(const at::Tensor& q, const at::Tensor& k, const a
               "one_query_attention: q, k and v must all be float32 or all bfloat16");
   TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1, "one_query_attention: rows must be contiguous");
   TORCH_CHECK(q.size(0) == k.size(0) && q.size(3) == k.size(3) && q.size(1) % k.size(1) == 0 &&
-              q.size(1) / k.size(1) <= kMaxGroup, "one_query_attention: q ", q.sizes(), " does not fit keys ", k.sizes());
+              q.size(1) / k.size(1) <= kMaxGroup && k.size(2) > 0,
+              "one_query_attention: q ", q.sizes(), " does not fit keys ", k.sizes());
   if (mask.has_value()) {
     const at::Tensor& m = *mask;
     TORCH_CHECK(m.scalar_type() == at::kBool && m.dim() == 4 && m.size(0) == q.size(0) && m.size(1) == 1 &&
