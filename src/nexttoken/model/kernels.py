@@ -10,9 +10,9 @@ prompt's as fast as a bfloat16 product on the weights unpacked. PyTorch's float1
 to float16 and read SmolLM2's 49,152 × 576 head at 33 GB/s, in 1.7 ms; ours keeps x in float32 and
 reads it at 45 GB/s, in 1.25 ms.
 
-For prompts, and eager steps: bfloat16 attention (flash_attention.cpp), 3.4 times as fast as
-PyTorch's on SmolLM2's 512-token prompt (1.25 against 4.3 ms a layer), and RMSNorm, SwiGLU's
-product and the rotary rotation in one pass each (elementwise.cpp). They run where nothing is
+For prompts, and eager steps: bfloat16 attention of several queries (flash_attention.cpp), 3.4
+times as fast as PyTorch's on SmolLM2's 512-token prompt (1.25 against 4.3 ms a layer), and
+RMSNorm, SwiGLU's product and the rotary rotation in one pass each (elementwise.cpp). They run where nothing is
 differentiated and torch.compile is not tracing (`runs_ours`).
 
 For every decode step, eager or compiled: attention of one query per row in float32 or bfloat16
