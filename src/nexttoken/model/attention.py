@@ -44,7 +44,7 @@ class Attention(nn.Module):
             y = torch.ops.nexttoken.one_query_attention(q, k, v, attention_mask, scale)
         elif T == 1 and torch.compiler.is_compiling():
             y = one_query_attention(q, k, v, attention_mask, self.scale)
-        elif kernels.takes_attention(q, k, v) and (attention_mask is None or attention_mask.dtype == torch.bool):
+        elif kernels.takes_attention(q, k, v, attention_mask):
             y = torch.ops.nexttoken.flash_attention(q, k, v, attention_mask, self.causal, scale)
         else:
             mask = {"attn_mask": attention_mask} if attention_mask is not None else self._causal(T, k.shape[2])

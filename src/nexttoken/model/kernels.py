@@ -138,36 +138,42 @@ def load() -> bool:
     return True
 
 
-def runs_ours(*tensors: torch.Tensor) -> bool:
-    """Whether our float32/bfloat16 kernels (flash_attention, rms_norm, silu_mul, rotary) may
-    compute on these tensors now: they are of those dtypes, with no gradient to record, not being
-    traced by torch.compile (which fuses such steps itself), and the kernels are built."""
-    if torch.compiler.is_compiling() or any(t.dtype not in (torch.float32, torch.bfloat16) for t in tensors):
+def computes_on(*tensors: torch.Tensor) -> bool:
+    """Whether our float32/bfloat16 kernels may compute on these tensors: they are of those dtypes,
+    with no gradient to record (the kernels have no backward), and the kernels are built. Where
+    torch.compile traces, which cannot trace the build, built means that load() has run."""
+    if any(t.dtype not in (torch.float32, torch.bfloat16) for t in tensors):
         return False
-    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)) and load()
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    return loaded if torch.compiler.is_compiling() else load()
 
 
-def takes_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+def runs_ours(*tensors: torch.Tensor) -> bool:
+    """Whether our eager kernels (flash_attention, rms_norm, silu_mul, rotary) compute on these
+    tensors now: `computes_on` them, and torch.compile is not tracing (it fuses such steps itself)."""
+    return not torch.compiler.is_compiling() and computes_on(*tensors)
+
+
+def takes_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> bool:
     """Whether torch.ops.nexttoken.flash_attention takes these (B, H, T, D) queries, keys and
-    values: bfloat16, heads of a size it is built for, and our kernels may run."""
+    values: bfloat16, heads of a size it is built for, no mask or a bool one, and our kernels may run."""
     bfloat16 = q.dtype == k.dtype == v.dtype == torch.bfloat16
-    return bfloat16 and q.shape[-1] in ATTENTION_HEAD_SIZES and runs_ours(q, k, v)
+    bool_mask = mask is None or mask.dtype == torch.bool
+    return bfloat16 and bool_mask and q.shape[-1] in ATTENTION_HEAD_SIZES and runs_ours(q, k, v)
 
 
 def takes_one_query(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> bool:
     """Whether torch.ops.nexttoken.one_query_attention takes these: one (B, H, 1, D) query per
-    row, keys and values of its dtype (float32 or bfloat16) and of one layout, heads of a size it
-    is built for and at most 16 to a key/value head, no mask or a bool one, nothing to
-    differentiate, and the kernels are built. Unlike the other kernels it runs in the compiled
-    decode step too, where it is faster than inductor's loop."""
-    fits = (q.shape[2] == 1 and q.dtype == k.dtype == v.dtype and q.dtype in (torch.float32, torch.bfloat16)
+    row, keys and values of its dtype and of one layout, heads of a size it is built for and at
+    most 16 to a key/value head, no mask or a bool (B, 1, 1, S) one, and `computes_on` them. Unlike
+    the other kernels it runs in the compiled decode step too, where it is faster than inductor's loop."""
+    fits = (q.shape[2] == 1 and q.dtype == k.dtype == v.dtype
             and q.shape[-1] in ATTENTION_HEAD_SIZES and q.shape[1] // k.shape[1] <= ONE_QUERY_MAX_GROUP
-            and k.stride() == v.stride()
-            and q.stride(-1) == k.stride(-1) == 1
+            and k.stride() == v.stride() and q.stride(-1) == k.stride(-1) == 1
             and (mask is None or mask.dtype == torch.bool and mask.shape[1] == mask.shape[2] == 1
                  and mask.stride(-1) == 1))
-    differentiated = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    return fits and not differentiated and (loaded if torch.compiler.is_compiling() else load())
+    return fits and computes_on(q, k, v)
 
 
 def pack(q: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor) -> torch.Tensor:
