@@ -2,18 +2,18 @@
 
 Weights load as float32 (the reference). `bfloat16` halves the bytes each token reads and runs
 matrix products on the CPU's bf16 units (a decode step's few rows in our kernel, which reads
-bfloat16 weights up to 2–3 times as fast as PyTorch's product); `int8` keeps linear weights as 8-bit
-integers with one scale per output channel (a quarter of the bytes) and computes in bfloat16;
-`int4` keeps them as 4-bit integers with a scale and an offset per group of 32 inputs (exact for weights that were
-Q4_1 in the GGUF file); their products take bfloat16 inputs, everything else computes in
-`dtype`. Under int4 the output head (and the embedding table it is tied to) is kept in float16:
-in the built-in model it is Q8_0, which 4 bits or bfloat16 would lose."""
+bfloat16 weights up to 2–3 times as fast as PyTorch's product); `int8` keeps linear weights as
+8-bit integers with one scale per output channel (a quarter of the bytes) and computes in
+bfloat16; `int4` keeps them as 4-bit integers with a scale and an offset per group of 32 inputs
+(exact for weights that were Q4_1 in the GGUF file); their products take bfloat16 inputs,
+everything else computes in `dtype`. Under int4 the output head (and the embedding table it is
+tied to) is kept in float16: in the built-in model it is Q8_0, which 4 bits or bfloat16 would lose."""
 
 import torch
 
 from nexttoken.errors import NextTokenError
 from nexttoken.memory import move_to_huge_pages
-from nexttoken.model.quantize import halve_head, quantize_int4, quantize_int8, widen_bfloat16_products
+from nexttoken.model.quantize import head16, quantize_int4, quantize_int8, widen_bfloat16_products
 from nexttoken.model.transformer import Transformer
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -46,7 +46,7 @@ def set_precision(model: Transformer, dtype: str = "float32", quantize: str = "n
         quantize_int8(model, compute)
     elif quantize == "int4":
         quantize_int4(model.blocks)
-        halve_head(model)
+        head16(model, torch.float16)
     elif compute == torch.bfloat16:
         widen_bfloat16_products(model)
     move_to_huge_pages(model)  # a decode step streams every weight: fewer TLB misses

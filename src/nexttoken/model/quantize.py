@@ -181,23 +181,23 @@ def frozen(weight: torch.Tensor) -> nn.Parameter:
     return nn.Parameter(weight.detach(), requires_grad=False)
 
 
-def halve_head(model: nn.Module) -> None:
-    """Give `model` (a Transformer) a float16 head. A tied table is kept once, in float16, for both
-    the embedding lookup (which casts the rows it reads) and the head."""
+def head16(model: nn.Module, dtype: torch.dtype) -> None:
+    """Give `model` (a Transformer) a Linear16 head in `dtype` (float16 or bfloat16). A tied table
+    is kept once, in that dtype, for both the embedding lookup (which casts the rows it reads) and
+    the head."""
     if model.lm_head is None:
-        model.embed.weight = frozen(model.embed.weight.half())
+        model.embed.weight = frozen(model.embed.weight.to(dtype))
         model.lm_head = Linear16(model.embed.weight)
     else:
-        model.lm_head = Linear16(frozen(model.lm_head.weight.half()))
+        bias = model.lm_head.bias
+        model.lm_head = Linear16(frozen(model.lm_head.weight.to(dtype)), None if bias is None else frozen(bias))
 
 
 def widen_bfloat16_products(model: nn.Module) -> None:
-    """Swap every nn.Linear of a bfloat16 `model` (a Transformer) for a Linear16, in place, and give
-    a tied head one that shares the embedding table."""
+    """Swap every nn.Linear of a bfloat16 `model` (a Transformer), and its head, for a Linear16,
+    in place."""
     def widened(layer: nn.Linear) -> Linear16:
         return Linear16(frozen(layer.weight), None if layer.bias is None else frozen(layer.bias))
 
+    head16(model, torch.bfloat16)
     swap_linears(model, widened)
-    if model.lm_head is None:
-        model.embed.weight = frozen(model.embed.weight)
-        model.lm_head = Linear16(model.embed.weight)
