@@ -13,8 +13,8 @@ from nexttoken.decoding.config import GenerationConfig
 from nexttoken.errors import NextTokenError
 from nexttoken.model import kernels
 from nexttoken.model.precision import set_precision
-from nexttoken.model.quantize import (INT4_GROUP, Int4Linear, Linear16,
-                                      Int8Linear, quantize_groups, quantize_rows)
+from nexttoken.model.quantize import (FLOAT32_HEAD_KERNEL_MAX_ROWS, FLOAT32_KERNEL_MAX_ROWS, INT4_GROUP, Float32Linear,
+                                      Int4Linear, Int8Linear, Linear16, quantize_groups, quantize_rows)
 from nexttoken.pretrained import LanguageModel
 from test_smollm2_parity import long_text
 
@@ -164,7 +164,7 @@ def test_our_float16_head_kernel_is_the_exact_product(dtype):
         tolerance = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else {}
         torch.testing.assert_close(y[0], expected, **tolerance)
     with pytest.raises(RuntimeError, match="x has 64 inputs, the weight 72"):
-        torch.ops.nexttoken.matmul16(torch.zeros(1, 64), head.weight)
+        torch.ops.nexttoken.matvec(torch.zeros(1, 64), head.weight)
 
 
 @pytest.mark.skipif(not torch.cpu._is_avx512_bf16_supported(), reason="our kernels need AVX512-BF16")
@@ -184,6 +184,45 @@ def test_our_bfloat16_weight_kernel_takes_a_few_rows(dtype):
             torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
         else:  # the product and the bias rounded to bfloat16 in turn: within two roundings
             torch.testing.assert_close(y, expected, rtol=1e-2, atol=0.05)
+
+
+@pytest.mark.skipif(not torch.cpu._is_avx512_bf16_supported(), reason="our kernels need AVX512-BF16")
+def test_float32_linear_runs_a_few_rows_in_our_kernel_and_trains_as_nn_linear(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    plain = nn.Linear(72, 100)
+    layer = Float32Linear(72, 100, device="meta")
+    layer.weight, layer.bias = plain.weight, plain.bias
+    ours = []
+    matvec = torch.ops.nexttoken.matvec
+    monkeypatch.setattr(torch.ops.nexttoken, "matvec", lambda *args: ours.append(args[0].shape[0]) or matvec(*args))
+    with torch.no_grad():
+        for rows in (*range(1, 10), 17):  # tiles of 1 to 8 rows share one read of each weight row
+            x = torch.randn(2, rows, 72, generator=g)[1]  # a row that does not start its storage
+            expected = x.double() @ plain.weight.double().T + plain.bias.double()
+            torch.testing.assert_close(layer(x).double(), expected, rtol=1e-5, atol=1e-5)
+    assert ours == list(range(1, FLOAT32_KERNEL_MAX_ROWS + 1))  # more rows: PyTorch's product
+    x = torch.randn(3, 72, generator=g)
+    layer(x).square().sum().backward()  # with a gradient to record: nn.Linear's product, which has one
+    plain_grad = plain.weight.grad.clone()
+    plain.weight.grad = None
+    plain(x).square().sum().backward()
+    assert ours == list(range(1, FLOAT32_KERNEL_MAX_ROWS + 1)) and torch.equal(plain.weight.grad, plain_grad)
+
+
+@pytest.mark.skipif(not torch.cpu._is_avx512_bf16_supported(), reason="our kernels need AVX512-BF16")
+def test_a_float32_model_runs_its_products_and_tied_head_through_our_kernel(smollm2, monkeypatch):
+    model = smollm2.model
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert layers and all(type(m) is Float32Linear for m in layers) and model.lm_head is None  # the tied table
+    assert "blocks.0.attn.wqkv.weight" in model.state_dict()  # named as before: exports and checkpoints unchanged
+    widths = []
+    matvec = torch.ops.nexttoken.matvec
+    monkeypatch.setattr(torch.ops.nexttoken, "matvec", lambda x, w: widths.append(w.shape[0]) or matvec(x, w))
+    hidden = torch.randn(1, FLOAT32_HEAD_KERNEL_MAX_ROWS, model.config.d_model)
+    with torch.no_grad():
+        torch.testing.assert_close(model.head(hidden), nn.functional.linear(hidden, model.embed.weight),
+                                   rtol=1e-5, atol=1e-5)
+    assert widths == [model.config.vocab_size]
 
 
 def test_a_bfloat16_model_runs_its_products_through_linear16(variants):

@@ -1,7 +1,7 @@
 """Our CPU kernels, compiled for this machine on first use.
 
 For decoding: the int4 matrix product (int4_matmul.cpp, with its weight layout below), and the
-product with 16-bit weights (matmul16.cpp: the int4 model's float16 head, a bfloat16 model's
+product with 16-bit weights (matvec.cpp: the int4 model's float16 head, a bfloat16 model's
 layers). PyTorch's own int4 CPU kernel is compute-bound on a decode
 step's few rows (11–16 GB/s of weights on 2 cores, against 24–50 GB/s that the memory delivers);
 ours multiplies 4-bit weights by bfloat16 inputs with AVX512-BF16 dot products and gets through a
@@ -40,7 +40,7 @@ import torch
 from torch.utils import cpp_extension
 
 SOURCES = [Path(__file__).with_name(name)
-           for name in ("int4_matmul.cpp", "matmul16.cpp", "flash_attention.cpp", "one_query_attention.cpp",
+           for name in ("int4_matmul.cpp", "matvec.cpp", "flash_attention.cpp", "one_query_attention.cpp",
                         "elementwise.cpp")]
 HEADERS = [Path(__file__).with_name("vector_math.h")]
 GROUP = 32  # inputs per scale and minimum
@@ -108,7 +108,7 @@ def load() -> bool:
     def _(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
         return x.new_empty(x.shape[0], packed.shape[0] * BLOCK_ROWS)
 
-    @torch.library.register_fake("nexttoken::matmul16")
+    @torch.library.register_fake("nexttoken::matvec")
     def _(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return x.new_empty(x.shape[0], weight.shape[0])
 

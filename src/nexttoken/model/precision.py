@@ -13,7 +13,8 @@ import torch
 
 from nexttoken.errors import NextTokenError
 from nexttoken.memory import move_to_huge_pages
-from nexttoken.model.quantize import head16, quantize_int4, quantize_int8, widen_bfloat16_products
+from nexttoken.model.quantize import (float32_products, head16, quantize_int4, quantize_int8,
+                                     widen_bfloat16_products)
 from nexttoken.model.transformer import Transformer
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -49,5 +50,7 @@ def set_precision(model: Transformer, dtype: str = "float32", quantize: str = "n
         head16(model, torch.float16)
     elif compute == torch.bfloat16:
         widen_bfloat16_products(model)
+    else:
+        float32_products(model)
     move_to_huge_pages(model)  # a decode step streams every weight: fewer TLB misses
     return model

@@ -13,6 +13,7 @@ from nexttoken.config import ModelConfig
 from nexttoken.model.attention import Attention, CrossAttention, RelativePositionBias
 from nexttoken.model.kv_cache import CrossKVCache, KVCache
 from nexttoken.model.layers import make_mlp, make_norm, rotary_tables, sinusoidal_table
+from nexttoken.model.quantize import FLOAT32_HEAD_KERNEL_MAX_ROWS, float32_linear
 from nexttoken.model.ssru import SSRU
 
 # the self-attention sublayers a block can have, by `ModelConfig.self_attention`; each is built
@@ -170,7 +171,7 @@ class Transformer(nn.Module):
         if self.head_scale != 1.0:
             hidden = hidden * self.head_scale
         if self.lm_head is None:
-            return nn.functional.linear(hidden, self.embed.weight, self.head_bias)
+            return float32_linear(hidden, self.embed.weight, self.head_bias, FLOAT32_HEAD_KERNEL_MAX_ROWS)
         logits = self.lm_head(hidden)
         return logits if self.head_bias is None else logits + self.head_bias
 

@@ -46,8 +46,8 @@ class LoRALinear(nn.Module):
         return self.base(x) + self.scale * update
 
     def merged(self) -> nn.Linear:
-        """A plain linear layer computing what this one computes (without dropout)."""
-        merged = nn.Linear(self.base.in_features, self.base.out_features, bias=self.base.bias is not None,
+        """A linear layer of the base's kind computing what this one computes (without dropout)."""
+        merged = type(self.base)(self.base.in_features, self.base.out_features, bias=self.base.bias is not None,
                            dtype=self.base.weight.dtype, device=self.base.weight.device)
         with torch.no_grad():
             merged.weight.copy_(self.base.weight + self.scale * self.lora_b @ self.lora_a)
@@ -59,7 +59,7 @@ class LoRALinear(nn.Module):
 def named_targets(model: nn.Module, targets: tuple[str, ...]) -> list[tuple[nn.Module, str, nn.Linear]]:
     """(parent, attribute, layer) for every nn.Linear whose attribute name is in `targets`."""
     found = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
-             if name in targets and type(child) is nn.Linear]
+             if name in targets and isinstance(child, nn.Linear)]
     if not found:
         raise NextTokenError(f"no linear layers named {', '.join(targets)} to adapt")
     return found

@@ -1,7 +1,7 @@
-// y = x @ w^T for a few rows of x (a decode step), with w kept in 16 bits, float16 or bfloat16: each
-// weight row is widened to float32 sixteen values at a time (vcvtph2ps, or a shift for bfloat16) and
-// multiplied by up to 8 rows of x in float32, so x is never rounded. Each thread reads one contiguous
-// run of rows.
+// y = x @ w^T for a few rows of x (a decode step), with w kept in float32, float16 or bfloat16: each
+// weight row is read sixteen values at a time, widened to float32 (vcvtph2ps, or a shift for
+// bfloat16) and multiplied by up to 8 rows of x in float32, so x is never rounded. Each thread reads
+// one contiguous run of rows.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -19,12 +19,18 @@ namespace {
 constexpr int64_t kRowsPerTask = 64;
 constexpr int kMaxTile = 8;  // rows of x that share one widening of each weight row
 
+struct Float32 {
+  using Bits = float;
+  static __m512 widen(const float* w, int count = 16) { return load16(w, count); }
+};
 struct Float16 {
+  using Bits = uint16_t;
   static __m512 widen(const uint16_t* w, int count = 16) {
     return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << count) - 1), w));
   }
 };
 struct BFloat16 {
+  using Bits = uint16_t;
   static __m512 widen(const uint16_t* w, int count = 16) { return load16(w, count); }
 };
 
@@ -33,7 +39,7 @@ struct BFloat16 {
 // are unrolled on request (#pragma): left to itself, GCC kept the sums in memory and stored them at
 // every step, which made 8 rows 4.3 times as slow (225 against 52 µs for a 960 × 576 weight).
 template <typename Weight, int Tile>
-void tile_dot(const uint16_t* w, const float* x, int64_t k, float* out, int64_t out_stride) {
+void tile_dot(const typename Weight::Bits* w, const float* x, int64_t k, float* out, int64_t out_stride) {
   __m512 even[Tile], odd[Tile];
 #pragma GCC unroll 8
   for (int m = 0; m < Tile; ++m) even[m] = odd[m] = _mm512_setzero_ps();
@@ -57,7 +63,7 @@ void tile_dot(const uint16_t* w, const float* x, int64_t k, float* out, int64_t 
 }
 
 template <typename Weight>
-void rows_dot(int tile, const uint16_t* w, const float* x, int64_t k, float* out, int64_t out_stride) {
+void rows_dot(int tile, const typename Weight::Bits* w, const float* x, int64_t k, float* out, int64_t out_stride) {
   switch (tile) {
     case 1: return tile_dot<Weight, 1>(w, x, k, out, out_stride);
     case 2: return tile_dot<Weight, 2>(w, x, k, out, out_stride);
@@ -70,38 +76,44 @@ void rows_dot(int tile, const uint16_t* w, const float* x, int64_t k, float* out
   }
 }
 
-// x: (M, K) float32 or bfloat16; w: (N, K) float16 or bfloat16. Returns (M, N) in x's dtype.
-at::Tensor matmul16(const at::Tensor& x, const at::Tensor& w) {
+// x: (M, K) float32 or bfloat16; w: (N, K) float32, float16 or bfloat16. Returns (M, N) in x's dtype.
+at::Tensor matvec(const at::Tensor& x, const at::Tensor& w) {
   TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && w.is_contiguous() &&
-              (w.scalar_type() == at::kHalf || w.scalar_type() == at::kBFloat16),
-              "matmul16: x must be a matrix and w a contiguous float16 or bfloat16 matrix");
+              (w.scalar_type() == at::kFloat || w.scalar_type() == at::kHalf || w.scalar_type() == at::kBFloat16),
+              "matvec: x must be a matrix and w a contiguous float32, float16 or bfloat16 matrix");
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
-              "matmul16: x must be float32 or bfloat16");
-  TORCH_CHECK(x.size(1) == w.size(1), "matmul16: x has ", x.size(1), " inputs, the weight ", w.size(1));
+              "matvec: x must be float32 or bfloat16");
+  TORCH_CHECK(x.size(1) == w.size(1), "matvec: x has ", x.size(1), " inputs, the weight ", w.size(1));
   const at::Tensor x32 = x.to(at::kFloat).contiguous();
   const int64_t rows = x32.size(0), k = x32.size(1), n = w.size(0);
   at::Tensor result = at::empty({rows, n}, x32.options());
   const float* xs = x32.const_data_ptr<float>();
-  const auto* weights = static_cast<const uint16_t*>(w.const_data_ptr());
-  const auto dot = w.scalar_type() == at::kHalf ? rows_dot<Float16> : rows_dot<BFloat16>;
   float* y = result.data_ptr<float>();
-  at::parallel_for(0, n, kRowsPerTask, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      for (int64_t m = 0; m < rows; m += kMaxTile) {
-        const int tile = static_cast<int>(std::min<int64_t>(kMaxTile, rows - m));
-        dot(tile, weights + r * k, xs + m * k, k, y + m * n + r, n);
+  const auto multiply = [&]<typename Weight>(Weight) {
+    const auto* weights = static_cast<const typename Weight::Bits*>(w.const_data_ptr());
+    at::parallel_for(0, n, kRowsPerTask, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        for (int64_t m = 0; m < rows; m += kMaxTile) {
+          const int tile = static_cast<int>(std::min<int64_t>(kMaxTile, rows - m));
+          rows_dot<Weight>(tile, weights + r * k, xs + m * k, k, y + m * n + r, n);
+        }
       }
-    }
-  });
+    });
+  };
+  switch (w.scalar_type()) {
+    case at::kFloat: multiply(Float32{}); break;
+    case at::kHalf: multiply(Float16{}); break;
+    default: multiply(BFloat16{}); break;
+  }
   return x.scalar_type() == at::kFloat ? result : result.to(at::kBFloat16);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(nexttoken, m) {
-  m.def("matmul16(Tensor x, Tensor w) -> Tensor");
+  m.def("matvec(Tensor x, Tensor w) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(nexttoken, CPU, m) {
-  m.impl("matmul16", &matmul16);
+  m.impl("matvec", &matvec);
 }
