@@ -116,7 +116,7 @@ def test_heatmap_must_be_png(tmp_path, name):
 
 @pytest.fixture
 def run(smollm2, monkeypatch):
-    monkeypatch.setattr(cli, "load", lambda path, dtype, quantize, compiled: smollm2)
+    monkeypatch.setattr(cli, "load", lambda path, dtype, quantize, compiled, draft: smollm2)
     runner = CliRunner()
 
     def invoke(*args: str) -> str:
@@ -149,7 +149,7 @@ def test_command_default_path_and_one_head(run, tmp_path, monkeypatch):
     (("--output", "map.svg"), "error: the heatmap is written as a PNG image: give a path ending in .png, not 'map.svg'"),
 ])
 def test_command_mistakes_are_one_line_errors(smollm2, monkeypatch, capsys, tmp_path, args, message):
-    monkeypatch.setattr(cli, "load", lambda path, dtype, quantize, compiled: smollm2)
+    monkeypatch.setattr(cli, "load", lambda path, dtype, quantize, compiled, draft: smollm2)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["nexttoken", "attention", CAPITAL, *args])
     with pytest.raises(SystemExit) as exit_info:

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from nexttoken.decoding.config import GenerationConfig
 
 @pytest.fixture
 def run(smollm2, monkeypatch):
-    monkeypatch.setattr(cli, "load", lambda path, dtype, quantize, compiled: smollm2)
+    monkeypatch.setattr(cli, "load", lambda path, dtype, quantize, compiled, draft: smollm2)
     runner = CliRunner()
 
     def invoke(*args: str, stdin: str | None = None):
@@ -34,12 +35,13 @@ def test_generate_json(run, smollm2):
 
 def test_compile_and_precision_options_reach_the_loader(smollm2, monkeypatch):
     asked = []
-    monkeypatch.setattr(cli, "load", lambda path, dtype, quantize, compiled: asked.append((dtype, quantize, compiled))
-                        or smollm2)
-    for args in (["--quantize", "int4", "--compile"], ["--dtype", "bfloat16"]):
+    monkeypatch.setattr(cli, "load", lambda path, dtype, quantize, compiled, draft:
+                        asked.append((dtype, quantize, compiled, draft)) or replace(smollm2, draft=smollm2.model))
+    for args in (["--quantize", "int4", "--compile"], ["--dtype", "bfloat16"], ["--draft", "int4"]):
         result = CliRunner().invoke(cli.app, ["generate", "Hi", "--max-new-tokens", "1", *args])
         assert result.exit_code == 0, result.output
-    assert asked == [("float32", "int4", True), ("bfloat16", "none", False)]
+    assert asked == [("float32", "int4", True, None), ("bfloat16", "none", False, None),
+                     ("float32", "none", False, "int4")]
 
 
 def test_train_options_reach_the_recipe(monkeypatch, tmp_path):
@@ -244,6 +246,25 @@ def test_encoder_errors_are_one_line(tmp_path, minilm):
 def test_generate_prompt_lookup(run):
     args = ("generate", "Repeat: the cat sat on the mat, the cat sat on the mat.", "--chat", "--max-new-tokens", "20", "--json")
     assert json.loads(run(*args, "--prompt-lookup", "5")) == json.loads(run(*args))
+
+
+def test_generate_and_chat_with_a_draft_model(smollm2, monkeypatch):
+    given = []
+
+    def load(path, dtype, quantize, compiled, draft):
+        given.append(draft)
+        return replace(smollm2, draft=smollm2.model)  # the model as its own draft: every guess right
+
+    monkeypatch.setattr(cli, "load", load)
+    generations = []
+    for extra in ([], ["--draft", "int4", "--draft-tokens", "3"]):
+        result = CliRunner().invoke(cli.app, ["generate", "Name three colors.", "--chat", "--max-new-tokens", "24",
+                                              "--json", *extra])
+        assert result.exit_code == 0, result.output
+        generations.append(json.loads(result.stdout))
+    assert generations[0] == generations[1] and given == [None, "int4"]
+    result = CliRunner().invoke(cli.app, ["chat", "--draft", "int4", "--max-new-tokens", "8"], input="Hi\n")
+    assert result.exit_code == 0 and result.stdout.strip(), result.output
 
 
 def test_bench_json(run):

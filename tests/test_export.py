@@ -9,6 +9,7 @@ import torch
 from nexttoken import pretrained
 from nexttoken.config import ModelConfig
 from nexttoken.errors import NextTokenError
+from nexttoken.model.quantize import Int4Linear
 from nexttoken.model.transformer import Transformer
 from nexttoken.tokenizer import Tokenizer
 from nexttoken.tokenizer.presets import chat_format
@@ -82,6 +83,16 @@ def test_pretrained_load_reads_hf_folder(exported, tokenizer):
     assert lm.tokenizer.end_ids == tokenizer.end_ids
     # Llama 3's template writes BOS itself: the chat prompt must not start with two
     assert lm.encode(MESSAGES[0]["content"], chat=True)[:2] == [tokenizer.bos_id, tokenizer.backend.token_to_id("<|start_header_id|>")]
+
+
+def test_a_draft_model_must_share_the_vocabulary(exported, smollm2_path):
+    _, folder, gguf_path = exported
+    lm = pretrained.load(folder, draft=gguf_path)  # the same model and tokenizer, from the GGUF
+    ids = torch.tensor([[1, 2, 3]])
+    torch.testing.assert_close(lm.draft(ids), lm.model(ids), rtol=1e-5, atol=1e-5)
+    assert isinstance(pretrained.load(folder, draft="int4").draft.blocks[0].attn.wqkv, Int4Linear)
+    with pytest.raises(NextTokenError, match="the draft model's vocabulary is not the model's"):
+        pretrained.load(folder, draft=smollm2_path)
 
 
 def test_transformers_tokenizer_reads_hf_export(exported, tokenizer):

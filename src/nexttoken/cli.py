@@ -59,12 +59,17 @@ Stop = Annotated[Optional[list[str]], typer.Option("--stop", help="Stop when thi
 Beams = Annotated[int, typer.Option("--beams", help="Beam search with this many beams (1: no beam search).")]
 LengthPenalty = Annotated[float, typer.Option(help="Beam scores are divided by length ** this (>0 favours longer).")]
 PromptLookup = Annotated[int, typer.Option(help="Speculative greedy decoding: draft up to N tokens from repeats in the context, verify them in one pass (0: off).")]
+Draft = Annotated[Optional[str], typer.Option(
+    help="Speculative greedy decoding with a draft model: 'int4' (this model with int4 weights) or the path of a "
+         "model with the same vocabulary; its guesses are verified in one pass.")]
+DraftTokens = Annotated[int, typer.Option(help="With --draft: how many tokens the draft model guesses per pass.")]
 EarlyStopping = Annotated[str, typer.Option(help="Beam search stops: 'true' when num_beams have ended, 'false' when no better one is likely, 'never' when none can be better.")]
 
 
-def _load(model: Path | None, dtype: str = "float32", quantize: str = "none", compiled: bool = False) -> LanguageModel:
+def _load(model: Path | None, dtype: str = "float32", quantize: str = "none", compiled: bool = False,
+          draft: str | None = None) -> LanguageModel:
     with err.status("loading the model…") if err.is_terminal else nullcontext():
-        return load(model, dtype=dtype, quantize=quantize, compiled=compiled)
+        return load(model, dtype=dtype, quantize=quantize, compiled=compiled, draft=draft)
 
 
 def _logit_bias(pairs: list[str] | None) -> dict[int, float]:
@@ -89,7 +94,7 @@ def _config(max_new_tokens: int, temperature: float, top_k: int, top_p: float, m
             repetition_penalty: float, presence_penalty: float, frequency_penalty: float, no_repeat_ngram: int,
             logit_bias: list[str] | None, ban: list[int] | None, min_new_tokens: int, seed: int | None,
             stop: list[str] | None, beams: int, length_penalty: float, early_stopping: str, prompt_lookup: int,
-            num_return_sequences: int = 1, top_logprobs: int = 0) -> GenerationConfig:
+            draft_tokens: int = 0, num_return_sequences: int = 1, top_logprobs: int = 0) -> GenerationConfig:
     sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, min_p=min_p,
                               typical_p=typical_p, repetition_penalty=repetition_penalty,
                               presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
@@ -99,7 +104,7 @@ def _config(max_new_tokens: int, temperature: float, top_k: int, top_p: float, m
                             num_beams=beams, length_penalty=length_penalty,
                             early_stopping=_early_stopping(early_stopping),
                             num_return_sequences=num_return_sequences, top_logprobs=top_logprobs,
-                            prompt_lookup=prompt_lookup)
+                            prompt_lookup=prompt_lookup, draft_tokens=draft_tokens)
 
 
 def _write(piece: str) -> None:
@@ -121,13 +126,13 @@ def generate(prompt: str, model: ModelOption = None, dtype: Dtype = "float32", q
              no_repeat_ngram: NoRepeatNgram = 0, logit_bias: LogitBias = None, ban: Ban = None,
              min_new_tokens: MinNewTokens = 0, seed: Seed = None, stop: Stop = None, beams: Beams = 1,
              length_penalty: LengthPenalty = 1.0, early_stopping: EarlyStopping = "false",
-             prompt_lookup: PromptLookup = 0) -> None:
+             prompt_lookup: PromptLookup = 0, draft: Draft = None, draft_tokens: DraftTokens = 4) -> None:
     """Continue PROMPT, streaming the new text as it is produced."""
     config = _config(max_new_tokens, temperature, top_k, top_p, min_p, typical_p, repetition_penalty,
                      presence_penalty, frequency_penalty, no_repeat_ngram, logit_bias, ban, min_new_tokens, seed,
-                     stop, beams, length_penalty, early_stopping, prompt_lookup, num_return_sequences,
-                     max(logprobs, EXPLAIN_CANDIDATES if explain else 0))
-    lm = _load(model, dtype, quantize, compiled)
+                     stop, beams, length_penalty, early_stopping, prompt_lookup, draft_tokens if draft else 0,
+                     num_return_sequences, max(logprobs, EXPLAIN_CANDIDATES if explain else 0))
+    lm = _load(model, dtype, quantize, compiled, draft)
     prompt_ids = lm.encode(prompt, chat=chat, system=system)
     watch = BeamPrinter(lm.tokenizer, out) if explain and beams > 1 else None
     streaming = not json_output and not explain and num_return_sequences == 1
@@ -157,12 +162,12 @@ def chat(model: ModelOption = None, system: System = None, dtype: Dtype = "float
          no_repeat_ngram: NoRepeatNgram = 0, logit_bias: LogitBias = None, ban: Ban = None,
          min_new_tokens: MinNewTokens = 0, seed: Seed = None, stop: Stop = None, beams: Beams = 1,
          length_penalty: LengthPenalty = 1.0, early_stopping: EarlyStopping = "false",
-         prompt_lookup: PromptLookup = 0) -> None:
+         prompt_lookup: PromptLookup = 0, draft: Draft = None, draft_tokens: DraftTokens = 4) -> None:
     """Talk with the model. Each line from standard input is one user turn when it is not a terminal."""
     config = _config(max_new_tokens, temperature, top_k, top_p, min_p, typical_p, repetition_penalty,
                      presence_penalty, frequency_penalty, no_repeat_ngram, logit_bias, ban, min_new_tokens, seed,
-                     stop, beams, length_penalty, early_stopping, prompt_lookup)
-    session = ChatSession(_load(model, dtype, quantize, compiled), system, config)
+                     stop, beams, length_penalty, early_stopping, prompt_lookup, draft_tokens if draft else 0)
+    session = ChatSession(_load(model, dtype, quantize, compiled, draft), system, config)
     interactive = sys.stdin.isatty()
     if interactive:
         err.print("[dim]Type a message; /reset starts over, /exit or Ctrl-D leaves.[/dim]")
@@ -532,7 +537,7 @@ def seq2seq(folder: Annotated[Path, typer.Argument(help="A Hugging Face T5 or BA
     from nexttoken.seq2seq import Seq2SeqModel
 
     config = _config(max_new_tokens, temperature, top_k, top_p, 0.0, 1.0, 1.0, 0.0, 0.0, 0, None, None, 0, seed, stop,
-                     beams, length_penalty, early_stopping, 0, num_return_sequences)
+                     beams, length_penalty, early_stopping, 0, num_return_sequences=num_return_sequences)
     for completion in Seq2SeqModel.load(folder).generate_batch([text], config)[0]:
         _write(completion.text + "\n")
 

@@ -18,6 +18,7 @@ class GenerationConfig:
     num_return_sequences: int = 1
     top_logprobs: int = 0  # alternatives recorded at each step, beside the chosen token
     prompt_lookup: int = 0  # speculative decoding: draft up to this many tokens from the context (0: off)
+    draft_tokens: int = 0  # speculative decoding: up to this many tokens from a draft model (0: off)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -34,10 +35,15 @@ class GenerationConfig:
             raise NextTokenError(f"early_stopping must be true, false or 'never', got {self.early_stopping!r}")
         if self.top_logprobs < 0:
             raise NextTokenError(f"top_logprobs must be >= 0, got {self.top_logprobs}")
-        if self.prompt_lookup < 0:
-            raise NextTokenError(f"prompt_lookup must be >= 0 (0 means off), got {self.prompt_lookup}")
+        for name in ("prompt_lookup", "draft_tokens"):
+            if getattr(self, name) < 0:
+                raise NextTokenError(f"{name} must be >= 0 (0 means off), got {getattr(self, name)}")
+        if self.prompt_lookup and self.draft_tokens:
+            raise NextTokenError("speculative decoding drafts from the context (prompt_lookup) or from a draft model "
+                                 "(draft_tokens), not both")
+        speculative = "prompt_lookup" if self.prompt_lookup else "draft_tokens" if self.draft_tokens else None
         plain_greedy = self.sampling == SamplingConfig(seed=self.sampling.seed)
-        if self.prompt_lookup and not (plain_greedy and self.num_beams == 1 and self.num_return_sequences == 1):
-            raise NextTokenError("prompt_lookup speeds up plain greedy decoding only: no sampling, beams or penalties")
+        if speculative and not (plain_greedy and self.num_beams == 1 and self.num_return_sequences == 1):
+            raise NextTokenError(f"{speculative} speeds up plain greedy decoding only: no sampling, beams or penalties")
         if self.num_beams > 1 and not self.sampling.greedy:
             raise NextTokenError("beam search is deterministic here: use temperature 0 with num_beams > 1")

