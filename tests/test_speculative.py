@@ -8,7 +8,8 @@ import pytest
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.generate import generate
 from nexttoken.decoding.sampling import SamplingConfig
-from nexttoken.decoding.speculative import DraftModel, accepted_length, draft_from_context, shared_prefix
+from nexttoken.decoding.prompts import common_prefix_length
+from nexttoken.decoding.speculative import DraftModel, draft_from_context
 from nexttoken.errors import NextTokenError
 from nexttoken.loaders.gguf import load_gguf_model
 from nexttoken.model.precision import set_precision
@@ -29,10 +30,10 @@ def test_draft_copies_what_followed_the_latest_match():
     assert draft_from_context([1, 2, 3], 5) == [] and draft_from_context([1], 5) == []
 
 
-def test_accepted_length():
-    assert accepted_length([4, 5, 6], [4, 5, 9, 1]) == 2
-    assert accepted_length([4, 5], [4, 5, 3]) == 2
-    assert accepted_length([7], [4, 2]) == 0 and accepted_length([], [3]) == 0
+def test_accepted_guesses_are_the_common_prefix():
+    assert common_prefix_length([4, 5, 6], [4, 5, 9, 1]) == 2
+    assert common_prefix_length([4, 5], [4, 5, 3]) == 2
+    assert common_prefix_length([7], [4, 2]) == 0 and common_prefix_length([], [3]) == 0
 
 
 def count_passes(model, monkeypatch) -> list[int]:
@@ -137,7 +138,6 @@ def test_the_draft_model_feeds_only_what_its_cache_lacks(tmp_path, monkeypatch):
     other = [5, 9, 8, 1, 4]  # another context sharing only two tokens (a chat that rewrites its end)
     guessed = drafter(other, 2)
     assert widths[-2:] == [3, 1] and guessed == DraftModel(drafter.model)(other, 2)
-    assert shared_prefix([1, 2, 3], [1, 2, 4, 5]) == 2 and shared_prefix([], [1]) == 0
 
 
 def test_draft_options_are_checked(tmp_path):

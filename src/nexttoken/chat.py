@@ -5,16 +5,8 @@ from collections.abc import Callable
 
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.outputs import Completion
+from nexttoken.decoding.prompts import common_prefix_length
 from nexttoken.pretrained import LanguageModel
-
-
-def common_prefix_length(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 class ChatSession:

@@ -1,4 +1,5 @@
-"""Checking prompts against the context window, and padding prompts of different lengths into a batch."""
+"""Checking prompts against the context window, padding prompts of different lengths into a batch,
+and how many tokens two sequences share from the start (what a cache can keep, what a draft got right)."""
 
 import torch
 
@@ -12,6 +13,15 @@ def check_prompt(n_prompt: int, n_cached: int, max_seq_len: int) -> None:
         raise NextTokenError(
             f"the prompt has {n_cached + n_prompt} tokens, more than the model's context window of {max_seq_len}"
         )
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from nexttoken.decoding.prompts import common_prefix_length
 from nexttoken.model.kv_cache import KVCache
 from nexttoken.model.transformer import Transformer
 
@@ -31,14 +32,6 @@ def draft_from_context(tokens: list[int], n_draft: int, max_ngram: int = MAX_NGR
     return []
 
 
-def shared_prefix(a: list[int], b: list[int]) -> int:
-    """How many tokens a and b share from the start."""
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
-
-
 class DraftModel:
     """Guesses from `model`'s own greedy tokens, one decode step each. Its cache keeps the longest
     start it shares with the context it is asked about, so after a pass only the tokens the target
@@ -54,7 +47,7 @@ class DraftModel:
         n_draft = min(n_draft, self.model.config.max_seq_len - len(tokens) + 1)  # the last guess is not fed
         if n_draft <= 0:
             return []
-        keep = min(shared_prefix(self.cached, tokens), len(tokens) - 1)  # feed one token at least, for its scores
+        keep = min(common_prefix_length(self.cached, tokens), len(tokens) - 1)  # one token fed at least: its scores
         self.cache.truncate(keep)
         self.cache.reserve(len(tokens) + n_draft)
         self.cached, fed, guesses = tokens[:keep], tokens[keep:], []
@@ -63,15 +56,6 @@ class DraftModel:
             self.cached += fed
             fed = guesses[-1:]
         return guesses
-
-
-def accepted_length(draft: list[int], predicted: list[int]) -> int:
-    """How many draft tokens the model agrees with, from the first: predicted[i] is the model's
-    choice after draft[:i]."""
-    n = 0
-    while n < len(draft) and draft[n] == predicted[n]:
-        n += 1
-    return n
 
 
 @torch.inference_mode()
@@ -97,7 +81,7 @@ def speculative_greedy(model: Transformer, context: list[int], logits: torch.Ten
         fed = torch.tensor([[token, *draft]])  # (1, 1 + d)
         scores = model.head(model.hidden_states(fed, cache))[0]  # (1 + d, V)
         predicted = scores.argmax(dim=-1).tolist()
-        n_ok = accepted_length(draft, predicted)
+        n_ok = common_prefix_length(draft, predicted)  # predicted[i]: the model's choice after draft[:i]
         cache.truncate(cache.length - (len(draft) - n_ok))  # forget the keys of rejected guesses
         for i in range(n_ok):
             tokens.append(draft[i])
