@@ -10,6 +10,7 @@ from torch import nn
 
 from nexttoken.bench import weight_bytes_per_token
 from nexttoken.decoding.config import GenerationConfig
+from nexttoken.decoding.generate import generate
 from nexttoken.errors import NextTokenError
 from nexttoken.model import kernels
 from nexttoken.model.precision import set_precision
@@ -59,10 +60,12 @@ def test_accuracy_against_float32(smollm2, variants, name):
 
 @pytest.mark.parametrize("name", ["bf16", "int8", "int4"])
 @pytest.mark.parametrize("prompt", ["What is 2+2?", "Name the planets of the solar system."])
-def test_greedy_tokens_match_where_the_reference_is_clear(smollm2, variants, name, prompt):
+@pytest.mark.parametrize("speculative", [{}, {"prompt_lookup": 4}, {"draft_tokens": 4}], ids=["plain", "lookup", "draft"])
+def test_greedy_tokens_match_where_the_reference_is_clear(smollm2, variants, name, prompt, speculative):
     ids = smollm2.encode(prompt, chat=True)
     reference = smollm2.generate(ids, GenerationConfig(max_new_tokens=32, top_logprobs=2))
-    ours = variants[name].generate(ids, GenerationConfig(max_new_tokens=32))
+    ours = generate(variants[name].model, smollm2.tokenizer, ids, smollm2.end_ids,
+                    GenerationConfig(max_new_tokens=32, **speculative), draft=variants["int4"].model)
     gaps = [step.top[0].logprob - step.top[1].logprob for step in reference.steps]
     diverged = next((n for n, (a, b) in enumerate(zip(ours.token_ids, reference.token_ids)) if a != b), None)
     if diverged is not None:  # allowed only where the reference itself nearly tied
