@@ -14,8 +14,9 @@ from nexttoken.decoding.generate import generate
 from nexttoken.errors import NextTokenError
 from nexttoken.model import kernels
 from nexttoken.model.precision import set_precision
-from nexttoken.model.quantize import (FLOAT32_HEAD_KERNEL_MAX_ROWS, FLOAT32_KERNEL_MAX_ROWS, INT4_GROUP, Float32Linear,
-                                      Int4Linear, Int8Linear, Linear16, quantize_groups, quantize_rows)
+from nexttoken.model.quantize import (BFLOAT16_HEAD_KERNEL_MAX_ROWS, FLOAT32_HEAD_KERNEL_MAX_ROWS,
+                                      FLOAT32_KERNEL_MAX_ROWS, INT4_GROUP, Float32Linear, Int4Linear, Int8Linear,
+                                      Linear16, quantize_groups, quantize_rows)
 from nexttoken.pretrained import LanguageModel
 from test_smollm2_parity import long_text
 
@@ -26,7 +27,8 @@ from test_smollm2_parity import long_text
 # bfloat16 inputs and sum in float32; its head is float16, multiplied by float32 inputs up to 128
 # rows). The bounds leave room for the platform's rounding, except int4's, which are the targets of
 # issue #7: at least 99 % and at most 1 %.
-BOUNDS = {"bf16": (0.965, 0.005), "int8": (0.94, 0.01), "int4": (0.99, 0.01), "int4 prompt": (0.99, 0.01)}
+BOUNDS = {"bf16": (0.965, 0.005), "bf16 decode": (0.98, 0.005), "int8": (0.94, 0.01), "int4": (0.99, 0.01),
+          "int4 prompt": (0.99, 0.01)}
 DECODE_ROWS = 16  # tokens a step, as speculative decoding verifies them
 MARGIN = {"bf16": 0.3, "int8": 0.6, "int4": 0.3}  # where the reference's two best log-probabilities are closer, either may win
 
@@ -39,17 +41,20 @@ def variants(smollm2) -> dict[str, LanguageModel]:
     return {"bf16": variant("bfloat16", "none"), "int8": variant("float32", "int8"), "int4": variant("float32", "int4")}
 
 
-@pytest.mark.parametrize("name", ["bf16", "int8", "int4", "int4 prompt"])
+@pytest.mark.parametrize("name", ["bf16", "bf16 decode", "int8", "int4", "int4 prompt"])
 def test_accuracy_against_float32(smollm2, variants, name):
     ids = smollm2.tokenizer.encode(long_text(smollm2.tokenizer, 2001))
     x, target = torch.tensor([ids[:-1]]), torch.tensor(ids[1:])
     model = variants[name.split()[0]].model
+    # through the cache a few tokens at a time, as decoding runs: the int4 kernel's path, the bfloat16
+    # head's float32 scores; otherwise the whole text at once (through the unpacked int4 weights)
+    rows = {"int4": DECODE_ROWS, "bf16 decode": BFLOAT16_HEAD_KERNEL_MAX_ROWS}.get(name)
     with torch.inference_mode():
         reference = smollm2.model(x)[0]
-        if name == "int4":  # through the cache a few tokens at a time, as decoding runs: the int4 kernel's path
+        if rows is not None:
             cache = model.new_cache(capacity=x.shape[1])
-            ours = torch.cat([model(x[:, i : i + DECODE_ROWS], cache)[0] for i in range(0, x.shape[1], DECODE_ROWS)])
-        else:  # "int4 prompt": the whole text at once, through the unpacked weights
+            ours = torch.cat([model(x[:, i : i + rows], cache)[0] for i in range(0, x.shape[1], rows)]).float()
+        else:
             ours = model(x)[0].float()
     agreement = (ours.argmax(-1) == reference.argmax(-1)).float().mean().item()
     ppl_change = math.exp(torch.nn.functional.cross_entropy(ours, target) - torch.nn.functional.cross_entropy(reference, target)) - 1
@@ -226,6 +231,17 @@ def test_a_float32_model_runs_its_products_and_tied_head_through_our_kernel(smol
         torch.testing.assert_close(model.head(hidden), nn.functional.linear(hidden, model.embed.weight),
                                    rtol=1e-5, atol=1e-5)
     assert widths == [model.config.vocab_size]
+
+
+def test_a_bfloat16_head_gives_float32_scores(variants):
+    model = variants["bf16"].model
+    hidden = torch.randn(1, BFLOAT16_HEAD_KERNEL_MAX_ROWS, model.config.d_model).bfloat16()
+    with torch.inference_mode():
+        scores = model.head(hidden)
+    assert scores.dtype == torch.float32
+    # float32 sums, not rounded to bfloat16 (which would be up to 0.06 off around 20)
+    expected = hidden.double() @ model.embed.weight.double().T
+    torch.testing.assert_close(scores.double(), expected, rtol=1e-5, atol=1e-4)
 
 
 def test_a_bfloat16_model_runs_its_products_through_linear16(variants):

@@ -148,6 +148,9 @@ def quantize_int4(model: nn.Module, kernel_dtype: torch.dtype = torch.bfloat16) 
 # times; at 8 rows PyTorch's is as fast or faster.
 KERNEL_MAX_ROWS = {(torch.float16, True): 128, (torch.float16, False): 8,
                    (torch.bfloat16, True): 4, (torch.bfloat16, False): 0}
+# a bfloat16 head (SmolLM2's 49,152 × 576) in our kernel, against PyTorch's bfloat16 product: 1.3
+# against 4.3 ms for one row, 5.3 against 5.4 for 8, 10.9 against 6.6 for 16
+BFLOAT16_HEAD_KERNEL_MAX_ROWS = 8
 
 
 class Linear16(nn.Module):
@@ -156,24 +159,33 @@ class Linear16(nn.Module):
     kernel (kernels.py), which widens the weights to float32 and keeps x as it is; on this CPU it
     reads weights at 34–80 GB/s where PyTorch's float16 product reads SmolLM2's head at 33 GB/s
     and its bfloat16 one at 16. More rows (a prompt, scoring a text) multiply the weight cast to
-    x's dtype."""
+    x's dtype.
 
-    def __init__(self, weight: nn.Parameter, bias: nn.Parameter | None = None) -> None:
+    A `head` returns float32 scores: the kernel's sums are float32, and rounding a bfloat16 model's
+    scores to bfloat16 (steps of 0.125 around 20) tied SmolLM2's two best candidates at 3.75 % of
+    the positions of a 2,000-token text, where float32 chose between them: top-1 agreement with the
+    float32 model 97.6 % with bfloat16 scores, 98.4 % with float32 ones."""
+
+    def __init__(self, weight: nn.Parameter, bias: nn.Parameter | None = None, head: bool = False) -> None:
         super().__init__()
         self.weight = weight  # (out, in); may be shared with the embedding table
         self.bias = bias
+        self.head = head
         self.own_kernel = kernels.load()  # False: PyTorch's float16 product, or none for bfloat16
         self.max_rows = KERNEL_MAX_ROWS[weight.dtype, self.own_kernel]
+        if head and self.own_kernel and weight.dtype == torch.bfloat16:
+            self.max_rows = BFLOAT16_HEAD_KERNEL_MAX_ROWS
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
+        out_dtype = torch.float32 if self.head else x.dtype
         if flat.shape[0] > self.max_rows or x.requires_grad:
             y = nn.functional.linear(flat, self.weight.to(x.dtype))
         elif self.own_kernel:
-            y = torch.ops.nexttoken.matvec(flat, self.weight)
+            y = torch.ops.nexttoken.matvec(flat.to(out_dtype), self.weight)  # returns its x's dtype
         else:
-            y = nn.functional.linear(flat.to(self.weight.dtype), self.weight).to(x.dtype)
-        y = y if self.bias is None else y + self.bias.to(x.dtype)
+            y = nn.functional.linear(flat.to(self.weight.dtype), self.weight)
+        y = y.to(out_dtype) if self.bias is None else y.to(out_dtype) + self.bias.to(out_dtype)
         return y.view(*x.shape[:-1], y.shape[-1])
 
 
@@ -220,15 +232,16 @@ def frozen(weight: torch.Tensor) -> nn.Parameter:
 
 
 def head16(model: nn.Module, dtype: torch.dtype) -> None:
-    """Give `model` (a Transformer) a Linear16 head in `dtype` (float16 or bfloat16). A tied table
-    is kept once, in that dtype, for both the embedding lookup (which casts the rows it reads) and
-    the head."""
+    """Give `model` (a Transformer) a Linear16 head in `dtype` (float16 or bfloat16), with float32
+    scores. A tied table is kept once, in that dtype, for both the embedding lookup (which casts the
+    rows it reads) and the head."""
     if model.lm_head is None:
         model.embed.weight = frozen(model.embed.weight.to(dtype))
-        model.lm_head = Linear16(model.embed.weight)
+        model.lm_head = Linear16(model.embed.weight, head=True)
     else:
         bias = model.lm_head.bias
-        model.lm_head = Linear16(frozen(model.lm_head.weight.to(dtype)), None if bias is None else frozen(bias))
+        model.lm_head = Linear16(frozen(model.lm_head.weight.to(dtype)), None if bias is None else frozen(bias),
+                                 head=True)
 
 
 def widen_bfloat16_products(model: nn.Module) -> None:
