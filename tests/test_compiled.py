@@ -103,6 +103,16 @@ def test_compiled_greedy_tokens_are_the_eager_tokens(pairs, name):
     assert run(compiled, PROMPTS[:1], config)[0][0].token_ids == run(eager, PROMPTS[:1], config)[0][0].token_ids
 
 
+@pytest.mark.parametrize("speculative", [{"prompt_lookup": 3}, {"draft_tokens": 3}], ids=["lookup", "draft"])
+def test_compiled_speculative_decoding_gives_the_eager_greedy_tokens(pairs, speculative):
+    eager, compiled = pairs["fp32"]
+    _, compiled_draft = pairs["int4"]  # the draft's decode steps compiled too, as load(compiled=True) makes them
+    expected = run(eager, PROMPTS[:1], GenerationConfig(max_new_tokens=12))[0][0].token_ids
+    config = GenerationConfig(max_new_tokens=12, **speculative)
+    got = generate_batch(compiled, ByteText(), PROMPTS[:1], (), config, draft=compiled_draft)[0][0].token_ids
+    assert got == expected
+
+
 def test_compiled_padded_batches_give_the_eager_tokens(pairs):
     eager, compiled = pairs["fp32"]  # padding adds graphs (masks), not precision-specific code
     config = GenerationConfig(max_new_tokens=12)
