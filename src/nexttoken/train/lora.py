@@ -48,7 +48,7 @@ class LoRALinear(nn.Module):
     def merged(self) -> nn.Linear:
         """A linear layer of the base's kind computing what this one computes (without dropout)."""
         merged = type(self.base)(self.base.in_features, self.base.out_features, bias=self.base.bias is not None,
-                           dtype=self.base.weight.dtype, device=self.base.weight.device)
+                                 dtype=self.base.weight.dtype, device=self.base.weight.device)
         with torch.no_grad():
             merged.weight.copy_(self.base.weight + self.scale * self.lora_b @ self.lora_a)
             if self.base.bias is not None:
