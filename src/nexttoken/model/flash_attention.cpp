@@ -147,7 +147,9 @@ void attend(const at::Tensor& q, const Shapes& s, const uint16_t* keys, const ui
   alignas(64) float scores[kQueries * kKeys];
   alignas(64) uint16_t weights[kQueries * kKeys];
   alignas(64) float sums[kQueries * D] = {};
-  float running_max[kQueries], total[kQueries] = {}, carry[kQueries];
+  float running_max[kQueries], carry[kQueries];
+  __m512 totals[kQueries];  // each row's softmax denominator, in 16 partial sums: added up once, at the end
+  std::fill(totals, totals + kQueries, _mm512_setzero_ps());
   std::fill(running_max, running_max + kQueries, -std::numeric_limits<float>::infinity());
 
   const int rows = static_cast<int>(std::min<int64_t>(kQueries, s.queries - first));
@@ -181,11 +183,11 @@ void attend(const at::Tensor& q, const Shapes& s, const uint16_t* keys, const ui
         _mm512_storeu_si512(weights + i * kKeys, _mm512_setzero_si512());
         continue;
       }
-      carry[i] = std::exp(running_max[i] - new_max);
+      carry[i] = new_max == running_max[i] ? 1.0f : std::exp(running_max[i] - new_max);
       running_max[i] = new_max;
       low = vector_exp(_mm512_sub_ps(low, _mm512_set1_ps(new_max)));
       high = vector_exp(_mm512_sub_ps(high, _mm512_set1_ps(new_max)));
-      total[i] = total[i] * carry[i] + _mm512_reduce_add_ps(_mm512_add_ps(low, high));
+      totals[i] = _mm512_fmadd_ps(totals[i], _mm512_set1_ps(carry[i]), _mm512_add_ps(low, high));
       _mm512_storeu_si512(weights + i * kKeys, (__m512i)_mm512_cvtne2ps_pbh(high, low));
     }
     constexpr int rows_per_call = 16 / (D / 16);  // 16 registers of sums; divides kScoreRows
@@ -195,7 +197,7 @@ void attend(const at::Tensor& q, const Shapes& s, const uint16_t* keys, const ui
     }
   }
   for (int i = 0; i < rows; ++i) {
-    const __m512 inverse = _mm512_set1_ps(1.0f / total[i]);
+    const __m512 inverse = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(totals[i]));
     auto* row = reinterpret_cast<uint16_t*>(out + ((b * s.queries + first + i) * s.heads + head) * D);
     for (int r = 0; r < D / 16; ++r) store16(row + r * 16, _mm512_mul_ps(load16(sums + i * D + r * 16), inverse));
   }
