@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from nexttoken import cli
 from nexttoken.chat import ChatSession
 from nexttoken.decoding.config import GenerationConfig
+from nexttoken.decoding.speculative import DraftModel
 
 
 @pytest.fixture
@@ -35,8 +36,11 @@ def test_generate_json(run, smollm2):
 
 def test_compile_and_precision_options_reach_the_loader(smollm2, monkeypatch):
     asked = []
-    monkeypatch.setattr(cli, "load", lambda path, dtype, quantize, compiled, draft:
-                        asked.append((dtype, quantize, compiled, draft)) or replace(smollm2, draft=smollm2.model))
+    def load(path, dtype, quantize, compiled, draft):
+        asked.append((dtype, quantize, compiled, draft))
+        return replace(smollm2, draft=DraftModel(smollm2.model))
+
+    monkeypatch.setattr(cli, "load", load)
     for args in (["--quantize", "int4", "--compile"], ["--dtype", "bfloat16"], ["--draft", "int4"]):
         result = CliRunner().invoke(cli.app, ["generate", "Hi", "--max-new-tokens", "1", *args])
         assert result.exit_code == 0, result.output
@@ -253,7 +257,7 @@ def test_generate_and_chat_with_a_draft_model(smollm2, monkeypatch):
 
     def load(path, dtype, quantize, compiled, draft):
         given.append(draft)
-        return replace(smollm2, draft=smollm2.model)  # the model as its own draft: every guess right
+        return replace(smollm2, draft=DraftModel(smollm2.model))  # the model as its own draft: every guess right
 
     monkeypatch.setattr(cli, "load", load)
     generations = []

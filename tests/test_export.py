@@ -89,8 +89,8 @@ def test_a_draft_model_must_share_the_vocabulary(exported, smollm2_path):
     _, folder, gguf_path = exported
     lm = pretrained.load(folder, draft=gguf_path)  # the same model and tokenizer, from the GGUF
     ids = torch.tensor([[1, 2, 3]])
-    torch.testing.assert_close(lm.draft(ids), lm.model(ids), rtol=1e-5, atol=1e-5)
-    assert isinstance(pretrained.load(folder, draft="int4").draft.blocks[0].attn.wqkv, Int4Linear)
+    torch.testing.assert_close(lm.draft.model(ids), lm.model(ids), rtol=1e-5, atol=1e-5)
+    assert isinstance(pretrained.load(folder, draft="int4").draft.model.blocks[0].attn.wqkv, Int4Linear)
     with pytest.raises(NextTokenError, match="the draft model's vocabulary is not the model's"):
         pretrained.load(folder, draft=smollm2_path)
 

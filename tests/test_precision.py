@@ -11,6 +11,7 @@ from torch import nn
 from nexttoken.bench import weight_bytes_per_token
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.generate import generate
+from nexttoken.decoding.speculative import DraftModel
 from nexttoken.errors import NextTokenError
 from nexttoken.model import kernels
 from nexttoken.model.precision import set_precision
@@ -70,7 +71,7 @@ def test_greedy_tokens_match_where_the_reference_is_clear(smollm2, variants, nam
     ids = smollm2.encode(prompt, chat=True)
     reference = smollm2.generate(ids, GenerationConfig(max_new_tokens=32, top_logprobs=2))
     ours = generate(variants[name].model, smollm2.tokenizer, ids, smollm2.end_ids,
-                    GenerationConfig(max_new_tokens=32, **speculative), draft=variants["int4"].model)
+                    GenerationConfig(max_new_tokens=32, **speculative), draft=DraftModel(variants["int4"].model))
     gaps = [step.top[0].logprob - step.top[1].logprob for step in reference.steps]
     diverged = next((n for n, (a, b) in enumerate(zip(ours.token_ids, reference.token_ids)) if a != b), None)
     if diverged is not None:  # allowed only where the reference itself nearly tied

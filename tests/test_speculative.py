@@ -2,13 +2,15 @@
 plain greedy decoding, in fewer passes."""
 
 import copy
+from dataclasses import replace
 
 import pytest
 
+from nexttoken.chat import ChatSession
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.generate import generate
-from nexttoken.decoding.sampling import SamplingConfig
 from nexttoken.decoding.prompts import common_prefix_length
+from nexttoken.decoding.sampling import SamplingConfig
 from nexttoken.decoding.speculative import DraftModel, draft_from_context
 from nexttoken.errors import NextTokenError
 from nexttoken.loaders.gguf import load_gguf_model
@@ -87,8 +89,8 @@ class Letters:
 
 
 @pytest.fixture(scope="module")
-def int4_draft(smollm2):
-    return set_precision(copy.deepcopy(smollm2.model), quantize="int4")
+def int4_draft(smollm2) -> DraftModel:
+    return DraftModel(set_precision(copy.deepcopy(smollm2.model), quantize="int4"))
 
 
 @pytest.mark.parametrize("prompt", ["Write a short story about a robot who learns to paint.",
@@ -105,6 +107,28 @@ def test_an_int4_draft_gives_the_same_tokens_as_greedy(smollm2, int4_draft, monk
     assert len(passes) < len(fast.token_ids) / 2  # the int4 model's guesses are mostly right
 
 
+def test_in_a_chat_the_draft_sees_the_whole_conversation_and_feeds_only_what_is_new(smollm2, int4_draft, monkeypatch):
+    seen = []
+    guess = DraftModel.__call__
+
+    def recorded(self, tokens, n):
+        seen.append(list(tokens))
+        return guess(self, tokens, n)
+
+    monkeypatch.setattr(DraftModel, "__call__", recorded)
+    config = GenerationConfig(max_new_tokens=12, draft_tokens=3)
+    session = ChatSession(replace(smollm2, draft=int4_draft), config=config)
+    plain = ChatSession(smollm2, config=GenerationConfig(max_new_tokens=12))
+    assert session.send("Name a colour.").token_ids == plain.send("Name a colour.").token_ids
+    seen.clear()
+    widths = count_passes(int4_draft.model, monkeypatch)
+    assert session.send("And another one?").token_ids == plain.send("And another one?").token_ids
+    first_turn = smollm2.tokenizer.encode(smollm2.chat_prompt(session.messages[:1]))
+    second_turn = smollm2.tokenizer.encode(smollm2.chat_prompt(session.messages[:3]))
+    assert seen[0][: len(second_turn)] == second_turn  # the draft guesses from the whole conversation
+    assert widths[0] < len(second_turn) - len(first_turn)  # its cache kept the first turn
+
+
 def tiny(tmp_path, seed: int):
     return load_gguf_model(write_llama_gguf(tmp_path / f"tiny{seed}.gguf", tiny_llama(seed=seed)))[0]
 
@@ -118,7 +142,7 @@ def test_any_draft_model_gives_the_same_tokens_as_greedy(tmp_path, monkeypatch, 
         for draft in (twin, stranger):  # guesses all right, and mostly wrong
             passes = count_passes(model, monkeypatch)
             fast = generate(model, Letters(), prompt, (), GenerationConfig(max_new_tokens=n_new, draft_tokens=4),
-                            draft=draft)
+                            draft=DraftModel(draft))
             monkeypatch.undo()
             assert fast.token_ids == plain.token_ids and fast.finish_reason == plain.finish_reason == "length"
             if draft is twin and len(prompt) + n_new <= 64:  # each pass takes its 4 guesses and adds one token

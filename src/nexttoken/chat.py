@@ -27,7 +27,7 @@ class ChatSession:
             # at least one token must be fed to get a prediction
             reused = min(common_prefix_length(self.cached_ids, prompt_ids), len(prompt_ids) - 1)
             self.cache.truncate(reused)
-            completion = self.lm.generate(prompt_ids[reused:], self.config, self.cache, on_text)
+            completion = self.lm.generate(prompt_ids[reused:], self.config, self.cache, on_text, prompt_ids[:reused])
             self.cached_ids = (prompt_ids + completion.token_ids)[: self.cache.length]
         self.messages = messages + [{"role": "assistant", "content": completion.text}]
         return completion

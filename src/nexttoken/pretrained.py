@@ -1,6 +1,6 @@
 """A ready-to-use language model: weights, tokenizer and the typed functions the CLI calls."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +11,7 @@ from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.generate import generate, generate_batch
 from nexttoken.decoding.outputs import Completion
 from nexttoken.decoding.prompts import check_prompt
+from nexttoken.decoding.speculative import DraftModel
 from nexttoken.errors import NextTokenError
 from nexttoken.loaders.gguf import load_gguf_model
 from nexttoken.loaders.safetensors import load_hf_model
@@ -43,7 +44,7 @@ class LanguageModel:
     model: Transformer
     tokenizer: Tokenizer
     path: Path
-    draft: Transformer | None = None  # guesses tokens for speculative decoding (GenerationConfig.draft_tokens)
+    draft: DraftModel | None = None  # guesses tokens for speculative decoding (GenerationConfig.draft_tokens)
 
     @property
     def end_ids(self) -> tuple[int, ...]:
@@ -65,8 +66,11 @@ class LanguageModel:
         return self.tokenizer.bos_id is not None and "bos_token" in (self.tokenizer.chat_template or "")
 
     def generate(self, prompt_ids: list[int], config: GenerationConfig = GenerationConfig(),
-                 cache: KVCache | None = None, on_text: Callable[[str], None] | None = None) -> Completion:
-        return generate(self.model, self.tokenizer, prompt_ids, self.end_ids, config, cache, on_text, self.draft)
+                 cache: KVCache | None = None, on_text: Callable[[str], None] | None = None,
+                 cached_ids: Sequence[int] = ()) -> Completion:
+        """Continue `prompt_ids`; `cache` may hold earlier context, whose tokens `cached_ids` lists."""
+        return generate(self.model, self.tokenizer, prompt_ids, self.end_ids, config, cache, on_text, self.draft,
+                        cached_ids)
 
     def generate_batch(self, prompts: list[list[int]], config: GenerationConfig = GenerationConfig(),
                        on_beams: BeamObserver | None = None) -> list[list[Completion]]:
@@ -117,5 +121,5 @@ def load(path: str | Path | None = None, dtype: str = "float32", quantize: str =
         if drafter.tokenizer.tokens != tokenizer.tokens:
             raise NextTokenError(f"{draft}: the draft model's vocabulary is not the model's; "
                                  "a draft must share its tokenizer")
-        draft_model = drafter.model
+        draft_model = DraftModel(drafter.model)
     return LanguageModel(compile_decoding(model) if compiled else model, tokenizer, path, draft_model)

@@ -4,7 +4,7 @@ until an end token, a stop string, the token budget or the context window ends e
 Prompts of different lengths share one batch, left-padded; `num_return_sequences` samples of one
 prompt share its prefill. Beam search lives in beam.py and is reached through the same `generate`."""
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
@@ -63,13 +63,14 @@ class RowState:
 def generate_batch(model: Transformer, tokenizer: Decoder, prompts: list[list[int]], end_ids: Iterable[int],
                    config: GenerationConfig = GenerationConfig(), pad_id: int = 0, cache: KVCache | None = None,
                    on_text: Callable[[str], None] | None = None,
-                   on_beams: BeamObserver | None = None, draft: Transformer | None = None) -> list[list[Completion]]:
+                   on_beams: BeamObserver | None = None, draft: DraftModel | None = None,
+                   cached_ids: Sequence[int] = ()) -> list[list[Completion]]:
     """Continue every prompt; returns `num_return_sequences` completions per prompt.
 
     `cache` may hold earlier context that a single prompt continues (a chat turn; not with beam
-    search); `on_text` streams the text of a single sampled sequence as it becomes final;
-    `on_beams` sees the live and finished beams after every beam-search step; `draft` is the model
-    that guesses tokens for `config.draft_tokens` (it sees the prompt, not what `cache` holds)."""
+    search), whose tokens `cached_ids` lists for speculative decoding to draft from; `on_text` streams
+    the text of a single sampled sequence as it becomes final; `on_beams` sees the live and finished
+    beams after every beam-search step; `draft` guesses tokens for `config.draft_tokens`."""
     if config.num_beams > 1:
         return beam_search(model, tokenizer, prompts, end_ids, config, pad_id, on_beams)
     n_samples, max_seq_len = config.num_return_sequences, model.config.max_seq_len
@@ -97,8 +98,9 @@ def generate_batch(model: Transformer, tokenizer: Decoder, prompts: list[list[in
         if config.draft_tokens and draft is None:
             raise NextTokenError("draft_tokens needs a draft model (load(..., draft=...), or --draft)")
         n_draft = config.prompt_lookup or config.draft_tokens
-        drafter = draft_from_context if config.prompt_lookup else DraftModel(draft, len(prompts[0]) + n_new + n_draft)
-        for token, scores in speculative_greedy(model, prompts[0], logits[0], cache, n_new, n_draft, drafter):
+        drafter = draft_from_context if config.prompt_lookup else draft
+        context = [*cached_ids, *prompts[0]]
+        for token, scores in speculative_greedy(model, context, logits[0], cache, n_new, n_draft, drafter):
             states[0].accept(token, step_records(scores.unsqueeze(0), torch.tensor([token]), config.top_logprobs)[0],
                              end_ids)
             if states[0].finish_reason:
@@ -119,11 +121,12 @@ def generate_batch(model: Transformer, tokenizer: Decoder, prompts: list[list[in
 
 def generate(model: Transformer, tokenizer: Decoder, prompt_ids: list[int], end_ids: Iterable[int],
              config: GenerationConfig = GenerationConfig(), cache: KVCache | None = None,
-             on_text: Callable[[str], None] | None = None, draft: Transformer | None = None) -> Completion:
+             on_text: Callable[[str], None] | None = None, draft: DraftModel | None = None,
+             cached_ids: Sequence[int] = ()) -> Completion:
     """Continue one prompt; `on_text` receives the text as it becomes final (for streaming; beam
     search knows its text only at the end)."""
     completion = generate_batch(model, tokenizer, [prompt_ids], end_ids, config, cache=cache, on_text=on_text,
-                                draft=draft)[0][0]
+                                draft=draft, cached_ids=cached_ids)[0][0]
     if config.num_beams > 1 and on_text is not None:
         on_text(completion.text)
     return completion

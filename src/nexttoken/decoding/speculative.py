@@ -35,11 +35,12 @@ def draft_from_context(tokens: list[int], n_draft: int, max_ngram: int = MAX_NGR
 class DraftModel:
     """Guesses from `model`'s own greedy tokens, one decode step each. Its cache keeps the longest
     start it shares with the context it is asked about, so after a pass only the tokens the target
-    model chose anew (its correction of a rejected guess) are fed again."""
+    model chose anew (its correction of a rejected guess) are fed again, and a generation that
+    continues an earlier one (a chat's next turn) feeds only what is new."""
 
-    def __init__(self, model: Transformer, capacity: int = 256) -> None:
+    def __init__(self, model: Transformer) -> None:
         self.model = model
-        self.cache = model.new_cache(capacity=capacity)  # room for the context, the new tokens and a draft
+        self.cache = model.new_cache()
         self.cached: list[int] = []  # the tokens whose keys and values the cache holds
 
     @torch.inference_mode()
@@ -49,7 +50,9 @@ class DraftModel:
             return []
         keep = min(common_prefix_length(self.cached, tokens), len(tokens) - 1)  # one token fed at least: its scores
         self.cache.truncate(keep)
-        self.cache.reserve(len(tokens) + n_draft)
+        needed = len(tokens) + n_draft - 1
+        if needed > self.cache.capacity:  # grown in doublings: each growth copies the cache
+            self.cache.reserve(max(needed, min(2 * self.cache.capacity, self.model.config.max_seq_len)))
         self.cached, fed, guesses = tokens[:keep], tokens[keep:], []
         for _ in range(n_draft):
             guesses.append(int(self.model.next_scores(torch.tensor([fed]), self.cache)[0].argmax()))
