@@ -61,13 +61,17 @@ def test_same_tokens_as_greedy(smollm2, monkeypatch, prompt):
         assert len(passes) < len(fast.token_ids)  # several tokens accepted per pass
 
 
+class Letters:
+    def decode(self, ids):
+        return "".join(chr(65 + i % 26) for i in ids)
+
+
+def tiny(tmp_path, seed: int):
+    return load_gguf_model(write_llama_gguf(tmp_path / f"tiny{seed}.gguf", tiny_llama(seed=seed)))[0]
+
+
 def test_context_window_end(tmp_path):
-    model, _ = load_gguf_model(write_llama_gguf(tmp_path / "tiny.gguf", tiny_llama()))
-
-    class Letters:
-        def decode(self, ids):
-            return "".join(chr(65 + i % 26) for i in ids)
-
+    model = tiny(tmp_path, 0)
     prompt = [1, 2, 3, 4] * 15  # 60 of the 64 positions, and very repetitive
     for n in (3, 20):
         plain = generate(model, Letters(), prompt, (), GenerationConfig(max_new_tokens=n))
@@ -81,11 +85,6 @@ def test_context_window_end(tmp_path):
 def test_only_plain_greedy(options):
     with pytest.raises(NextTokenError, match="prompt_lookup speeds up plain greedy decoding only"):
         GenerationConfig(prompt_lookup=4, **options)
-
-
-class Letters:
-    def decode(self, ids):
-        return "".join(chr(65 + i % 26) for i in ids)
 
 
 @pytest.fixture(scope="module")
@@ -127,10 +126,6 @@ def test_in_a_chat_the_draft_sees_the_whole_conversation_and_feeds_only_what_is_
     second_turn = smollm2.tokenizer.encode(smollm2.chat_prompt(session.messages[:3]))
     assert seen[0][: len(second_turn)] == second_turn  # the draft guesses from the whole conversation
     assert widths[0] < len(second_turn) - len(first_turn)  # its cache kept the first turn
-
-
-def tiny(tmp_path, seed: int):
-    return load_gguf_model(write_llama_gguf(tmp_path / f"tiny{seed}.gguf", tiny_llama(seed=seed)))[0]
 
 
 @pytest.mark.parametrize("n_new", [3, 20])

@@ -63,8 +63,7 @@ class DraftModel:
 
 @torch.inference_mode()
 def speculative_greedy(model: Transformer, context: list[int], logits: torch.Tensor, cache: KVCache,
-                       n_new: int, n_draft: int,
-                       drafter: Drafter = draft_from_context) -> Iterator[tuple[int, torch.Tensor]]:
+                       n_new: int, n_draft: int, drafter: Drafter) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield (token, the scores it was chosen from) for up to n_new greedy tokens.
 
     `context` is every token so far and `logits` (V,) the scores after it; the cache holds all of
