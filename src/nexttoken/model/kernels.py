@@ -2,19 +2,20 @@
 
 For decoding: the int4 matrix product (int4_matmul.cpp, with its weight layout below), and the
 product of a few rows with float32, float16 or bfloat16 weights (matvec.cpp: a float32 or bfloat16
-model's layers and head, the int4 model's float16 head). PyTorch's own int4 CPU kernel is compute-bound on a decode
-step's few rows (11–16 GB/s of weights on 2 cores, against 24–50 GB/s that the memory delivers);
-ours multiplies 4-bit weights by bfloat16 inputs with AVX512-BF16 dot products and gets through a
-SmolLM2 decode step's products 1.7 times as fast (benchmarks/bench_int4_kernel.py), and a 512-token
-prompt's as fast as a bfloat16 product on the weights unpacked. PyTorch's float16 product rounds x
+model's layers and head, the int4 model's float16 head). PyTorch's own int4 CPU kernel is
+compute-bound on a decode step's few rows (11–16 GB/s of weights on 2 cores, against 24–50 GB/s
+that the memory delivers); ours multiplies 4-bit weights by bfloat16 inputs with AVX512-BF16 dot
+products and gets through a SmolLM2 decode step's products 1.7 times as fast
+(benchmarks/bench_int4_kernel.py), and a 512-token prompt's as fast as a bfloat16 product on the
+weights unpacked. PyTorch's float16 product rounds x
 to float16 and read SmolLM2's 49,152 × 576 head at 33 GB/s, in 1.7 ms; ours keeps x in float32 and
 reads it at 45 GB/s, in 1.25 ms. PyTorch's float32 product of one row reads 11–25 GB/s here; ours
 takes 0.2–0.45 of its time on SmolLM2's layers and head (3.8 against 9.9 ms for the head).
 
-For prompts, and eager steps: bfloat16 attention of several queries (flash_attention.cpp), 3.4
-times as fast as PyTorch's on SmolLM2's 512-token prompt (1.25 against 4.3 ms a layer), and
-RMSNorm, SwiGLU's product and the rotary rotation in one pass each (elementwise.cpp). They run where nothing is
-differentiated and torch.compile is not tracing (`runs_ours`).
+For prompts, and eager steps: bfloat16 attention of several queries (flash_attention.cpp), 3.8
+times as fast as PyTorch's on SmolLM2's 512-token prompt (1.13 against 4.3 ms a layer), and
+RMSNorm, SwiGLU's product and the rotary rotation in one pass each (elementwise.cpp). They run
+where nothing is differentiated and torch.compile is not tracing (`runs_ours`).
 
 For every decode step, eager or compiled: attention of one query per row in float32 or bfloat16
 (one_query_attention.cpp), which reads each cached key and value once for its group of query
