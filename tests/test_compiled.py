@@ -20,7 +20,8 @@ from test_generation import ByteText
 
 # heads of 32, which our attention kernel takes
 CONFIG = ModelConfig(vocab_size=96, d_model=128, n_layer=2, n_head=4, n_kv_head=2, d_ff=160, max_seq_len=64)
-PRECISIONS = {"fp32": ("float32", "none"), "bf16": ("bfloat16", "none"), "int4": ("float32", "int4")}
+PRECISIONS = {"fp32": ("float32", "none"), "bf16": ("bfloat16", "none"), "int8": ("float32", "int8"),
+              "int4": ("float32", "int4")}
 PROMPTS = [[5, 17, 33, 2, 61, 8, 40], [9, 9, 71]]  # of different lengths: the batch is left-padded
 
 

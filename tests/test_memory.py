@@ -4,12 +4,12 @@ import torch
 from test_export import tiny_decoder
 
 from nexttoken import memory
-from nexttoken.model.quantize import quantize_int4
+from nexttoken.model.quantize import quantize_linears
 
 
 def test_moved_weights_are_the_same_tensors_with_the_same_values():
     model = tiny_decoder(tie=True)
-    quantize_int4(model.blocks)  # buffers move as well as parameters
+    quantize_linears(model.blocks, bits=4)  # buffers move as well as parameters
     ids = torch.tensor([[1, 5, 9, 200]])
     with torch.inference_mode():
         before = model(ids)

@@ -13,7 +13,7 @@ import torch
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.sampling import SamplingConfig
 from nexttoken.memory import huge_page_bytes
-from nexttoken.model.quantize import Int4Linear
+from nexttoken.model.quantize import GroupLinear
 from nexttoken.model.transformer import Transformer
 from nexttoken.pretrained import LanguageModel
 
@@ -55,7 +55,7 @@ def weight_bytes_per_token(model: Transformer) -> int:
     """Bytes of every weight a decode step reads, each tensor once: all but the embedding table,
     which is read only row by row unless it is also the output head, and but the copies of int4
     weights that only prompts read."""
-    unread = {f"{name}.{buffer}" for name, module in model.named_modules() if isinstance(module, Int4Linear)
+    unread = {f"{name}.{buffer}" for name, module in model.named_modules() if isinstance(module, GroupLinear)
               for buffer, _ in module.named_buffers() if buffer not in module.decoding_buffers()}
     if model.lm_head is not None:
         unread.add("embed.weight")  # a head that shares the table lists it under its own name too

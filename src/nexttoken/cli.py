@@ -35,8 +35,8 @@ ModelOption = Annotated[Optional[Path], typer.Option("--model", "-m", help="A GG
 System = Annotated[Optional[str], typer.Option(help="System prompt for the chat template.")]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table or streamed text.")]
 Dtype = Annotated[str, typer.Option(help="Compute in float32 (the reference) or bfloat16.")]
-Quantize = Annotated[str, typer.Option(help="Keep linear weights as 'int8' (computes in bfloat16), 'int4' "
-                                              "(groups of 32, exact for Q4_1 weights), or 'none'.")]
+Quantize = Annotated[str, typer.Option(help="Keep linear weights as 'int8' or 'int4' (groups of 32 with a "
+                                              "scale and a minimum; int4 exact for Q4_1 weights), or 'none'.")]
 Compile = Annotated[bool, typer.Option("--compile", help="Compile the decode step with torch.compile: faster tokens after "
                                                          "a minute or more of compiling at the first one.")]
 
@@ -270,7 +270,7 @@ def bench(model: ModelOption = None, dtype: Dtype = "float32", quantize: Quantiz
     if json_output:
         print(json.dumps(result.as_dict()))
         return
-    precision = {"int8": "int8 weights, bfloat16", "int4": f"int4 weights, {dtype}"}.get(quantize, dtype)
+    precision = dtype if quantize == "none" else f"{quantize} weights, {dtype}"
     table = Table(title=f"{precision}{', compiled' if compiled else ''}, batch {batch_size}, "
                         f"{torch.get_num_threads()} threads")
     table.add_column("measure")

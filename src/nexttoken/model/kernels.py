@@ -1,13 +1,13 @@
 """Our CPU kernels, compiled for this machine on first use.
 
-For decoding: the int4 matrix product (int4_matmul.cpp, with its weight layout below), and the
-product of a few rows with float32, float16 or bfloat16 weights (matvec.cpp: a float32 or bfloat16
-model's layers and head, the int4 model's float16 head). PyTorch's own int4 CPU kernel is
-compute-bound on a decode step's few rows (11–16 GB/s of weights on 2 cores, against 24–50 GB/s
-that the memory delivers); ours multiplies 4-bit weights by bfloat16 inputs with AVX512-BF16 dot
-products and gets through a SmolLM2 decode step's products 1.7 times as fast
-(benchmarks/bench_int4_kernel.py), and a 512-token prompt's as fast as a bfloat16 product on the
-weights unpacked. PyTorch's float16 product rounds x
+For decoding: the int4 and int8 matrix products (group_matmul.cpp, with its weight layout below),
+and the product of a few rows with float32, float16 or bfloat16 weights (matvec.cpp: a float32 or
+bfloat16 model's layers and head, the quantized models' float16 head). PyTorch's own int4 and int8
+CPU kernels are compute-bound on a decode step's few rows (12–13 GB/s of weights on 2 cores, against
+24–50 GB/s that the memory delivers); ours multiply 4- or 8-bit weights by bfloat16 inputs with
+AVX512-BF16 dot products and get through a SmolLM2 decode step's products 1.8 times as fast
+(benchmarks/bench_group_kernel.py); int4's takes a 512-token prompt as fast as a bfloat16 product
+on the weights unpacked. PyTorch's float16 product rounds x
 to float16 and read SmolLM2's 49,152 × 576 head at 33 GB/s, in 1.7 ms; ours keeps x in float32 and
 reads it at 45 GB/s, in 1.25 ms. PyTorch's float32 product of one row reads 11–25 GB/s here; ours
 takes 0.2–0.45 of its time on SmolLM2's layers and head (3.8 against 9.9 ms for the head).
@@ -42,12 +42,11 @@ import torch
 from torch.utils import cpp_extension
 
 SOURCES = [Path(__file__).with_name(name)
-           for name in ("int4_matmul.cpp", "matvec.cpp", "flash_attention.cpp", "one_query_attention.cpp",
+           for name in ("group_matmul.cpp", "matvec.cpp", "flash_attention.cpp", "one_query_attention.cpp",
                         "elementwise.cpp")]
 HEADERS = [Path(__file__).with_name("vector_math.h")]
 GROUP = 32  # inputs per scale and minimum
 BLOCK_ROWS = 16  # output rows the kernel keeps in one register
-NIBBLE_BYTES = BLOCK_ROWS * GROUP // 2  # of a group's 16 rows; their scales and minimums follow
 ATTENTION_HEAD_SIZES = (32, 64, 128)  # what flash_attention.cpp and one_query_attention.cpp are built for
 ONE_QUERY_MAX_GROUP = 16  # query heads per key/value head that one_query_attention.cpp keeps in registers
 FLAGS = ["-O3", "-std=c++20", "-shared", "-fPIC", "-fopenmp", "-w",
@@ -107,6 +106,10 @@ def load() -> bool:
     loaded = True
 
     @torch.library.register_fake("nexttoken::int4_matmul")
+    def _(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+        return x.new_empty(x.shape[0], packed.shape[0] * BLOCK_ROWS)
+
+    @torch.library.register_fake("nexttoken::int8_matmul")
     def _(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
         return x.new_empty(x.shape[0], packed.shape[0] * BLOCK_ROWS)
 
@@ -178,35 +181,54 @@ def takes_one_query(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     return fits and computes_on(q, k, v)
 
 
-def pack(q: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor) -> torch.Tensor:
-    """(N, K) values in [0, 15] and (N, K/32) float32 scales and minimums -> the kernel's layout,
-    (N/16, K/32, 320) bytes: per 16 rows and group, eight runs of 32 bytes, byte 2r + j of run t
-    holding row r's values 2t + j (low nibble) and 16 + 2t + j (high), then the rows' float16
-    scales and minimums."""
+def value_bytes(bits: int) -> int:
+    """Bytes of one group's values for a block of 16 rows; their float16 scales and minimums follow."""
+    return BLOCK_ROWS * GROUP * bits // 8
+
+
+def group_bytes(bits: int) -> int:
+    return value_bytes(bits) + 2 * BLOCK_ROWS * 2
+
+
+def pack(q: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor, bits: int = 4) -> torch.Tensor:
+    """(N, K) values in [0, 2^bits - 1] and (N, K/32) float32 scales and minimums -> the kernel's
+    layout, (N/16, K/32, group_bytes(bits)) bytes: per 16 rows and group, runs of 32 bytes, then the
+    rows' float16 scales and minimums. 4 bits: eight runs, byte 2r + j of run t holding row r's
+    values 2t + j (low nibble) and 16 + 2t + j (high); 8 bits: sixteen runs, byte 2r + j of run t
+    holding row r's value 2t + j."""
     n, k = q.shape
-    values = q.view(n // BLOCK_ROWS, BLOCK_ROWS, k // GROUP, 2, 8, 2).permute(0, 2, 3, 4, 1, 5)  # (b, g, half, t, r, j)
-    nibbles = (values[:, :, 0] | values[:, :, 1] << 4).to(torch.uint8).reshape(n // BLOCK_ROWS, k // GROUP, -1)
+    if bits == 4:
+        # (b, g, half, t, r, j): the first 16 inputs of a group in the low nibbles, the last 16 in the high
+        halves = q.view(n // BLOCK_ROWS, BLOCK_ROWS, k // GROUP, 2, 8, 2).permute(0, 2, 3, 4, 1, 5)
+        values = halves[:, :, 0] | halves[:, :, 1] << 4
+    else:
+        values = q.view(n // BLOCK_ROWS, BLOCK_ROWS, k // GROUP, 16, 2).permute(0, 2, 3, 1, 4)  # (b, g, t, r, j)
+    data = values.to(torch.uint8).reshape(n // BLOCK_ROWS, k // GROUP, -1)
 
     def by_block(per_group: torch.Tensor) -> torch.Tensor:  # (N, K/G) -> (N/16, K/G, 32) bytes of float16
         blocked = per_group.view(n // BLOCK_ROWS, BLOCK_ROWS, k // GROUP).transpose(1, 2).half().contiguous()
         return blocked.view(torch.uint8)
 
-    return torch.cat([nibbles, by_block(scale), by_block(minimum)], dim=-1)
+    return torch.cat([data, by_block(scale), by_block(minimum)], dim=-1)
 
 
 def unpack(packed: torch.Tensor) -> torch.Tensor:
-    """The kernel's layout -> the (N, K) float32 weight, minimum + q * scale."""
+    """The kernel's layout (either width, told by its group's bytes) -> the (N, K) float32 weight,
+    minimum + q * scale."""
     blocks, groups = packed.shape[:2]
     n = blocks * BLOCK_ROWS
+    bits = 4 if packed.shape[-1] == group_bytes(4) else 8
+    start = value_bytes(bits)
     # each row's byte pair j = 0, 1 of a run moves as one int16: run t's pair lands at bytes 2t, 2t + 1
-    pairs = packed[..., :NIBBLE_BYTES].contiguous().view(torch.int16)  # (b, g, t * 16 + r)
-    by_row = pairs.view(blocks, groups, 8, BLOCK_ROWS).permute(0, 3, 1, 2).contiguous().view(torch.uint8)
-    nibbles = by_row.view(n, groups, GROUP // 2)  # byte i of a group: values i (low nibble) and 16 + i (high)
-    q = torch.cat([nibbles & 15, nibbles >> 4], dim=-1).float()  # (N, K/G, G)
+    pairs = packed[..., :start].contiguous().view(torch.int16)  # (b, g, t * 16 + r)
+    by_row = pairs.view(blocks, groups, start // 32, BLOCK_ROWS).permute(0, 3, 1, 2).contiguous().view(torch.uint8)
+    data = by_row.view(n, groups, start // BLOCK_ROWS)
+    # 4 bits: byte i of a group holds values i (low nibble) and 16 + i (high)
+    q = (torch.cat([data & 15, data >> 4], dim=-1) if bits == 4 else data).float()  # (N, K/G, G)
 
-    def per_row(start: int) -> torch.Tensor:  # (N/16, K/G, 32) bytes of float16 -> (N, K/G, 1) float32
-        per_block = packed[..., start : start + 2 * BLOCK_ROWS].contiguous().view(torch.float16)
+    def per_row(offset: int) -> torch.Tensor:  # (N/16, K/G, 32) bytes of float16 -> (N, K/G, 1) float32
+        per_block = packed[..., offset : offset + 2 * BLOCK_ROWS].contiguous().view(torch.float16)
         return per_block.transpose(1, 2).reshape(n, groups, 1).float()
 
-    scale, minimum = per_row(NIBBLE_BYTES), per_row(NIBBLE_BYTES + 2 * BLOCK_ROWS)
+    scale, minimum = per_row(start), per_row(start + 2 * BLOCK_ROWS)
     return (minimum + q * scale).view(n, groups * GROUP)

@@ -2,19 +2,18 @@
 
 Weights load as float32 (the reference). `bfloat16` halves the bytes each token reads and runs
 matrix products on the CPU's bf16 units (a decode step's few rows in our kernel, which reads
-bfloat16 weights up to 2–3 times as fast as PyTorch's product); `int8` keeps linear weights as
-8-bit integers with one scale per output channel (a quarter of the bytes) and computes in
-bfloat16; `int4` keeps them as 4-bit integers with a scale and an offset per group of 32 inputs
-(exact for weights that were Q4_1 in the GGUF file); their products take bfloat16 inputs,
-everything else computes in `dtype`. Under int4 the output head (and the embedding table it is
-tied to) is kept in float16: in the built-in model it is Q8_0, which 4 bits or bfloat16 would lose."""
+bfloat16 weights up to 2–3 times as fast as PyTorch's product); `int8` and `int4` keep linear
+weights as 8- or 4-bit integers with a scale and an offset per group of 32 inputs (int4 exact for
+weights that were Q4_1 in the GGUF file, int8 to within float16's rounding of the scale); their
+products take bfloat16 inputs, everything else computes in `dtype`. Under both the output head (and
+the embedding table it is tied to) is kept in float16: in the built-in model it is Q8_0, which
+4 bits or bfloat16 would lose."""
 
 import torch
 
 from nexttoken.errors import NextTokenError
 from nexttoken.memory import move_to_huge_pages
-from nexttoken.model.quantize import (float32_products, head16, quantize_int4, quantize_int8,
-                                     widen_bfloat16_products)
+from nexttoken.model.quantize import float32_products, head16, quantize_linears, widen_bfloat16_products
 from nexttoken.model.transformer import Transformer
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -35,18 +34,13 @@ def load_dtype(dtype: str = "float32", quantize: str = "none") -> torch.dtype:
 
 
 def set_precision(model: Transformer, dtype: str = "float32", quantize: str = "none") -> Transformer:
-    """Convert `model` in place, its weights then kept in huge-page memory (nexttoken.memory);
-    `quantize="int8"` implies bfloat16 activations."""
-    requested = named_dtype(dtype)
+    """Convert `model` in place, its weights then kept in huge-page memory (nexttoken.memory)."""
+    compute = named_dtype(dtype)
     if quantize not in QUANTIZATIONS:
         raise NextTokenError(f"quantize must be one of {', '.join(QUANTIZATIONS)}; got {quantize!r}")
-    compute = torch.bfloat16 if quantize == "int8" else requested
     model.to(compute)
-    if quantize == "int8":
-        model.untie_head()  # the output head is a fifth of the weights: quantize it too
-        quantize_int8(model, compute)
-    elif quantize == "int4":
-        quantize_int4(model.blocks)
+    if quantize != "none":
+        quantize_linears(model.blocks, bits=int(quantize.removeprefix("int")))
         head16(model, torch.float16)
     elif compute == torch.bfloat16:
         widen_bfloat16_products(model)

@@ -1,17 +1,17 @@
 """Weight-only quantization: a pure transform of each linear layer's weight plus a module swap
 (as gpt-fast does it).
 
-int8: each output channel (row) keeps its own scale, max |w| / 127, so w ≈ q * scale with q in
-[-127, 127]. The product runs in PyTorch's int8-weight kernel, which on this CPU is fast only with
-bfloat16 activations, so an int8 model computes in bfloat16.
-
-int4: each group of 32 inputs of a row keeps a scale and an offset (its minimum), so
-w ≈ min + q * scale with q in [0, 15], both in float16. That is exactly how a GGUF Q4_1 block
-stores its weights, and a Q4_1 block's minimum and maximum are always among its values, so weights
-loaded from Q4_1 come back exactly. Decoding multiplies them in our kernel (kernels.py) with
-bfloat16 inputs and float32 sums, while the rest of the model keeps its dtype: measured on
-SmolLM2, 99.65 % top-1 agreement with float32, against 97.5 % for a model computing wholly in
-bfloat16.
+Both widths keep, for each group of 32 inputs of a row, a scale and an offset (the group's
+minimum), so w ≈ minimum + q * scale, both in float16; q is in [0, 15] for int4 and [0, 255] for
+int8. int4 is exactly how a GGUF Q4_1 block stores its weights, and a Q4_1 block's minimum and
+maximum are always among its values, so weights loaded from Q4_1 come back exactly; int8's steps
+are a seventeenth of Q4_1's, so they come back to within the float16 rounding of the scale, and
+weights of any other source lose at most half of one of 255 steps across their group. One scale
+per output row, symmetric, cannot hold Q4_1's groups: on SmolLM2, even computing in float32, its
+int8 weights agree with float32 on 97.7 % of next tokens. Every row of a product runs in our kernel
+(kernels.py) with bfloat16 inputs and float32 sums, while the rest of the model keeps its dtype:
+measured on SmolLM2, 99.65 % top-1 agreement with float32 for int4, against 97.5 % for a model
+computing wholly in bfloat16.
 
 The output head keeps float16 weights: half the bytes of float32, and unlike bfloat16 (8 bits of
 mantissa) float16's 11 bits hold a Q8_0 weight, a scale times an 8-bit integer, almost exactly."""
@@ -24,28 +24,6 @@ from torch import nn
 from nexttoken.model import kernels
 
 
-def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out, in) float weight -> (out, in) int8 values and (out,) float32 scales."""
-    scale = weight.float().abs().amax(dim=1).clamp(min=1e-12) / 127
-    q = (weight.float() / scale.unsqueeze(1)).round().clamp(-127, 127).to(torch.int8)
-    return q, scale
-
-
-class Int8Linear(nn.Module):
-    """y = x @ (q * scale)^T, without ever materialising the float weight."""
-
-    def __init__(self, weight: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> None:
-        super().__init__()
-        q, scale = quantize_rows(weight)
-        self.register_buffer("weight", q)
-        self.register_buffer("scale", scale.to(dtype))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1])  # (B * T, in): the kernel takes a matrix
-        y = torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.scale)
-        return y.view(*x.shape[:-1], y.shape[-1])
-
-
 def swap_linears(model: nn.Module, replacement: Callable[[nn.Linear], nn.Module | None]) -> nn.Module:
     """Put `replacement(layer)` in place of every nn.Linear of `model` it gives a module for;
     returns the model."""
@@ -56,15 +34,7 @@ def swap_linears(model: nn.Module, replacement: Callable[[nn.Linear], nn.Module 
     return model
 
 
-def quantize_int8(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
-    """Swap every bias-free nn.Linear of `model` for an Int8Linear, in place; returns the model."""
-    def int8(layer: nn.Linear) -> Int8Linear | None:
-        return Int8Linear(layer.weight.detach(), dtype) if layer.bias is None else None
-
-    return swap_linears(model, int8)
-
-
-INT4_GROUP = kernels.GROUP  # inputs per scale and offset: a Q4_1 block
+GROUP = kernels.GROUP  # inputs per scale and offset: a Q4_1 block
 # measured on SmolLM2's layers: beyond this many rows, unpacking the weight for a bfloat16 matrix
 # product is faster than PyTorch's int4 kernel. Ours takes every row: at 512 rows it is as fast as
 # the bfloat16 product on a weight unpacked beforehand (327–334 GFLOP/s), and its float32 sums of
@@ -72,48 +42,43 @@ INT4_GROUP = kernels.GROUP  # inputs per scale and offset: a Q4_1 block
 PYTORCH_INT4_KERNEL_MAX_ROWS = 16
 
 
-def quantize_groups(weight: torch.Tensor, group: int = INT4_GROUP) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(out, in) float weight -> (out, in) int32 values in [0, 15], and (out, in / group) scales
-    and minimums, with w ≈ minimum + q * scale."""
+def quantize_groups(weight: torch.Tensor, bits: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out, in) float weight -> (out, in) int32 values in [0, 2^bits - 1], and (out, in / 32)
+    scales and minimums, float16 values as the kernel keeps them, with w ≈ minimum + q * scale."""
+    levels = 2**bits - 1
     out_features, in_features = weight.shape
-    groups = weight.float().view(out_features, in_features // group, group)  # (N, K/G, G)
-    low, high = groups.amin(dim=-1), groups.amax(dim=-1)  # (N, K/G)
-    scale = ((high - low) / 15).clamp(min=1e-12)
-    q = ((groups - low.unsqueeze(-1)) / scale.unsqueeze(-1)).round().clamp(0, 15).to(torch.int32)
+    groups = weight.float().view(out_features, in_features // GROUP, GROUP)  # (N, K/G, G)
+    low, high = groups.amin(dim=-1).half().float(), groups.amax(dim=-1)  # (N, K/G)
+    scale = ((high - low) / levels).half().float().clamp(min=2**-24)  # float16's smallest step
+    q = ((groups - low.unsqueeze(-1)) / scale.unsqueeze(-1)).round().clamp(0, levels).to(torch.int32)
     return q.view(out_features, in_features), scale, low
 
 
-def int4_fits(layer: nn.Linear) -> bool:
-    """The int4 kernels want whole groups of inputs and outputs in multiples of 16."""
+def groups_fit(layer: nn.Linear) -> bool:
+    """The group kernels want whole groups of inputs and outputs in multiples of 16."""
     out_features, in_features = layer.weight.shape
-    return layer.bias is None and in_features % INT4_GROUP == 0 and out_features % kernels.BLOCK_ROWS == 0
+    return layer.bias is None and in_features % GROUP == 0 and out_features % kernels.BLOCK_ROWS == 0
 
 
-class Int4Linear(nn.Module):
-    """y = x @ w^T with w kept as 4-bit values and a float16 scale and minimum per group of inputs.
+class GroupLinear(nn.Module):
+    """y = x @ w^T with w kept as `bits`-bit values and a float16 scale and minimum per group of
+    inputs. Every row goes through our kernel (kernels.py), which reads the packed weight and takes
+    x in float32 or bfloat16, rounding it to bfloat16. Where that kernel cannot be built, through a
+    bfloat16 matrix product on the weight unpacked for the call."""
 
-    Every row goes through our int4 kernel (kernels.py), which reads the packed weight and takes x
-    in float32 or bfloat16, rounding it to bfloat16. Where that kernel cannot be built, up to 16 rows
-    go through PyTorch's, which keeps a copy of the weight in its own layout, and more rows (a
-    prompt) through a bfloat16 matrix product on the weight unpacked for the call, as PyTorch's
-    kernel's cost grows with the rows while the unpacking is paid once."""
+    bits: int  # of each value, set by each width
 
     def __init__(self, weight: torch.Tensor, kernel_dtype: torch.dtype = torch.bfloat16,
                  own_kernel: bool = True) -> None:
         super().__init__()
         self.kernel_dtype = kernel_dtype
-        self.own_kernel = own_kernel and kernels.load()  # False: PyTorch's kernel, as where ours cannot be built
-        q, scale, low = quantize_groups(weight)
-        self.register_buffer("packed", kernels.pack(q, scale, low))
-        if not self.own_kernel:
-            # PyTorch's kernel computes (q - 8) * scale + zero, so its zero is the minimum moved by 8 steps
-            self.register_buffer("aten_weight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
-            scale_and_zero = torch.stack([scale, low + 8 * scale], dim=-1).transpose(0, 1)
-            self.register_buffer("scale_and_zero", scale_and_zero.contiguous().to(kernel_dtype))
+        self.own_kernel = own_kernel and kernels.load()
+        q, scale, low = quantize_groups(weight, self.bits)
+        self.register_buffer("packed", kernels.pack(q, scale, low, self.bits))
 
     def decoding_buffers(self) -> tuple[str, ...]:
         """The buffers a decode step reads."""
-        return ("packed",) if self.own_kernel else ("aten_weight", "scale_and_zero")
+        return ("packed",)
 
     def unpacked(self) -> torch.Tensor:
         """The (N, K) weight in the kernel's dtype."""
@@ -121,22 +86,59 @@ class Int4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])  # (B * T, in): the kernels take a matrix
-        if self.own_kernel:
-            y = torch.ops.nexttoken.int4_matmul(flat.contiguous(), self.packed)
-        elif flat.shape[0] > PYTORCH_INT4_KERNEL_MAX_ROWS:
-            y = (flat.to(self.kernel_dtype) @ self.unpacked().T).to(flat.dtype)
-        else:
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat.to(self.kernel_dtype), self.aten_weight, INT4_GROUP,
-                                                           self.scale_and_zero).to(flat.dtype)
+        y = self.product(flat)
         return y.view(*x.shape[:-1], y.shape[-1])
 
+    def product(self, flat: torch.Tensor) -> torch.Tensor:
+        if self.own_kernel:
+            kernel = torch.ops.nexttoken.int4_matmul if self.bits == 4 else torch.ops.nexttoken.int8_matmul
+            return kernel(flat.contiguous(), self.packed)
+        return (flat.to(self.kernel_dtype) @ self.unpacked().T).to(flat.dtype)
 
-def quantize_int4(model: nn.Module, kernel_dtype: torch.dtype = torch.bfloat16) -> nn.Module:
-    """Swap every nn.Linear of `model` that the kernel can take for an Int4Linear, in place."""
-    def int4(layer: nn.Linear) -> Int4Linear | None:
-        return Int4Linear(layer.weight.detach(), kernel_dtype) if int4_fits(layer) else None
 
-    return swap_linears(model, int4)
+class Int8Linear(GroupLinear):
+    """A GroupLinear of 8-bit values: twice int4's bytes, for weights that 4 bits would round."""
+
+    bits = 8
+
+
+class Int4Linear(GroupLinear):
+    """A GroupLinear of 4-bit values. Where our kernel cannot be built, up to 16 rows go through
+    PyTorch's int4 kernel, which keeps a copy of the weight in its own layout, and more rows (a
+    prompt) through the unpacked weight, as PyTorch's kernel's cost grows with the rows while the
+    unpacking is paid once."""
+
+    bits = 4
+
+    def __init__(self, weight: torch.Tensor, kernel_dtype: torch.dtype = torch.bfloat16,
+                 own_kernel: bool = True) -> None:
+        super().__init__(weight, kernel_dtype, own_kernel)
+        if not self.own_kernel:
+            q, scale, low = quantize_groups(weight, self.bits)
+            # PyTorch's kernel computes (q - 8) * scale + zero, so its zero is the minimum moved by 8 steps
+            self.register_buffer("aten_weight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
+            scale_and_zero = torch.stack([scale, low + 8 * scale], dim=-1).transpose(0, 1)
+            self.register_buffer("scale_and_zero", scale_and_zero.contiguous().to(kernel_dtype))
+
+    def decoding_buffers(self) -> tuple[str, ...]:
+        return ("packed",) if self.own_kernel else ("aten_weight", "scale_and_zero")
+
+    def product(self, flat: torch.Tensor) -> torch.Tensor:
+        if self.own_kernel or flat.shape[0] > PYTORCH_INT4_KERNEL_MAX_ROWS:
+            return super().product(flat)
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(flat.to(self.kernel_dtype), self.aten_weight, GROUP,
+                                                          self.scale_and_zero).to(flat.dtype)
+
+
+def quantize_linears(model: nn.Module, bits: int, kernel_dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+    """Swap every nn.Linear of `model` that the kernels can take for an Int4Linear or Int8Linear,
+    in place; returns the model."""
+    linear = Int4Linear if bits == 4 else Int8Linear
+
+    def quantized(layer: nn.Linear) -> GroupLinear | None:
+        return linear(layer.weight.detach(), kernel_dtype) if groups_fit(layer) else None
+
+    return swap_linears(model, quantized)
 
 
 # measured on SmolLM2: up to this many rows, a product with 16-bit weights is faster in our kernel

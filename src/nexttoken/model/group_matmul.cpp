@@ -1,15 +1,17 @@
-// y = x @ w^T for a few rows of x (decoding), with w kept as 4-bit values and a float16 scale and
-// minimum per group of 32 inputs: w = minimum + q * scale, q in [0, 15].
+// y = x @ w^T with w kept as 4- or 8-bit values and a float16 scale and minimum per group of 32
+// inputs: w = minimum + q * scale, q in [0, 15] or [0, 255].
 //
 // Weights are laid out so that one AVX-512 register holds 16 output rows, and so that each thread
-// reads one stream: for rows 16b..16b+15 and inputs 32g..32g+31, packed[b][g] is 320 bytes, eight
-// runs of 32 bytes (run t: byte 2r + j holds q[16b + r][32g + 2t + j] in its low nibble and
-// q[16b + r][32g + 16 + 2t + j] in its high one), then the 16 rows' float16 scales and minimums.
+// reads one stream: for rows 16b..16b+15 and inputs 32g..32g+31, packed[b][g] is runs of 32 bytes,
+// then the 16 rows' float16 scales and minimums. 4 bits: eight runs (320 bytes in all); byte 2r + j
+// of run t holds q[16b + r][32g + 2t + j] in its low nibble and q[16b + r][32g + 16 + 2t + j] in its
+// high one. 8 bits: sixteen runs (576 bytes); byte 2r + j of run t holds q[16b + r][32g + 2t + j].
 // Widened to 16-bit words, a nibble n or'ed with 0x4300 is exactly the bfloat16 128 + n, so each
 // 32-byte run becomes two registers of bfloat16 pairs that vdpbf16ps multiplies by a broadcast pair
-// of inputs: lane r gathers row r's sum over the group, and subtracting 128 * sum(x) afterwards
-// removes the offset. The group's scale and minimum are then applied once per 16 rows:
-// y += scale * (sum - 128 * sum(x)) + minimum * sum(x).
+// of inputs: lane r gathers row r's sum over the group. An 8-bit q is 16 times its high nibble plus
+// its low one, so its two sums are added in that ratio. Subtracting 128 * sum(x) per nibble
+// afterwards removes the offset. The group's scale and minimum are then applied once per 16 rows:
+// y += scale * (sum - offset * sum(x)) + minimum * sum(x).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -25,9 +27,13 @@ namespace {
 
 constexpr int64_t kGroup = 32;    // inputs per scale and minimum
 constexpr int64_t kBlock = 16;    // output rows per register, one float32 lane each
-constexpr int64_t kNibbleBytes = kBlock * kGroup / 2;
-constexpr int64_t kGroupBytes = kNibbleBytes + 2 * kBlock * 2;  // nibbles, scales, minimums
 constexpr int kMaxTile = 4;       // input rows that share one unpacking of the weights
+
+// a group's bytes for 16 rows: the values, then the float16 scales and minimums
+template <int Bits>
+constexpr int64_t value_bytes = kBlock * kGroup * Bits / 8;
+template <int Bits>
+constexpr int64_t group_bytes = value_bytes<Bits> + 2 * kBlock * 2;
 
 struct Inputs {
   const uint16_t* x;      // (M, K) bfloat16 bits
@@ -35,35 +41,41 @@ struct Inputs {
   int64_t groups;         // K / 32
 };
 
-template <int Tile>
+template <int Bits, int Tile>
 void block_product(const Inputs& in, int64_t row, const uint8_t* packed, float* out, int64_t out_stride) {
   const __m512i nibble = _mm512_set1_epi16(0x000f);
   const __m512i bf16_128 = _mm512_set1_epi16(0x4300);
+  // sum(x * q) = low_sums + high_weight * high_sums - offset * sum(x), as each nibble reads 128 too
+  // many: 4 bits hold each input's q in one nibble, 8 bits in 16 times the high one plus the low one
+  constexpr float high_weight = Bits == 4 ? 1.0f : 16.0f;
+  constexpr float offset = Bits == 4 ? 128.0f : 128.0f * 17;
   const int64_t k = in.groups * kGroup;
   __m512 y[Tile];
   for (int m = 0; m < Tile; ++m) y[m] = _mm512_setzero_ps();
   for (int64_t g = 0; g < in.groups; ++g) {
     __m512 low_sums[Tile], high_sums[Tile];  // two dependency chains, not one: 11-17 % faster in cache
     for (int m = 0; m < Tile; ++m) low_sums[m] = high_sums[m] = _mm512_setzero_ps();
-    const uint8_t* bytes = packed + g * kGroupBytes;
-    for (int t = 0; t < kGroup / 4; ++t) {
+    const uint8_t* bytes = packed + g * group_bytes<Bits>;
+    for (int t = 0; t < value_bytes<Bits> / 32; ++t) {
       const __m512i words = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes + 32 * t)));
       const __m512bh low = (__m512bh)_mm512_ternarylogic_epi32(words, nibble, bf16_128, 0xea);  // (w & 15) | 0x4300
       const __m512bh high = (__m512bh)_mm512_or_si512(_mm512_srli_epi16(words, 4), bf16_128);
       for (int m = 0; m < Tile; ++m) {
         const uint16_t* x = in.x + (row + m) * k + g * kGroup + 2 * t;
-        int32_t low_pair, high_pair;
+        int32_t low_pair, high_pair;  // 4 bits: the nibbles hold inputs 2t + j and 16 + 2t + j; 8 bits: both 2t + j
         __builtin_memcpy(&low_pair, x, 4);
-        __builtin_memcpy(&high_pair, x + kGroup / 2, 4);
+        __builtin_memcpy(&high_pair, Bits == 4 ? x + kGroup / 2 : x, 4);
         low_sums[m] = _mm512_dpbf16_ps(low_sums[m], low, (__m512bh)_mm512_set1_epi32(low_pair));
         high_sums[m] = _mm512_dpbf16_ps(high_sums[m], high, (__m512bh)_mm512_set1_epi32(high_pair));
       }
     }
-    const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes + kNibbleBytes)));
-    const __m512 lo = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes + kNibbleBytes + 32)));
+    const uint8_t* scales = bytes + value_bytes<Bits>;
+    const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales)));
+    const __m512 lo = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + 32)));
     for (int m = 0; m < Tile; ++m) {
       const __m512 x_sum = _mm512_set1_ps(in.x_sums[(row + m) * in.groups + g]);
-      const __m512 centred = _mm512_fnmadd_ps(_mm512_set1_ps(128.0f), x_sum, _mm512_add_ps(low_sums[m], high_sums[m]));
+      const __m512 sums = _mm512_fmadd_ps(_mm512_set1_ps(high_weight), high_sums[m], low_sums[m]);
+      const __m512 centred = _mm512_fnmadd_ps(_mm512_set1_ps(offset), x_sum, sums);
       y[m] = _mm512_fmadd_ps(lo, x_sum, _mm512_fmadd_ps(s, centred, y[m]));
     }
   }
@@ -71,12 +83,13 @@ void block_product(const Inputs& in, int64_t row, const uint8_t* packed, float* 
 }
 
 // Rows row..row + tile - 1 of x times one block of 16 weight rows, into out (rows out_stride apart).
+template <int Bits>
 void rows_product(const Inputs& in, int64_t row, int tile, const uint8_t* packed, float* out, int64_t out_stride) {
   switch (tile) {
-    case 1: return block_product<1>(in, row, packed, out, out_stride);
-    case 2: return block_product<2>(in, row, packed, out, out_stride);
-    case 3: return block_product<3>(in, row, packed, out, out_stride);
-    default: return block_product<4>(in, row, packed, out, out_stride);
+    case 1: return block_product<Bits, 1>(in, row, packed, out, out_stride);
+    case 2: return block_product<Bits, 2>(in, row, packed, out, out_stride);
+    case 3: return block_product<Bits, 3>(in, row, packed, out, out_stride);
+    default: return block_product<Bits, 4>(in, row, packed, out, out_stride);
   }
 }
 
@@ -96,15 +109,17 @@ float round_group(const float* x, uint16_t* bits) {
   return sum_bfloat16(rounded);
 }
 
-// x: (M, K) float32 or bfloat16; packed: (N / 16, K / 32, 320) uint8. Returns (M, N) in x's dtype.
-at::Tensor int4_matmul(const at::Tensor& x, const at::Tensor& packed) {
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "int4_matmul: x must be a contiguous matrix");
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
-              "int4_matmul: x must be float32 or bfloat16");
-  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 3 && packed.size(2) == kGroupBytes &&
-              packed.is_contiguous(), "int4_matmul: packed must be a contiguous (N/16, K/32, ", kGroupBytes, ") uint8 tensor");
+// x: (M, K) float32 or bfloat16; packed: (N / 16, K / 32, group_bytes) uint8. Returns (M, N) in x's dtype.
+template <int Bits>
+at::Tensor group_matmul(const at::Tensor& x, const at::Tensor& packed, const char* name) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), name, ": x must be a contiguous matrix");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, name,
+              ": x must be float32 or bfloat16");
+  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 3 && packed.size(2) == group_bytes<Bits> &&
+              packed.is_contiguous(),
+              name, ": packed must be a contiguous (N/16, K/32, ", group_bytes<Bits>, ") uint8 tensor");
   const int64_t rows = x.size(0), groups = packed.size(1), blocks = packed.size(0);
-  TORCH_CHECK(x.size(1) == groups * kGroup, "int4_matmul: x has ", x.size(1), " inputs, the weight ", groups * kGroup);
+  TORCH_CHECK(x.size(1) == groups * kGroup, name, ": x has ", x.size(1), " inputs, the weight ", groups * kGroup);
   const int64_t k = groups * kGroup, n = blocks * kBlock;
 
   thread_local std::vector<uint16_t> x_bits;
@@ -128,19 +143,28 @@ at::Tensor int4_matmul(const at::Tensor& x, const at::Tensor& packed) {
     for (int64_t b = begin; b < end; ++b) {
       for (int64_t row = 0; row < rows; row += kMaxTile) {
         const int tile = static_cast<int>(std::min<int64_t>(kMaxTile, rows - row));
-        rows_product(in, row, tile, weights + b * groups * kGroupBytes, y + row * n + b * kBlock, n);
+        rows_product<Bits>(in, row, tile, weights + b * groups * group_bytes<Bits>, y + row * n + b * kBlock, n);
       }
     }
   });
   return x.scalar_type() == at::kFloat ? result : result.to(at::kBFloat16);
 }
 
+at::Tensor int4_matmul(const at::Tensor& x, const at::Tensor& packed) {
+  return group_matmul<4>(x, packed, "int4_matmul");
+}
+at::Tensor int8_matmul(const at::Tensor& x, const at::Tensor& packed) {
+  return group_matmul<8>(x, packed, "int8_matmul");
+}
+
 }  // namespace
 
 TORCH_LIBRARY(nexttoken, m) {
   m.def("int4_matmul(Tensor x, Tensor packed) -> Tensor");
+  m.def("int8_matmul(Tensor x, Tensor packed) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(nexttoken, CPU, m) {
   m.impl("int4_matmul", &int4_matmul);
+  m.impl("int8_matmul", &int8_matmul);
 }
