@@ -1,4 +1,8 @@
-"""Weights moved into huge-page memory: the same tensors, values and outputs, in one aligned block."""
+"""Weights moved into huge-page memory: the same tensors, values and outputs, in one aligned block;
+freed memory handed back to the system."""
+
+import subprocess
+import sys
 
 import torch
 from test_export import tiny_decoder
@@ -34,3 +38,26 @@ def test_without_huge_pages_nothing_moves(monkeypatch):
     pointers = [p.data_ptr() for p in model.parameters()]
     assert not memory.move_to_huge_pages(model)
     assert [p.data_ptr() for p in model.parameters()] == pointers
+
+
+FREED_MEMORY_PROBE = """
+import torch
+from pathlib import Path
+from nexttoken import memory
+
+def resident_mib():
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmRSS"))
+    return int(line.split()[1]) / 1024
+
+memory.keep_freed_memory()  # as a training process does: malloc then never trims by itself
+chunks = [torch.ones(16 * 1024) for _ in range(3200)]  # 64 KiB each, 200 MiB in all
+del chunks
+before = resident_mib()
+memory.hand_back_freed_memory()
+print(before - resident_mib())
+"""
+
+
+def test_freed_memory_is_handed_back():
+    result = subprocess.run([sys.executable, "-c", FREED_MEMORY_PROBE], capture_output=True, text=True, check=True)
+    assert float(result.stdout.split()[-1]) > 150  # MiB, of the 200 freed

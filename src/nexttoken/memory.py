@@ -59,6 +59,15 @@ def huge_page_bytes(nbytes: int) -> torch.Tensor | None:
     return raw[start : start + nbytes]
 
 
+def hand_back_freed_memory() -> None:
+    """Give the memory that malloc keeps after frees back to the system (glibc only): freed
+    tensors below its mmap threshold otherwise stay resident, and later ones do not always fit
+    in their place."""
+    libc = c_library()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
 def move_to_huge_pages(model: nn.Module) -> bool:
     """Copy every parameter and buffer of `model` into one block of huge-page memory, in place:
     tensors keep their identity (so tied weights stay tied), each is copied once and its old

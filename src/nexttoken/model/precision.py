@@ -12,7 +12,7 @@ the embedding table it is tied to) is kept in float16: in the built-in model it 
 import torch
 
 from nexttoken.errors import NextTokenError
-from nexttoken.memory import move_to_huge_pages
+from nexttoken.memory import hand_back_freed_memory, move_to_huge_pages
 from nexttoken.model.quantize import float32_products, head16, quantize_linears, widen_bfloat16_products
 from nexttoken.model.transformer import Transformer
 
@@ -40,7 +40,9 @@ def set_precision(model: Transformer, dtype: str = "float32", quantize: str = "n
         raise NextTokenError(f"quantize must be one of {', '.join(QUANTIZATIONS)}; got {quantize!r}")
     model.to(compute)
     if quantize != "none":
-        quantize_linears(model.blocks, bits=int(quantize.removeprefix("int")))
+        for block in model.blocks:  # a block at a time, its float32 weights handed back before the next
+            quantize_linears(block, bits=int(quantize.removeprefix("int")))
+            hand_back_freed_memory()
         head16(model, torch.float16)
     elif compute == torch.bfloat16:
         widen_bfloat16_products(model)
