@@ -23,6 +23,8 @@
 #include <algorithm>
 #include <vector>
 
+#include "vector_math.h"
+
 namespace {
 
 constexpr int64_t kGroup = 32;    // inputs per scale and minimum
@@ -104,21 +106,6 @@ void block_product(const Inputs& in, int64_t row, const uint8_t* packed, float* 
   for (int m = 0; m < Tile; ++m) _mm512_storeu_ps(out + m * out_stride, y[m]);
 }
 
-// Rows row..row + tile - 1 of x times one block of 16 weight rows, into out (rows out_stride apart).
-template <int Bits>
-void rows_product(const Inputs& in, int64_t row, int tile, const uint8_t* packed, float* out, int64_t out_stride) {
-  switch (tile) {
-    case 1: return block_product<Bits, 1>(in, row, packed, out, out_stride);
-    case 2: return block_product<Bits, 2>(in, row, packed, out, out_stride);
-    case 3: return block_product<Bits, 3>(in, row, packed, out, out_stride);
-    case 4: return block_product<Bits, 4>(in, row, packed, out, out_stride);
-    case 5: return block_product<Bits, 5>(in, row, packed, out, out_stride);
-    case 6: return block_product<Bits, 6>(in, row, packed, out, out_stride);
-    case 7: return block_product<Bits, 7>(in, row, packed, out, out_stride);
-    default: return block_product<Bits, 8>(in, row, packed, out, out_stride);
-  }
-}
-
 // The sum of 32 bfloat16 values: each 32-bit lane holds two, whose float32 values are the lane
 // shifted up by 16 bits and the lane with its low 16 bits cleared.
 float sum_bfloat16(__m512i words) {
@@ -169,7 +156,9 @@ at::Tensor group_matmul(const at::Tensor& x, const at::Tensor& packed, const cha
     for (int64_t b = begin; b < end; ++b) {
       for (int64_t row = 0; row < rows; row += kMaxTile) {
         const int tile = static_cast<int>(std::min<int64_t>(kMaxTile, rows - row));
-        rows_product<Bits>(in, row, tile, weights + b * groups * group_bytes<Bits>, y + row * n + b * kBlock, n);
+        with_tile(tile, [&]<int Tile>() {
+          block_product<Bits, Tile>(in, row, weights + b * groups * group_bytes<Bits>, y + row * n + b * kBlock, n);
+        });
       }
     }
   });

@@ -62,20 +62,6 @@ void tile_dot(const typename Weight::Bits* w, const float* x, int64_t k, float* 
   for (int m = 0; m < Tile; ++m) out[m * out_stride] = _mm512_reduce_add_ps(_mm512_add_ps(even[m], odd[m]));
 }
 
-template <typename Weight>
-void rows_dot(int tile, const typename Weight::Bits* w, const float* x, int64_t k, float* out, int64_t out_stride) {
-  switch (tile) {
-    case 1: return tile_dot<Weight, 1>(w, x, k, out, out_stride);
-    case 2: return tile_dot<Weight, 2>(w, x, k, out, out_stride);
-    case 3: return tile_dot<Weight, 3>(w, x, k, out, out_stride);
-    case 4: return tile_dot<Weight, 4>(w, x, k, out, out_stride);
-    case 5: return tile_dot<Weight, 5>(w, x, k, out, out_stride);
-    case 6: return tile_dot<Weight, 6>(w, x, k, out, out_stride);
-    case 7: return tile_dot<Weight, 7>(w, x, k, out, out_stride);
-    default: return tile_dot<Weight, 8>(w, x, k, out, out_stride);
-  }
-}
-
 // x: (M, K) float32 or bfloat16; w: (N, K) float32, float16 or bfloat16. Returns (M, N) in x's dtype.
 at::Tensor matvec(const at::Tensor& x, const at::Tensor& w) {
   TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && w.is_contiguous() &&
@@ -95,7 +81,9 @@ at::Tensor matvec(const at::Tensor& x, const at::Tensor& w) {
       for (int64_t r = begin; r < end; ++r) {
         for (int64_t m = 0; m < rows; m += kMaxTile) {
           const int tile = static_cast<int>(std::min<int64_t>(kMaxTile, rows - m));
-          rows_dot<Weight>(tile, weights + r * k, xs + m * k, k, y + m * n + r, n);
+          with_tile(tile, [&]<int Tile>() {
+            tile_dot<Weight, Tile>(weights + r * k, xs + m * k, k, y + m * n + r, n);
+          });
         }
       }
     });

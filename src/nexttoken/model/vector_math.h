@@ -1,4 +1,5 @@
-// Float32 vector helpers our kernels share: e^x, and bfloat16 loads and stores of 16 values.
+// Helpers our kernels share: e^x and bfloat16 loads and stores of 16 float32 values, and the
+// dispatch of a tile of rows to its compile-time size.
 #pragma once
 
 #include <immintrin.h>
@@ -44,3 +45,19 @@ inline void store16(uint16_t* out, __m512 values, int count = 16) {
 
 // the nearest bfloat16 values, widened back to float32
 inline __m512 round_to_bfloat16(__m512 values) { return widen_bfloat16((__m256i)_mm512_cvtneps_pbh(values)); }
+
+// run.template operator()<Tile>() for the compile-time Tile equal to tile (1 to 8): a tile's rows
+// keep their sums in registers, so each size is its own instantiation
+template <typename Run>
+inline void with_tile(int tile, Run&& run) {
+  switch (tile) {
+    case 1: return run.template operator()<1>();
+    case 2: return run.template operator()<2>();
+    case 3: return run.template operator()<3>();
+    case 4: return run.template operator()<4>();
+    case 5: return run.template operator()<5>();
+    case 6: return run.template operator()<6>();
+    case 7: return run.template operator()<7>();
+    default: return run.template operator()<8>();
+  }
+}
