@@ -1,11 +1,13 @@
-// Attention of a prompt's queries in bfloat16, a block of keys at a time with a running softmax
-// (Dao et al., 2022, "FlashAttention"), so the scores of a block never leave the cache.
+// Attention of a prompt's queries in bfloat16 or float32, a block of keys at a time with a running
+// softmax (Dao et al., 2022, "FlashAttention"), so the scores of a block never leave the cache.
 //
-// Products are vdpbf16ps: a broadcast pair of bfloat16 values times 16 pairs gives 16 float32 sums.
-// So keys are first packed so that one register holds 16 keys' values at the same pair of
-// dimensions, and values so that one register holds 16 dimensions of the same pair of keys.
-// Scores, the softmax and the output's sums stay in float32; the softmax weights are rounded to
-// bfloat16 for their product with the values, as PyTorch's own bfloat16 kernel does.
+// bfloat16 products are vdpbf16ps: a broadcast pair of bfloat16 values times 16 pairs gives 16
+// float32 sums. So keys are first packed so that one register holds 16 keys' values at the same
+// pair of dimensions, and values so that one register holds 16 dimensions of the same pair of keys.
+// float32 products are fused multiply-adds of one broadcast value: keys are packed so that one
+// register holds 16 keys' values at the same dimension, and values keep their rows.
+// Scores, the softmax and the output's sums stay in float32; in bfloat16 the softmax weights are
+// rounded to bfloat16 for their product with the values, as PyTorch's own bfloat16 kernel does.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -19,6 +21,7 @@
 #include <cmath>
 #include <limits>
 #include <optional>
+#include <type_traits>
 
 #include "vector_math.h"
 
@@ -31,6 +34,16 @@ constexpr int kScoreRows = 8; // query rows whose scores are computed together (
 inline __m512bh as_pairs(__m512i v) { return (__m512bh)v; }
 inline __m512i broadcast_pair(const uint16_t* pair) {
   return _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(pair));
+}
+
+// T: the element, uint16_t (bfloat16 bits) or float
+template <typename T>
+constexpr bool is_float = std::is_same_v<T, float>;
+template <typename T>
+using Scalar = std::conditional_t<is_float<T>, float, at::BFloat16>;  // what the tensors hold
+template <typename T>
+const T* elements(const at::Tensor& t) {
+  return reinterpret_cast<const T*>(t.const_data_ptr<Scalar<T>>());
 }
 
 struct Shapes {
@@ -51,14 +64,38 @@ uint32_t allowed_keys(const Shapes& s, int64_t b, int64_t query, int64_t block) 
   return _mm256_test_epi8_mask(bytes, bytes);
 }
 
-// (B, H_kv, S, D) keys -> (B, H_kv, S/32, D/2, 32, 2): block, dimension pair, key, the pair's two
-// values; values -> (B, H_kv, S/32, 16, D, 2): block, key pair, dimension, the pair's two keys.
-// Keys past S are zero (their scores are masked, their weights are 0).
-template <int D>
-void pack_keys_values(const at::Tensor& k, const at::Tensor& v, const Shapes& s, uint16_t* keys, uint16_t* values) {
-  const auto* k_data = reinterpret_cast<const uint16_t*>(k.const_data_ptr<at::BFloat16>());
-  const auto* v_data = reinterpret_cast<const uint16_t*>(v.const_data_ptr<at::BFloat16>());
-  constexpr int64_t block_size = kKeys * D;
+// float32: (B, H_kv, S, D) keys -> (B, H_kv, S/32, D, 32): block, dimension, key; values ->
+// (B, H_kv, S/32, 32, D), their rows. Keys and values past S are zero (their scores are masked,
+// their weights are 0).
+void pack_keys_values(const at::Tensor& k, const at::Tensor& v, const Shapes& s, int64_t d, float* keys,
+                      float* values) {
+  const float* k_data = k.const_data_ptr<float>();
+  const float* v_data = v.const_data_ptr<float>();
+  const int64_t block_size = kKeys * d;
+  at::parallel_for(0, s.batch * s.kv_heads * s.key_blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t block = task % s.key_blocks, head = task / s.key_blocks % s.kv_heads;
+      const int64_t b = task / s.key_blocks / s.kv_heads;
+      const int64_t present = std::min<int64_t>(kKeys, s.keys - block * kKeys);  // the rest stay zero
+      for (int j = 0; j < present; ++j) {
+        const int64_t key = block * kKeys + j;
+        const float* k_row = k_data + b * k.stride(0) + head * k.stride(1) + key * k.stride(2);
+        for (int64_t i = 0; i < d; ++i) keys[task * block_size + i * kKeys + j] = k_row[i];
+        const float* v_row = v_data + b * v.stride(0) + head * v.stride(1) + key * v.stride(2);
+        std::copy_n(v_row, d, values + task * block_size + j * d);
+      }
+    }
+  });
+}
+
+// bfloat16: (B, H_kv, S, D) keys -> (B, H_kv, S/32, D/2, 32, 2): block, dimension pair, key, the
+// pair's two values; values -> (B, H_kv, S/32, 16, D, 2): block, key pair, dimension, the pair's two
+// keys. Keys and values past S are zero.
+void pack_keys_values(const at::Tensor& k, const at::Tensor& v, const Shapes& s, int64_t d, uint16_t* keys,
+                      uint16_t* values) {
+  const uint16_t* k_data = elements<uint16_t>(k);
+  const uint16_t* v_data = elements<uint16_t>(v);
+  const int64_t block_size = kKeys * d;
   __m512i first_half, second_half;  // where vpermt2w finds the words of a's and b's first and last 16 values
   alignas(64) uint16_t first_index[32], second_index[32];
   for (int i = 0; i < 32; ++i) {
@@ -78,16 +115,16 @@ void pack_keys_values(const at::Tensor& k, const at::Tensor& v, const Shapes& s,
         const int64_t key = block * kKeys + j;
         const uint16_t* k_values = k_data + b * k.stride(0) + head * k.stride(1) + key * k.stride(2);
         const auto* k_row = reinterpret_cast<const uint32_t*>(k_values);
-        for (int pair = 0; pair < D / 2; ++pair) key_pairs[pair * kKeys + j] = k_row[pair];
+        for (int pair = 0; pair < d / 2; ++pair) key_pairs[pair * kKeys + j] = k_row[pair];
       }
       for (int j = 0; j < present; j += 2) {
         const int64_t key = block * kKeys + j;
         const uint16_t* a = v_data + b * v.stride(0) + head * v.stride(1) + key * v.stride(2);
         const uint16_t* next = a + v.stride(2);
-        for (int r = 0; r < D / 32; ++r) {
+        for (int r = 0; r < d / 32; ++r) {
           const __m512i a_words = _mm512_loadu_si512(a + r * 32);
           const __m512i b_words = j + 1 < present ? _mm512_loadu_si512(next + r * 32) : _mm512_setzero_si512();
-          uint16_t* out = value_out + (j / 2) * D * 2 + r * 64;
+          uint16_t* out = value_out + (j / 2) * d * 2 + r * 64;
           _mm512_storeu_si512(out, _mm512_permutex2var_epi16(a_words, first_half, b_words));
           _mm512_storeu_si512(out + 32, _mm512_permutex2var_epi16(a_words, second_half, b_words));
         }
@@ -97,17 +134,28 @@ void pack_keys_values(const at::Tensor& k, const at::Tensor& v, const Shapes& s,
 }
 
 // scores[i][j] = scale * q[i] . key j of the block, for kScoreRows query rows and the block's 32 keys
-template <int D>
-void block_scores(const uint16_t* q, const uint16_t* keys, float scale, float* scores) {
+template <typename T, int D>
+void block_scores(const T* q, const T* keys, float scale, float* scores) {
   __m512 sums[kScoreRows][2];
   for (auto& row : sums) row[0] = row[1] = _mm512_setzero_ps();
-  for (int pair = 0; pair < D / 2; ++pair) {
-    const __m512i low = _mm512_loadu_si512(keys + pair * kKeys * 2);
-    const __m512i high = _mm512_loadu_si512(keys + pair * kKeys * 2 + 32);
-    for (int i = 0; i < kScoreRows; ++i) {
-      const __m512i q_pair = broadcast_pair(q + i * D + pair * 2);
-      sums[i][0] = _mm512_dpbf16_ps(sums[i][0], as_pairs(q_pair), as_pairs(low));
-      sums[i][1] = _mm512_dpbf16_ps(sums[i][1], as_pairs(q_pair), as_pairs(high));
+  if constexpr (is_float<T>) {
+    for (int d = 0; d < D; ++d) {
+      const __m512 low = _mm512_loadu_ps(keys + d * kKeys), high = _mm512_loadu_ps(keys + d * kKeys + 16);
+      for (int i = 0; i < kScoreRows; ++i) {
+        const __m512 q_value = _mm512_set1_ps(q[i * D + d]);
+        sums[i][0] = _mm512_fmadd_ps(q_value, low, sums[i][0]);
+        sums[i][1] = _mm512_fmadd_ps(q_value, high, sums[i][1]);
+      }
+    }
+  } else {
+    for (int pair = 0; pair < D / 2; ++pair) {
+      const __m512i low = _mm512_loadu_si512(keys + pair * kKeys * 2);
+      const __m512i high = _mm512_loadu_si512(keys + pair * kKeys * 2 + 32);
+      for (int i = 0; i < kScoreRows; ++i) {
+        const __m512i q_pair = broadcast_pair(q + i * D + pair * 2);
+        sums[i][0] = _mm512_dpbf16_ps(sums[i][0], as_pairs(q_pair), as_pairs(low));
+        sums[i][1] = _mm512_dpbf16_ps(sums[i][1], as_pairs(q_pair), as_pairs(high));
+      }
     }
   }
   const __m512 scale_v = _mm512_set1_ps(scale);
@@ -118,20 +166,33 @@ void block_scores(const uint16_t* q, const uint16_t* keys, float scale, float* s
 }
 
 // out[i] = carry[i] * out[i] + weights[i] @ block values, for Rows rows (D / 16 registers each)
-template <int D, int Rows>
-void add_weighted_values(const uint16_t* weights, const uint16_t* values, const float* carry, float* out) {
+template <typename T, int D, int Rows>
+void add_weighted_values(const T* weights, const T* values, const float* carry, float* out) {
   constexpr int V = D / 16;
   __m512 sums[Rows][V];
   for (int i = 0; i < Rows; ++i) {
     const __m512 c = _mm512_set1_ps(carry[i]);
     for (int r = 0; r < V; ++r) sums[i][r] = _mm512_mul_ps(c, _mm512_loadu_ps(out + i * D + r * 16));
   }
-  for (int pair = 0; pair < kKeys / 2; ++pair) {
-    __m512i value_pairs[V];
-    for (int r = 0; r < V; ++r) value_pairs[r] = _mm512_loadu_si512(values + pair * D * 2 + r * 32);
-    for (int i = 0; i < Rows; ++i) {
-      const __m512i w_pair = broadcast_pair(weights + i * kKeys + pair * 2);
-      for (int r = 0; r < V; ++r) sums[i][r] = _mm512_dpbf16_ps(sums[i][r], as_pairs(w_pair), as_pairs(value_pairs[r]));
+  if constexpr (is_float<T>) {
+    for (int j = 0; j < kKeys; ++j) {
+      __m512 value[V];
+      for (int r = 0; r < V; ++r) value[r] = _mm512_loadu_ps(values + j * D + r * 16);
+      for (int i = 0; i < Rows; ++i) {
+        const __m512 w = _mm512_set1_ps(weights[i * kKeys + j]);
+        for (int r = 0; r < V; ++r) sums[i][r] = _mm512_fmadd_ps(w, value[r], sums[i][r]);
+      }
+    }
+  } else {
+    for (int pair = 0; pair < kKeys / 2; ++pair) {
+      __m512i value_pairs[V];
+      for (int r = 0; r < V; ++r) value_pairs[r] = _mm512_loadu_si512(values + pair * D * 2 + r * 32);
+      for (int i = 0; i < Rows; ++i) {
+        const __m512i w_pair = broadcast_pair(weights + i * kKeys + pair * 2);
+        for (int r = 0; r < V; ++r) {
+          sums[i][r] = _mm512_dpbf16_ps(sums[i][r], as_pairs(w_pair), as_pairs(value_pairs[r]));
+        }
+      }
     }
   }
   for (int i = 0; i < Rows; ++i) {
@@ -140,12 +201,12 @@ void add_weighted_values(const uint16_t* weights, const uint16_t* values, const 
 }
 
 // One task: kQueries query rows of one head, against every key block they may see.
-template <int D>
-void attend(const at::Tensor& q, const Shapes& s, const uint16_t* keys, const uint16_t* values, int64_t b,
-            int64_t head, int64_t first, at::BFloat16* out) {
-  alignas(64) uint16_t q_rows[kQueries * D] = {};  // rows past the last query stay zero
+template <typename T, int D>
+void attend(const at::Tensor& q, const Shapes& s, const T* keys, const T* values, int64_t b, int64_t head,
+            int64_t first, T* out) {
+  alignas(64) T q_rows[kQueries * D] = {};  // rows past the last query stay zero
   alignas(64) float scores[kQueries * kKeys];
-  alignas(64) uint16_t weights[kQueries * kKeys];
+  alignas(64) T weights[kQueries * kKeys];
   alignas(64) float sums[kQueries * D] = {};
   float running_max[kQueries], carry[kQueries];
   __m512 totals[kQueries];  // each row's softmax denominator, in 16 partial sums: added up once, at the end
@@ -154,20 +215,20 @@ void attend(const at::Tensor& q, const Shapes& s, const uint16_t* keys, const ui
 
   const int rows = static_cast<int>(std::min<int64_t>(kQueries, s.queries - first));
   const int active = (rows + kScoreRows - 1) / kScoreRows * kScoreRows;  // rows computed: whole tiles
-  const auto* q_data = reinterpret_cast<const uint16_t*>(q.const_data_ptr<at::BFloat16>());
+  const T* q_data = elements<T>(q);
   for (int i = 0; i < rows; ++i) {
     std::copy_n(q_data + b * q.stride(0) + head * q.stride(1) + (first + i) * q.stride(2), D, q_rows + i * D);
   }
   const int64_t kv_head = head / (s.heads / s.kv_heads);
   const int64_t last_key = s.causal ? std::min(s.keys, s.past + first + rows) : s.keys;  // exclusive
   const int64_t blocks = (last_key + kKeys - 1) / kKeys;
-  const uint16_t* head_keys = keys + (b * s.kv_heads + kv_head) * s.key_blocks * kKeys * D;
-  const uint16_t* head_values = values + (b * s.kv_heads + kv_head) * s.key_blocks * kKeys * D;
+  const T* head_keys = keys + (b * s.kv_heads + kv_head) * s.key_blocks * kKeys * D;
+  const T* head_values = values + (b * s.kv_heads + kv_head) * s.key_blocks * kKeys * D;
   const __m512 minus_infinity = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
 
   for (int64_t block = 0; block < blocks; ++block) {
     for (int i = 0; i < active; i += kScoreRows) {
-      block_scores<D>(q_rows + i * D, head_keys + block * kKeys * D, s.scale, scores + i * kKeys);
+      block_scores<T, D>(q_rows + i * D, head_keys + block * kKeys * D, s.scale, scores + i * kKeys);
     }
     for (int i = 0; i < active; ++i) {
       const int64_t seen = s.causal ? std::min(s.keys, s.past + first + i + 1) : s.keys;  // keys row i sees
@@ -180,7 +241,7 @@ void attend(const at::Tensor& q, const Shapes& s, const uint16_t* keys, const ui
       const float new_max = std::max(running_max[i], block_max);
       if (new_max == -std::numeric_limits<float>::infinity()) {  // no key seen yet: all padding so far
         carry[i] = 1.0f;
-        _mm512_storeu_si512(weights + i * kKeys, _mm512_setzero_si512());
+        std::fill_n(weights + i * kKeys, kKeys, T{});
         continue;
       }
       carry[i] = new_max == running_max[i] ? 1.0f : std::exp(running_max[i] - new_max);
@@ -188,40 +249,55 @@ void attend(const at::Tensor& q, const Shapes& s, const uint16_t* keys, const ui
       low = vector_exp(_mm512_sub_ps(low, _mm512_set1_ps(new_max)));
       high = vector_exp(_mm512_sub_ps(high, _mm512_set1_ps(new_max)));
       totals[i] = _mm512_fmadd_ps(totals[i], _mm512_set1_ps(carry[i]), _mm512_add_ps(low, high));
-      _mm512_storeu_si512(weights + i * kKeys, (__m512i)_mm512_cvtne2ps_pbh(high, low));
+      if constexpr (is_float<T>) {
+        _mm512_storeu_ps(weights + i * kKeys, low);
+        _mm512_storeu_ps(weights + i * kKeys + 16, high);
+      } else {
+        _mm512_storeu_si512(weights + i * kKeys, (__m512i)_mm512_cvtne2ps_pbh(high, low));
+      }
     }
     constexpr int rows_per_call = 16 / (D / 16);  // 16 registers of sums; divides kScoreRows
     for (int i = 0; i < active; i += rows_per_call) {
-      add_weighted_values<D, rows_per_call>(weights + i * kKeys, head_values + block * kKeys * D, carry + i,
-                                            sums + i * D);
+      add_weighted_values<T, D, rows_per_call>(weights + i * kKeys, head_values + block * kKeys * D, carry + i,
+                                               sums + i * D);
     }
   }
   for (int i = 0; i < rows; ++i) {
     const __m512 inverse = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(totals[i]));
-    auto* row = reinterpret_cast<uint16_t*>(out + ((b * s.queries + first + i) * s.heads + head) * D);
+    T* row = out + ((b * s.queries + first + i) * s.heads + head) * D;
     for (int r = 0; r < D / 16; ++r) store16(row + r * 16, _mm512_mul_ps(load16(sums + i * D + r * 16), inverse));
   }
 }
 
-template <int D>
+template <typename T, int D>
 void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const Shapes& s, at::Tensor& out) {
-  const auto options = k.options().dtype(at::kBFloat16);
-  const at::Tensor keys = at::zeros({s.batch, s.kv_heads, s.key_blocks, kKeys * D}, options);
-  const at::Tensor values = at::zeros({s.batch, s.kv_heads, s.key_blocks, kKeys * D}, options);
-  auto* key_data = reinterpret_cast<uint16_t*>(keys.data_ptr<at::BFloat16>());
-  auto* value_data = reinterpret_cast<uint16_t*>(values.data_ptr<at::BFloat16>());
-  pack_keys_values<D>(k, v, s, key_data, value_data);
+  const at::Tensor keys = at::zeros({s.batch, s.kv_heads, s.key_blocks, kKeys * D}, k.options());
+  const at::Tensor values = at::zeros({s.batch, s.kv_heads, s.key_blocks, kKeys * D}, k.options());
+  T* key_data = reinterpret_cast<T*>(keys.data_ptr<Scalar<T>>());
+  T* value_data = reinterpret_cast<T*>(values.data_ptr<Scalar<T>>());
+  pack_keys_values(k, v, s, D, key_data, value_data);
   const int64_t query_blocks = (s.queries + kQueries - 1) / kQueries;
-  at::BFloat16* out_data = out.data_ptr<at::BFloat16>();
+  T* out_data = reinterpret_cast<T*>(out.data_ptr<Scalar<T>>());
   at::parallel_for(0, s.batch * s.heads * query_blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t block = task % query_blocks, head = task / query_blocks % s.heads;
-      attend<D>(q, s, key_data, value_data, task / query_blocks / s.heads, head, block * kQueries, out_data);
+      attend<T, D>(q, s, key_data, value_data, task / query_blocks / s.heads, head, block * kQueries, out_data);
     }
   });
 }
 
-// q: (B, H, T, D), k and v: (B, H_kv, S, D), bfloat16, each row contiguous; S >= T. With `causal`,
+template <typename T>
+void run_for_head_size(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const Shapes& s,
+                       at::Tensor& out) {
+  switch (q.size(3)) {
+    case 32: return run<T, 32>(q, k, v, s, out);
+    case 64: return run<T, 64>(q, k, v, s, out);
+    case 128: return run<T, 128>(q, k, v, s, out);
+    default: TORCH_CHECK(false, "flash_attention: head size must be 32, 64 or 128, not ", q.size(3));
+  }
+}
+
+// q: (B, H, T, D), k and v: (B, H_kv, S, D), all bfloat16 or all float32, each row contiguous; S >= T. With `causal`,
 // the queries are the last T of the S positions. `mask`, as SDPA takes a bool one: (B, 1, T or 1, S),
 // true where a query may see a key (with `causal` too, both must allow it). Returns (B, H, T, D), a
 // view of a (B, T, H, D) tensor.
@@ -229,8 +305,9 @@ at::Tensor flash_attention(const at::Tensor& q, const at::Tensor& k, const at::T
                            const std::optional<at::Tensor>& mask, bool causal, double scale) {
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && k.sizes() == v.sizes(),
               "flash_attention: q, k and v must be (B, H, T, D), k and v of one shape");
-  TORCH_CHECK(q.scalar_type() == at::kBFloat16 && k.scalar_type() == at::kBFloat16 && v.scalar_type() == at::kBFloat16,
-              "flash_attention: q, k and v must be bfloat16");
+  TORCH_CHECK((q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kFloat) &&
+                  k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
+              "flash_attention: q, k and v must be all bfloat16 or all float32");
   TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1, "flash_attention: rows must be contiguous");
   const int64_t head_dim = q.size(3);
   TORCH_CHECK(q.size(0) == k.size(0) && k.size(3) == head_dim && q.size(1) % k.size(1) == 0 && k.size(2) >= q.size(2),
@@ -247,11 +324,10 @@ at::Tensor flash_attention(const at::Tensor& q, const at::Tensor& k, const at::T
                  k.size(2) - q.size(2), causal, static_cast<float>(scale), mask_data,
                  mask.has_value() ? mask->stride(0) : 0, mask_query_step};
   at::Tensor out = at::empty({s.batch, s.queries, s.heads, head_dim}, q.options());
-  switch (head_dim) {
-    case 32: run<32>(q, k, v, s, out); break;
-    case 64: run<64>(q, k, v, s, out); break;
-    case 128: run<128>(q, k, v, s, out); break;
-    default: TORCH_CHECK(false, "flash_attention: head size must be 32, 64 or 128, not ", head_dim);
+  if (q.scalar_type() == at::kFloat) {
+    run_for_head_size<float>(q, k, v, s, out);
+  } else {
+    run_for_head_size<uint16_t>(q, k, v, s, out);
   }
   return out.transpose(1, 2);
 }
