@@ -10,8 +10,8 @@ weights of any other source lose at most half of one of 255 steps across their g
 per output row, symmetric, cannot hold Q4_1's groups: on SmolLM2, even computing in float32, its
 int8 weights agree with float32 on 97.7 % of next tokens. Every row of a product runs in our kernel
 (kernels.py) with bfloat16 inputs and float32 sums, while the rest of the model keeps its dtype:
-measured on SmolLM2, 99.65 % top-1 agreement with float32 for int4, against 97.5 % for a model
-computing wholly in bfloat16.
+measured on SmolLM2 over a 2,000-token text, 99.40 % top-1 agreement with float32 for int4 and
+99.70 % for int8, against 97.8 % for a model computing wholly in bfloat16.
 
 The output head keeps float16 weights: half the bytes of float32, and unlike bfloat16 (8 bits of
 mantissa) float16's 11 bits hold a Q8_0 weight, a scale times an 8-bit integer, almost exactly."""
@@ -157,7 +157,7 @@ BFLOAT16_HEAD_KERNEL_MAX_ROWS = 8
 
 
 class Linear16(nn.Module):
-    """y = x @ w^T (+ b) with w kept in float16 or bfloat16 and x in any dtype: the int4 model's
+    """y = x @ w^T (+ b) with w kept in float16 or bfloat16 and x in any dtype: the quantized models'
     float16 head, and a bfloat16 model's layers and head. A decode step's few rows go through our
     kernel (kernels.py), which widens the weights to float32 and keeps x as it is; on this CPU it
     reads weights at 34–80 GB/s where PyTorch's float16 product reads SmolLM2's head at 33 GB/s
