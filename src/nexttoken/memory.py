@@ -15,6 +15,7 @@ decoder (1.82 -> 1.46 s at 512 tokens, bfloat16 autocast; see benchmarks/bench_t
 
 import ctypes
 import ctypes.util
+import functools
 
 import torch
 from torch import nn
@@ -28,6 +29,7 @@ TENSOR_ALIGNMENT = 64  # bytes: a cache line, and what vector loads like
 TRIM_EVERY = 64 * 2**20  # bytes copied between handing freed memory back: a bound on the added peak
 
 
+@functools.cache  # finding it runs ldconfig: about 1.3 ms
 def c_library() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     return ctypes.CDLL(name) if name else None
@@ -85,15 +87,15 @@ def move_to_huge_pages(model: nn.Module) -> bool:
     block = huge_page_bytes(total)
     if block is None:
         return False
-    libc, freed = c_library(), 0
+    freed = 0
     for key, tensor in slots.items():
         nbytes = tensor.numel() * tensor.element_size()
         home = block[offsets[key] : offsets[key] + nbytes].view(tensor.dtype).view(tensor.shape)
         home.copy_(tensor.detach())
         tensor.data = home  # the same tensor (and Parameter) object; its old storage is freed now
         freed += nbytes
-        if freed >= TRIM_EVERY:  # and given back to the system, which malloc would not do by itself
-            libc.malloc_trim(0)
+        if freed >= TRIM_EVERY:
+            hand_back_freed_memory()
             freed = 0
-    libc.malloc_trim(0)
+    hand_back_freed_memory()
     return True

@@ -107,13 +107,11 @@ def load() -> bool:
     global loaded
     loaded = True
 
-    @torch.library.register_fake("nexttoken::int4_matmul")
-    def _(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+    def group_product(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
         return x.new_empty(x.shape[0], packed.shape[0] * BLOCK_ROWS)
 
-    @torch.library.register_fake("nexttoken::int8_matmul")
-    def _(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
-        return x.new_empty(x.shape[0], packed.shape[0] * BLOCK_ROWS)
+    for width in ("int4", "int8"):
+        torch.library.register_fake(f"nexttoken::{width}_matmul")(group_product)
 
     @torch.library.register_fake("nexttoken::matvec")
     def _(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

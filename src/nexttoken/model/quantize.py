@@ -76,6 +76,11 @@ class GroupLinear(nn.Module):
         self.own_kernel = own_kernel and kernels.load()
         q, scale, low = quantize_groups(weight, self.bits)
         self.register_buffer("packed", kernels.pack(q, scale, low, self.bits))
+        if not self.own_kernel:
+            self.keep_for_fallback(q, scale, low)
+
+    def keep_for_fallback(self, q: torch.Tensor, scale: torch.Tensor, low: torch.Tensor) -> None:
+        """Keep what the product needs where our kernel cannot be built: nothing beyond `packed`."""
 
     def decoding_buffers(self) -> tuple[str, ...]:
         """The buffers a decode step reads."""
@@ -111,15 +116,11 @@ class Int4Linear(GroupLinear):
 
     bits = 4
 
-    def __init__(self, weight: torch.Tensor, kernel_dtype: torch.dtype = torch.bfloat16,
-                 own_kernel: bool = True) -> None:
-        super().__init__(weight, kernel_dtype, own_kernel)
-        if not self.own_kernel:
-            q, scale, low = quantize_groups(weight, self.bits)
-            # PyTorch's kernel computes (q - 8) * scale + zero, so its zero is the minimum moved by 8 steps
-            self.register_buffer("aten_weight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
-            scale_and_zero = torch.stack([scale, low + 8 * scale], dim=-1).transpose(0, 1)
-            self.register_buffer("scale_and_zero", scale_and_zero.contiguous().to(kernel_dtype))
+    def keep_for_fallback(self, q: torch.Tensor, scale: torch.Tensor, low: torch.Tensor) -> None:
+        # PyTorch's kernel computes (q - 8) * scale + zero, so its zero is the minimum moved by 8 steps
+        self.register_buffer("aten_weight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
+        scale_and_zero = torch.stack([scale, low + 8 * scale], dim=-1).transpose(0, 1)
+        self.register_buffer("scale_and_zero", scale_and_zero.contiguous().to(self.kernel_dtype))
 
     def decoding_buffers(self) -> tuple[str, ...]:
         return ("packed",) if self.own_kernel else ("aten_weight", "scale_and_zero")
@@ -144,7 +145,7 @@ def quantize_linears(model: nn.Module, bits: int, kernel_dtype: torch.dtype = to
 
 # measured on SmolLM2: up to this many rows, a product with 16-bit weights is faster in our kernel
 # (or, without it, in PyTorch's float16 product) than as PyTorch's product with the weight cast to
-# x's dtype. float16 (the int4 model's head): ours widens each weight row once for every 8 rows of x
+# x's dtype. float16 (the quantized models' head): ours widens each weight row once for every 8 rows of x
 # (16 rows: 11 ms, against 57 for the float32 cast; 128 rows: 70 against 102; 256: 202 against 163).
 # bfloat16 (a bfloat16 model's layers and head): one row 2–3 times as fast as PyTorch's bfloat16
 # product (the head: 1.5 against 3.5 ms; a 576 × 3,072 layer: 44 against 101 µs), 4 rows 1.2–1.4

@@ -175,14 +175,6 @@ class Transformer(nn.Module):
         logits = self.lm_head(hidden)
         return logits if self.head_bias is None else logits + self.head_bias
 
-    def untie_head(self) -> None:
-        """Give the output head a weight of its own (a copy of the embeddings), so that it can be
-        quantized while the embedding lookup keeps its precision."""
-        if self.lm_head is None:
-            self.lm_head = nn.Linear(self.config.d_model, self.config.vocab_size, bias=False,
-                                     dtype=self.embed.weight.dtype)
-            self.lm_head.weight = nn.Parameter(self.embed.weight.detach().clone(), requires_grad=False)
-
     @property
     def dtype(self) -> torch.dtype:
         """The dtype the residual stream computes in. The rotary tables are buffers, and follow
