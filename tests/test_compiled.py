@@ -2,6 +2,7 @@
 greedy tokens and beams, for each precision, with single prompts and padded batches."""
 
 import copy
+import types
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from nexttoken.decoding.generate import generate_batch
 from nexttoken.decoding.speculative import DraftModel
 from nexttoken.model import kernels
 from nexttoken.model.attention import one_query_attention
-from nexttoken.model.compiled import compile_decoding
+from nexttoken.model.compiled import compile_decoding, guards_on_the_inputs
 from nexttoken.model.precision import set_precision
 from nexttoken.model.transformer import Transformer
 from test_generation import ByteText
@@ -113,6 +114,15 @@ def test_compiled_speculative_decoding_gives_the_eager_greedy_tokens(pairs, spec
     config = GenerationConfig(max_new_tokens=12, **speculative)
     got = generate_batch(compiled, ByteText(), PROMPTS[:1], (), config, draft=DraftModel(compiled_draft))
     assert got[0][0].token_ids == expected
+
+
+def test_the_step_checks_guards_on_its_inputs_and_global_state_only():
+    kept = ["ids", "cache.keys[0]", "cache.key_mask", "mask", "dict(type(cache).__dict__)['capacity'].fget", ""]
+    dropped = ["self._modules['blocks']._modules['0'].attn_norm.eps", "type(self).forward.__code__",
+               "dict(type(self).__dict__)['dtype'].fget.__code__", "G['torch']",
+               "G['__import_nexttoken_dot_model_dot_kernels'].loaded"]
+    guards = [types.SimpleNamespace(name=name) for name in kept + dropped]
+    assert guards_on_the_inputs(guards) == [True] * len(kept) + [False] * len(dropped)
 
 
 def test_compiled_padded_batches_give_the_eager_tokens(pairs):

@@ -17,6 +17,9 @@ from nexttoken.model.transformer import Transformer, padded_causal_mask
 
 pytestmark = pytest.mark.skipif(not torch.cpu._is_avx512_bf16_supported(), reason="our kernels need AVX512-BF16")
 OUR_OPS = {"nexttoken::flash_attention", "nexttoken::rms_norm", "nexttoken::silu_mul", "nexttoken::rotary"}
+# the queries' and the cached keys' and values' dtypes one_query_attention takes
+ONE_QUERY_DTYPES = {"float32": (torch.float32, torch.float32), "bfloat16": (torch.bfloat16, torch.bfloat16),
+                    "float16 cache": (torch.float32, torch.float16)}
 
 
 @pytest.fixture(autouse=True)
@@ -80,7 +83,7 @@ def test_flash_attention_says_what_it_cannot_take():
         torch.ops.nexttoken.flash_attention(q, q, q, torch.ones(1, 1, 3, 3), True, 1.0)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", ONE_QUERY_DTYPES)
 @pytest.mark.parametrize("batch, heads, kv_heads, keys, head_dim", [
     (1, 9, 3, 130, 64),  # SmolLM2's heads, a decode step
     (3, 4, 2, 37, 32),  # a padded batch's
@@ -88,8 +91,9 @@ def test_flash_attention_says_what_it_cannot_take():
 ])
 def test_one_query_attention_is_sdpa(dtype, batch, heads, kv_heads, keys, head_dim):
     g = torch.Generator().manual_seed(0)
+    dtype, cache_dtype = ONE_QUERY_DTYPES[dtype]
     q = torch.randn(batch, 1, heads, head_dim, generator=g).to(dtype).transpose(1, 2)  # as projections give it
-    cache = torch.randn(2, batch, kv_heads, keys + 7, head_dim, generator=g).to(dtype)  # a cache with room to spare
+    cache = torch.randn(2, batch, kv_heads, keys + 7, head_dim, generator=g).to(cache_dtype)  # with room to spare
     k, v = cache[0, :, :, :keys], cache[1, :, :, :keys]
     real = torch.arange(keys) >= torch.randint(0, keys, (batch, 1), generator=g)  # left padding; the last key is real
     groups = heads // kv_heads
@@ -102,13 +106,14 @@ def test_one_query_attention_is_sdpa(dtype, batch, heads, kv_heads, keys, head_d
         torch.testing.assert_close(ours.double(), exact, rtol=tolerance, atol=tolerance)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", ONE_QUERY_DTYPES)
 def test_one_query_attention_over_spans_of_a_long_cache_is_sdpa(dtype):
     """SmolLM2's 3 key/value heads over 700 positions: each head's keys in two spans for the two
     threads, and with 400 positions of padding, one span sees no key."""
     g = torch.Generator().manual_seed(0)
+    dtype, cache_dtype = ONE_QUERY_DTYPES[dtype]
     q = torch.randn(1, 9, 1, 64, generator=g).to(dtype)
-    k, v = torch.randn(2, 1, 3, 700, 64, generator=g).to(dtype)
+    k, v = torch.randn(2, 1, 3, 700, 64, generator=g).to(cache_dtype)
     for mask in (None, (torch.arange(700) >= 400).view(1, 1, 1, 700)):
         exact = F.scaled_dot_product_attention(q.double(), k.double().repeat_interleave(3, 1),
                                                v.double().repeat_interleave(3, 1), attn_mask=mask)
@@ -128,8 +133,11 @@ def test_one_query_attention_says_what_it_cannot_take():
     with pytest.raises(RuntimeError, match="head size must be 32, 64 or 128, not 48"):
         torch.ops.nexttoken.one_query_attention(torch.zeros(1, 2, 1, 48), torch.zeros(1, 1, 3, 48),
                                                 torch.zeros(1, 1, 3, 48), None, 1.0)
-    with pytest.raises(RuntimeError, match="must all be float32 or all bfloat16"):
+    with pytest.raises(RuntimeError, match="must all be float32 or all bfloat16, or q float32 with k and v float16"):
         torch.ops.nexttoken.one_query_attention(q, q.bfloat16(), q.bfloat16(), None, 1.0)
+    with pytest.raises(RuntimeError, match="must all be float32 or all bfloat16"):
+        torch.ops.nexttoken.one_query_attention(q.bfloat16(), q.half(), q.half(), None, 1.0)
+    assert kernels.takes_one_query(q, q.half(), q.half(), None) and not kernels.takes_one_query(q, q.half(), q, None)
     with pytest.raises(RuntimeError, match="q must be \\(B, H, 1, D\\)"):
         torch.ops.nexttoken.one_query_attention(torch.zeros(1, 2, 2, 32), q, q, None, 1.0)
     with pytest.raises(RuntimeError, match="the mask must be bool"):
@@ -213,11 +221,13 @@ def test_a_model_runs_our_kernels_as_accurately(dtype, monkeypatch):
         assert (ours - exact).abs().mean() <= 1.1 * (theirs - exact).abs().mean()
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_decode_steps_run_one_query_attention(dtype, monkeypatch):
+@pytest.mark.parametrize("dtype, quantize", [("float32", "none"), ("bfloat16", "none"), ("float32", "int4")])
+def test_decode_steps_run_one_query_attention(dtype, quantize, monkeypatch):
     config = ModelConfig(vocab_size=96, d_model=128, n_layer=2, n_head=4, n_kv_head=2, d_ff=192, max_seq_len=64)
     torch.manual_seed(0)
-    model = set_precision(Transformer(config).eval(), dtype)
+    model = set_precision(Transformer(config).eval(), dtype, quantize)
+    # a quantized float32 model caches keys and values in float16, which only our decode kernel reads as they are
+    assert model.new_cache().keys[0].dtype == (torch.float16 if quantize != "none" else model.dtype)
     prompts = torch.randint(0, 96, (2, 20))
     real = torch.arange(20) >= torch.tensor([[0], [6]])  # row 1 left-padded
 

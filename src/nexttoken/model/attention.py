@@ -39,6 +39,8 @@ class Attention(nn.Module):
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_index, k, v)  # (B, H_kv, past + T, D)
+            if k.dtype != q.dtype and not kernels.takes_one_query(q, k, v, attention_mask):
+                k, v = k.to(q.dtype), v.to(q.dtype)  # a float16 cache, which only the decode kernel reads as it is
         scale = self.scale if self.scale is not None else self.head_dim**-0.5
         if kernels.takes_one_query(q, k, v, attention_mask):
             y = torch.ops.nexttoken.one_query_attention(q, k, v, attention_mask, scale)

@@ -4,8 +4,9 @@
 // head's keys are split into spans that the threads share, and the spans' softmax sums combined
 // after (as in "flash-decoding"): a batch of one has too few heads to keep two threads busy.
 //
-// float32 or bfloat16 inputs; scores, the softmax and the sums are float32 (bfloat16 is widened
-// on load), and the output is rounded to the inputs' dtype once, at the end.
+// float32 or bfloat16 inputs, or float32 queries over float16 keys and values (the cache of a
+// quantized model); scores, the softmax and the sums are float32 (16-bit values are widened on
+// load), and the output is rounded to the queries' dtype once, at the end.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -54,8 +55,8 @@ struct Partial {
 // The `group` queries of one key/value head (rows `q_step` apart) over keys and values [first,
 // last) (rows `row_step` apart): scores into `scores` (group x (last - first)), then softmax
 // weights, then each query's Partial.
-template <int Chunks, typename T>
-void one_span(const T* q, int64_t q_step, const T* k, const T* v, int64_t row_step, const bool* mask,
+template <int Chunks, typename Q, typename KV>
+void one_span(const Q* q, int64_t q_step, const KV* k, const KV* v, int64_t row_step, const bool* mask,
               int64_t first, int64_t last, float scale, int group, float* scores, Partial* partials) {
   const int64_t n = last - first;
   __m512 queries[kMaxGroup][Chunks];
@@ -127,7 +128,7 @@ void combine(const Partial* spans, int n_spans, int64_t span_step, T* out) {
   for (int c = 0; c < Chunks; ++c) store16(out + 16 * c, _mm512_mul_ps(sums[c], inverse));
 }
 
-template <int Chunks, typename T>
+template <int Chunks, typename Q, typename KV>
 void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const Shapes& s, at::Tensor& out) {
   const int group = static_cast<int>(s.heads / s.kv_heads);
   const int64_t batch = q.size(0), heads = batch * s.kv_heads, head_dim = 16 * Chunks;
@@ -138,9 +139,9 @@ void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const Sh
   std::vector<float> partial_sums(heads * n_spans * group * head_dim);
   std::vector<Partial> partials(heads * n_spans * group);  // (head, span, query of the group)
   for (size_t i = 0; i < partials.size(); ++i) partials[i].sums = partial_sums.data() + i * head_dim;
-  const T* q_data = reinterpret_cast<const T*>(q.const_data_ptr());
-  const T* k_data = reinterpret_cast<const T*>(k.const_data_ptr());
-  const T* v_data = reinterpret_cast<const T*>(v.const_data_ptr());
+  const Q* q_data = reinterpret_cast<const Q*>(q.const_data_ptr());
+  const KV* k_data = reinterpret_cast<const KV*>(k.const_data_ptr());
+  const KV* v_data = reinterpret_cast<const KV*>(v.const_data_ptr());
   at::parallel_for(0, heads * n_spans, threaded ? 1 : heads * n_spans, [&](int64_t begin, int64_t end) {
     std::vector<float> scores(group * span_keys);
     for (int64_t task = begin; task < end; ++task) {
@@ -153,7 +154,7 @@ void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const Sh
                        group, scores.data(), partials.data() + task * group);
     }
   });
-  T* out_data = reinterpret_cast<T*>(out.data_ptr());
+  Q* out_data = reinterpret_cast<Q*>(out.data_ptr());
   for (int64_t head = 0; head < heads; ++head) {
     const int64_t b = head / s.kv_heads, first_query = head % s.kv_heads * group;
     for (int g = 0; g < group; ++g)
@@ -162,26 +163,27 @@ void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const Sh
   }
 }
 
-template <typename T>
+template <typename Q, typename KV>
 void run_for_head_size(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const Shapes& s, at::Tensor& out) {
   switch (q.size(3)) {
-    case 32: return run<2, T>(q, k, v, s, out);
-    case 64: return run<4, T>(q, k, v, s, out);
-    case 128: return run<8, T>(q, k, v, s, out);
+    case 32: return run<2, Q, KV>(q, k, v, s, out);
+    case 64: return run<4, Q, KV>(q, k, v, s, out);
+    case 128: return run<8, Q, KV>(q, k, v, s, out);
     default: TORCH_CHECK(false, "one_query_attention: head size must be 32, 64 or 128, not ", q.size(3));
   }
 }
 
-// q: (B, H, 1, D), k and v: (B, H_kv, S, D), all float32 or all bfloat16, each row contiguous and
-// k and v with the same strides. `mask`: none, or bool (B, 1, 1, S), true where the query may see
-// a key. Returns (B, H, 1, D) in q's dtype.
+// q: (B, H, 1, D), k and v: (B, H_kv, S, D), all float32, all bfloat16, or q float32 with k and v
+// float16; each row contiguous, and k and v with the same strides. `mask`: none, or bool
+// (B, 1, 1, S), true where the query may see a key. Returns (B, H, 1, D) in q's dtype.
 at::Tensor one_query_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                const std::optional<at::Tensor>& mask, double scale) {
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && k.sizes() == v.sizes() && k.strides() == v.strides() && q.size(2) == 1,
               "one_query_attention: q must be (B, H, 1, D), k and v (B, H_kv, S, D) of one shape and layout");
-  TORCH_CHECK(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type() &&
+  const bool float16_cache = q.scalar_type() == at::kFloat && k.scalar_type() == at::kHalf;
+  TORCH_CHECK(k.scalar_type() == v.scalar_type() && (q.scalar_type() == k.scalar_type() || float16_cache) &&
               (q.scalar_type() == at::kFloat || q.scalar_type() == at::kBFloat16),
-              "one_query_attention: q, k and v must all be float32 or all bfloat16");
+              "one_query_attention: q, k and v must all be float32 or all bfloat16, or q float32 with k and v float16");
   TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1, "one_query_attention: rows must be contiguous");
   TORCH_CHECK(q.size(0) == k.size(0) && q.size(3) == k.size(3) && q.size(1) % k.size(1) == 0 &&
               q.size(1) / k.size(1) <= kMaxGroup && k.size(2) > 0,
@@ -195,10 +197,12 @@ at::Tensor one_query_attention(const at::Tensor& q, const at::Tensor& k, const a
   const Shapes s{q.size(1), k.size(1), k.size(2), static_cast<float>(scale),
                  mask.has_value() ? mask->const_data_ptr<bool>() : nullptr, mask.has_value() ? mask->stride(0) : 0};
   at::Tensor out = at::empty({q.size(0), 1, q.size(1), q.size(3)}, q.options()).transpose(1, 2);
-  if (q.scalar_type() == at::kFloat) {
-    run_for_head_size<float>(q, k, v, s, out);
+  if (float16_cache) {
+    run_for_head_size<float, c10::Half>(q, k, v, s, out);
+  } else if (q.scalar_type() == at::kFloat) {
+    run_for_head_size<float, float>(q, k, v, s, out);
   } else {
-    run_for_head_size<uint16_t>(q, k, v, s, out);
+    run_for_head_size<uint16_t, uint16_t>(q, k, v, s, out);
   }
   return out;
 }

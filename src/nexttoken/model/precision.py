@@ -44,6 +44,8 @@ def set_precision(model: Transformer, dtype: str = "float32", quantize: str = "n
             quantize_linears(block, bits=int(quantize.removeprefix("int")))
             hand_back_freed_memory()
         head16(model, torch.float16)
+        if compute == torch.float32:
+            model.cache_dtype = torch.float16  # half the bytes a decode step reads from the cache
     elif compute == torch.bfloat16:
         widen_bfloat16_products(model)
     else:

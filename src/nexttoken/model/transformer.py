@@ -102,6 +102,7 @@ class Transformer(nn.Module):
         cos, sin = rotary_tables(config.head_dim, config.max_seq_len, config.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        self.cache_dtype: torch.dtype | None = None  # what the KV cache keeps; None: the compute dtype
 
     def hidden_states(self, ids: torch.Tensor, cache: KVCache | None = None,
                       mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -191,4 +192,4 @@ class Transformer(nn.Module):
         return self.head(self.hidden_states(ids, cache, mask)[:, -1])
 
     def new_cache(self, batch_size: int = 1, capacity: int = 256) -> KVCache:
-        return KVCache(self.config, batch_size, min(capacity, self.config.max_seq_len), self.dtype)
+        return KVCache(self.config, batch_size, min(capacity, self.config.max_seq_len), self.cache_dtype or self.dtype)

@@ -1,7 +1,8 @@
-// Helpers our kernels share: e^x and bfloat16 loads and stores of 16 float32 values, and the
-// dispatch of a tile of rows to its compile-time size.
+// Helpers our kernels share: e^x, loads of 16 float32, bfloat16 or float16 values as float32 and
+// stores of 16 float32 or bfloat16 values, and the dispatch of a tile of rows to its compile-time size.
 #pragma once
 
+#include <c10/util/Half.h>
 #include <immintrin.h>
 
 #include <cstdint>
@@ -33,6 +34,9 @@ inline __m512 load16(const float* values, int count = 16) {
 }
 inline __m512 load16(const uint16_t* bfloat16_bits, int count = 16) {
   return widen_bfloat16(_mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << count) - 1), bfloat16_bits));
+}
+inline __m512 load16(const c10::Half* values, int count = 16) {
+  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << count) - 1), values));
 }
 
 // the first `count` of 16 values, rounded to nearest even where bfloat16
