@@ -7,7 +7,9 @@ weights as 8- or 4-bit integers with a scale and an offset per group of 32 input
 weights that were Q4_1 in the GGUF file, int8 to within float16's rounding of the scale); their
 products take bfloat16 inputs, everything else computes in `dtype`. Under both the output head (and
 the embedding table it is tied to) is kept in float16: in the built-in model it is Q8_0, which
-4 bits or bfloat16 would lose."""
+4 bits or bfloat16 would lose. Computing in float32, both keep the KV cache in float16 too (half
+the bytes a decode step reads from it): float32 itself so rounded kept its top-1 agreement over
+2,000 positions and moved its perplexity by 0.001 %."""
 
 import torch
 
