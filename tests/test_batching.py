@@ -55,6 +55,21 @@ def test_padded_batch_with_cache_matches_full_forward(tiny_pair):
     torch.testing.assert_close(stepwise[real], full[real], rtol=0, atol=1e-5)
 
 
+def test_a_prefill_of_the_last_position_only_gives_its_scores_and_caches_every_position(tiny_pair):
+    model, _ = tiny_pair
+    g = torch.Generator().manual_seed(5)
+    ids, mask = padded([torch.randint(1, 96, (n,), generator=g).tolist() for n in (8, 3)])
+    with torch.inference_mode():
+        whole, last = model.new_cache(batch_size=2, capacity=9), model.new_cache(batch_size=2, capacity=9)
+        every_position = model(ids, whole, mask=mask)
+        scores = model.next_scores(ids, last, mask)  # the last block goes on with the last position only
+        torch.testing.assert_close(scores, every_position[:, -1], rtol=0, atol=1e-5)
+        for mine, theirs in zip(last.keys + last.values, whole.keys + whole.values):
+            assert torch.equal(mine, theirs)
+        step = torch.tensor([[7], [9]])
+        torch.testing.assert_close(model.next_scores(step, last), model.next_scores(step, whole), rtol=0, atol=1e-5)
+
+
 def test_mixed_length_batch_gives_the_same_tokens_as_each_prompt_alone(smollm2):
     prompts = [smollm2.encode("What is 2+2?", chat=True), smollm2.encode("The capital of France is"),
                smollm2.encode("def fibonacci(n):\n")]

@@ -84,10 +84,10 @@ def test_requests_that_arrive_together_are_prefilled_together(smollm2, engine, m
     prefill_rows = []
     hidden_states = smollm2.model.hidden_states
 
-    def recording(ids, cache=None, mask=None):
+    def recording(ids, *args, **kwargs):
         if ids.shape[1] > 1:
             prefill_rows.append(ids.shape[0])
-        return hidden_states(ids, cache, mask)
+        return hidden_states(ids, *args, **kwargs)
 
     monkeypatch.setattr(smollm2.model, "hidden_states", recording)
     busy = engine.submit(smollm2.encode("Once upon a time"), GenerationConfig(max_new_tokens=500))

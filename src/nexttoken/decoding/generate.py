@@ -79,8 +79,8 @@ def generate_batch(model: Transformer, tokenizer: Decoder, prompts: list[list[in
         check_prompt(len(prompt), n_cached, max_seq_len)
     ids, mask = left_pad(prompts, pad_id)
     n_new = min(config.max_new_tokens, max_seq_len - n_cached - ids.shape[1] + 1)
-    if cache is None:
-        cache = model.new_cache(batch_size=len(prompts))
+    if cache is None:  # room for the whole generation up front: growing later copies every layer's cache
+        cache = model.new_cache(batch_size=len(prompts), capacity=ids.shape[1] + n_new - 1)
     cache.reserve(n_cached + ids.shape[1] + n_new - 1)
     logits = model.next_scores(ids, cache, None if bool(mask.all()) else mask)  # (P, V)
     if n_samples > 1:  # every sample of a prompt continues from the same prefill

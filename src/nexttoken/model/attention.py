@@ -27,9 +27,10 @@ class Attention(nn.Module):
         self.wo = nn.Linear(self.n_head * self.head_dim, config.d_model, bias=config.bias)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, cache: KVCache | None = None,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                attention_mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
         """`cos`, `sin`: (B, 1, T, D) rotations of each row's positions (unused without rotary
-        positions); `attention_mask`: (B, 1, T or 1, S) where padding is involved, else None."""
+        positions); `attention_mask`: (B, 1, T or 1, S) where padding is involved, else None;
+        `last_only`: the output of the last query only, (B, 1, d_model)."""
         B, T, _ = x.shape
         q, k, v = self.wqkv(x).split(self.qkv_sizes, dim=-1)
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
@@ -41,6 +42,10 @@ class Attention(nn.Module):
             k, v = cache.update(self.layer_index, k, v)  # (B, H_kv, past + T, D)
             if k.dtype != q.dtype and not kernels.takes_one_query(q, k, v, attention_mask):
                 k, v = k.to(q.dtype), v.to(q.dtype)  # a float16 cache, which only the decode kernel reads as it is
+        if last_only:  # the last query sees every key: no causal mask left but the padding's
+            q = q[:, :, -1:]
+            attention_mask = attention_mask[:, :, -1:] if attention_mask is not None else None
+            T = 1
         scale = self.scale if self.scale is not None else self.head_dim**-0.5
         if kernels.takes_one_query(q, k, v, attention_mask):
             y = torch.ops.nexttoken.one_query_attention(q, k, v, attention_mask, scale)

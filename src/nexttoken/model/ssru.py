@@ -35,7 +35,7 @@ class SSRU(nn.Module):
         self.forget_bias = nn.Parameter(torch.zeros(config.d_model))
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, cache: KVCache | None = None,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                attention_mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
         B, T, d_model = x.shape
         candidate, forget = self.w(x).chunk(2, dim=-1)  # each (B, T, d_model)
         forget = torch.sigmoid(forget + self.forget_bias)
@@ -54,4 +54,4 @@ class SSRU(nn.Module):
         if cache is not None:
             heads = c.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
             cache.update(self.layer_index, heads, heads)
-        return torch.relu(c)
+        return torch.relu(c[:, -1:] if last_only else c)

@@ -40,7 +40,9 @@ def padded_causal_mask(key_mask: torch.Tensor, n_queries: int) -> torch.Tensor:
 
 class Block(nn.Module):
     """Pre-norm (GPT-2 §2.3, Llama): x + attention(norm(x)), then x + mlp(norm(x)).
-    Post-norm (the original Transformer, BERT): norm(x + attention(x)), then norm(x + mlp(x))."""
+    Post-norm (the original Transformer, BERT): norm(x + attention(x)), then norm(x + mlp(x)).
+    With `last_only`, only the last position goes on after attention has cached every position's
+    keys and values: the last block of a prefill, whose other outputs nothing reads."""
 
     def __init__(self, config: ModelConfig, layer_index: int) -> None:
         super().__init__()
@@ -51,11 +53,12 @@ class Block(nn.Module):
         self.mlp = make_mlp(config)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, cache: KVCache | None,
-                attention_mask: torch.Tensor | None) -> torch.Tensor:
+                attention_mask: torch.Tensor | None, last_only: bool = False) -> torch.Tensor:
+        residual = x[:, -1:] if last_only else x
         if self.pre_norm:
-            x = x + self.attn(self.attn_norm(x), cos, sin, cache, attention_mask)
+            x = residual + self.attn(self.attn_norm(x), cos, sin, cache, attention_mask, last_only)
             return x + self.mlp(self.mlp_norm(x))
-        x = self.attn_norm(x + self.attn(x, cos, sin, cache, attention_mask))
+        x = self.attn_norm(residual + self.attn(x, cos, sin, cache, attention_mask, last_only))
         return self.mlp_norm(x + self.mlp(x))
 
 
@@ -70,12 +73,13 @@ class DecoderBlock(Block):
         self.cross_attn = CrossAttention(config, layer_index)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, cache: CrossKVCache,
-                attention_mask: torch.Tensor | None) -> torch.Tensor:
+                attention_mask: torch.Tensor | None, last_only: bool = False) -> torch.Tensor:
+        residual = x[:, -1:] if last_only else x
         if self.pre_norm:
-            x = x + self.attn(self.attn_norm(x), cos, sin, cache, attention_mask)
+            x = residual + self.attn(self.attn_norm(x), cos, sin, cache, attention_mask, last_only)
             x = x + self.cross_attn(self.cross_norm(x), cache)
             return x + self.mlp(self.mlp_norm(x))
-        x = self.attn_norm(x + self.attn(x, cos, sin, cache, attention_mask))
+        x = self.attn_norm(residual + self.attn(x, cos, sin, cache, attention_mask, last_only))
         x = self.cross_norm(x + self.cross_attn(x, cache))
         return self.mlp_norm(x + self.mlp(x))
 
@@ -105,8 +109,9 @@ class Transformer(nn.Module):
         self.cache_dtype: torch.dtype | None = None  # what the KV cache keeps; None: the compute dtype
 
     def hidden_states(self, ids: torch.Tensor, cache: KVCache | None = None,
-                      mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T) token ids -> (B, T, d_model) final hidden states; appends to `cache` when given.
+                      mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, d_model) final hidden states, or (B, 1, d_model) at the last
+        position only when `last_only`; appends every position to `cache` when given.
 
         `mask` (B, T) is False at padding (prompts of a batch are left-padded to one length); each
         row's positions count only its real tokens, and no token attends to padding."""
@@ -137,8 +142,8 @@ class Transformer(nn.Module):
             attention_mask = padded_causal_mask(key_mask, T)
         else:
             attention_mask = key_mask[:, None, None, :]  # (B, 1, 1, S): every query sees every real key
-        for block in self.blocks:
-            x = block(x, cos, sin, cache, attention_mask)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, cache, attention_mask, last_only and i == len(self.blocks) - 1)
         if cache is not None:
             cache.advance(T)
         return self.norm(x) if self.norm is not None else x
@@ -189,7 +194,7 @@ class Transformer(nn.Module):
         """(B, T) tokens fed through the cache -> (B, vocab_size) scores for each row's next token:
         the head on the last position only. A prefill (T > 1, `mask` as in hidden_states) and each
         decoding step (T = 1); this is what `compile_decoding` compiles."""
-        return self.head(self.hidden_states(ids, cache, mask)[:, -1])
+        return self.head(self.hidden_states(ids, cache, mask, last_only=True)[:, -1])
 
     def new_cache(self, batch_size: int = 1, capacity: int = 256) -> KVCache:
         return KVCache(self.config, batch_size, min(capacity, self.config.max_seq_len), self.cache_dtype or self.dtype)
