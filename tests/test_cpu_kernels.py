@@ -88,6 +88,7 @@ def test_flash_attention_says_what_it_cannot_take():
     (1, 9, 3, 130, 64),  # SmolLM2's heads, a decode step
     (3, 4, 2, 37, 32),  # a padded batch's
     (2, 8, 8, 600, 128),  # enough keys that the heads are shared between threads
+    (1, 12, 2, 50, 64), (1, 6, 2, 40, 128), (1, 16, 1, 20, 32),  # groups of queries in registers: 4 + 2, 2 + 1, 8 + 8
 ])
 def test_one_query_attention_is_sdpa(dtype, batch, heads, kv_heads, keys, head_dim):
     g = torch.Generator().manual_seed(0)

@@ -26,6 +26,7 @@
 namespace {
 
 constexpr int kMaxGroup = 16;          // query heads per key/value head
+constexpr int kSumRegisters = 16;      // registers that hold the queries' weighted sums of values
 // query-key pairs below which one thread does all: in a decode step the cached rows come from
 // memory, not from the cache, and two threads read them faster from about 30 of SmolLM2's
 // positions on (at 80 positions, 12.5 -> 9.5 µs a layer), though starting them costs 2.4 µs
@@ -51,6 +52,29 @@ struct Partial {
   float total;
   float* sums;
 };
+
+// Each of `Queries` queries' weighted sum of the values [first, first + n), from their softmax
+// weights (rows n apart): the queries' sums stay in registers. For a runtime number of queries
+// GCC kept them in memory, a load and a store at every step: a SmolLM2 layer over 560 cached
+// positions took 18.4 instead of 16.0 µs in cache, and 28.7 instead of 24.5 from memory (float16).
+template <int Chunks, int Queries, typename KV>
+void weighted_values(const KV* v, int64_t row_step, const bool* mask, int64_t first, int64_t n, const float* weights,
+                     Partial* partials) {
+  __m512 sums[Queries][Chunks];
+  for (int g = 0; g < Queries; ++g)
+    for (int c = 0; c < Chunks; ++c) sums[g][c] = _mm512_setzero_ps();
+  for (int64_t t = 0; t < n; ++t) {
+    if (mask != nullptr && !mask[first + t]) continue;
+    __m512 value[Chunks];
+    load_row<Chunks>(v + (first + t) * row_step, value);
+    for (int g = 0; g < Queries; ++g) {
+      const __m512 weight = _mm512_set1_ps(weights[g * n + t]);
+      for (int c = 0; c < Chunks; ++c) sums[g][c] = _mm512_fmadd_ps(weight, value[c], sums[g][c]);
+    }
+  }
+  for (int g = 0; g < Queries; ++g)
+    for (int c = 0; c < Chunks; ++c) _mm512_storeu_ps(partials[g].sums + 16 * c, sums[g][c]);
+}
 
 // The `group` queries of one key/value head (rows `q_step` apart) over keys and values [first,
 // last) (rows `row_step` apart): scores into `scores` (group x (last - first)), then softmax
@@ -91,20 +115,12 @@ void one_span(const Q* q, int64_t q_step, const KV* k, const KV* v, int64_t row_
     partials[g].best = best;
     partials[g].total = _mm512_reduce_add_ps(total);
   }
-  __m512 sums[kMaxGroup][Chunks];
-  for (int g = 0; g < group; ++g)
-    for (int c = 0; c < Chunks; ++c) sums[g][c] = _mm512_setzero_ps();
-  for (int64_t t = 0; t < n; ++t) {
-    if (mask != nullptr && !mask[first + t]) continue;
-    __m512 value[Chunks];
-    load_row<Chunks>(v + (first + t) * row_step, value);
-    for (int g = 0; g < group; ++g) {
-      const __m512 weight = _mm512_set1_ps(scores[g * n + t]);
-      for (int c = 0; c < Chunks; ++c) sums[g][c] = _mm512_fmadd_ps(weight, value[c], sums[g][c]);
-    }
+  for (int g = 0; g < group; g += kSumRegisters / Chunks) {
+    with_tile(std::min(group - g, kSumRegisters / Chunks), [&]<int Queries>() {
+      if constexpr (Queries * Chunks <= kSumRegisters)
+        weighted_values<Chunks, Queries>(v, row_step, mask, first, n, scores + g * n, partials + g);
+    });
   }
-  for (int g = 0; g < group; ++g)
-    for (int c = 0; c < Chunks; ++c) _mm512_storeu_ps(partials[g].sums + 16 * c, sums[g][c]);
 }
 
 // One query's output from its spans' Partials: each span's weights rescaled to the highest score
