@@ -40,24 +40,29 @@ class Attention(nn.Module):
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_index, k, v)  # (B, H_kv, past + T, D)
-            if k.dtype != q.dtype and not kernels.takes_one_query(q, k, v, attention_mask):
-                k, v = k.to(q.dtype), v.to(q.dtype)  # a float16 cache, which only the decode kernel reads as it is
         if last_only:  # the last query sees every key: no causal mask left but the padding's
             q = q[:, :, -1:]
             attention_mask = attention_mask[:, :, -1:] if attention_mask is not None else None
-            T = 1
-        scale = self.scale if self.scale is not None else self.head_dim**-0.5
         if kernels.takes_one_query(q, k, v, attention_mask):
+            scale = self.scale if self.scale is not None else self.head_dim**-0.5
             y = torch.ops.nexttoken.one_query_attention(q, k, v, attention_mask, scale)
-        elif T == 1 and torch.compiler.is_compiling():
-            y = one_query_attention(q, k, v, attention_mask, self.scale)
-        elif kernels.takes_attention(q, k, v, attention_mask):
-            y = torch.ops.nexttoken.flash_attention(q, k, v, attention_mask, self.causal, scale)
-        else:
-            mask = {"attn_mask": attention_mask} if attention_mask is not None else self._causal(T, k.shape[2])
-            y = F.scaled_dot_product_attention(q, k, v, scale=self.scale, enable_gqa=True, **mask)
-        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, H * D)
+        else:  # a float16 cache (quantized models), which only that kernel reads as it is, is widened
+            y = self._attend(q, k.to(q.dtype), v.to(q.dtype), attention_mask)
+        y = y.transpose(1, 2).reshape(B, q.shape[2], self.n_head * self.head_dim)  # (B, T, H * D)
         return self.wo(y)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, H, T, D) queries over (B, H_kv, S, D) keys and values of their dtype -> (B, H, T, D),
+        where our decode kernel does not take them: a prompt, or the compiled step on other inputs."""
+        T = q.shape[2]
+        if T == 1 and torch.compiler.is_compiling():
+            return one_query_attention(q, k, v, attention_mask, self.scale)
+        if kernels.takes_attention(q, k, v, attention_mask):
+            scale = self.scale if self.scale is not None else self.head_dim**-0.5
+            return torch.ops.nexttoken.flash_attention(q, k, v, attention_mask, self.causal, scale)
+        mask = {"attn_mask": attention_mask} if attention_mask is not None else self._causal(T, k.shape[2])
+        return F.scaled_dot_product_attention(q, k, v, scale=self.scale, enable_gqa=True, **mask)
 
     def _causal(self, n_queries: int, n_keys: int) -> dict:
         """Causal masking, without padding, for queries that sit at the end of `n_keys` positions."""
