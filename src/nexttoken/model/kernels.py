@@ -172,9 +172,9 @@ def takes_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
 def takes_one_query(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> bool:
     """Whether torch.ops.nexttoken.one_query_attention takes these: one (B, H, 1, D) query per
     row, keys and values of its dtype (or float16 under a float32 query: the cache of a quantized
-    model) and of one layout, heads of a size it is built for and at
-    most 16 to a key/value head, no mask or a bool (B, 1, 1, S) one, and `computes_on` them. Unlike
-    the other kernels it runs in the compiled decode step too, where it is faster than inductor's loop."""
+    model) and of one layout, heads of a size it is built for and at most 16 to a key/value head,
+    no mask or a bool (B, 1, 1, S) one, and `computes_on` them. Unlike the other kernels it runs in
+    the compiled decode step too, where it is faster than inductor's loop."""
     float16_cache = q.dtype == torch.float32 and k.dtype == torch.float16
     fits = (q.shape[2] == 1 and (q.dtype == k.dtype or float16_cache) and k.dtype == v.dtype
             and q.shape[-1] in ATTENTION_HEAD_SIZES and q.shape[1] // k.shape[1] <= ONE_QUERY_MAX_GROUP
