@@ -21,6 +21,7 @@ class Attention(nn.Module):
         self.causal = config.causal
         self.rotary = config.positions == "rope"
         self.scale = None if config.scale_attention else 1.0  # None: SDPA's 1/sqrt(head_dim)
+        self.kernel_scale = self.head_dim**-0.5 if config.scale_attention else 1.0  # what our kernels take
         # queries, keys and values in one product: one pass over x, one kernel call (fused at load time)
         self.qkv_sizes = (self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim)
         self.wqkv = nn.Linear(config.d_model, sum(self.qkv_sizes), bias=config.bias)
@@ -44,8 +45,7 @@ class Attention(nn.Module):
             q = q[:, :, -1:]
             attention_mask = attention_mask[:, :, -1:] if attention_mask is not None else None
         if kernels.takes_one_query(q, k, v, attention_mask):
-            scale = self.scale if self.scale is not None else self.head_dim**-0.5
-            y = torch.ops.nexttoken.one_query_attention(q, k, v, attention_mask, scale)
+            y = torch.ops.nexttoken.one_query_attention(q, k, v, attention_mask, self.kernel_scale)
         else:  # a float16 cache (quantized models), which only that kernel reads as it is, is widened
             y = self._attend(q, k.to(q.dtype), v.to(q.dtype), attention_mask)
         y = y.transpose(1, 2).reshape(B, q.shape[2], self.n_head * self.head_dim)  # (B, T, H * D)
@@ -59,8 +59,7 @@ class Attention(nn.Module):
         if T == 1 and torch.compiler.is_compiling():
             return one_query_attention(q, k, v, attention_mask, self.scale)
         if kernels.takes_attention(q, k, v, attention_mask):
-            scale = self.scale if self.scale is not None else self.head_dim**-0.5
-            return torch.ops.nexttoken.flash_attention(q, k, v, attention_mask, self.causal, scale)
+            return torch.ops.nexttoken.flash_attention(q, k, v, attention_mask, self.causal, self.kernel_scale)
         mask = {"attn_mask": attention_mask} if attention_mask is not None else self._causal(T, k.shape[2])
         return F.scaled_dot_product_attention(q, k, v, scale=self.scale, enable_gqa=True, **mask)
 

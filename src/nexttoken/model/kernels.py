@@ -19,9 +19,10 @@ against 4.3 ms a layer in bfloat16, 1.89 against 3.83 in float32), and
 RMSNorm, SwiGLU's product and the rotary rotation in one pass each (elementwise.cpp). They run
 where nothing is differentiated and torch.compile is not tracing (`runs_ours`).
 
-For every decode step, eager or compiled: attention of one query per row in float32 or bfloat16
-(one_query_attention.cpp), which reads each cached key and value once for its group of query
-heads, and long caches are split between the threads by spans of keys. For a SmolLM2 layer,
+For every decode step, eager or compiled: attention of one query per row in float32 or bfloat16,
+or in float32 over a quantized model's float16 cache (one_query_attention.cpp), which reads each
+cached key and value once for its group of query heads, and long caches are split between the
+threads by spans of keys. For a SmolLM2 layer,
 called from Python (about 4 µs of it the call): 7.3 µs over 100 cached positions and 17.5 over
 500, against 12.6 and 36.4 for PyTorch's SDPA; compiled, 3–5 µs less than inductor's fused loop
 over 100 positions and 55–61 less over 1,000 (float32 and bfloat16).
