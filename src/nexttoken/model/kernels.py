@@ -1,8 +1,9 @@
 """Our CPU kernels, compiled for this machine on first use.
 
-For decoding: the int4 and int8 matrix products (group_matmul.cpp, with its weight layout below),
-and the product of a few rows with float32, float16 or bfloat16 weights (matvec.cpp: a float32 or
-bfloat16 model's layers and head, the quantized models' float16 head). PyTorch's own int4 and int8
+For decoding: the int4 and int8 matrix products (group_matmul.cpp, with its weight layout below:
+the quantized models' layers and 8-bit head), and the product of a few rows with float32, float16
+or bfloat16 weights (matvec.cpp: a float32 or bfloat16 model's layers and head, a quantized
+model's float16 head where the 8-bit one does not fit). PyTorch's own int4 and int8
 CPU kernels are compute-bound on a decode step's few rows (12–13 GB/s of weights on 2 cores, against
 24–50 GB/s that the memory delivers); ours multiply 4- or 8-bit weights by bfloat16 inputs with
 AVX512-BF16 dot products and get through a SmolLM2 decode step's products 1.8 times as fast

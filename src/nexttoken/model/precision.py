@@ -5,17 +5,18 @@ matrix products on the CPU's bf16 units (a decode step's few rows in our kernel,
 bfloat16 weights up to 2–3 times as fast as PyTorch's product); `int8` and `int4` keep linear
 weights as 8- or 4-bit integers with a scale and an offset per group of 32 inputs (int4 exact for
 weights that were Q4_1 in the GGUF file, int8 to within float16's rounding of the scale); their
-products take bfloat16 inputs, everything else computes in `dtype`. Under both the output head (and
-the embedding table it is tied to) is kept in float16: in the built-in model it is Q8_0, which
-4 bits or bfloat16 would lose. Computing in float32, both keep the KV cache in float16 too (half
-the bytes a decode step reads from it): float32 itself so rounded kept its top-1 agreement over
-2,000 positions and moved its perplexity by 0.001 %."""
+products take bfloat16 inputs, everything else computes in `dtype`. Under both the output head
+keeps 8 bits in symmetric groups, which hold the built-in model's Q8_0 table exactly (4 bits or
+bfloat16 would lose it), and the embedding table it is tied to is looked up in float16. Computing
+in float32, both keep the KV cache in float16 too (half the bytes a decode step reads from it):
+float32 itself so rounded kept its top-1 agreement over 2,000 positions and moved its perplexity
+by 0.001 %."""
 
 import torch
 
 from nexttoken.errors import NextTokenError
 from nexttoken.memory import hand_back_freed_memory, move_to_huge_pages
-from nexttoken.model.quantize import float32_products, head16, quantize_linears, widen_bfloat16_products
+from nexttoken.model.quantize import float32_products, quantize_linears, quantized_head, widen_bfloat16_products
 from nexttoken.model.transformer import Transformer
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -45,7 +46,7 @@ def set_precision(model: Transformer, dtype: str = "float32", quantize: str = "n
         for block in model.blocks:  # a block at a time, its float32 weights handed back before the next
             quantize_linears(block, bits=int(quantize.removeprefix("int")))
             hand_back_freed_memory()
-        head16(model, torch.float16)
+        quantized_head(model)
         if compute == torch.float32:
             model.cache_dtype = torch.float16  # half the bytes a decode step reads from the cache
     elif compute == torch.bfloat16:
