@@ -18,6 +18,10 @@ namespace {
 
 constexpr int64_t kRowsPerTask = 64;
 constexpr int kMaxTile = 8;  // rows of x that share one widening of each weight row
+// how far ahead of its reads each thread asks for weights (_mm_prefetch): the hardware prefetcher
+// starts over at each of a decode step's ~120 products; SmolLM2's bfloat16 products, their weights
+// from memory, 5.42 -> 5.10 ms (medians of three alternating runs; the int4 kernel gained nothing)
+constexpr int64_t kPrefetchBytes = 4096;
 
 // out[m * out_stride] = w . x[m] for the Tile rows of x (k apart): each 32 weights are widened once
 // and multiplied into every row, each row keeping two chains of fused adds. The loops over rows
@@ -30,6 +34,9 @@ void tile_dot(const Weight* w, const float* x, int64_t k, float* out, int64_t ou
   for (int m = 0; m < Tile; ++m) even[m] = odd[m] = _mm512_setzero_ps();
   int64_t i = 0;
   for (; i + 32 <= k; i += 32) {
+    const char* ahead = reinterpret_cast<const char*>(w + i) + kPrefetchBytes;
+    _mm_prefetch(ahead, _MM_HINT_T0);
+    if constexpr (sizeof(Weight) == 4) _mm_prefetch(ahead + 64, _MM_HINT_T0);  // 32 weights: two lines
     const __m512 w_even = load16(w + i), w_odd = load16(w + i + 16);
 #pragma GCC unroll 8
     for (int m = 0; m < Tile; ++m) {
