@@ -17,8 +17,8 @@ from nexttoken.errors import NextTokenError
 from nexttoken.model import kernels
 from nexttoken.model.precision import set_precision
 from nexttoken.model.quantize import (BFLOAT16_HEAD_KERNEL_MAX_ROWS, FLOAT32_HEAD_KERNEL_MAX_ROWS,
-                                      FLOAT32_KERNEL_MAX_ROWS, GROUP, Float32Linear, Int4Linear, Int8Head,
-                                      Int8Linear, Linear16, quantize_groups)
+                                      FLOAT32_KERNEL_MAX_ROWS, GROUP, Float32Linear, GroupEmbedding, Int4Linear,
+                                      Int8Head, Int8Linear, Linear16, quantize_groups)
 from nexttoken.model.transformer import Transformer
 from nexttoken.pretrained import LanguageModel
 from test_smollm2_parity import long_text
@@ -293,15 +293,14 @@ def test_groups_hold_the_q4_1_weights(smollm2, variants, name, linear):
 
 
 @pytest.mark.parametrize("name", ["int4", "int8"])
-def test_quantized_models_keep_the_q8_0_head_exactly_and_a_float16_table_for_lookups(smollm2, variants, name):
+def test_quantized_models_keep_the_q8_0_table_once_exactly_for_the_head_and_the_lookups(smollm2, variants, name):
     model, table = variants[name].model, smollm2.model.embed.weight  # Q8_0 in the GGUF file, float32 here
     assert isinstance(model.lm_head, Int8Head) and torch.equal(kernels.unpack(model.lm_head.packed), table)
-    assert model.embed.weight.dtype == torch.float16 and model.dtype == torch.float32
-    ids = torch.tensor([[1, 500, 49151]])
-    embedded = model.embed_tokens(ids, torch.arange(3).unsqueeze(0))
-    assert embedded.dtype == torch.float32
-    torch.testing.assert_close(embedded, smollm2.model.embed_tokens(ids, torch.arange(3).unsqueeze(0)),
-                               rtol=2**-11, atol=1e-7)  # float16 rounding of the Q8_0 values at most
+    assert isinstance(model.embed, GroupEmbedding) and model.embed.packed is model.lm_head.packed
+    ids = torch.tensor([[1, 500, 49151], [0, 17, 16]])  # rows of the first and last blocks of 16
+    embedded = model.embed_tokens(ids, torch.arange(3).expand(2, 3))
+    assert embedded.dtype == torch.float32 == model.dtype
+    assert torch.equal(embedded, smollm2.model.embed_tokens(ids, torch.arange(3).expand(2, 3)))
     hidden = torch.randn(1, 12, model.config.d_model)
     for rows in (hidden[:, :1], hidden, hidden.bfloat16()):  # one tile, a tile and a half, bfloat16 inputs
         scores = model.head(rows)
@@ -344,6 +343,13 @@ def test_without_our_kernel_a_quantized_model_keeps_a_float16_head(monkeypatch):
     set_precision(model, "float32", "int4")
     assert isinstance(model.lm_head, Linear16) and model.lm_head.weight is model.embed.weight
     assert model.embed.weight.dtype == torch.float16
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_unpacking_chosen_rows_gives_those_rows_of_the_weight(bits):
+    packed = kernels.pack(*quantize_groups(torch.randn(48, 64, generator=torch.Generator().manual_seed(0)), bits), bits)
+    rows = torch.tensor([47, 0, 16, 15, 16])
+    assert torch.equal(kernels.unpack(packed, rows), kernels.unpack(packed)[rows])
 
 
 def test_bytes_read_per_decode_step(smollm2, variants):

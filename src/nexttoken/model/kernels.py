@@ -218,23 +218,21 @@ def pack(q: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor, bits: int 
     return torch.cat([data, by_block(scale), by_block(minimum)], dim=-1)
 
 
-def unpack(packed: torch.Tensor) -> torch.Tensor:
+def unpack(packed: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
     """The kernel's layout (either width, told by its group's bytes) -> the (N, K) float32 weight,
-    minimum + q * scale."""
+    minimum + q * scale; or only the rows `rows` (1-D indices), as an embedding lookup reads them."""
     blocks, groups = packed.shape[:2]
-    n = blocks * BLOCK_ROWS
     bits = 4 if packed.shape[-1] == group_bytes(4) else 8
     start = value_bytes(bits)
-    # each row's byte pair j = 0, 1 of a run moves as one int16: run t's pair lands at bytes 2t, 2t + 1
-    pairs = packed[..., :start].contiguous().view(torch.int16)  # (b, g, t * 16 + r)
-    by_row = pairs.view(blocks, groups, start // 32, BLOCK_ROWS).permute(0, 3, 1, 2).contiguous().view(torch.uint8)
-    data = by_row.view(n, groups, start // BLOCK_ROWS)
+    rows = torch.arange(blocks * BLOCK_ROWS) if rows is None else rows
+    block, lane = rows // BLOCK_ROWS, rows % BLOCK_ROWS
+    runs = packed[..., :start].view(blocks, groups, start // 32, BLOCK_ROWS, 2)  # (b, g, t, r, j)
+    data = runs[block, :, :, lane].reshape(len(rows), groups, start // BLOCK_ROWS)  # a row's bytes 2t + j
     # 4 bits: byte i of a group holds values i (low nibble) and 16 + i (high)
-    q = (torch.cat([data & 15, data >> 4], dim=-1) if bits == 4 else data).float()  # (N, K/G, G)
+    q = (torch.cat([data & 15, data >> 4], dim=-1) if bits == 4 else data).float()  # (R, K/G, G)
 
-    def per_row(offset: int) -> torch.Tensor:  # (N/16, K/G, 32) bytes of float16 -> (N, K/G, 1) float32
-        per_block = packed[..., offset : offset + 2 * BLOCK_ROWS].contiguous().view(torch.float16)
-        return per_block.transpose(1, 2).reshape(n, groups, 1).float()
+    def per_row(offset: int) -> torch.Tensor:  # the rows' float16 values at `offset` -> (R, K/G, 1) float32
+        return packed[..., offset : offset + 2 * BLOCK_ROWS].view(torch.float16)[block, :, lane].unsqueeze(-1).float()
 
     scale, minimum = per_row(start), per_row(start + 2 * BLOCK_ROWS)
-    return (minimum + q * scale).view(n, groups * GROUP)
+    return (minimum + q * scale).view(len(rows), groups * GROUP)

@@ -7,7 +7,7 @@ weights as 8- or 4-bit integers with a scale and an offset per group of 32 input
 weights that were Q4_1 in the GGUF file, int8 to within float16's rounding of the scale); their
 products take bfloat16 inputs, everything else computes in `dtype`. Under both the output head
 keeps 8 bits in symmetric groups, which hold the built-in model's Q8_0 table exactly (4 bits or
-bfloat16 would lose it), and the embedding table it is tied to is looked up in float16. Computing
+bfloat16 would lose it), and from which the embeddings tied to it are looked up too. Computing
 in float32, both keep the KV cache in float16 too (half the bytes a decode step reads from it):
 float32 itself so rounded kept its top-1 agreement over 2,000 positions and moved its perplexity
 by 0.001 %."""

@@ -135,6 +135,19 @@ class Int8Head(Int8Linear):
         return scores if self.bias is None else scores + self.bias
 
 
+class GroupEmbedding(nn.Module):
+    """Embedding lookups in a table kept in the kernels' groups: the rows asked for, dequantized.
+    A quantized model's head tied to its embeddings lends them its bytes (its Q8_0 values, exactly),
+    where a float16 copy of SmolLM2's table for the lookups took 57 MB more."""
+
+    def __init__(self, packed: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("packed", packed)  # the head's own tensor: kept once
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return kernels.unpack(self.packed, ids.reshape(-1)).view(*ids.shape, -1)
+
+
 class Int4Linear(GroupLinear):
     """A GroupLinear of 4-bit values. Where our kernel cannot be built, up to 16 rows go through
     PyTorch's int4 kernel, which keeps a copy of the weight in its own layout, and more rows (a
@@ -277,14 +290,14 @@ def head16(model: nn.Module, dtype: torch.dtype) -> None:
 
 
 def quantized_head(model: nn.Module) -> None:
-    """Give a quantized `model` (a Transformer) an Int8Head where our kernel runs, a tied table then
-    kept in float16 for the embedding lookups only; elsewhere, a float16 head (head16)."""
+    """Give a quantized `model` (a Transformer) an Int8Head where our kernel runs, from which a tied
+    table's embedding lookups then read too (GroupEmbedding); elsewhere, a float16 head (head16)."""
     weight = model.embed.weight if model.lm_head is None else model.lm_head.weight
     if not (kernels.load() and groups_fit(weight)):
         return head16(model, torch.float16)
     if model.lm_head is None:
         model.lm_head = Int8Head(weight)
-        model.embed.weight = frozen(weight.to(torch.float16))
+        model.embed = GroupEmbedding(model.lm_head.packed)
     else:
         model.lm_head = Int8Head(weight, model.lm_head.bias)
 
