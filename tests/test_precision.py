@@ -173,6 +173,8 @@ def test_our_float16_head_kernel_is_the_exact_product(dtype):
         expected = (x.double() @ head.weight.double().T).to(dtype)
         tolerance = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else {}
         torch.testing.assert_close(y[0], expected, **tolerance)
+        # a bfloat16 x: the float32 sums of the same x, rounded to nearest even as PyTorch rounds
+        assert torch.equal(y[0], torch.ops.nexttoken.matvec(x.float(), head.weight).to(dtype))
     with pytest.raises(RuntimeError, match="x has 64 inputs, the weight 72"):
         torch.ops.nexttoken.matvec(torch.zeros(1, 64), head.weight)
 
