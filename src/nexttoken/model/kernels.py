@@ -224,15 +224,21 @@ def unpack(packed: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tens
     blocks, groups = packed.shape[:2]
     bits = 4 if packed.shape[-1] == group_bytes(4) else 8
     start = value_bytes(bits)
-    rows = torch.arange(blocks * BLOCK_ROWS) if rows is None else rows
-    block, lane = rows // BLOCK_ROWS, rows % BLOCK_ROWS
-    runs = packed[..., :start].view(blocks, groups, start // 32, BLOCK_ROWS, 2)  # (b, g, t, r, j)
-    data = runs[block, :, :, lane].reshape(len(rows), groups, start // BLOCK_ROWS)  # a row's bytes 2t + j
+    n = blocks * BLOCK_ROWS if rows is None else len(rows)
+
+    def by_row(per_block: torch.Tensor) -> torch.Tensor:  # (N/16, K/G, 16, ...) -> (R, K/G, ...), contiguous
+        if rows is None:  # every row: a transpose, far faster than gathering them
+            return per_block.transpose(1, 2).reshape(n, groups, *per_block.shape[3:])
+        return per_block[rows // BLOCK_ROWS, :, rows % BLOCK_ROWS].contiguous()
+
+    # each row's byte pair j = 0, 1 of a run moves as one int16: run t's pair lands at bytes 2t, 2t + 1
+    pairs = packed[..., :start].view(torch.int16).view(blocks, groups, start // 32, BLOCK_ROWS)  # (b, g, t, r)
+    data = by_row(pairs.transpose(2, 3)).view(torch.uint8)  # (R, K/G, bytes of a row's group)
     # 4 bits: byte i of a group holds values i (low nibble) and 16 + i (high)
     q = (torch.cat([data & 15, data >> 4], dim=-1) if bits == 4 else data).float()  # (R, K/G, G)
 
     def per_row(offset: int) -> torch.Tensor:  # the rows' float16 values at `offset` -> (R, K/G, 1) float32
-        return packed[..., offset : offset + 2 * BLOCK_ROWS].view(torch.float16)[block, :, lane].unsqueeze(-1).float()
+        return by_row(packed[..., offset : offset + 2 * BLOCK_ROWS].view(torch.float16)).unsqueeze(-1).float()
 
     scale, minimum = per_row(start), per_row(start + 2 * BLOCK_ROWS)
-    return (minimum + q * scale).view(len(rows), groups * GROUP)
+    return (minimum + q * scale).view(n, groups * GROUP)

@@ -294,8 +294,8 @@ def quantized_head(model: nn.Module) -> None:
     table's embedding lookups then read too (GroupEmbedding); elsewhere, a float16 head (head16)."""
     weight = model.embed.weight if model.lm_head is None else model.lm_head.weight
     if not (kernels.load() and groups_fit(weight)):
-        return head16(model, torch.float16)
-    if model.lm_head is None:
+        head16(model, torch.float16)
+    elif model.lm_head is None:
         model.lm_head = Int8Head(weight)
         model.embed = GroupEmbedding(model.lm_head.packed)
     else:
