@@ -1,126 +1,16 @@
 // y = x @ w^T with w kept as 4- or 8-bit values and a float16 scale and minimum per group of 32
-// inputs: w = minimum + q * scale, q in [0, 15] or [0, 255].
-//
-// Weights are laid out so that one AVX-512 register holds 16 output rows, and so that each thread
-// reads one stream: for rows 16b..16b+15 and inputs 32g..32g+31, packed[b][g] is runs of 32 bytes,
-// then the 16 rows' float16 scales and minimums. 4 bits: eight runs (320 bytes in all); byte 2r + j
-// of run t holds q[16b + r][32g + 2t + j] in its low nibble and q[16b + r][32g + 16 + 2t + j] in its
-// high one. 8 bits: sixteen runs (576 bytes); byte 2r + j of run t holds q[16b + r][32g + 2t + j].
-// 4 bits: widened to 16-bit words, a nibble n or'ed with 0x4300 is exactly the bfloat16 128 + n, so
-// each 32-byte run becomes two registers of bfloat16 pairs, and subtracting 128 * sum(x) afterwards
-// removes the offset. 8 bits: each byte converts exactly to a bfloat16 (through float32), so each
-// run becomes one register. vdpbf16ps multiplies a register by a broadcast pair of inputs: lane r
-// gathers row r's sum over the group. The group's scale and minimum are then applied once per 16
-// rows: y += scale * sum(x * q) + minimum * sum(x).
+// inputs (the layout and the products: group_product.h), for any number of rows of x.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
-#include <immintrin.h>
-
-#include <algorithm>
 #include <vector>
 
-#include "vector_math.h"
+#include "group_product.h"
 
 namespace {
-
-constexpr int64_t kGroup = 32;    // inputs per scale and minimum
-constexpr int64_t kBlock = 16;    // output rows per register, one float32 lane each
-constexpr int kMaxTile = 8;       // input rows that share one conversion of the weights (4: 20-30 % slower)
-
-// a group's bytes for 16 rows: the values, then the float16 scales and minimums
-template <int Bits>
-constexpr int64_t value_bytes = kBlock * kGroup * Bits / 8;
-template <int Bits>
-constexpr int64_t group_bytes = value_bytes<Bits> + 2 * kBlock * 2;
-
-struct Inputs {
-  const uint16_t* x;      // (M, K) bfloat16 bits
-  const float* x_sums;    // (M, K / 32): each group's sum of x
-  int64_t groups;         // K / 32
-};
-
-// x's pair of inputs at x, broadcast to every lane
-inline __m512bh input_pair(const uint16_t* x) {
-  int32_t pair;
-  __builtin_memcpy(&pair, x, 4);
-  return (__m512bh)_mm512_set1_epi32(pair);
-}
-
-// 16 bytes as float32 values
-inline __m512 bytes_as_floats(const uint8_t* bytes) {
-  return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes))));
-}
-
-// 8 bits: a run's 32 bytes as bfloat16 pairs, lane r holding row r's; exact, as every integer below
-// 256 is a bfloat16
-inline __m512bh byte_pairs(const uint8_t* run) {
-  return _mm512_cvtne2ps_pbh(bytes_as_floats(run + 16), bytes_as_floats(run));  // rows 8-15 above rows 0-7
-}
-
-template <int Bits, int Tile>
-void block_product(const Inputs& in, int64_t row, const uint8_t* packed, float* out, int64_t out_stride) {
-  const __m512i nibble = _mm512_set1_epi16(0x000f);
-  const __m512i bf16_128 = _mm512_set1_epi16(0x4300);
-  constexpr float offset = Bits == 4 ? 128.0f : 0.0f;  // each 4-bit value reads 128 too many
-  const int64_t k = in.groups * kGroup;
-  __m512 y[Tile];
-  for (int m = 0; m < Tile; ++m) y[m] = _mm512_setzero_ps();
-  for (int64_t g = 0; g < in.groups; ++g) {
-    __m512 first[Tile], second[Tile];  // two dependency chains, not one: 11-17 % faster in cache
-    for (int m = 0; m < Tile; ++m) first[m] = second[m] = _mm512_setzero_ps();
-    const uint8_t* bytes = packed + g * group_bytes<Bits>;
-    const uint16_t* x = in.x + row * k + g * kGroup;
-    if constexpr (Bits == 4) {  // the low nibbles hold inputs 2t + j, the high ones 16 + 2t + j
-      for (int t = 0; t < 8; ++t) {
-        const __m256i run = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes + 32 * t));
-        const __m512i words = _mm512_cvtepu8_epi16(run);
-        const __m512bh low = (__m512bh)_mm512_ternarylogic_epi32(words, nibble, bf16_128, 0xea);  // (w & 15) | 0x4300
-        const __m512bh high = (__m512bh)_mm512_or_si512(_mm512_srli_epi16(words, 4), bf16_128);
-        for (int m = 0; m < Tile; ++m) {
-          first[m] = _mm512_dpbf16_ps(first[m], low, input_pair(x + m * k + 2 * t));
-          second[m] = _mm512_dpbf16_ps(second[m], high, input_pair(x + m * k + kGroup / 2 + 2 * t));
-        }
-      }
-    } else {  // run t holds inputs 2t + j
-      for (int t = 0; t < 16; t += 2) {
-        const __m512bh even = byte_pairs(bytes + 32 * t), odd = byte_pairs(bytes + 32 * (t + 1));
-        for (int m = 0; m < Tile; ++m) {
-          first[m] = _mm512_dpbf16_ps(first[m], even, input_pair(x + m * k + 2 * t));
-          second[m] = _mm512_dpbf16_ps(second[m], odd, input_pair(x + m * k + 2 * t + 2));
-        }
-      }
-    }
-    const uint8_t* scales = bytes + value_bytes<Bits>;
-    const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales)));
-    const __m512 lo = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + 32)));
-    for (int m = 0; m < Tile; ++m) {
-      const __m512 x_sum = _mm512_set1_ps(in.x_sums[(row + m) * in.groups + g]);
-      const __m512 centred = _mm512_fnmadd_ps(_mm512_set1_ps(offset), x_sum, _mm512_add_ps(first[m], second[m]));
-      y[m] = _mm512_fmadd_ps(lo, x_sum, _mm512_fmadd_ps(s, centred, y[m]));
-    }
-  }
-  for (int m = 0; m < Tile; ++m) _mm512_storeu_ps(out + m * out_stride, y[m]);
-}
-
-// The sum of 32 bfloat16 values: each 32-bit lane holds two, whose float32 values are the lane
-// shifted up by 16 bits and the lane with its low 16 bits cleared.
-float sum_bfloat16(__m512i words) {
-  const __m512 even = _mm512_castsi512_ps(_mm512_slli_epi32(words, 16));
-  const __m512 odd = _mm512_castsi512_ps(_mm512_and_si512(words, _mm512_set1_epi32(0xffff0000)));
-  return _mm512_reduce_add_ps(_mm512_add_ps(even, odd));
-}
-
-// One group of 32 inputs rounded to bfloat16 (to nearest even) into bits; returns their sum.
-// Vectorised, as this runs on one thread before the products start.
-float round_group(const float* x, uint16_t* bits) {
-  const __m512i rounded = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + 16), _mm512_loadu_ps(x));
-  _mm512_storeu_si512(bits, rounded);
-  return sum_bfloat16(rounded);
-}
 
 // x: (M, K) float32 or bfloat16; packed: (N / 16, K / 32, group_bytes) uint8. Returns (M, N) in x's dtype.
 template <int Bits>
@@ -140,8 +30,7 @@ at::Tensor group_matmul(const at::Tensor& x, const at::Tensor& packed, const cha
   x_bits.resize(rows * k);
   x_sums.resize(rows * groups);
   if (x.scalar_type() == at::kFloat) {
-    const float* values = x.const_data_ptr<float>();
-    for (int64_t i = 0; i < rows * groups; ++i) x_sums[i] = round_group(values + i * kGroup, &x_bits[i * kGroup]);
+    round_inputs(x.const_data_ptr<float>(), rows * k, x_bits.data(), x_sums.data());
   } else {
     const uint16_t* values = reinterpret_cast<const uint16_t*>(x.const_data_ptr<at::BFloat16>());
     std::copy(values, values + rows * k, x_bits.begin());
@@ -151,16 +40,8 @@ at::Tensor group_matmul(const at::Tensor& x, const at::Tensor& packed, const cha
 
   at::Tensor result = at::empty({rows, n}, x.options().dtype(at::kFloat));
   float* y = result.data_ptr<float>();
-  const uint8_t* weights = packed.const_data_ptr<uint8_t>();
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      for (int64_t row = 0; row < rows; row += kMaxTile) {
-        const int tile = static_cast<int>(std::min<int64_t>(kMaxTile, rows - row));
-        with_tile(tile, [&]<int Tile>() {
-          block_product<Bits, Tile>(in, row, weights + b * groups * group_bytes<Bits>, y + row * n + b * kBlock, n);
-        });
-      }
-    }
+    block_range<Bits>(in, rows, packed.const_data_ptr<uint8_t>(), begin, end, y, n);
   });
   return x.scalar_type() == at::kFloat ? result : result.to(at::kBFloat16);
 }

@@ -28,6 +28,10 @@ called from Python (about 4 µs of it the call): 7.3 µs over 100 cached positio
 500, against 12.6 and 36.4 for PyTorch's SDPA; compiled, 3–5 µs less than inductor's fused loop
 over 100 positions and 55–61 less over 1,000 (float32 and bfloat16).
 
+For a quantized float32 model's decode step: all its blocks in one call (decode_blocks.cpp), the
+steps above run by threads that start once and meet at spin barriers, where 150 calls a step each
+started and joined them (decode_blocks.py).
+
 The kernels need AVX512-BF16 and a C++ compiler; without either, `load()` says no and PyTorch's
 operations run instead. The library is built once per source, flags and torch version, into
 $NEXTTOKEN_CACHE (default ~/.cache/nexttoken), and loaded as the operators torch.ops.nexttoken.*,
@@ -47,8 +51,9 @@ from torch.utils import cpp_extension
 
 SOURCES = [Path(__file__).with_name(name)
            for name in ("group_matmul.cpp", "matvec.cpp", "flash_attention.cpp", "one_query_attention.cpp",
-                        "elementwise.cpp")]
-HEADERS = [Path(__file__).with_name("vector_math.h")]
+                        "elementwise.cpp", "decode_blocks.cpp")]
+HEADERS = [Path(__file__).with_name(name)
+           for name in ("vector_math.h", "group_product.h", "one_query.h", "elementwise.h")]
 GROUP = 32  # inputs per scale and minimum
 BLOCK_ROWS = 16  # output rows the kernel keeps in one register
 ATTENTION_HEAD_SIZES = (32, 64, 128)  # what flash_attention.cpp and one_query_attention.cpp are built for

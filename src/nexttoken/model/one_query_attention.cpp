@@ -1,36 +1,17 @@
-// Attention of one query per row over the cached keys and values: a decode step. Each key/value
-// head is read once for its whole group of query heads, with no packing, where the prompt kernel
-// (flash_attention.cpp) packs keys and values for blocks of 32 queries first. With many keys, each
-// head's keys are split into spans that the threads share, and the spans' softmax sums combined
-// after (as in "flash-decoding"): a batch of one has too few heads to keep two threads busy.
-//
-// float32 or bfloat16 inputs, or float32 queries over float16 keys and values (the cache of a
-// quantized model); scores, the softmax and the sums are float32 (16-bit values are widened on
-// load), and the output is rounded to the queries' dtype once, at the end.
+// Attention of one query per row over the cached keys and values: a decode step (the method:
+// one_query.h).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
-#include <immintrin.h>
-
-#include <algorithm>
-#include <cmath>
-#include <limits>
 #include <optional>
 #include <vector>
 
-#include "vector_math.h"
+#include "one_query.h"
 
 namespace {
-
-constexpr int kMaxGroup = 16;          // query heads per key/value head
-constexpr int kSumRegisters = 16;      // registers that hold the queries' weighted sums of values
-// query-key pairs below which one thread does all: in a decode step the cached rows come from
-// memory, not from the cache, and two threads read them faster from about 30 of SmolLM2's
-// positions on (at 80 positions, 12.5 -> 9.5 µs a layer), though starting them costs 2.4 µs
-constexpr int64_t kSerialWork = 256;
 
 struct Shapes {
   int64_t heads, kv_heads, keys;
@@ -39,118 +20,11 @@ struct Shapes {
   int64_t mask_stride;
 };
 
-// Row `row` of 16 * Chunks values as float32 registers.
-template <int Chunks, typename T>
-void load_row(const T* row, __m512* out) {
-  for (int c = 0; c < Chunks; ++c) out[c] = load16(row + 16 * c);
-}
-
-// What one span of keys gives a query: its highest score, the sum of its softmax weights taken
-// against that score, and the weighted sum of its values (head_dim floats, unnormalized).
-struct Partial {
-  float best;
-  float total;
-  float* sums;
-};
-
-// Each of `Queries` queries' weighted sum of the values [first, first + n), from their softmax
-// weights (rows n apart): the queries' sums stay in registers. For a runtime number of queries
-// GCC kept them in memory, a load and a store at every step: a SmolLM2 layer over 560 cached
-// positions took 18.4 instead of 16.0 µs in cache, and 28.7 instead of 24.5 from memory (float16).
-template <int Chunks, int Queries, typename KV>
-void weighted_values(const KV* v, int64_t row_step, const bool* mask, int64_t first, int64_t n, const float* weights,
-                     Partial* partials) {
-  __m512 sums[Queries][Chunks];
-  for (int g = 0; g < Queries; ++g)
-    for (int c = 0; c < Chunks; ++c) sums[g][c] = _mm512_setzero_ps();
-  for (int64_t t = 0; t < n; ++t) {
-    if (mask != nullptr && !mask[first + t]) continue;
-    __m512 value[Chunks];
-    load_row<Chunks>(v + (first + t) * row_step, value);
-    for (int g = 0; g < Queries; ++g) {
-      const __m512 weight = _mm512_set1_ps(weights[g * n + t]);
-      for (int c = 0; c < Chunks; ++c) sums[g][c] = _mm512_fmadd_ps(weight, value[c], sums[g][c]);
-    }
-  }
-  for (int g = 0; g < Queries; ++g)
-    for (int c = 0; c < Chunks; ++c) _mm512_storeu_ps(partials[g].sums + 16 * c, sums[g][c]);
-}
-
-// The `group` queries of one key/value head (rows `q_step` apart) over keys and values [first,
-// last) (rows `row_step` apart): scores into `scores` (group x (last - first)), then softmax
-// weights, then each query's Partial.
-template <int Chunks, typename Q, typename KV>
-void one_span(const Q* q, int64_t q_step, const KV* k, const KV* v, int64_t row_step, const bool* mask,
-              int64_t first, int64_t last, float scale, int group, float* scores, Partial* partials) {
-  const int64_t n = last - first;
-  __m512 queries[kMaxGroup][Chunks];
-  for (int g = 0; g < group; ++g) load_row<Chunks>(q + g * q_step, queries[g]);
-  const float minus_infinity = -std::numeric_limits<float>::infinity();
-  for (int64_t t = 0; t < n; ++t) {
-    if (mask != nullptr && !mask[first + t]) {
-      for (int g = 0; g < group; ++g) scores[g * n + t] = minus_infinity;
-      continue;
-    }
-    __m512 key[Chunks];
-    load_row<Chunks>(k + (first + t) * row_step, key);
-    for (int g = 0; g < group; ++g) {
-      __m512 sum = _mm512_mul_ps(queries[g][0], key[0]);
-      for (int c = 1; c < Chunks; ++c) sum = _mm512_fmadd_ps(queries[g][c], key[c], sum);
-      scores[g * n + t] = _mm512_reduce_add_ps(sum) * scale;
-    }
-  }
-  for (int g = 0; g < group; ++g) {
-    float* row = scores + g * n;
-    const float best = *std::max_element(row, row + n);
-    __m512 total = _mm512_setzero_ps();
-    for (int64_t t = 0; t < n; t += 16) {
-      const int count = static_cast<int>(std::min<int64_t>(16, n - t));
-      const __mmask16 lanes = static_cast<__mmask16>((1u << count) - 1);
-      // a span whose keys are all masked gets weights of 0, not NaN
-      const __m512 weights = best == minus_infinity ? _mm512_setzero_ps()
-          : _mm512_maskz_mov_ps(lanes, vector_exp(_mm512_sub_ps(load16(row + t, count), _mm512_set1_ps(best))));
-      store16(row + t, weights, count);
-      total = _mm512_add_ps(total, weights);
-    }
-    partials[g].best = best;
-    partials[g].total = _mm512_reduce_add_ps(total);
-  }
-  for (int g = 0; g < group; g += kSumRegisters / Chunks) {
-    with_tile(std::min(group - g, kSumRegisters / Chunks), [&]<int Queries>() {
-      if constexpr (Queries * Chunks <= kSumRegisters)
-        weighted_values<Chunks, Queries>(v, row_step, mask, first, n, scores + g * n, partials + g);
-    });
-  }
-}
-
-// One query's output from its spans' Partials: each span's weights rescaled to the highest score
-// of all (Milakov and Gimelshein, 2018, "Online normalizer calculation for softmax").
-template <int Chunks, typename T>
-void combine(const Partial* spans, int n_spans, int64_t span_step, T* out) {
-  float best = -std::numeric_limits<float>::infinity();
-  for (int i = 0; i < n_spans; ++i) best = std::max(best, spans[i * span_step].best);
-  __m512 sums[Chunks];
-  for (int c = 0; c < Chunks; ++c) sums[c] = _mm512_setzero_ps();
-  float total = 0;
-  for (int i = 0; i < n_spans; ++i) {
-    const Partial& span = spans[i * span_step];
-    if (span.total == 0) continue;  // every key of the span masked
-    const float factor = std::exp(span.best - best);
-    total += factor * span.total;
-    for (int c = 0; c < Chunks; ++c)
-      sums[c] = _mm512_fmadd_ps(_mm512_set1_ps(factor), _mm512_loadu_ps(span.sums + 16 * c), sums[c]);
-  }
-  const __m512 inverse = _mm512_set1_ps(total > 0 ? 1.0f / total : 0.0f);  // a query that sees no key: 0
-  for (int c = 0; c < Chunks; ++c) store16(out + 16 * c, _mm512_mul_ps(sums[c], inverse));
-}
-
 template <int Chunks, typename Q, typename KV>
 void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const Shapes& s, at::Tensor& out) {
   const int group = static_cast<int>(s.heads / s.kv_heads);
   const int64_t batch = q.size(0), heads = batch * s.kv_heads, head_dim = 16 * Chunks;
-  // above kSerialWork, enough spans of keys a head that every thread has two tasks or more
-  const bool threaded = heads * s.keys * group >= kSerialWork;
-  const int64_t n_spans = threaded ? std::min<int64_t>(s.keys, (2 * at::get_num_threads() + heads - 1) / heads) : 1;
+  const int64_t n_spans = span_count(heads, s.keys, group, at::get_num_threads());
   const int64_t span_keys = (s.keys + n_spans - 1) / n_spans;
   std::vector<float> partial_sums(heads * n_spans * group * head_dim);
   std::vector<Partial> partials(heads * n_spans * group);  // (head, span, query of the group)
@@ -158,7 +32,8 @@ void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const Sh
   const Q* q_data = reinterpret_cast<const Q*>(q.const_data_ptr());
   const KV* k_data = reinterpret_cast<const KV*>(k.const_data_ptr());
   const KV* v_data = reinterpret_cast<const KV*>(v.const_data_ptr());
-  at::parallel_for(0, heads * n_spans, threaded ? 1 : heads * n_spans, [&](int64_t begin, int64_t end) {
+  const bool shared = threaded(heads, s.keys, group);
+  at::parallel_for(0, heads * n_spans, shared ? 1 : heads * n_spans, [&](int64_t begin, int64_t end) {
     std::vector<float> scores(group * span_keys);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t head = task / n_spans, span = task % n_spans;

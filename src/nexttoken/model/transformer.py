@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from nexttoken.config import ModelConfig
+from nexttoken.model import decode_blocks
 from nexttoken.model.attention import Attention, CrossAttention, RelativePositionBias
 from nexttoken.model.kv_cache import CrossKVCache, KVCache
 from nexttoken.model.layers import make_mlp, make_norm, rotary_tables, sinusoidal_table
@@ -107,6 +108,8 @@ class Transformer(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.cache_dtype: torch.dtype | None = None  # what the KV cache keeps; None: the compute dtype
+        # the blocks as decode_blocks' one kernel call reads them (quantized models), or None
+        self.one_call_blocks: decode_blocks.Blocks | None = None
 
     def hidden_states(self, ids: torch.Tensor, cache: KVCache | None = None,
                       mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
@@ -142,8 +145,11 @@ class Transformer(nn.Module):
             attention_mask = padded_causal_mask(key_mask, T)
         else:
             attention_mask = key_mask[:, None, None, :]  # (B, 1, 1, S): every query sees every real key
-        for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, cache, attention_mask, last_only and i == len(self.blocks) - 1)
+        if self.one_call_blocks is not None and decode_blocks.takes(x, cache, attention_mask):
+            x = decode_blocks.decode_blocks(self.one_call_blocks, x, cos, sin, cache)
+        else:
+            for i, block in enumerate(self.blocks):
+                x = block(x, cos, sin, cache, attention_mask, last_only and i == len(self.blocks) - 1)
         if cache is not None:
             cache.advance(T)
         return self.norm(x) if self.norm is not None else x

@@ -1,0 +1,104 @@
+"""The one-call decode step of a quantized model (decode_blocks.py) against its blocks run one by
+one: the same scores and the same cache, bit for bit, on tiny random models and on SmolLM2."""
+
+import copy
+
+import pytest
+import torch
+
+from nexttoken.config import ModelConfig
+from nexttoken.model import decode_blocks, kernels
+from nexttoken.model.compiled import compile_decoding
+from nexttoken.model.precision import set_precision
+from nexttoken.model.transformer import Transformer
+
+pytestmark = pytest.mark.skipif(not kernels.load(), reason="our CPU kernels could not be built here")
+
+
+def quantized_model(head_dim: int, quantize: str, dtype: str = "float32") -> Transformer:
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=96, d_model=128, n_layer=3, n_head=128 // head_dim * 2, n_kv_head=128 // head_dim,
+                         head_dim=head_dim, d_ff=160, max_seq_len=64)
+    return set_precision(Transformer(config).eval(), dtype, quantize)
+
+
+def greedy_steps(model: Transformer, prompts: torch.Tensor, n_steps: int, one_call: bool):
+    """The scores of a prompt's prefill and of `n_steps` greedy decode steps after it, and the cache."""
+    gathered = model.one_call_blocks
+    if not one_call:
+        model.one_call_blocks = None
+    cache = model.new_cache(prompts.shape[0], capacity=prompts.shape[1] + n_steps)
+    try:
+        with torch.inference_mode():
+            scores = [model.next_scores(prompts, cache)]
+            for _ in range(n_steps):
+                scores.append(model.next_scores(scores[-1].argmax(-1, keepdim=True), cache))
+    finally:
+        model.one_call_blocks = gathered
+    return torch.stack(scores), cache
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("head_dim", [32, 64, 128])
+@pytest.mark.parametrize("quantize", ["int4", "int8"])
+def test_one_call_steps_are_the_blocks_steps_bit_for_bit(quantize, head_dim, threads):
+    model = quantized_model(head_dim, quantize)
+    assert model.one_call_blocks is not None
+    prompts = torch.randint(0, 96, (3, 7))  # rows of one length: no padding
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        # past 256 query-key pairs (kSerialWork) attention splits each head's keys between the threads
+        blocks, blocks_cache = greedy_steps(model, prompts, 40, one_call=False)
+        one_call, one_call_cache = greedy_steps(model, prompts, 40, one_call=True)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one_call, blocks)
+    for ours, theirs in zip(one_call_cache.keys + one_call_cache.values, blocks_cache.keys + blocks_cache.values):
+        assert ours.dtype == torch.float16 and torch.equal(ours, theirs)
+
+
+def test_only_quantized_float32_models_decode_in_one_call():
+    assert quantized_model(32, "int4").one_call_blocks is not None
+    assert quantized_model(32, "int8").one_call_blocks is not None
+    assert quantized_model(32, "none").one_call_blocks is None
+    assert quantized_model(32, "int4", "bfloat16").one_call_blocks is None  # bfloat16 norms and a bfloat16 cache
+    assert quantized_model(48, "int4").one_call_blocks is None  # heads of a size the kernel is not built for
+
+
+def test_padded_batches_and_gradients_run_the_blocks_one_by_one():
+    model = quantized_model(32, "int4")
+    cache = model.new_cache(2)
+    x = torch.zeros(2, 1, 128)
+    with torch.inference_mode():
+        assert decode_blocks.takes(x, cache, None)
+        assert not decode_blocks.takes(x, cache, torch.ones(2, 1, 1, 1, dtype=torch.bool))
+        assert not decode_blocks.takes(torch.zeros(2, 3, 128), cache, None)
+        assert not decode_blocks.takes(x.bfloat16(), cache, None)
+    assert not decode_blocks.takes(x, cache, None)  # gradients on: the kernel has no backward
+
+
+def test_a_model_that_decodes_in_one_call_is_not_compiled():
+    model = quantized_model(32, "int4")
+    step = model.next_scores
+    assert compile_decoding(model) is model and model.next_scores == step
+
+
+def test_a_cache_that_does_not_fit_is_a_clear_error():
+    model = quantized_model(32, "int4")
+    cache = model.new_cache(1)
+    cache.keys[1] = cache.keys[1].float()
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="decode_blocks: every block's keys and values"):
+        model.next_scores(torch.tensor([[1]]), cache)
+
+
+@pytest.fixture(scope="module")
+def smollm2_int4(smollm2) -> Transformer:
+    return set_precision(copy.deepcopy(smollm2.model), "float32", "int4")
+
+
+def test_smollm2_int4_decodes_in_one_call_as_block_by_block(smollm2, smollm2_int4):
+    prompt = torch.tensor([smollm2.tokenizer.encode("The capital of France is Paris. The capital of Italy is")])
+    blocks, _ = greedy_steps(smollm2_int4, prompt, 12, one_call=False)
+    one_call, _ = greedy_steps(smollm2_int4, prompt, 12, one_call=True)
+    assert smollm2_int4.one_call_blocks is not None and torch.equal(one_call, blocks)
