@@ -38,7 +38,7 @@ def greedy_steps(model: Transformer, prompts: torch.Tensor, n_steps: int, one_ca
     return torch.stack(scores), cache
 
 
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("threads", [1, 2, 3])  # 3: uneven shares, and more threads than cores here
 @pytest.mark.parametrize("head_dim", [32, 64, 128])
 @pytest.mark.parametrize("quantize", ["int4", "int8"])
 def test_one_call_steps_are_the_blocks_steps_bit_for_bit(quantize, head_dim, threads):

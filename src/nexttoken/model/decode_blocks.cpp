@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <thread>
 #include <vector>
 
 #include "elementwise.h"
@@ -27,7 +28,9 @@
 namespace {
 
 // The threads of one parallel region wait here until all of them have come (a sense-reversing
-// barrier): a few hundred nanoseconds, where ending the region and starting another costs microseconds.
+// barrier): a few hundred nanoseconds, where ending the region and starting another costs
+// microseconds. A thread that has waited long gives its core away at each turn, in case the one it
+// waits for is not running (more threads than cores).
 class SpinBarrier {
  public:
   explicit SpinBarrier(int team) : team_(team) {}
@@ -39,11 +42,15 @@ class SpinBarrier {
       arrived_.store(0, std::memory_order_relaxed);
       generation_.fetch_add(1, std::memory_order_release);
     } else {
-      while (generation_.load(std::memory_order_acquire) == generation) _mm_pause();
+      for (int spins = 0; generation_.load(std::memory_order_acquire) == generation; ++spins) {
+        if (spins < kSpins) _mm_pause();
+        else std::this_thread::yield();
+      }
     }
   }
 
  private:
+  static constexpr int kSpins = 1024;  // pauses before yielding: tens of microseconds
   const int team_;
   std::atomic<int> arrived_{0};
   std::atomic<int> generation_{0};
