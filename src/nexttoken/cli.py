@@ -38,7 +38,9 @@ Dtype = Annotated[str, typer.Option(help="Compute in float32 (the reference) or 
 Quantize = Annotated[str, typer.Option(help="Keep linear weights as 'int8' or 'int4' (groups of 32 with a "
                                               "scale and a minimum; int4 exact for Q4_1 weights), or 'none'.")]
 Compile = Annotated[bool, typer.Option("--compile", help="Compile the decode step with torch.compile: faster tokens after "
-                                                         "a minute or more of compiling at the first one.")]
+                                                         "a minute or more of compiling at the first one (float32 "
+                                                         "and bfloat16 models; with --quantize, float32 steps run "
+                                                         "in one kernel call, uncompiled).")]
 
 # Decoding options, shared by `generate` and `chat`; see nexttoken.decoding for what each does.
 MaxNewTokens = Annotated[int, typer.Option(help="Stop after this many new tokens.")]
