@@ -73,7 +73,7 @@ Weight weight_of(const at::Tensor& packed, int64_t inputs, const char* name) {
   TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 3 && packed.is_contiguous() &&
               (packed.size(2) == group_bytes<4> || packed.size(2) == group_bytes<8>) &&
               packed.size(1) * kGroup == inputs,
-              "decode_layer: ", name, " must be an int4 or int8 packed weight of ", inputs, " inputs");
+              "decode_blocks: ", name, " must be an int4 or int8 packed weight of ", inputs, " inputs");
   return {packed.const_data_ptr<uint8_t>(), packed.size(0), packed.size(1), packed.size(2) == group_bytes<4> ? 4 : 8};
 }
 
