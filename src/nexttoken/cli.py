@@ -268,13 +268,14 @@ def bench(model: ModelOption = None, dtype: Dtype = "float32", quantize: Quantiz
     """Prefill and decode speed, time to first token and peak memory, beside the bandwidth bound."""
     if min(batch_size, prompt_tokens, new_tokens) < 1:
         raise NextTokenError("--batch-size, --prompt-tokens and --new-tokens must be >= 1")
-    result = run_bench(_load(model, dtype, quantize, compiled), prompt_tokens, new_tokens, batch_size)
+    lm = _load(model, dtype, quantize, compiled)
+    result = run_bench(lm, prompt_tokens, new_tokens, batch_size)
     if json_output:
         print(json.dumps(result.as_dict()))
         return
     precision = dtype if quantize == "none" else f"{quantize} weights, {dtype}"
-    table = Table(title=f"{precision}{', compiled' if compiled else ''}, batch {batch_size}, "
-                        f"{torch.get_num_threads()} threads")
+    step = ", blocks in one call" if lm.model.one_call_blocks is not None else ", compiled" if compiled else ""
+    table = Table(title=f"{precision}{step}, batch {batch_size}, {torch.get_num_threads()} threads")
     table.add_column("measure")
     table.add_column("value", justify="right")
     for label, value in (("prefill", f"{result.prefill_tok_s:,.1f} tok/s ({prompt_tokens} tokens)"),
