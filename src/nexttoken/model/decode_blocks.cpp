@@ -209,7 +209,7 @@ void run_blocks(const Step& step, const std::vector<Block>& blocks, Shared& shar
     const float* x = i == 0 ? step.x : shared.stream[(i - 1) % 2].data();
     run_block<Chunks>(step, blocks[i], x, i == last ? step.out : shared.stream[i % 2].data(), shared, barrier, tid,
                       team);
-    barrier.wait();
+    if (i < last) barrier.wait();  // the next block reads all of this one's output; the last's, the caller
   }
 }
 
@@ -263,6 +263,7 @@ at::Tensor decode_blocks(const at::Tensor& x, at::TensorList attn_norms, at::Ten
               sin.is_contiguous() && cos.numel() == B * D && sin.numel() == B * D,
               "decode_blocks: cos and sin must be float32 (B, 1, 1, D)");
   std::vector<Block> blocks;
+  blocks.reserve(n);
   for (size_t i = 0; i < n; ++i) {
     at::Tensor block_keys = keys[i], block_values = values[i];
     blocks.push_back(block_of(attn_norms[i], qkvs[i], os[i], mlp_norms[i], gate_ups[i], downs[i], block_keys,

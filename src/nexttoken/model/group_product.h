@@ -71,8 +71,10 @@ inline void block_product(const Inputs& in, int64_t row, const uint8_t* packed, 
     __m512 first[Tile], second[Tile];  // two dependency chains, not one: 11-17 % faster in cache
     for (int m = 0; m < Tile; ++m) first[m] = second[m] = _mm512_setzero_ps();
     const uint8_t* bytes = packed + g * group_bytes<Bits>;
-    for (int64_t line = 0; line < group_bytes<Bits>; line += 64)
-      _mm_prefetch(reinterpret_cast<const char*>(bytes) + kPrefetchBytes + line, _MM_HINT_T0);
+    if (row == 0) {  // later tiles of rows (a prompt's) read the group again, from the cache
+      for (int64_t line = 0; line < group_bytes<Bits>; line += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(bytes) + kPrefetchBytes + line, _MM_HINT_T0);
+    }
     const uint16_t* x = in.x + row * k + g * kGroup;
     if constexpr (Bits == 4) {  // the low nibbles hold inputs 2t + j, the high ones 16 + 2t + j
       for (int t = 0; t < 8; ++t) {
