@@ -1,9 +1,10 @@
 """The same `nexttoken train` under torchrun (two CPU processes, gloo) trains as one process does with
-the same global batch: DDP and FSDP2, eager and with compiled blocks, give the losses of a single
-process accumulating over both halves, up to float32 reduction order."""
+the same global batch: DDP and FSDP2, eager and with compiled blocks, on one node or on two, give the
+losses of a single process accumulating over both halves, up to float32 reduction order."""
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ TINY = {"d_model": 32, "n_layer": 2, "n_head": 4, "d_ff": 64, "seq_len": 16, "gl
 # float32 sums in another order differ in the last bits; Adam's normalised steps carry that into
 # the weights, so later steps may differ a little more than the first
 TOLERANCE = 1e-4
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -39,22 +41,27 @@ def alone(tmp_path_factory, data):
     return run_dir
 
 
-def torchrun(data: Path, run_dir: Path, strategy: str, *extra: str) -> None:
+def train_command(data: Path, run_dir: Path, strategy: str, launch: list[str], *extra: str) -> list[str]:
     options = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k not in ("max_steps", "progress")]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--no-python",
-               str(Path(sys.executable).parent / "nexttoken"), "train", "--data", str(data), "--run-dir", str(run_dir),
-               "--steps", str(STEPS), "--strategy", strategy, "--no-progress", *options, *extra]
-    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                          check=False)
+    return [sys.executable, "-m", "torch.distributed.run", *launch, "--no-python",
+            str(Path(sys.executable).parent / "nexttoken"), "train", "--data", str(data), "--run-dir", str(run_dir),
+            "--steps", str(STEPS), "--strategy", strategy, "--no-progress", *options, *extra]
+
+
+def torchrun(data: Path, run_dir: Path, strategy: str, *extra: str) -> None:
+    command = train_command(data, run_dir, strategy, ["--nproc_per_node", "2"], *extra)
+    done = subprocess.run(command, env=ONE_THREAD, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-@pytest.mark.parametrize(("strategy", "extra"), [("ddp", ()), ("fsdp", ()), ("ddp", ("--compile",)),
-                                                   ("fsdp", ("--compile",))],
-                         ids=["ddp", "fsdp", "ddp-compiled", "fsdp-compiled"])
-def test_two_processes_train_as_one(tmp_path, data, alone, strategy, extra):
-    torchrun(data, tmp_path, strategy, *extra)
-    ours, reference = read_metrics(tmp_path), read_metrics(alone)
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def assert_trains_as_one(run_dir: Path, alone: Path) -> None:
+    ours, reference = read_metrics(run_dir), read_metrics(alone)
     assert [r["step"] for r in ours] == list(range(1, STEPS + 1))
     for a, b in zip(ours, reference):
         assert a["tokens"] == b["tokens"]  # the same global batch: 8 sequences of 16
@@ -62,10 +69,31 @@ def test_two_processes_train_as_one(tmp_path, data, alone, strategy, extra):
         assert a.get("eval_loss", 0.0) == pytest.approx(b.get("eval_loss", 0.0), rel=TOLERANCE)
     assert ours[0]["loss"] != ours[-1]["loss"]  # it did train
     # only rank 0 wrote, and the checkpoint holds the whole model and optimiser state
-    saved = load_checkpoint(latest_checkpoint(tmp_path))
+    saved = load_checkpoint(latest_checkpoint(run_dir))
     single = load_checkpoint(latest_checkpoint(alone))
     assert saved.state["world_size"] == 2 and len(saved.state["data"]) == 2
     assert saved.model.keys() == single.model.keys()
     assert all(saved.model[k].shape == single.model[k].shape for k in single.model)
     assert saved.optimizer["state"].keys() == single.optimizer["state"].keys()
-    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "llama"
+    assert json.loads((run_dir / "config.json").read_text())["model_type"] == "llama"
+
+
+@pytest.mark.parametrize(("strategy", "extra"), [("ddp", ()), ("fsdp", ()), ("ddp", ("--compile",)),
+                                                   ("fsdp", ("--compile",))],
+                         ids=["ddp", "fsdp", "ddp-compiled", "fsdp-compiled"])
+def test_two_processes_train_as_one(tmp_path, data, alone, strategy, extra):
+    torchrun(data, tmp_path, strategy, *extra)
+    assert_trains_as_one(tmp_path, alone)
+
+
+def test_two_nodes_train_as_one(tmp_path, data, alone):
+    """Two launchers of one process each, as on two machines, meeting at node 0's address; the run
+    folder is shared, as a cluster's shared filesystem would be."""
+    rendezvous = ["--nnodes", "2", "--nproc_per_node", "1", "--master_addr", "127.0.0.1",
+                  "--master_port", str(free_port())]
+    nodes = [subprocess.Popen(train_command(data, tmp_path, "ddp", [*rendezvous, "--node_rank", str(rank)]),
+                              env=ONE_THREAD, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for rank in (0, 1)]
+    errors = [node.communicate(timeout=600)[1] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], errors[0][-3000:] + errors[1][-3000:]
+    assert_trains_as_one(tmp_path, alone)
