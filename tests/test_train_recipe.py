@@ -47,3 +47,9 @@ def test_recipe_settings_by_name():
     assert recipe.d_model == 64 and recipe.train.max_steps == 7 and recipe.train.lr == Recipe().train.lr
     with pytest.raises(NextTokenError, match="unknown recipe settings: colour"):
         recipe_with(colour="red")
+
+
+def test_a_data_folder_must_be_prepared(tmp_path):
+    with pytest.raises(NextTokenError, match=r"no index.json \(prepare the data first: nexttoken prepare-data\)"):
+        run_recipe(recipe_with(data=tmp_path / "typo", progress=False), tmp_path / "run")
+    assert not (tmp_path / "typo").exists() and not (tmp_path / "run" / "data").exists()

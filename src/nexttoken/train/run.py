@@ -29,7 +29,7 @@ from nexttoken.train.export import export_hf
 from nexttoken.train.initialization import init_weights
 from nexttoken.train.loop import TrainConfig, TrainResult, train
 from nexttoken.train.objectives import next_token_loss
-from nexttoken.train.prepare import INDEX_FILE, held_out, prepare_data
+from nexttoken.train.prepare import INDEX_FILE, held_out, prepare_data, read_index
 
 TOKENIZER_FORMAT = "gpt"  # one <|endoftext|> between documents, no chat template
 SAMPLE_PROMPT = "ROMEO:"
@@ -95,8 +95,12 @@ def prepare_corpus(recipe: Recipe, folder: Path) -> None:
 
 
 def data_folder(recipe: Recipe, run_dir: Path, process: Process) -> Path:
-    """The prepared data, made by the main process if needed while the others wait."""
-    folder = recipe.data or run_dir / "data"
+    """`recipe.data` as given, or the corpus prepared into RUN_DIR/data (unless it is there from an
+    earlier run) by the main process while the others wait."""
+    if recipe.data is not None:
+        read_index(recipe.data)  # one line for a folder that prepare-data did not make: a typo trains nothing
+        return recipe.data
+    folder = run_dir / "data"
     if process.is_main and not (folder / INDEX_FILE).exists():
         prepare_corpus(recipe, folder)
     if process.distributed:
