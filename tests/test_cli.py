@@ -144,6 +144,7 @@ def nexttoken(*args: str) -> subprocess.CompletedProcess:
     (("generate", "hi", "--beams", "2", "--num-return-sequences", "3"), "error: num_return_sequences (3) must be <= num_beams (2)"),
     (("generate", "hi", "--early-stopping", "maybe"), "error: --early-stopping takes true, false or never; got 'maybe'"),
     (("generate", "hi", "--logit-bias", "12"), "error: --logit-bias takes ID:BIAS, e.g. 1234:-5.0; got '12'"),
+    (("train", "--d-model", "30"), "error: d_model (30) must be a multiple of n_head (4)"),
 ])
 def test_user_mistakes_are_one_line_errors(args, message):
     result = nexttoken(*args)

@@ -185,13 +185,18 @@ def test_masked_lm_objective_trains_an_encoder(minilm, tmp_path):
     assert result.loss < before.item() - 1.0
 
 
-
-
-def test_finetune_command_refuses_an_unknown_task(tmp_path):
+@pytest.mark.parametrize("args, message", [
+    (["poem"], "unknown fine-tuning task 'poem'"),
+    (["chat", "--lora-rank", "-1"], r"the LoRA rank must be 0 \(train every weight\) or more .* got -1 and 32"),
+    (["names", "--eval-examples", "0"], "and the held-out examples at least 1, got 8 and 0"),
+    (["play", "--plays", "1"], "the play task tells 2 to 32 plays apart, not 1"),
+    (["play", "--plays", "33"], "the play task tells 2 to 32 plays apart, not 33"),
+])
+def test_finetune_command_refuses_impossible_settings(args, message, tmp_path):
     from typer.testing import CliRunner
 
     from nexttoken import cli
-    from nexttoken.errors import NextTokenError
 
-    with pytest.raises(NextTokenError, match="unknown fine-tuning task 'poem'"):
-        CliRunner().invoke(cli.app, ["finetune", "poem", "--run-dir", str(tmp_path)], catch_exceptions=False)
+    with pytest.raises(NextTokenError, match=message):
+        CliRunner().invoke(cli.app, ["finetune", *args, "--run-dir", str(tmp_path)], catch_exceptions=False)
+    assert not any(tmp_path.iterdir())

@@ -53,3 +53,22 @@ def test_a_data_folder_must_be_prepared(tmp_path):
     with pytest.raises(NextTokenError, match=r"no index.json \(prepare the data first: nexttoken prepare-data\)"):
         run_recipe(recipe_with(data=tmp_path / "typo", progress=False), tmp_path / "run")
     assert not (tmp_path / "typo").exists() and not (tmp_path / "run" / "data").exists()
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"seq_len": 0}, "sizes must be positive, got seq_len 0"),
+    ({"n_layer": 0, "d_ff": -1}, "sizes must be positive, got n_layer 0, d_ff -1"),
+    ({"d_model": 30}, r"d_model \(30\) must be a multiple of n_head \(4\)"),
+    ({"d_model": 36}, r"no such model: head_dim \(9\) must be even for rotary embeddings"),
+    ({"strategy": "xyz"}, "unknown distributed strategy 'xyz' \\(choose from ddp, fsdp\\)"),
+])
+def test_impossible_recipes_are_refused(settings, message):
+    with pytest.raises(NextTokenError, match=message):
+        recipe_with(**settings)
+
+
+def test_a_batch_that_does_not_split_fails_before_the_data_is_prepared(tmp_path, monkeypatch):
+    monkeypatch.setattr("nexttoken.train.run.load_corpus", lambda name: pytest.fail("the corpus was read"))
+    with pytest.raises(NextTokenError, match="global batch 3 is not a multiple of micro-batch 2 x 1 processes"):
+        run_recipe(recipe_with(global_batch=3, micro_batch=2, progress=False), tmp_path)
+    assert not (tmp_path / "data").exists()

@@ -262,13 +262,18 @@ def run_finetune(task: str, run_dir: Path, model: Path | None = None, steps: int
     or BertForTokenClassification folder (nexttoken.encoder.classifier.load_classifier reads it)."""
     if task not in TASKS:
         raise NextTokenError(f"unknown fine-tuning task {task!r} (tasks: {', '.join(TASKS)})")
+    if lora_rank < 0 or eval_examples < 1:
+        raise NextTokenError(f"the LoRA rank must be 0 (train every weight) or more and the held-out examples at "
+                             f"least 1, got {lora_rank} and {eval_examples}")
+    plays = read_plays(shakespeare_files())
+    if task == "play" and not 2 <= n_plays <= len(plays):
+        raise NextTokenError(f"the play task tells 2 to {len(plays)} plays apart, not {n_plays}")
     lora = LoraConfig(rank=lora_rank, alpha=2.0 * lora_rank) if lora_rank else None
     precision = "bf16" if native_bfloat16() else "fp32"
     lr = lr or (1e-3 if lora else 1e-4)  # adapters start at zero and are few: they take larger steps
     config = TrainConfig(max_steps=steps, global_batch=batch_size, micro_batch=batch_size, lr=lr, min_lr=lr / 10,
                          warmup_steps=min(10, steps // 10), precision=precision, checkpoint_every=0,
                          eval_every=steps)
-    plays = read_plays(shakespeare_files())
     if task == "chat":
         return chat_task(load(model), plays, config, run_dir, examples, eval_examples, max_len, lora, out)
     encoder = load_encoder(model)

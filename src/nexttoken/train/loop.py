@@ -44,6 +44,7 @@ from nexttoken.train.checkpoint import (
     set_rng_state,
 )
 from nexttoken.train.distributed import (
+    STRATEGIES,
     Process,
     full_model_state,
     full_optimizer_state,
@@ -93,6 +94,9 @@ class TrainConfig:
             raise NextTokenError(f"precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
         if self.max_steps < 1 or self.micro_batch < 1 or self.global_batch < self.micro_batch:
             raise NextTokenError("max_steps and micro_batch must be positive and global_batch at least micro_batch")
+        if self.strategy not in STRATEGIES:
+            raise NextTokenError(f"unknown distributed strategy '{self.strategy}' "
+                                 f"(choose from {', '.join(STRATEGIES)})")
 
     def accumulation(self, world_size: int) -> int:
         """Micro-batches per step in each process: the global batch stays the same for any world size."""

@@ -24,7 +24,7 @@ class LoraConfig:
 
     def __post_init__(self) -> None:
         if self.rank < 1:
-            raise ValueError(f"LoRA rank must be at least 1, got {self.rank}")
+            raise NextTokenError(f"LoRA rank must be at least 1, got {self.rank}")
 
 
 class LoRALinear(nn.Module):

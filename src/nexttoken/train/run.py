@@ -58,6 +58,20 @@ class Recipe:
         max_steps=800, global_batch=16, micro_batch=16, lr=2e-3, min_lr=2e-4, warmup_steps=30,
         eval_every=100, checkpoint_every=100))
 
+    def __post_init__(self) -> None:
+        """Sizes a model can't have are found here, before the data is prepared."""
+        sizes = {name: getattr(self, name)
+                 for name in ("vocab_size", "d_model", "n_layer", "n_head", "d_ff", "seq_len")}
+        wrong = [f"{name} {size}" for name, size in sizes.items() if size < 1]
+        if wrong:
+            raise NextTokenError(f"sizes must be positive, got {', '.join(wrong)}")
+        if self.d_model % self.n_head:
+            raise NextTokenError(f"d_model ({self.d_model}) must be a multiple of n_head ({self.n_head})")
+        try:
+            self.model_config(self.vocab_size)
+        except ValueError as exc:
+            raise NextTokenError(f"no such model: {exc}") from None
+
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(vocab_size=vocab_size, d_model=self.d_model, n_layer=self.n_layer, n_head=self.n_head,
                            d_ff=self.d_ff, max_seq_len=self.seq_len)
@@ -120,6 +134,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False) -> Run
     """Prepare the data (when needed), train, then save the final model as a Hugging Face Llama folder."""
     run_dir = Path(run_dir)
     process = start()
+    recipe.train.accumulation(process.world_size)  # a batch that doesn't split fails before the data is prepared
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     try:
