@@ -98,6 +98,19 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path, data, uninterrupted):
     assert losses(read_metrics(tmp_path)) == losses(uninterrupted)
 
 
+def test_a_resumed_run_says_where_it_starts_and_refuses_another_model(tmp_path, data, capsys):
+    run_recipe(recipe_with(data=data, max_steps=3, checkpoint_every=3, **TINY), tmp_path, resume=True)
+    assert capsys.readouterr().err == f"no checkpoint in {tmp_path} yet: starting at step 0\n"
+    run_recipe(recipe_with(data=data, max_steps=4, checkpoint_every=3, **{**TINY, "lr": 1e-3}), tmp_path, resume=True)
+    saved = tmp_path / "checkpoints" / "step_00000003"
+    assert capsys.readouterr().err == (f"resuming from step 3 ({saved}); changed since: max_steps 3 -> 4, "
+                                       f"lr 0.003 -> 0.001\n")
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3, 4]
+    with pytest.raises(NextTokenError, match=r"step_00000004 was saved from a model of another shape: "
+                                             r"blocks.0.attn.wo.weight is \[32, 32\] there, \[64, 64\] here"):
+        run_recipe(recipe_with(data=data, max_steps=5, **{**TINY, "d_model": 64}), tmp_path, resume=True)
+
+
 def save_tiny(run_dir: Path, step: int) -> Path:
     model = {"w": torch.full((4, 4), float(step))}
     optimizer = {"state": {"w": {"step": torch.tensor(float(step)), "exp_avg": torch.zeros(4, 4)}},
@@ -117,7 +130,7 @@ def test_checkpoint_round_trip(tmp_path):
 @pytest.mark.parametrize("damage, message", [
     (lambda p: p.write_bytes(p.read_bytes()[:-10]), "truncated"),
     (lambda p: p.write_bytes(p.read_bytes()[:-1] + b"\x00"), "SHA-256"),
-    (lambda p: p.unlink(), "has None bytes"),
+    (lambda p: p.unlink(), "is missing"),
 ])
 def test_a_damaged_checkpoint_is_a_clear_one_line_error(tmp_path, damage, message):
     path = save_tiny(tmp_path, 1)

@@ -121,7 +121,9 @@ def verify(path: Path) -> None:
         raise NextTokenError(f"{path}: corrupt checkpoint, its {MANIFEST} is missing or unreadable") from None
     for file, expected in manifest.items():
         target = path / file
-        size = target.stat().st_size if target.is_file() else None
+        if not target.is_file():
+            raise NextTokenError(f"{path}: corrupt checkpoint, {file} is missing")
+        size = target.stat().st_size
         if size != expected["bytes"]:
             raise NextTokenError(f"{path}: corrupt checkpoint, {file} has {size} bytes where "
                                  f"{expected['bytes']} were written (truncated?)")

@@ -20,6 +20,8 @@ batches from it per step. `model` is any nn.Module (our Transformer or a module 
 FSDP2 shards its `blocks`. With `resume=True` the run continues from run_dir's latest checkpoint,
 and reaches the same losses, bit for bit in float32, as a run that was never stopped."""
 
+import json
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -37,6 +39,7 @@ from torch import nn
 
 from nexttoken.errors import NextTokenError
 from nexttoken.train.checkpoint import (
+    Checkpoint,
     latest_checkpoint,
     load_checkpoint,
     rng_state,
@@ -190,6 +193,40 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], objective: Objective, c
     return (loss_sum / n_sum.clamp(min=1)).item()
 
 
+def resume_from(run_dir: Path, model: nn.Module, config: TrainConfig, process: Process) -> Checkpoint | None:
+    """The latest checkpoint in run_dir, checked against this run (None: a run stopped before its first
+    checkpoint starts again). The main process says which, and which settings differ from the saved run's."""
+    path = latest_checkpoint(run_dir)
+    if path is None:
+        if process.is_main:
+            print(f"no checkpoint in {run_dir} yet: starting at step 0", file=sys.stderr)
+        return None
+    saved = load_checkpoint(path)
+    if saved.state["world_size"] != process.world_size:
+        raise NextTokenError(f"{path} was saved by {saved.state['world_size']} processes; resume it "
+                             f"with as many, not {process.world_size}")
+    check_same_shapes(model.state_dict(), saved.model, path)
+    if process.is_main:
+        before, now = saved.state["config"], json.loads(json.dumps(asdict(config)))  # tuples as JSON lists
+        changed = [f"{name} {before[name]} -> {value}" for name, value in now.items()
+                   if name != "progress" and before.get(name, value) != value]
+        print(f"resuming from step {saved.state['step']} ({path})"
+              + (f"; changed since: {', '.join(changed)}" if changed else ""), file=sys.stderr)
+    return saved
+
+
+def check_same_shapes(ours: dict[str, torch.Tensor], saved: dict[str, torch.Tensor], path: Path) -> None:
+    """A checkpoint of another model is a one-line error, not load_state_dict's list of mismatches."""
+    for name in sorted(ours.keys() | saved.keys()):
+        if name not in saved or name not in ours:
+            where = "this model" if name in ours else "the checkpoint"
+            raise NextTokenError(f"{path} was saved from another model: only {where} has {name}")
+        if ours[name].shape != saved[name].shape:
+            raise NextTokenError(f"{path} was saved from a model of another shape: {name} is "
+                                 f"{list(saved[name].shape)} there, {list(ours[name].shape)} here; "
+                                 f"resume with the sizes it was trained with")
+
+
 def progress_bar(enabled: bool) -> Progress:
     return Progress(TextColumn("step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[status]}"),
                     TextColumn("ETA"), TimeRemainingColumn(), disable=not enabled)
@@ -206,15 +243,11 @@ def train(model: nn.Module, data: Iterator[Batch], objective: Objective, config:
     accumulation = config.accumulation(process.world_size)
     if config.compile:
         compile_blocks(model)
+    saved = resume_from(run_dir, model, config, process) if resume else None
     model = wrap(model.to(process.device), process, config.strategy)
     optimizer = make_optimizer(model, config)
     step, tokens = 0, 0
-    path = latest_checkpoint(run_dir) if resume else None
-    if path is not None:
-        saved = load_checkpoint(path)
-        if saved.state["world_size"] != process.world_size:
-            raise NextTokenError(f"{path} was saved by {saved.state['world_size']} processes; resume it "
-                                 f"with as many, not {process.world_size}")
+    if saved is not None:
         load_full_states(model, optimizer, saved.model, saved.optimizer)
         step, tokens = saved.state["step"], saved.state["tokens"]
         data.load_state_dict(saved.state["data"][process.rank])
