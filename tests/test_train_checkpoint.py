@@ -111,6 +111,15 @@ def test_a_resumed_run_says_where_it_starts_and_refuses_another_model(tmp_path, 
         run_recipe(recipe_with(data=data, max_steps=5, **{**TINY, "d_model": 64}), tmp_path, resume=True)
 
 
+def test_a_new_run_does_not_replace_an_earlier_one(tmp_path, data):
+    run_recipe(recipe_with(data=data, max_steps=2, **TINY), tmp_path)
+    metrics = (tmp_path / "metrics.jsonl").read_text()
+    with pytest.raises(NextTokenError, match=r"already holds a run \(checkpoint step_00000002\): train into another"):
+        run_recipe(recipe_with(data=data, max_steps=3, **TINY), tmp_path)
+    assert (tmp_path / "metrics.jsonl").read_text() == metrics
+    assert ckpt.latest_checkpoint(tmp_path).name == "step_00000002"
+
+
 def save_tiny(run_dir: Path, step: int) -> Path:
     model = {"w": torch.full((4, 4), float(step))}
     optimizer = {"state": {"w": {"step": torch.tensor(float(step)), "exp_avg": torch.zeros(4, 4)}},

@@ -193,6 +193,14 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], objective: Objective, c
     return (loss_sum / n_sum.clamp(min=1)).item()
 
 
+def refuse_to_replace(run_dir: Path) -> None:
+    """A new run in the folder of an earlier one would replace its checkpoints (and metrics)."""
+    path = latest_checkpoint(run_dir)
+    if path is not None:
+        raise NextTokenError(f"{run_dir} already holds a run (checkpoint {path.name}): train into another "
+                             f"folder, or resume that run")
+
+
 def resume_from(run_dir: Path, model: nn.Module, config: TrainConfig, process: Process) -> Checkpoint | None:
     """The latest checkpoint in run_dir, checked against this run (None: a run stopped before its first
     checkpoint starts again). The main process says which, and which settings differ from the saved run's."""
@@ -243,6 +251,8 @@ def train(model: nn.Module, data: Iterator[Batch], objective: Objective, config:
     accumulation = config.accumulation(process.world_size)
     if config.compile:
         compile_blocks(model)
+    if not resume:
+        refuse_to_replace(run_dir)
     saved = resume_from(run_dir, model, config, process) if resume else None
     model = wrap(model.to(process.device), process, config.strategy)
     optimizer = make_optimizer(model, config)
