@@ -508,7 +508,8 @@ def export_command(
 def finetune_command(
         task: Annotated[str, typer.Argument(help="chat (SFT of a chat model), play (which play a line is from) or names (tag persons' names).")],
         model: Annotated[Optional[Path], typer.Option("--model", "-m", help="The model to fine-tune (default: built-in SmolLM2 for chat, MiniLM otherwise).")] = None,
-        run_dir: Annotated[Optional[Path], typer.Option(help="Metrics, loss plot and checkpoint go here (default: runs/finetune-TASK).")] = None,
+        run_dir: Annotated[Optional[Path], typer.Option(
+            help="Metrics, loss plot and checkpoint go here (default: runs/finetune-TASK).")] = None,
         steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 50,
         batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 4,
         lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: 1e-3 with LoRA, 1e-4 without).")] = None,
@@ -521,8 +522,8 @@ def finetune_command(
     """Fine-tune on a small set built from the shipped Shakespeare plays; prints held-out loss and accuracy."""
     from nexttoken.train.finetune import run_finetune
 
-    result = run_finetune(task, run_dir or Path(f"runs/finetune-{task}"), model, steps, batch_size, lr, lora_rank, examples, eval_examples, out=save_to,
-                          n_plays=plays)
+    result = run_finetune(task, run_dir or Path(f"runs/finetune-{task}"), model, steps, batch_size, lr, lora_rank,
+                          examples, eval_examples, out=save_to, n_plays=plays)
     summary = f"held-out loss {result.eval_before:.3f} -> {result.eval_after:.3f}"
     if result.accuracy_before is not None:
         summary += f", accuracy {result.accuracy_before:.1%} -> {result.accuracy_after:.1%}"
