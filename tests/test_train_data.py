@@ -161,3 +161,6 @@ def test_prepare_data_from_text_files_and_folders(tmp_path):
     assert done.exit_code == 0, done.output
     index = read_index(tmp_path / "data")
     assert index.vocab_size == 300 and index.splits["train"].n_documents + index.splits["val"].n_documents == 4
+    again = CliRunner().invoke(app, ["prepare-data", str(tmp_path / "data"), "--file", str(corpus)])
+    assert isinstance(again.exception, NextTokenError) and "already holds prepared data" in str(again.exception)
+    assert read_index(tmp_path / "data") == index

@@ -100,6 +100,8 @@ class RunResult:
 
 def prepare_corpus(recipe: Recipe, folder: Path) -> None:
     """Train the tokenizer on the training documents only, then tokenise everything into shards."""
+    if (folder / INDEX_FILE).exists():  # runs trained on those tokens would read other ones
+        raise NextTokenError(f"{folder} already holds prepared data: prepare into another folder")
     texts = text_files(list(recipe.files)) if recipe.files else load_corpus(recipe.corpus)
     is_val = held_out(len(texts), recipe.val_fraction)
     chat = chat_format(TOKENIZER_FORMAT)
