@@ -82,6 +82,21 @@ def test_resume_after_an_interruption_is_bitwise_exact(tmp_path, data, uninterru
     assert losses(read_metrics(tmp_path)) == losses(uninterrupted)
 
 
+def test_a_stopped_command_says_how_to_resume(tmp_path, data, monkeypatch):
+    from typer.testing import CliRunner
+
+    from nexttoken.cli import app
+
+    real_loader = TokenLoader
+    monkeypatch.setattr("nexttoken.train.run.TokenLoader",
+                        lambda *args, **kwargs: Dies(real_loader(*args, **kwargs), n=5))  # in step 3
+    command = ["train", "--data", str(data), "--run-dir", str(tmp_path), "--checkpoint-every", "2", *CLI_TINY]
+    stopped = CliRunner().invoke(app, command)
+    assert stopped.exit_code == 130 and "Traceback" not in stopped.output
+    assert stopped.output == (f"stopped: the same command with --resume continues from {tmp_path}'s checkpoint "
+                              f"step_00000002\n")
+
+
 def test_resume_after_sigkill_is_bitwise_exact(tmp_path, data, uninterrupted):
     command = [str(Path(sys.executable).parent / "nexttoken"), "train", "--data", str(data), "--run-dir", str(tmp_path),
                "--steps", str(STEPS), "--checkpoint-every", "2", *CLI_TINY]

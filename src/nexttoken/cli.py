@@ -464,7 +464,11 @@ def train_command(
                          seq_len=seq_len, d_model=d_model, n_layer=n_layer, n_head=n_head, d_ff=d_ff,
                          vocab_size=vocab_size, precision=precision, strategy=strategy, compile=compiled,
                          eval_every=eval_every, checkpoint_every=checkpoint_every, seed=seed, threads=threads, progress=progress)
-    result = run_recipe(recipe, run_dir, resume=resume)
+    try:
+        result = run_recipe(recipe, run_dir, resume=resume)
+    except KeyboardInterrupt:
+        err.print(escape(stopped_run(run_dir)), soft_wrap=True)
+        raise SystemExit(130) from None
     if result.sample:
         ev = result.train.eval
         out.print(f"{result.parameters:,} parameters, {result.train.step} steps, {result.train.tokens:,} tokens, "
@@ -472,6 +476,16 @@ def train_command(
                   f"{ev.get('bits_per_byte', float('nan')):.3f} bits per byte")
         out.print(f"saved to {result.run_dir} (nexttoken generate --model {result.run_dir} \"ROMEO:\")")
         out.print(escape(result.sample))
+
+
+def stopped_run(run_dir: Path) -> str:
+    """What a stopped run leaves to resume from."""
+    from nexttoken.train.checkpoint import latest_checkpoint
+
+    saved = latest_checkpoint(run_dir)
+    if saved is None:
+        return "stopped before the first checkpoint"
+    return f"stopped: the same command with --resume continues from {run_dir}'s checkpoint {saved.name}"
 
 
 @app.command(name="prepare-data")
