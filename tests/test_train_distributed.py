@@ -41,15 +41,16 @@ def alone(tmp_path_factory, data):
     return run_dir
 
 
-def train_command(data: Path, run_dir: Path, strategy: str, launch: list[str], *extra: str) -> list[str]:
+def train_command(data: Path, run_dir: Path, strategy: str, launch: list[str], *extra: str,
+                  steps: int = STEPS) -> list[str]:
     options = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k not in ("max_steps", "progress")]
     return [sys.executable, "-m", "torch.distributed.run", *launch, "--no-python",
             str(Path(sys.executable).parent / "nexttoken"), "train", "--data", str(data), "--run-dir", str(run_dir),
-            "--steps", str(STEPS), "--strategy", strategy, "--no-progress", *options, *extra]
+            "--steps", str(steps), "--strategy", strategy, "--no-progress", *options, *extra]
 
 
-def torchrun(data: Path, run_dir: Path, strategy: str, *extra: str) -> None:
-    command = train_command(data, run_dir, strategy, ["--nproc_per_node", "2"], *extra)
+def torchrun(data: Path, run_dir: Path, strategy: str, *extra: str, steps: int = STEPS) -> None:
+    command = train_command(data, run_dir, strategy, ["--nproc_per_node", "2"], *extra, steps=steps)
     done = subprocess.run(command, env=ONE_THREAD, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -97,3 +98,16 @@ def test_two_nodes_train_as_one(tmp_path, data, alone):
     errors = [node.communicate(timeout=600)[1] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], errors[0][-3000:] + errors[1][-3000:]
     assert_trains_as_one(tmp_path, alone)
+
+
+def test_a_sharded_run_resumes_as_one_process_does(tmp_path, data):
+    """Stopped after its first checkpoint and resumed, FSDP2 reloads each rank's shard of the weights
+    and of Adam's moments: its later steps follow a single process resumed the same way (which
+    test_train_checkpoint holds to a run never stopped)."""
+    single = tmp_path / "single"
+    for steps in (2, STEPS):
+        run_recipe(recipe_with(data=data, **{**TINY, "max_steps": steps}), single, resume=steps == STEPS)
+        torchrun(data, tmp_path / "sharded", "fsdp", *(("--resume",) if steps == STEPS else ()), steps=steps)
+    ours, reference = read_metrics(tmp_path / "sharded"), read_metrics(single)
+    assert [r["step"] for r in ours] == list(range(1, STEPS + 1))
+    assert [r["loss"] for r in ours] == pytest.approx([r["loss"] for r in reference], rel=TOLERANCE)
