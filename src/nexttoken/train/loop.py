@@ -251,9 +251,11 @@ def train(model: nn.Module, data: Iterator[Batch], objective: Objective, config:
     accumulation = config.accumulation(process.world_size)
     if config.compile:
         compile_blocks(model)
-    if not resume:
+    if resume:
+        saved = resume_from(run_dir, model, config, process)
+    else:
         refuse_to_replace(run_dir)
-    saved = resume_from(run_dir, model, config, process) if resume else None
+        saved = None
     model = wrap(model.to(process.device), process, config.strategy)
     optimizer = make_optimizer(model, config)
     step, tokens = 0, 0
