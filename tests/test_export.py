@@ -51,8 +51,10 @@ def prompt_ids(tokenizer: Tokenizer) -> torch.Tensor:
     return torch.tensor([tokenizer.encode(TEXTS[0] + TEXTS[1])])
 
 
-def test_hf_export_splits_fused_projections(exported):
-    model, _, _ = exported
+def test_hf_export_writes_a_llama_folder_with_split_projections(exported):
+    model, folder, _ = exported
+    assert sorted(f.name for f in folder.iterdir()) == ["config.json", "generation_config.json", "model.gguf",
+                                                      "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
     tensors = hf_state_dict(model)
     block = model.blocks[1]
     q, k, v = (tensors[f"model.layers.1.self_attn.{p}_proj.weight"] for p in "qkv")

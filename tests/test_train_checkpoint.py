@@ -14,7 +14,9 @@ import pytest
 import torch
 from train_tiny import one_thread, tiny_data  # noqa: F401 (one_thread: a fixture)
 
+from nexttoken.decoding.config import GenerationConfig
 from nexttoken.errors import NextTokenError
+from nexttoken.pretrained import load
 from nexttoken.train import checkpoint as ckpt
 from nexttoken.train.data import TokenLoader
 from nexttoken.train.distributed import Process
@@ -82,7 +84,7 @@ def test_resume_after_an_interruption_is_bitwise_exact(tmp_path, data, uninterru
     assert losses(read_metrics(tmp_path)) == losses(uninterrupted)
 
 
-def test_a_stopped_command_says_how_to_resume(tmp_path, data, monkeypatch):
+def test_a_stopped_command_says_how_to_resume_and_its_folder_holds_its_checkpoint(tmp_path, data, monkeypatch):
     from typer.testing import CliRunner
 
     from nexttoken.cli import app
@@ -95,6 +97,12 @@ def test_a_stopped_command_says_how_to_resume(tmp_path, data, monkeypatch):
     assert stopped.exit_code == 130 and "Traceback" not in stopped.output
     assert stopped.output == (f"stopped: the same command with --resume continues from {tmp_path}'s checkpoint "
                               f"step_00000002\n")
+    # the run folder is a model folder of that checkpoint's weights, for `nexttoken generate --model`
+    lm = load(tmp_path)
+    saved = ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path)).model
+    assert lm.model.state_dict().keys() == saved.keys()
+    assert all(torch.equal(tensor, saved[name]) for name, tensor in lm.model.state_dict().items())
+    assert len(lm.generate(lm.encode("ROMEO:"), GenerationConfig(max_new_tokens=3)).token_ids) >= 1
 
 
 def test_resume_after_sigkill_is_bitwise_exact(tmp_path, data, uninterrupted):

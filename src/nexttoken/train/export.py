@@ -10,6 +10,8 @@ Both run the family's weight table backwards: fused parameters (wqkv, w_gate_up)
 tensors they were stacked from."""
 
 import json
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import gguf
@@ -104,8 +106,16 @@ def hf_tokenizer_config(tokenizer: Tokenizer, max_length: int) -> dict:
     return config
 
 
+def write_whole(path: Path, write: Callable[[Path], None]) -> None:
+    """`write` into a temporary file that then takes `path`'s place: a reader (a run's folder is
+    read while it trains) sees the old file or the new one, never half of one."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    write(temporary)
+    os.replace(temporary, path)
+
+
 def write_json(path: Path, value: dict) -> None:
-    path.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_whole(path, lambda p: p.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"))
 
 
 def export_hf(model: Transformer, tokenizer: Tokenizer, folder: str | Path) -> Path:
@@ -114,12 +124,13 @@ def export_hf(model: Transformer, tokenizer: Tokenizer, folder: str | Path) -> P
     check_vocabulary(model.config, tokenizer)
     tensors = hf_state_dict(model)
     folder.mkdir(parents=True, exist_ok=True)
-    safetensors.torch.save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    write_whole(folder / "model.safetensors",
+                lambda p: safetensors.torch.save_file(tensors, p, metadata={"format": "pt"}))
     write_json(folder / "config.json", hf_config(model.config, tokenizer))
     # generation stops on every end id (EOS and the chat format's end of turn), as our Tokenizer does
     write_json(folder / "generation_config.json", {"bos_token_id": tokenizer.bos_id, "eos_token_id": list(tokenizer.end_ids),
                                                    "pad_token_id": tokenizer.pad_id})
-    tokenizer.backend.save(str(folder / "tokenizer.json"))
+    write_whole(folder / "tokenizer.json", lambda p: tokenizer.backend.save(str(p)))
     write_json(folder / "tokenizer_config.json", hf_tokenizer_config(tokenizer, model.config.max_seq_len))
     return folder
 

@@ -242,9 +242,11 @@ def progress_bar(enabled: bool) -> Progress:
 
 def train(model: nn.Module, data: Iterator[Batch], objective: Objective, config: TrainConfig,
           run_dir: str | Path, eval_data: Iterable[Batch] | None = None, tokens_per_byte: float | None = None,
-          resume: bool = False, process: Process | None = None) -> TrainResult:
+          resume: bool = False, process: Process | None = None,
+          on_checkpoint: Callable[[dict[str, torch.Tensor]], None] | None = None) -> TrainResult:
     """Train `model` in place (see the module docstring); only the main process writes to `run_dir`:
-    metrics.jsonl, loss.png and checkpoints/."""
+    metrics.jsonl, loss.png and checkpoints/. After each checkpoint the main process calls
+    `on_checkpoint(weights)` with the whole model's weights on the CPU."""
     process = process or start()
     keep_freed_memory()
     run_dir = Path(run_dir)
@@ -289,7 +291,8 @@ def train(model: nn.Module, data: Iterator[Batch], objective: Objective, config:
             if process.is_main:
                 append_metrics(run_dir, record)
             if last or (config.checkpoint_every and step % config.checkpoint_every == 0):
-                result.checkpoint = checkpoint(run_dir, step, tokens, model, optimizer, data, config, process)
+                result.checkpoint = checkpoint(run_dir, step, tokens, model, optimizer, data, config, process,
+                                               on_checkpoint)
             status = f"loss {loss:.3f}  {record['tokens_per_s']:,.0f} tok/s"
             if "eval_loss" in record:
                 status += f"  eval {record['eval_loss']:.3f}"
@@ -304,7 +307,8 @@ def train(model: nn.Module, data: Iterator[Batch], objective: Objective, config:
 
 
 def checkpoint(run_dir: Path, step: int, tokens: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-               data: Iterator[Batch], config: TrainConfig, process: Process) -> Path | None:
+               data: Iterator[Batch], config: TrainConfig, process: Process,
+               on_checkpoint: Callable[[dict[str, torch.Tensor]], None] | None) -> Path | None:
     """Every process contributes its shard of the states, its data position and its generators;
     the main process writes the checkpoint."""
     model_state = full_model_state(model)
@@ -315,4 +319,7 @@ def checkpoint(run_dir: Path, step: int, tokens: int, model: nn.Module, optimize
         return None
     state = {"step": step, "tokens": tokens, "data": data_states, "rng": rngs, "world_size": process.world_size,
              "config": asdict(config)}
-    return save_checkpoint(run_dir, step, model_state, optimizer_state, state, keep=config.keep_checkpoints)
+    path = save_checkpoint(run_dir, step, model_state, optimizer_state, state, keep=config.keep_checkpoints)
+    if on_checkpoint is not None:
+        on_checkpoint(model_state)
+    return path

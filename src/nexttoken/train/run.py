@@ -1,13 +1,15 @@
 """The default training run, the one `nexttoken train` starts: a byte-level BPE tokenizer and a
 small Llama-style decoder trained from scratch on a shipped corpus (Shakespeare unless told
-otherwise), about ten minutes on two CPU cores. The run folder ends up as a Hugging Face Llama
-folder (config.json, model.safetensors, tokenizer.json) that `nexttoken generate --model RUN_DIR`
-samples from, beside its data/, checkpoints/, metrics.jsonl, loss.png and sample.txt.
+otherwise), about ten minutes on two CPU cores. From its first checkpoint on, the run folder is a
+Hugging Face Llama folder (config.json, model.safetensors, tokenizer.json) of the latest checkpoint's
+weights, which `nexttoken generate --model RUN_DIR` samples from, while the run trains and after;
+beside them are its data/, checkpoints/, metrics.jsonl, loss.png and, at the end, sample.txt.
 
 The same function runs under `torchrun --nproc_per_node N`: the main process prepares the data
 while the others wait, then every process trains on its share."""
 
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -132,6 +134,15 @@ def sample(model: Transformer, tokenizer: Tokenizer, run_dir: Path, prompt: str,
     return prompt + lm.generate(lm.encode(prompt), config).text
 
 
+def export_weights(model_config: ModelConfig, tokenizer: Tokenizer, run_dir: Path,
+                   weights: dict[str, torch.Tensor]) -> None:
+    """The run folder as a Hugging Face Llama folder of its latest checkpoint: `nexttoken generate
+    --model RUN_DIR` samples from a run while it trains, and from a stopped one."""
+    model = Transformer(model_config)
+    model.load_state_dict(weights)
+    export_hf(model, tokenizer, run_dir)
+
+
 def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False) -> RunResult:
     """Prepare the data (when needed), train, then save the final model as a Hugging Face Llama folder."""
     run_dir = Path(run_dir)
@@ -150,12 +161,12 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False) -> Run
         val = eval_batches(folder, micro, recipe.seq_len, recipe.eval_batches, rank=process.rank,
                            world_size=process.world_size)
         result = train(model, data, next_token_loss, recipe.train, run_dir, eval_data=val,
-                       tokens_per_byte=data.tokens_per_byte, resume=resume, process=process)
+                       tokens_per_byte=data.tokens_per_byte, resume=resume, process=process,
+                       on_checkpoint=partial(export_weights, model_config, tokenizer, run_dir))
         weights = full_model_state(model)  # every process takes part when FSDP2 has sharded them
         final, text = Transformer(model_config), ""
         if process.is_main:
             final.load_state_dict(weights)
-            export_hf(final, tokenizer, run_dir)
             text = sample(final, tokenizer, run_dir, SAMPLE_PROMPT, recipe.seed)
             (run_dir / "sample.txt").write_text(text + "\n")
         wait_for_others(process)  # not on failure: torchrun stops the others when one process fails
