@@ -87,17 +87,34 @@ def test_two_processes_train_as_one(tmp_path, data, alone, strategy, extra):
     assert_trains_as_one(tmp_path, alone)
 
 
-def test_two_nodes_train_as_one(tmp_path, data, alone):
-    """Two launchers of one process each, as on two machines, meeting at node 0's address; the run
-    folder is shared, as a cluster's shared filesystem would be."""
+def two_nodes(data: Path, run_dirs: tuple[Path, Path], *extra: str) -> list[subprocess.CompletedProcess]:
+    """Two launchers of one process each, as on two machines, meeting at node 0's address."""
     rendezvous = ["--nnodes", "2", "--nproc_per_node", "1", "--master_addr", "127.0.0.1",
                   "--master_port", str(free_port())]
-    nodes = [subprocess.Popen(train_command(data, tmp_path, "ddp", [*rendezvous, "--node_rank", str(rank)]),
-                              env=ONE_THREAD, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for rank in (0, 1)]
-    errors = [node.communicate(timeout=600)[1] for node in nodes]
-    assert [node.returncode for node in nodes] == [0, 0], errors[0][-3000:] + errors[1][-3000:]
+    commands = [train_command(data, run_dir, "ddp", [*rendezvous, "--node_rank", str(rank)], *extra)
+                for rank, run_dir in enumerate(run_dirs)]
+    nodes = [subprocess.Popen(command, env=ONE_THREAD, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for command in commands]
+    return [subprocess.CompletedProcess(node.args, node.wait(timeout=600), None, node.stderr.read())
+            for node in nodes]
+
+
+def test_two_nodes_train_as_one(tmp_path, data, alone):
+    """The run folder is shared, as a cluster's shared filesystem would be."""
+    nodes = two_nodes(data, (tmp_path, tmp_path))
+    assert [node.returncode for node in nodes] == [0, 0], nodes[0].stderr[-3000:] + nodes[1].stderr[-3000:]
     assert_trains_as_one(tmp_path, alone)
+
+
+def test_nodes_that_see_different_checkpoints_stop_at_once(tmp_path, data):
+    """A resume where one node lacks the run's checkpoint would start the processes at different
+    steps, where they would wait for each other forever."""
+    torchrun(data, tmp_path / "shared", "ddp", steps=2)
+    nodes = two_nodes(data, (tmp_path / "shared", tmp_path / "elsewhere"), "--resume")
+    assert [node.returncode for node in nodes] == [1, 1]
+    message = (f"error: the processes see different checkpoints in {tmp_path / 'shared'} (rank 0: step_00000002, "
+               f"rank 1: none): every node must see the same run folder")
+    assert message in nodes[0].stderr
 
 
 def test_a_sharded_run_resumes_as_one_process_does(tmp_path, data):

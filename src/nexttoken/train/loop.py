@@ -205,6 +205,11 @@ def resume_from(run_dir: Path, model: nn.Module, config: TrainConfig, process: P
     """The latest checkpoint in run_dir, checked against this run (None: a run stopped before its first
     checkpoint starts again). The main process says which, and which settings differ from the saved run's."""
     path = latest_checkpoint(run_dir)
+    seen = gather_objects(None if path is None else path.name, process)
+    if len(set(seen)) > 1:  # else the processes would start at different steps, and wait for each other forever
+        raise NextTokenError(f"the processes see different checkpoints in {run_dir} ("
+                             + ", ".join(f"rank {rank}: {name or 'none'}" for rank, name in enumerate(seen))
+                             + "): every node must see the same run folder")
     if path is None:
         if process.is_main:
             print(f"no checkpoint in {run_dir} yet: starting at step 0", file=sys.stderr)
