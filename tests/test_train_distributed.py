@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from train_tiny import one_thread, tiny_data  # noqa: F401 (one_thread: a fixture)
+from train_tiny import one_thread, tiny_data, tiny_texts  # noqa: F401 (one_thread: a fixture)
 
 from nexttoken.train.checkpoint import latest_checkpoint, load_checkpoint
 from nexttoken.train.metrics import read_metrics
@@ -41,11 +41,12 @@ def alone(tmp_path_factory, data):
     return run_dir
 
 
-def train_command(data: Path, run_dir: Path, strategy: str, launch: list[str], *extra: str,
+def train_command(data: Path | None, run_dir: Path, strategy: str, launch: list[str], *extra: str,
                   steps: int = STEPS) -> list[str]:
     options = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k not in ("max_steps", "progress")]
     return [sys.executable, "-m", "torch.distributed.run", *launch, "--no-python",
-            str(Path(sys.executable).parent / "nexttoken"), "train", "--data", str(data), "--run-dir", str(run_dir),
+            str(Path(sys.executable).parent / "nexttoken"), "train", *(("--data", str(data)) if data else ()),
+            "--run-dir", str(run_dir),
             "--steps", str(steps), "--strategy", strategy, "--no-progress", *options, *extra]
 
 
@@ -87,7 +88,7 @@ def test_two_processes_train_as_one(tmp_path, data, alone, strategy, extra):
     assert_trains_as_one(tmp_path, alone)
 
 
-def two_nodes(data: Path, run_dirs: tuple[Path, Path], *extra: str) -> list[subprocess.CompletedProcess]:
+def two_nodes(data: Path | None, run_dirs: tuple[Path, Path], *extra: str) -> list[subprocess.CompletedProcess]:
     """Two launchers of one process each, as on two machines, meeting at node 0's address."""
     rendezvous = ["--nnodes", "2", "--nproc_per_node", "1", "--master_addr", "127.0.0.1",
                   "--master_port", str(free_port())]
@@ -128,3 +129,14 @@ def test_a_sharded_run_resumes_as_one_process_does(tmp_path, data):
     ours, reference = read_metrics(tmp_path / "sharded"), read_metrics(single)
     assert [r["step"] for r in ours] == list(range(1, STEPS + 1))
     assert [r["loss"] for r in ours] == pytest.approx([r["loss"] for r in reference], rel=TOLERANCE)
+
+
+def test_nodes_that_do_not_see_the_prepared_data_stop_at_once(tmp_path):
+    """The main process prepares the corpus into its run folder; a node whose run folder is another
+    would find nothing there."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(tiny_texts(4)))
+    nodes = two_nodes(None, (tmp_path / "shared", tmp_path / "elsewhere"), "--file", str(corpus), "--vocab-size", "300")
+    assert [node.returncode for node in nodes] == [1, 1]
+    assert (f"error: {tmp_path / 'shared' / 'data'}: no prepared data on rank 1 (every node must see the same "
+            f"folder; nexttoken prepare-data prepares one)") in nodes[0].stderr

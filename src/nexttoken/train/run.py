@@ -13,7 +13,6 @@ from functools import partial
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from nexttoken.config import ModelConfig
 from nexttoken.decoding.config import GenerationConfig
@@ -26,7 +25,14 @@ from nexttoken.tokenizer.tokenizer import Tokenizer
 from nexttoken.tokenizer.training import save_tokenizer, train_bpe
 from nexttoken.train.corpora import load_corpus, text_files
 from nexttoken.train.data import TokenLoader, eval_batches
-from nexttoken.train.distributed import Process, full_model_state, start, stop, wait_for_others
+from nexttoken.train.distributed import (
+    Process,
+    full_model_state,
+    gather_objects,
+    start,
+    stop,
+    wait_for_others,
+)
 from nexttoken.train.export import export_hf
 from nexttoken.train.initialization import init_weights
 from nexttoken.train.loop import TrainConfig, TrainResult, train
@@ -114,15 +120,17 @@ def prepare_corpus(recipe: Recipe, folder: Path) -> None:
 
 def data_folder(recipe: Recipe, run_dir: Path, process: Process) -> Path:
     """`recipe.data` as given, or the corpus prepared into RUN_DIR/data (unless it is there from an
-    earlier run) by the main process while the others wait."""
-    if recipe.data is not None:
-        read_index(recipe.data)  # one line for a folder that prepare-data did not make: a typo trains nothing
-        return recipe.data
-    folder = run_dir / "data"
-    if process.is_main and not (folder / INDEX_FILE).exists():
+    earlier run) by the main process while the others wait; every process must see it."""
+    folder = recipe.data or run_dir / "data"
+    if recipe.data is None and process.is_main and not (folder / INDEX_FILE).exists():
         prepare_corpus(recipe, folder)
-    if process.distributed:
-        dist.barrier()
+    seen = gather_objects((folder / INDEX_FILE).exists(), process)  # the others wait here for the main one
+    if not all(seen):
+        if not process.distributed:
+            read_index(folder)  # one line for a folder that prepare-data did not make: a typo trains nothing
+        lacking = ", ".join(str(rank) for rank, found in enumerate(seen) if not found)
+        raise NextTokenError(f"{folder}: no prepared data on rank {lacking} (every node must see the same folder; "
+                             f"nexttoken prepare-data prepares one)")
     return folder
 
 
