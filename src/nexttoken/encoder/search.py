@@ -4,15 +4,14 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
 from nexttoken.errors import NextTokenError
+from nexttoken.files import write_atomically
 
 Embed = Callable[[list[str]], np.ndarray]
 
@@ -133,21 +132,9 @@ def write_cache(cache_dir: Path, key: str, embeddings: np.ndarray, metadata: dic
         cache_dir.mkdir(parents=True, exist_ok=True)
         write_atomically(cache_dir / f"{key}.npy", lambda file: np.save(file, embeddings, allow_pickle=False))
         write_atomically(cache_dir / f"{key}.json",
-                         lambda file: file.write(json.dumps(metadata, indent=2).encode("utf-8")))
+                         lambda file: file.write_text(json.dumps(metadata, indent=2), encoding="utf-8"))
     except OSError as error:
         raise NextTokenError(f"cannot write the search cache in {cache_dir}: {error.strerror}") from error
-
-
-def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write to a temporary file beside path, then rename it over path, so readers never see half a file."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
 
 
 def search(path: Path, query_vector: np.ndarray, embed: Embed, model_key: str, k: int = 5,

@@ -10,8 +10,6 @@ Both run the family's weight table backwards: fused parameters (wqkv, w_gate_up)
 tensors they were stacked from."""
 
 import json
-import os
-from collections.abc import Callable
 from pathlib import Path
 
 import gguf
@@ -20,6 +18,7 @@ import torch
 
 from nexttoken.config import ModelConfig
 from nexttoken.errors import NextTokenError
+from nexttoken.files import write_atomically
 from nexttoken.families import llama
 from nexttoken.families.weights import WeightName, expand, unstack_parts
 from nexttoken.model.transformer import Transformer
@@ -106,16 +105,9 @@ def hf_tokenizer_config(tokenizer: Tokenizer, max_length: int) -> dict:
     return config
 
 
-def write_whole(path: Path, write: Callable[[Path], None]) -> None:
-    """`write` into a temporary file that then takes `path`'s place: a reader (a run's folder is
-    read while it trains) sees the old file or the new one, never half of one."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    write(temporary)
-    os.replace(temporary, path)
-
-
 def write_json(path: Path, value: dict) -> None:
-    write_whole(path, lambda p: p.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"))
+    text = json.dumps(value, indent=2, ensure_ascii=False) + "\n"
+    write_atomically(path, lambda file: file.write_text(text, encoding="utf-8"))
 
 
 def export_hf(model: Transformer, tokenizer: Tokenizer, folder: str | Path) -> Path:
@@ -124,13 +116,13 @@ def export_hf(model: Transformer, tokenizer: Tokenizer, folder: str | Path) -> P
     check_vocabulary(model.config, tokenizer)
     tensors = hf_state_dict(model)
     folder.mkdir(parents=True, exist_ok=True)
-    write_whole(folder / "model.safetensors",
-                lambda p: safetensors.torch.save_file(tensors, p, metadata={"format": "pt"}))
+    write_atomically(folder / "model.safetensors",
+                     lambda file: safetensors.torch.save_file(tensors, file, metadata={"format": "pt"}))
     write_json(folder / "config.json", hf_config(model.config, tokenizer))
     # generation stops on every end id (EOS and the chat format's end of turn), as our Tokenizer does
     write_json(folder / "generation_config.json", {"bos_token_id": tokenizer.bos_id, "eos_token_id": list(tokenizer.end_ids),
                                                    "pad_token_id": tokenizer.pad_id})
-    write_whole(folder / "tokenizer.json", lambda p: tokenizer.backend.save(str(p)))
+    write_atomically(folder / "tokenizer.json", lambda file: tokenizer.backend.save(str(file)))
     write_json(folder / "tokenizer_config.json", hf_tokenizer_config(tokenizer, model.config.max_seq_len))
     return folder
 

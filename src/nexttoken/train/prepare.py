@@ -7,7 +7,6 @@ shards are written in document order, so the result does not depend on the numbe
 
 import json
 import multiprocessing
-import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -17,6 +16,7 @@ import numpy as np
 import tokenizers
 
 from nexttoken.errors import NextTokenError
+from nexttoken.files import write_atomically
 
 INDEX_FILE = "index.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -115,9 +115,8 @@ def prepare_data(texts: Sequence[str], tokenizer: tokenizers.Tokenizer, end_toke
 
 def write_index(index: DataIndex, folder: Path) -> None:
     """The index last, through a temporary file: a folder with an index is a finished one."""
-    tmp = folder / f".{INDEX_FILE}.tmp"
-    tmp.write_text(json.dumps({"format": FORMAT_VERSION, **asdict(index)}, indent=1))
-    os.replace(tmp, folder / INDEX_FILE)
+    write_atomically(folder / INDEX_FILE,
+                     lambda file: file.write_text(json.dumps({"format": FORMAT_VERSION, **asdict(index)}, indent=1)))
 
 
 def read_index(folder: str | Path) -> DataIndex:
