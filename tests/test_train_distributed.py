@@ -94,10 +94,13 @@ def two_nodes(data: Path | None, run_dirs: tuple[Path, Path], *extra: str) -> li
                   "--master_port", str(free_port())]
     commands = [train_command(data, run_dir, "ddp", [*rendezvous, "--node_rank", str(rank)], *extra)
                 for rank, run_dir in enumerate(run_dirs)]
-    nodes = [subprocess.Popen(command, env=ONE_THREAD, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for command in commands]
-    return [subprocess.CompletedProcess(node.args, node.wait(timeout=600), None, node.stderr.read())
-            for node in nodes]
+    logs = [run_dirs[0].parent / f"node{rank}.log" for rank in (0, 1)]  # files: a full pipe would stall a node
+    with logs[0].open("w") as log0, logs[1].open("w") as log1:
+        nodes = [subprocess.Popen(command, env=ONE_THREAD, stdout=subprocess.DEVNULL, stderr=log)
+                 for command, log in zip(commands, (log0, log1))]
+        codes = [node.wait(timeout=600) for node in nodes]
+    return [subprocess.CompletedProcess(node.args, code, None, log.read_text())
+            for node, code, log in zip(nodes, codes, logs)]
 
 
 def test_two_nodes_train_as_one(tmp_path, data, alone):

@@ -69,9 +69,8 @@ def stop(process: Process) -> None:
 
 
 def wrap(model: nn.Module, process: Process, strategy: str) -> nn.Module:
-    """The model as this process trains it: itself alone, else under DDP or sharded by FSDP2."""
-    if strategy not in STRATEGIES:
-        raise NextTokenError(f"unknown distributed strategy '{strategy}' (choose from {', '.join(STRATEGIES)})")
+    """The model as this process trains it: itself alone, else under DDP or sharded by FSDP2
+    (`strategy`, one of STRATEGIES, as TrainConfig checks)."""
     if not process.distributed:
         return model
     if strategy == "ddp":
