@@ -89,7 +89,8 @@ def test_two_processes_train_as_one(tmp_path, data, alone, strategy, extra):
 
 
 def two_nodes(data: Path | None, run_dirs: tuple[Path, Path], *extra: str) -> list[subprocess.CompletedProcess]:
-    """Two launchers of one process each, as on two machines, meeting at node 0's address."""
+    """Two launchers of one process each, as on two machines, meeting at node 0's address; their
+    errors are kept beside the first run folder."""
     rendezvous = ["--nnodes", "2", "--nproc_per_node", "1", "--master_addr", "127.0.0.1",
                   "--master_port", str(free_port())]
     commands = [train_command(data, run_dir, "ddp", [*rendezvous, "--node_rank", str(rank)], *extra)
@@ -105,9 +106,9 @@ def two_nodes(data: Path | None, run_dirs: tuple[Path, Path], *extra: str) -> li
 
 def test_two_nodes_train_as_one(tmp_path, data, alone):
     """The run folder is shared, as a cluster's shared filesystem would be."""
-    nodes = two_nodes(data, (tmp_path, tmp_path))
+    nodes = two_nodes(data, (tmp_path / "run", tmp_path / "run"))
     assert [node.returncode for node in nodes] == [0, 0], nodes[0].stderr[-3000:] + nodes[1].stderr[-3000:]
-    assert_trains_as_one(tmp_path, alone)
+    assert_trains_as_one(tmp_path / "run", alone)
 
 
 def test_nodes_that_see_different_checkpoints_stop_at_once(tmp_path, data):
