@@ -15,7 +15,7 @@ import torch
 
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.prompts import left_pad
-from nexttoken.decoding.sampling import SamplingConfig
+from nexttoken.decoding.config import SamplingConfig
 from nexttoken.model.precision import set_precision
 from nexttoken.pretrained import LanguageModel, load
 from timing import median_seconds

@@ -20,7 +20,7 @@ import torch
 
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.generate import generate_batch
-from nexttoken.decoding.sampling import SamplingConfig
+from nexttoken.decoding.config import SamplingConfig
 from nexttoken.model.compiled import compile_decoding
 from nexttoken.model.precision import set_precision
 from nexttoken.pretrained import load

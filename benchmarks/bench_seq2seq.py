@@ -14,7 +14,7 @@ import torch
 
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.generate import generate_batch
-from nexttoken.decoding.sampling import SamplingConfig
+from nexttoken.decoding.config import SamplingConfig
 from nexttoken.loaders.safetensors import load_hf_seq2seq
 from timing import median_seconds
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from nexttoken.decoding.config import GenerationConfig
-from nexttoken.decoding.sampling import SamplingConfig
+from nexttoken.decoding.config import SamplingConfig
 from nexttoken.loaders.gguf import load_gguf_model
 from tiny_gguf import tiny_llama, write_llama_gguf
 

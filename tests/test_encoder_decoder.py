@@ -227,7 +227,7 @@ def test_stored_copies_of_the_embeddings_are_ignored_and_strangers_refused(pair,
 def test_end_tokens_stop_rows_as_in_generate(bump, settings, tmp_path):
     """A BART whose end token is made likely: rows and beams end at different lengths, at the same
     steps as transformers' (min_new_tokens holds the end token back for the first steps)."""
-    from nexttoken.decoding.sampling import SamplingConfig
+    from nexttoken.decoding.config import SamplingConfig
 
     torch.manual_seed(0)
     reference = build("bart").eval()

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from nexttoken.decoding.config import GenerationConfig
-from nexttoken.decoding.sampling import SamplingConfig
+from nexttoken.decoding.config import SamplingConfig
 from nexttoken.errors import NextTokenError
 from nexttoken.serve.engine import Engine, EngineFull, wait_for
 

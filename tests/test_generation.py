@@ -9,7 +9,7 @@ from nexttoken.decoding.detokenize import IncrementalText, held_back
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.generate import generate
 from nexttoken.decoding.processors import apply_warpers, top_k, top_p
-from nexttoken.decoding.sampling import SamplingConfig
+from nexttoken.decoding.config import SamplingConfig
 from nexttoken.errors import NextTokenError
 from nexttoken.loaders.gguf import load_gguf_model
 from tiny_gguf import tiny_llama, write_llama_gguf

@@ -9,7 +9,8 @@ import transformers as hf
 
 from nexttoken.decoding import processors as P
 from nexttoken.decoding.processors import TokenHistory, apply_constraints, apply_processors
-from nexttoken.decoding.sampling import SamplingConfig, new_generator, select
+from nexttoken.decoding.config import SamplingConfig
+from nexttoken.decoding.select import new_generator, select
 from nexttoken.errors import NextTokenError
 
 V = 1000

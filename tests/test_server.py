@@ -13,7 +13,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 
 from nexttoken.decoding.config import GenerationConfig
-from nexttoken.decoding.sampling import SamplingConfig
+from nexttoken.decoding.config import SamplingConfig
 from nexttoken.serve.app import create_app
 
 

@@ -10,7 +10,7 @@ from nexttoken.chat import ChatSession
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.generate import generate
 from nexttoken.decoding.prompts import common_prefix_length
-from nexttoken.decoding.sampling import SamplingConfig
+from nexttoken.decoding.config import SamplingConfig
 from nexttoken.decoding.speculative import DraftModel, draft_from_context
 from nexttoken.errors import NextTokenError
 from nexttoken.loaders.gguf import load_gguf_model

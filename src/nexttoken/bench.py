@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from nexttoken.decoding.config import GenerationConfig
-from nexttoken.decoding.sampling import SamplingConfig
+from nexttoken.decoding.config import SamplingConfig
 from nexttoken.memory import huge_page_bytes
 from nexttoken.model.quantize import GroupLinear
 from nexttoken.model.transformer import Transformer

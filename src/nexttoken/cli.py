@@ -17,7 +17,7 @@ from rich.table import Table
 from nexttoken.bench import run_bench
 from nexttoken.chat import ChatSession
 from nexttoken.decoding.config import GenerationConfig
-from nexttoken.decoding.sampling import SamplingConfig
+from nexttoken.decoding.config import SamplingConfig
 from nexttoken.encoder.search import search as search_corpus
 from nexttoken.encoder.sentence import SentenceEncoder, load_encoder
 from nexttoken.errors import NextTokenError

@@ -16,10 +16,11 @@ The chain, in order (`apply_processors`):
     3. presence_frequency_penalty  not in transformers; placed right after the repetition penalty,
                            as vLLM applies its penalties (repetition, then frequency and presence)
     4. no_repeat_ngram     NoRepeatNGramLogitsProcessor
-    5. ban_tokens          NoBadWordsLogitsProcessor (single tokens) / SuppressTokensLogitsProcessor
-    6. min_new_tokens      MinNewTokensLengthLogitsProcessor
+    5. ban_tokens          SuppressTokensLogitsProcessor
+    6. ban_sequences       NoBadWordsLogitsProcessor: the token sequences of `ban_text`
+    7. min_new_tokens      MinNewTokensLengthLogitsProcessor
   then, only when sampling (temperature > 0), the warpers (`apply_warpers`), in transformers' order:
-    7. temperature, 8. top_k, 9. top_p, 10. min_p, 11. typical_p
+    8. temperature, 9. top_k, 10. top_p, 11. min_p, 12. typical_p
 
 Only the first three change finite scores by an amount, so only their relative order matters for
 the result; the others set scores to -inf, which every later step leaves at -inf. Beam search uses
@@ -29,16 +30,13 @@ Every function returns a new tensor (or its input, untouched, when its setting i
 never writes to its arguments. Histories may be padded: padding positions are ignored throughout.
 """
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
+from nexttoken.decoding.config import SamplingConfig
 from nexttoken.errors import NextTokenError
-
-if TYPE_CHECKING:
-    from nexttoken.decoding.sampling import SamplingConfig
 
 NEG_INF = float("-inf")
 
@@ -76,6 +74,10 @@ class TokenHistory:
         ids = torch.cat([self.ids, token_ids.view(-1, 1).to(self.ids.dtype)], dim=1)  # (B, T + 1)
         mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)  # (B, T + 1)
         return TokenHistory(ids, mask, self.prompt_len)
+
+    def select_rows(self, rows: torch.Tensor) -> "TokenHistory":
+        """A new history of rows[i] as row i: the rows that go on decoding."""
+        return TokenHistory(self.ids[rows], self.mask[rows], self.prompt_len)
 
 
 def _token_counts(ids: torch.Tensor, valid: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -168,6 +170,24 @@ def ban_tokens(logits: torch.Tensor, ids: Collection[int]) -> torch.Tensor:
     return _drop_ids(logits, ids, "banned_ids")
 
 
+def ban_sequences(logits: torch.Tensor, history: TokenHistory, sequences: Collection[tuple[int, ...]]) -> torch.Tensor:
+    """Forbid the token that would complete one of `sequences` in each row: a one-token sequence
+    always, a longer one where the row's last tokens (prompt included) are the sequence's start."""
+    if not sequences:
+        return logits
+    _check_ids({i for s in sequences for i in s}, logits.shape[-1], "ban_text")
+    banned = torch.zeros_like(logits, dtype=torch.bool)
+    for sequence in sequences:
+        *start, last = sequence
+        if not start:
+            banned[:, last] = True
+        elif len(start) <= history.ids.shape[1]:
+            tail, real = history.ids[:, -len(start):], history.mask[:, -len(start):]  # (B, n - 1)
+            ends_with_start = (tail == torch.tensor(start)).all(dim=1) & real.all(dim=1)  # (B,)
+            banned[:, last] |= ends_with_start
+    return _drop(logits, banned)
+
+
 def min_new_tokens(logits: torch.Tensor, history: TokenHistory, minimum: int,
                    end_ids: Collection[int]) -> torch.Tensor:
     """Forbid the end tokens while fewer than `minimum` tokens have been generated."""
@@ -232,20 +252,35 @@ def typical_p(logits: torch.Tensor, mass: float) -> torch.Tensor:
     return _drop(logits, drop_sorted.scatter(-1, order, drop_sorted))
 
 
-def apply_constraints(logits: torch.Tensor, config: "SamplingConfig", history: TokenHistory,
-                      end_ids: Collection[int] = ()) -> torch.Tensor:
-    """Steps 1-6 of the module's chain. `end_ids` are the model's end tokens, which
-    `config.min_new_tokens` forbids early; without them that option has nothing to forbid."""
+Encode = Callable[[str], Sequence[int]]  # text -> token ids, without special tokens
+
+
+def text_sequences(texts: tuple[str, ...], encode: Encode | None) -> set[tuple[int, ...]]:
+    """The token sequences that write each text: as it is, and after a space, where words start."""
+    if not texts:
+        return set()
+    if encode is None:
+        raise NextTokenError("ban_text needs the model's tokenizer to find the tokens of the text")
+    variants = {variant for text in texts for variant in (text, text if text.startswith(" ") else " " + text)}
+    return {tuple(ids) for ids in map(encode, variants) if ids}
+
+
+def apply_constraints(logits: torch.Tensor, config: SamplingConfig, history: TokenHistory,
+                      end_ids: Collection[int] = (), encode: Encode | None = None) -> torch.Tensor:
+    """Steps 1-7 of the module's chain. `end_ids` are the model's end tokens, which
+    `config.min_new_tokens` forbids early; `encode` turns `config.ban_text` into tokens (callers
+    that decode many steps pass a cached one)."""
     logits = logit_bias(logits, config.logit_bias)
     logits = repetition_penalty(logits, history, config.repetition_penalty)
     logits = presence_frequency_penalty(logits, history, config.presence_penalty, config.frequency_penalty)
     logits = no_repeat_ngram(logits, history, config.no_repeat_ngram_size)
     logits = ban_tokens(logits, config.banned_ids)
+    logits = ban_sequences(logits, history, text_sequences(config.ban_text, encode))
     return min_new_tokens(logits, history, config.min_new_tokens, end_ids)
 
 
-def apply_warpers(logits: torch.Tensor, config: "SamplingConfig") -> torch.Tensor:
-    """Steps 7-11 of the module's chain: what sampling, and only sampling, draws from."""
+def apply_warpers(logits: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
+    """Steps 8-12 of the module's chain: what sampling, and only sampling, draws from."""
     logits = temperature(logits, config.temperature)
     logits = top_k(logits, config.top_k)
     logits = top_p(logits, config.top_p)
@@ -253,8 +288,8 @@ def apply_warpers(logits: torch.Tensor, config: "SamplingConfig") -> torch.Tenso
     return typical_p(logits, config.typical_p)
 
 
-def apply_processors(logits: torch.Tensor, config: "SamplingConfig", history: TokenHistory,
-                     end_ids: Collection[int] = ()) -> torch.Tensor:
+def apply_processors(logits: torch.Tensor, config: SamplingConfig, history: TokenHistory,
+                     end_ids: Collection[int] = (), encode: Encode | None = None) -> torch.Tensor:
     """The whole chain: constraints always, warpers only when sampling."""
-    constrained = apply_constraints(logits, config, history, end_ids)
+    constrained = apply_constraints(logits, config, history, end_ids, encode)
     return constrained if config.greedy else apply_warpers(constrained, config)

@@ -9,11 +9,15 @@ Two ways to guess:
   tokenizer, such as the model itself with int4 weights, which agrees with float32 on 99.6 % of
   next tokens."""
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 
+from nexttoken.decoding.groups import Job, RowState, Vocabulary, text_sink
+from nexttoken.decoding.outputs import Completion
+from nexttoken.decoding.processors import TokenHistory
 from nexttoken.decoding.prompts import common_prefix_length
+from nexttoken.decoding.select import select, step_records
 from nexttoken.model.kv_cache import KVCache
 from nexttoken.model.transformer import Transformer
 
@@ -61,34 +65,68 @@ class DraftModel:
         return guesses
 
 
-@torch.inference_mode()
-def speculative_greedy(model: Transformer, context: list[int], logits: torch.Tensor, cache: KVCache,
-                       n_new: int, n_draft: int, drafter: Drafter) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield (token, the scores it was chosen from) for up to n_new greedy tokens.
+class SpeculativeGroup:
+    """One greedy sequence that guesses ahead, in a cache of its own: each step feeds its latest
+    token and up to `n_draft` guesses from `drafter` in one pass (run by the engine), and `verify`
+    keeps the guesses that greedy decoding would have chosen, bans and biases applied; the cache
+    forgets the rest."""
 
-    `context` is every token so far and `logits` (V,) the scores after it; the cache holds all of
-    context. Each pass feeds the last chosen token and up to n_draft guesses from `drafter`; the
-    cache keeps only what was accepted."""
-    tokens = list(context)
-    produced = 0
-    while produced < n_new:
-        token = int(logits.argmax())
-        tokens.append(token)
-        produced += 1
-        yield token, logits
-        if produced == n_new:
-            return
-        room = min(n_draft, n_new - produced - 1, model.config.max_seq_len - cache.length - 1)
-        draft = drafter(tokens, max(room, 0))
-        fed = torch.tensor([[token, *draft]])  # (1, 1 + d)
-        scores = model.head(model.hidden_states(fed, cache))[0]  # (1 + d, V)
-        predicted = scores.argmax(dim=-1).tolist()
-        n_ok = common_prefix_length(draft, predicted)  # predicted[i]: the model's choice after draft[:i]
-        cache.truncate(cache.length - (len(draft) - n_ok))  # forget the keys of rejected guesses
-        for i in range(n_ok):
-            tokens.append(draft[i])
-            produced += 1
-            yield draft[i], scores[i]
-            if produced == n_new:
-                return
-        logits = scores[n_ok]
+    rows = 0  # it never joins the engine's batch: its passes feed several tokens
+
+    def __init__(self, job: Job, vocabulary: Vocabulary, cache: KVCache, logits: torch.Tensor, n_new: int,
+                 drafter: Drafter, max_seq_len: int) -> None:
+        """`logits` (V,): the scores after the prompt, whose keys and values `cache` holds."""
+        self.job, self.vocabulary, self.cache, self.logits = job, vocabulary, cache, logits
+        self.n_new, self.drafter, self.max_seq_len = n_new, drafter, max_seq_len
+        self.n_draft = job.config.prompt_lookup or job.config.draft_tokens
+        [prompt] = job.prompts
+        self.tokens = [*job.context, *prompt]  # every token so far, which the drafter reads
+        self.history = TokenHistory(torch.tensor([prompt]), torch.ones(1, len(prompt), dtype=torch.bool), len(prompt))
+        self.state = RowState(vocabulary.decoder, job.config.stop_strings, text_sink(job, 0))
+        self.draft: list[int] = []
+        self.completion: Completion | None = None
+
+    def propose(self) -> list[int] | None:
+        """Choose the next token; the tokens to feed in one pass: it and the guesses after it.
+        None when the sequence has ended."""
+        token = self.pick(self.logits)
+        if not self.accept(token, self.logits):
+            return None
+        room = min(self.n_draft, self.n_new - len(self.state.steps) - 1, self.max_seq_len - self.cache.length - 1)
+        self.draft = self.drafter(self.tokens, max(room, 0))
+        return [token, *self.draft]
+
+    def verify(self, scores: torch.Tensor) -> bool:
+        """(1 + d, V) scores after the fed token and each guess: scores[i] is what the model would
+        choose after guess i - 1. Returns whether the sequence goes on."""
+        n_ok = 0
+        for guess, guess_scores in zip(self.draft, scores):
+            if self.pick(guess_scores) != guess:
+                break
+            n_ok += 1
+            if not self.accept(guess, guess_scores):
+                return False
+        self.cache.truncate(self.cache.length - (len(self.draft) - n_ok))  # forget the keys of rejected guesses
+        self.logits = scores[n_ok]
+        return True
+
+    def pick(self, scores: torch.Tensor) -> int:
+        sampling = self.job.config.sampling
+        return int(select(scores.unsqueeze(0), sampling, None, self.history, self.vocabulary.end_ids,
+                          self.vocabulary.encode)[0])
+
+    def accept(self, token: int, scores: torch.Tensor) -> bool:
+        """Record `token`, chosen from `scores`; returns whether the sequence goes on."""
+        record = step_records(scores.unsqueeze(0), torch.tensor([token]), self.job.config.top_logprobs)[0]
+        self.state.accept(token, record, self.vocabulary.end_ids)
+        self.tokens.append(token)
+        self.history = self.history.append(torch.tensor([token]))
+        if self.state.finish_reason is None and len(self.state.steps) < self.n_new:
+            return True
+        self.completion = self.state.completion(len(self.job.prompts[0]))
+        if self.job.on_done is not None:
+            self.job.on_done(0, self.completion)
+        return False
+
+    def results(self) -> list[list[Completion]]:
+        return [[self.completion]]

@@ -17,7 +17,7 @@ from nexttoken.decoding.generate import RowState, step_records
 from nexttoken.decoding.outputs import Completion
 from nexttoken.decoding.processors import TokenHistory
 from nexttoken.decoding.prompts import check_prompt, left_pad
-from nexttoken.decoding.sampling import new_generator, select
+from nexttoken.decoding.select import new_generator, select
 from nexttoken.errors import NextTokenError
 from nexttoken.model.kv_cache import KVCache
 from nexttoken.pretrained import LanguageModel

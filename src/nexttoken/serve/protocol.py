@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from nexttoken.decoding.config import GenerationConfig
-from nexttoken.decoding.sampling import SamplingConfig
+from nexttoken.decoding.config import SamplingConfig
 
 
 class SamplingFields(BaseModel):

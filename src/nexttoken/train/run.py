@@ -16,7 +16,7 @@ import torch
 
 from nexttoken.config import ModelConfig
 from nexttoken.decoding.config import GenerationConfig
-from nexttoken.decoding.sampling import SamplingConfig
+from nexttoken.decoding.config import SamplingConfig
 from nexttoken.errors import NextTokenError
 from nexttoken.model.transformer import Transformer
 from nexttoken.pretrained import LanguageModel
