@@ -36,7 +36,7 @@ BATCH_NEW_TOKENS = 32
 MEMORY_PROBES = {
     "ours": """
 import json, sys
-from nexttoken.bench import peak_rss_mib
+from nexttoken.apps.bench import peak_rss_mib
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.pretrained import load
 lm = load(dtype=sys.argv[2], quantize=sys.argv[3])
@@ -45,7 +45,7 @@ print(peak_rss_mib())
 """,
     "transformers": """
 import json, sys, torch
-from nexttoken.bench import peak_rss_mib
+from nexttoken.apps.bench import peak_rss_mib
 from transformers import AutoModelForCausalLM
 from nexttoken.pretrained import builtin_model_path
 path = builtin_model_path()

@@ -19,7 +19,7 @@ from functools import partial
 import torch
 from timing import median_seconds
 
-from nexttoken.translate import load_translator, model_dir
+from nexttoken.apps.translate import load_translator, model_dir
 
 MODULES = ("argparse", "random", "json", "statistics", "collections", "pathlib", "logging", "unittest", "subprocess",
            "threading", "inspect", "re")

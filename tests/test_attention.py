@@ -10,8 +10,8 @@ import torch
 from typer.testing import CliRunner
 
 from nexttoken import cli
+from nexttoken.apps.attention import heatmap_rows, last_token_attention, most_attended, save_heatmap
 from nexttoken.errors import NextTokenError
-from nexttoken.inspect_attention import heatmap_rows, last_token_attention, most_attended, save_heatmap
 
 CAPITAL = "The capital of China is"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

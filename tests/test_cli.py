@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from nexttoken import cli
-from nexttoken.chat import ChatSession
+from nexttoken.apps.chat import ChatSession
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.speculative import DraftModel
 

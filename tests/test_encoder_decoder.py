@@ -7,11 +7,11 @@ import tokenizers
 import torch
 from tokenizers import models, pre_tokenizers, processors
 
+from nexttoken.apps.seq2seq import Seq2SeqModel
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.generate import generate_batch
 from nexttoken.errors import NextTokenError
 from nexttoken.loaders.safetensors import load_hf_model, load_hf_seq2seq
-from nexttoken.seq2seq import Seq2SeqModel
 
 VOCAB = 120
 WORDS = ["<pad>", "</s>", "<unk>"] + [f"w{i}" for i in range(3, VOCAB)]  # T5's special ids: pad 0, eos 1

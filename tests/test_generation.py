@@ -4,7 +4,7 @@ stop strings that span tokens, streaming, context limits, and chat turns that re
 import pytest
 import torch
 
-from nexttoken.chat import ChatSession
+from nexttoken.apps.chat import ChatSession
 from nexttoken.decoding.detokenize import IncrementalText, held_back
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.generate import generate

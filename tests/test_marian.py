@@ -11,7 +11,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from nexttoken import cli, translate
+from nexttoken import cli
+from nexttoken.apps import translate
 from nexttoken.config import ModelConfig
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.generate import generate_batch

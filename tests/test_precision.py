@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from nexttoken.bench import weight_bytes_per_token
+from nexttoken.apps.bench import weight_bytes_per_token
 from nexttoken.config import ModelConfig
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.generate import generate

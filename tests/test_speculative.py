@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from nexttoken.chat import ChatSession
+from nexttoken.apps.chat import ChatSession
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.generate import generate
 from nexttoken.decoding.prompts import common_prefix_length

