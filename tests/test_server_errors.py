@@ -19,13 +19,15 @@ def test_a_prompt_beyond_the_library_context_window_is_context_length_exceeded()
     with pytest.raises(ContextWindowExceeded) as raised:
         check_prompt(65, 0, 64)
     status, error = answered(raised.value)
-    assert status == 400 and error == {"message": "the prompt has 65 tokens, more than the model's context window of 64",
-                                       "type": "invalid_request_error", "param": None, "code": "context_length_exceeded"}
+    assert status == 400 and error == {
+        "message": "the prompt has 65 tokens, more than the model's context window of 64",
+        "type": "invalid_request_error", "param": None, "code": "context_length_exceeded"}
 
 
 def test_server_errors_carry_their_param_and_code():
     assert answered(PromptTooLong("too long", param="max_tokens")) == (400, {
-        "message": "too long", "type": "invalid_request_error", "param": "max_tokens", "code": "context_length_exceeded"})
+        "message": "too long", "type": "invalid_request_error", "param": "max_tokens",
+        "code": "context_length_exceeded"})
     assert answered(ModelNotFound("no such model", param="model"))[1]["code"] == "model_not_found"
     assert answered(ClientClosed("gone"))[0] == 499
 
