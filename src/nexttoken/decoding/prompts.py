@@ -3,14 +3,14 @@ and how many tokens two sequences share from the start (what a cache can keep, w
 
 import torch
 
-from nexttoken.errors import NextTokenError
+from nexttoken.errors import ContextWindowExceeded, NextTokenError
 
 
 def check_prompt(n_prompt: int, n_cached: int, max_seq_len: int) -> None:
     if n_prompt == 0:
         raise NextTokenError("the prompt is empty: give at least one token for the model to continue")
     if n_cached + n_prompt > max_seq_len:
-        raise NextTokenError(
+        raise ContextWindowExceeded(
             f"the prompt has {n_cached + n_prompt} tokens, more than the model's context window of {max_seq_len}"
         )
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from nexttoken.config import ModelConfig
-from nexttoken.errors import NextTokenError
+from nexttoken.errors import ContextWindowExceeded, NextTokenError
 from nexttoken.model.kv_cache import CrossKVCache
 from nexttoken.model.transformer import Transformer
 
@@ -43,7 +43,7 @@ def check_sources(ids: torch.Tensor, mask: torch.Tensor, max_seq_len: int) -> No
         raise NextTokenError("a source is empty: give at least one token to encode")
     longest = int(lengths.max())
     if longest > max_seq_len:
-        raise NextTokenError(f"the source has {longest} tokens, more than the model's maximum of {max_seq_len}")
+        raise ContextWindowExceeded(f"the source has {longest} tokens, more than the model's maximum of {max_seq_len}")
 
 
 class EncoderDecoder(nn.Module):

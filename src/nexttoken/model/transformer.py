@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from nexttoken.config import ModelConfig
+from nexttoken.errors import ContextWindowExceeded
 from nexttoken.model import decode_blocks
 from nexttoken.model.attention import Attention, CrossAttention, RelativePositionBias
 from nexttoken.model.kv_cache import CrossKVCache, KVCache
@@ -121,7 +122,8 @@ class Transformer(nn.Module):
         B, T = ids.shape
         past = cache.length if cache is not None else 0
         if past + T > self.config.max_seq_len:
-            raise ValueError(f"sequence of {past + T} positions exceeds the context window of {self.config.max_seq_len}")
+            raise ContextWindowExceeded(
+                f"sequence of {past + T} positions exceeds the context window of {self.config.max_seq_len}")
         if cache is not None:
             real_before = cache.row_lengths()  # (B,)
             key_mask = cache.append_mask(mask, T)  # (B, past + T)

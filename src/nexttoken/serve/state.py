@@ -1,0 +1,29 @@
+"""What the routes work with, built once by create_app and handed to each route as a dependency."""
+
+import threading
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from nexttoken.encoder.sentence import SentenceEncoder
+from nexttoken.pretrained import LanguageModel
+from nexttoken.serve.engine import Engine
+
+
+@dataclass(frozen=True)
+class Served:
+    lm: LanguageModel
+    name: str  # the id clients send as `model`
+    encoder: SentenceEncoder | None
+    encoder_name: str | None
+    engine: Engine
+    lock: threading.Lock  # held by the engine's steps, a beam search or an embedding: one at a time
+    api_key: str | None
+
+
+def served(request: Request) -> Served:
+    return request.app.state.served
+
+
+ServedDep = Annotated[Served, Depends(served)]
