@@ -45,6 +45,7 @@ class LanguageModel:
     tokenizer: Tokenizer
     path: Path
     draft: DraftModel | None = None  # guesses tokens for speculative decoding (GenerationConfig.draft_tokens)
+    step: Callable | None = None  # feeds tokens through the cache (decoding/engine.py); None: the model's own
 
     @property
     def end_ids(self) -> tuple[int, ...]:
@@ -70,13 +71,13 @@ class LanguageModel:
                  cached_ids: Sequence[int] = ()) -> Completion:
         """Continue `prompt_ids`; `cache` may hold earlier context, whose tokens `cached_ids` lists."""
         return generate(self.model, self.tokenizer, prompt_ids, self.end_ids, config, cache, on_text, self.draft,
-                        cached_ids, encode=self.text_ids)
+                        cached_ids, self.step, self.text_ids)
 
     def generate_batch(self, prompts: list[list[int]], config: GenerationConfig = GenerationConfig(),
                        on_beams: BeamObserver | None = None) -> list[list[Completion]]:
         """`config.num_return_sequences` completions for each prompt, all prompts in one batch."""
         return generate_batch(self.model, self.tokenizer, prompts, self.end_ids, config, self.pad_id, on_beams=on_beams,
-                              draft=self.draft, encode=self.text_ids)
+                              draft=self.draft, step=self.step, encode=self.text_ids)
 
     def text_ids(self, text: str) -> list[int]:
         """The tokens that write `text`, without the special tokens a prompt starts or ends with."""

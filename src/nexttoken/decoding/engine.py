@@ -37,8 +37,8 @@ class Engine:
         """`model`: a Transformer (or a decoder bound to its source); `step`: the function that
         feeds tokens through the cache (default: the model's `next_scores`; a compiled or one-call
         step); `draft` guesses for `draft_tokens`; `encode` turns `ban_text` into tokens. With
-        `isolate_failures`, a job that fails (a bad option met at its first step) ends alone and
-        the others go on, as a server needs; otherwise its error is raised."""
+        `isolate_failures`, a job that fails (a bad option met at its first step) ends alone, told
+        through its `on_error`, and the others go on, as a server needs; otherwise its error is raised."""
         self.model = model
         self.step_function = step or model.next_scores
         self.vocabulary = Vocabulary(decoder, frozenset(end_ids), functools.lru_cache(maxsize=64)(encode) if encode else None)
@@ -47,7 +47,6 @@ class Engine:
         self.speculating: list[SpeculativeGroup] = []
         self.cache: KVCache | None = None
         self.logits: torch.Tensor | None = None  # (R, V) each batched row's scores for its next token
-        self.failures: dict[int, Exception] = {}  # id(job) -> why it ended early, when failures are isolated
 
     @property
     def active(self) -> int:
@@ -95,7 +94,7 @@ class Engine:
                 raise
             if len(jobs) > 1:
                 return [group for job in jobs for group in self._prefill([job], None, up_front)]
-            self.failures[id(jobs[0])] = exc
+            jobs[0].fail(exc)
             return []
         rows, groups, first = [], [], 0
         for job, job_new in zip(jobs, n_new):
@@ -188,7 +187,7 @@ class Engine:
         except Exception as exc:
             if not self.isolate_failures:
                 raise
-            self.failures[id(job)] = exc
+            job.fail(exc)
             return None
 
     def run(self) -> None:

@@ -47,8 +47,13 @@ class Job:
     on_text: TextSink | None = None
     on_done: DoneSink | None = None
     on_beams: Callable | None = None  # beam.BeamObserver
+    on_error: Callable[[Exception], None] | None = None  # the job failed alone (the engine isolates failures)
     cancelled: Callable[[], bool] = lambda: False
     context: list[int] = field(default_factory=list)  # tokens a given cache holds before the prompt
+
+    def fail(self, error: Exception) -> None:
+        if self.on_error is not None:
+            self.on_error(error)
 
     def new_tokens(self, n_cached: int, max_seq_len: int) -> int:
         """How many tokens each sequence may have: the budget, if the context window holds it."""

@@ -5,9 +5,8 @@
   routes.py      the endpoints
   protocol.py    the request bodies, validated
   streaming.py   a request's events, answered whole or as server-sent events
-  events.py      sampled sequences as rows of the continuous-batching engine
-  engine.py      the continuous-batching engine
-  beam.py        beam search as a batch of its own, until the engine runs it
+  events.py      a request's sequences (samples, beams) as requests of the engine, and their events
+  engine.py      continuous batching: requests join and leave the decoding engine between its steps
   shapes.py      our results in OpenAI's response objects
   errors.py      typed errors and the one table of their statuses, types and codes
   body_limit.py  a 413 before an oversized body is read

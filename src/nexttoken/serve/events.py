@@ -1,5 +1,6 @@
-"""A request's sampled sequences as events: each is a row of the continuous-batching engine, its
-text arriving as the engine makes it. A client that goes away cancels its rows."""
+"""A request's sequences as events: each sample is a request of the continuous-batching engine of
+its own (with its own seed), a beam search one request for its beams; their text arrives as the
+engine makes it. A client that goes away cancels them."""
 
 import asyncio
 from collections.abc import AsyncIterator
@@ -9,7 +10,6 @@ from dataclasses import replace
 from fastapi import Request
 
 from nexttoken.decoding.config import GenerationConfig
-from nexttoken.errors import NextTokenError
 from nexttoken.serve.engine import Engine, EngineFull
 from nexttoken.serve.engine import Request as EngineRequest
 
@@ -34,11 +34,14 @@ def engine_events(engine: Engine, prompts: list[list[int]], config: GenerationCo
 
 
 def submit_all(engine: Engine, prompts: list[list[int]], config: GenerationConfig) -> list[EngineRequest]:
-    """One engine request per sequence, or none: a full queue cancels those already in."""
+    """The engine requests of every sequence, or none: a full queue cancels those already in."""
     requests: list[EngineRequest] = []
     try:
         for ids in prompts:
-            requests += [engine.submit(ids, one_sequence(config, j)) for j in range(config.num_return_sequences)]
+            if config.num_beams > 1:
+                requests.append(engine.submit(ids, config))
+            else:
+                requests += [engine.submit(ids, one_sequence(config, j)) for j in range(config.num_return_sequences)]
     except EngineFull:
         for request in requests:
             request.cancelled.set()
@@ -47,12 +50,14 @@ def submit_all(engine: Engine, prompts: list[list[int]], config: GenerationConfi
 
 
 async def follow(requests: list[EngineRequest], client: Request) -> AsyncIterator[Event]:
-    """Engine events as they come, until every request has ended. A client that goes away
-    cancels them all (so do consumers that stop early: the generator's exit cancels)."""
+    """Engine events as they come, until every request has ended; request i's sequence s is choice
+    i * its sequences + s. A client that goes away cancels them all (so do consumers that stop
+    early: the generator's exit cancels)."""
     loop, wake = asyncio.get_running_loop(), asyncio.Event()
     for request in requests:
         request.listener = lambda event: loop.call_soon_threadsafe(wake.set)  # the engine thread wakes us
     running, next_check = set(range(len(requests))), loop.time() + DISCONNECT_CHECK_SECONDS
+    left = [request.sequences for request in requests]  # sequences not yet done
     try:
         while running:
             if loop.time() >= next_check:  # text keeps coming while nobody may be reading it
@@ -61,10 +66,11 @@ async def follow(requests: list[EngineRequest], client: Request) -> AsyncIterato
                 next_check = loop.time() + DISCONNECT_CHECK_SECONDS
             wake.clear()  # before looking, so that an event arriving during the look still wakes us
             events = [(i, requests[i].events.get_nowait()) for i in sorted(running) if not requests[i].events.empty()]
-            for index, (kind, value) in events:
-                if kind != "text":
+            for index, (sequence, kind, value) in events:
+                left[index] -= kind == "done"
+                if kind == "error" or not left[index]:
                     running.discard(index)
-                yield index, kind, NextTokenError(value) if kind == "error" else value  # the engine errs in text
+                yield index * requests[index].sequences + sequence, kind, value
             if not events and running:
                 with suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), DISCONNECT_CHECK_SECONDS)

@@ -18,7 +18,7 @@ class Served:
     encoder: SentenceEncoder | None
     encoder_name: str | None
     engine: Engine
-    lock: threading.Lock  # held by the engine's steps, a beam search or an embedding: one at a time
+    lock: threading.Lock  # held by the engine's steps or an embedding: one at a time
     api_key: str | None
 
 

@@ -12,7 +12,6 @@ from fastapi.responses import StreamingResponse
 
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.outputs import Completion
-from nexttoken.serve.beam import beam_events
 from nexttoken.serve.errors import ClientClosed, error_body
 from nexttoken.serve.events import Event, engine_events
 from nexttoken.serve.shapes import usage
@@ -21,10 +20,8 @@ from nexttoken.serve.state import Served
 
 def sequences(served: Served, prompts: list[list[int]], config: GenerationConfig,
               client: Request) -> AsyncIterator[Event]:
-    """Events of every sequence a request asks for, choice i * n + j being prompt i's sample j:
-    sampled sequences from the engine, beam search as a batch of its own."""
-    if config.num_beams > 1:
-        return beam_events(served.lm, served.lock, prompts, config, client)
+    """Events of every sequence a request asks for, choice i * n + j being prompt i's sample j
+    (or its j-th best beam)."""
     return engine_events(served.engine, prompts, config, client)
 
 
