@@ -3,6 +3,7 @@
 import json
 import sys
 from contextlib import nullcontext
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Optional
@@ -19,8 +20,8 @@ from nexttoken.apps.attention import (check_heatmap_path, heatmap_rows, last_tok
 from nexttoken.apps.bench import run_bench
 from nexttoken.apps.chat import ChatSession
 from nexttoken.apps.explain import EXPLAIN_CANDIDATES, BeamPrinter, completion_json, sequence_heading, steps_table
+from nexttoken.cli_options import decoding_options
 from nexttoken.decoding.config import GenerationConfig
-from nexttoken.decoding.config import SamplingConfig
 from nexttoken.encoder.search import search as search_corpus
 from nexttoken.encoder.sentence import SentenceEncoder, load_encoder
 from nexttoken.errors import NextTokenError
@@ -42,30 +43,10 @@ Compile = Annotated[bool, typer.Option("--compile", help="Compile the decode ste
                                                          "and bfloat16 models; with --quantize, float32 steps run "
                                                          "in one kernel call, uncompiled).")]
 
-# Decoding options, shared by `generate` and `chat`; see nexttoken.decoding for what each does.
-MaxNewTokens = Annotated[int, typer.Option(help="Stop after this many new tokens.")]
-Temperature = Annotated[float, typer.Option(help="Sampling temperature; 0 picks the most likely token (greedy).")]
-TopK = Annotated[int, typer.Option(help="Sample only among the K most likely tokens (0: all).")]
-TopP = Annotated[float, typer.Option(help="Sample only among the most likely tokens whose probabilities add up to P.")]
-MinP = Annotated[float, typer.Option(help="Drop tokens less likely than P times the most likely one.")]
-TypicalP = Annotated[float, typer.Option(help="Locally typical sampling: keep the most typical tokens up to mass P.")]
-RepetitionPenalty = Annotated[float, typer.Option(help="Divide the scores of tokens already seen by this (>1 repeats less).")]
-PresencePenalty = Annotated[float, typer.Option(help="Subtract this from tokens already generated (OpenAI style, -2..2).")]
-FrequencyPenalty = Annotated[float, typer.Option(help="Subtract this times the count of each generated token (-2..2).")]
-NoRepeatNgram = Annotated[int, typer.Option(help="Never repeat an n-gram of this size (0: off).")]
-LogitBias = Annotated[Optional[list[str]], typer.Option("--logit-bias", help="ID:BIAS added to a token's score (repeatable).")]
-Ban = Annotated[Optional[list[int]], typer.Option("--ban", help="A token id that may never be chosen (repeatable).")]
-MinNewTokens = Annotated[int, typer.Option(help="Suppress the end token until this many tokens are generated.")]
-Seed = Annotated[Optional[int], typer.Option(help="Seed for sampling, for reproducible output.")]
-Stop = Annotated[Optional[list[str]], typer.Option("--stop", help="Stop when this text appears (repeatable).")]
-Beams = Annotated[int, typer.Option("--beams", help="Beam search with this many beams (1: no beam search).")]
-LengthPenalty = Annotated[float, typer.Option(help="Beam scores are divided by length ** this (>0 favours longer).")]
-PromptLookup = Annotated[int, typer.Option(help="Speculative greedy decoding: draft up to N tokens from repeats in the context, verify them in one pass (0: off).")]
 Draft = Annotated[Optional[str], typer.Option(
     help="Speculative greedy decoding with a draft model: 'int4' (this model with int4 weights) or the path of a "
          "model with the same vocabulary; its guesses are verified in one pass.")]
-DraftTokens = Annotated[int, typer.Option(help="With --draft: how many tokens the draft model guesses per pass.")]
-EarlyStopping = Annotated[str, typer.Option(help="Beam search stops: 'true' when num_beams have ended, 'false' when no better one is likely, 'never' when none can be better.")]
+DRAFT_TOKENS = 4  # guesses a --draft makes a pass, unless --draft-tokens says otherwise
 
 
 def _load(model: Path | None, dtype: str = "float32", quantize: str = "none", compiled: bool = False,
@@ -74,39 +55,9 @@ def _load(model: Path | None, dtype: str = "float32", quantize: str = "none", co
         return load(model, dtype=dtype, quantize=quantize, compiled=compiled, draft=draft)
 
 
-def _logit_bias(pairs: list[str] | None) -> dict[int, float]:
-    bias = {}
-    for pair in pairs or ():
-        token, sep, value = pair.partition(":")
-        try:
-            bias[int(token)] = float(value)
-        except ValueError:
-            raise NextTokenError(f"--logit-bias takes ID:BIAS, e.g. 1234:-5.0; got {pair!r}") from None
-    return bias
-
-
-def _early_stopping(value: str) -> bool | str:
-    choices = {"true": True, "false": False, "never": "never"}
-    if value.lower() not in choices:
-        raise NextTokenError(f"--early-stopping takes true, false or never; got {value!r}")
-    return choices[value.lower()]
-
-
-def _config(max_new_tokens: int, temperature: float, top_k: int, top_p: float, min_p: float, typical_p: float,
-            repetition_penalty: float, presence_penalty: float, frequency_penalty: float, no_repeat_ngram: int,
-            logit_bias: list[str] | None, ban: list[int] | None, min_new_tokens: int, seed: int | None,
-            stop: list[str] | None, beams: int, length_penalty: float, early_stopping: str, prompt_lookup: int,
-            draft_tokens: int = 0, num_return_sequences: int = 1, top_logprobs: int = 0) -> GenerationConfig:
-    sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, min_p=min_p,
-                              typical_p=typical_p, repetition_penalty=repetition_penalty,
-                              presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
-                              no_repeat_ngram_size=no_repeat_ngram, logit_bias=_logit_bias(logit_bias),
-                              banned_ids=tuple(ban or ()), min_new_tokens=min_new_tokens)
-    return GenerationConfig(max_new_tokens=max_new_tokens, stop_strings=tuple(stop or ()), sampling=sampling,
-                            num_beams=beams, length_penalty=length_penalty,
-                            early_stopping=_early_stopping(early_stopping),
-                            num_return_sequences=num_return_sequences, top_logprobs=top_logprobs,
-                            prompt_lookup=prompt_lookup, draft_tokens=draft_tokens)
+def _with_draft(config: GenerationConfig, draft: str | None) -> GenerationConfig:
+    """A --draft guesses DRAFT_TOKENS a pass unless --draft-tokens says how many."""
+    return replace(config, draft_tokens=DRAFT_TOKENS) if draft and not config.draft_tokens else config
 
 
 def _write(piece: str) -> None:
@@ -115,25 +66,17 @@ def _write(piece: str) -> None:
 
 
 @app.command()
-def generate(prompt: str, model: ModelOption = None, dtype: Dtype = "float32", quantize: Quantize = "none",
-             compiled: Compile = False,
+@decoding_options()
+def generate(prompt: str, config: GenerationConfig, model: ModelOption = None, dtype: Dtype = "float32",
+             quantize: Quantize = "none", compiled: Compile = False,
              chat: Annotated[bool, typer.Option(help="Wrap the prompt in the chat template.")] = False,
              system: System = None, json_output: JsonOutput = False,
              explain: Annotated[bool, typer.Option(help="Show each step: the top candidates and the one chosen; with --beams, the live beams.")] = False,
-             num_return_sequences: Annotated[int, typer.Option(help="How many sequences to return (samples, or the n best beams).")] = 1,
              logprobs: Annotated[int, typer.Option(help="With --json: each token's log-probability and this many alternatives.")] = 0,
-             max_new_tokens: MaxNewTokens = 256, temperature: Temperature = 0.0, top_k: TopK = 0, top_p: TopP = 1.0,
-             min_p: MinP = 0.0, typical_p: TypicalP = 1.0, repetition_penalty: RepetitionPenalty = 1.0,
-             presence_penalty: PresencePenalty = 0.0, frequency_penalty: FrequencyPenalty = 0.0,
-             no_repeat_ngram: NoRepeatNgram = 0, logit_bias: LogitBias = None, ban: Ban = None,
-             min_new_tokens: MinNewTokens = 0, seed: Seed = None, stop: Stop = None, beams: Beams = 1,
-             length_penalty: LengthPenalty = 1.0, early_stopping: EarlyStopping = "false",
-             prompt_lookup: PromptLookup = 0, draft: Draft = None, draft_tokens: DraftTokens = 4) -> None:
+             draft: Draft = None) -> None:
     """Continue PROMPT, streaming the new text as it is produced."""
-    config = _config(max_new_tokens, temperature, top_k, top_p, min_p, typical_p, repetition_penalty,
-                     presence_penalty, frequency_penalty, no_repeat_ngram, logit_bias, ban, min_new_tokens, seed,
-                     stop, beams, length_penalty, early_stopping, prompt_lookup, draft_tokens if draft else 0,
-                     num_return_sequences, max(logprobs, EXPLAIN_CANDIDATES if explain else 0))
+    config = replace(_with_draft(config, draft), top_logprobs=max(logprobs, EXPLAIN_CANDIDATES if explain else 0))
+    beams, num_return_sequences = config.num_beams, config.num_return_sequences
     lm = _load(model, dtype, quantize, compiled, draft)
     prompt_ids = lm.encode(prompt, chat=chat, system=system)
     watch = BeamPrinter(lm.tokenizer, out) if explain and beams > 1 else None
@@ -156,19 +99,11 @@ def generate(prompt: str, model: ModelOption = None, dtype: Dtype = "float32", q
 
 
 @app.command()
-def chat(model: ModelOption = None, system: System = None, dtype: Dtype = "float32", quantize: Quantize = "none",
-         compiled: Compile = False,
-         max_new_tokens: MaxNewTokens = 512, temperature: Temperature = 0.0, top_k: TopK = 0, top_p: TopP = 1.0,
-         min_p: MinP = 0.0, typical_p: TypicalP = 1.0, repetition_penalty: RepetitionPenalty = 1.0,
-         presence_penalty: PresencePenalty = 0.0, frequency_penalty: FrequencyPenalty = 0.0,
-         no_repeat_ngram: NoRepeatNgram = 0, logit_bias: LogitBias = None, ban: Ban = None,
-         min_new_tokens: MinNewTokens = 0, seed: Seed = None, stop: Stop = None, beams: Beams = 1,
-         length_penalty: LengthPenalty = 1.0, early_stopping: EarlyStopping = "false",
-         prompt_lookup: PromptLookup = 0, draft: Draft = None, draft_tokens: DraftTokens = 4) -> None:
+@decoding_options(exclude=("num_return_sequences",), max_new_tokens=512)
+def chat(config: GenerationConfig, model: ModelOption = None, system: System = None, dtype: Dtype = "float32",
+         quantize: Quantize = "none", compiled: Compile = False, draft: Draft = None) -> None:
     """Talk with the model. Each line from standard input is one user turn when it is not a terminal."""
-    config = _config(max_new_tokens, temperature, top_k, top_p, min_p, typical_p, repetition_penalty,
-                     presence_penalty, frequency_penalty, no_repeat_ngram, logit_bias, ban, min_new_tokens, seed,
-                     stop, beams, length_penalty, early_stopping, prompt_lookup, draft_tokens if draft else 0)
+    config = _with_draft(config, draft)
     session = ChatSession(_load(model, dtype, quantize, compiled, draft), system, config)
     interactive = sys.stdin.isatty()
     if interactive:
@@ -545,17 +480,12 @@ def finetune_command(
 
 
 @app.command()
+@decoding_options(exclude=("prompt_lookup", "draft_tokens"))
 def seq2seq(folder: Annotated[Path, typer.Argument(help="A Hugging Face T5 or BART folder: config.json, model.safetensors, tokenizer.json.")],
-            text: str,
-            num_return_sequences: Annotated[int, typer.Option(help="How many sequences to return (samples, or the n best beams).")] = 1,
-            max_new_tokens: MaxNewTokens = 256, temperature: Temperature = 0.0, top_k: TopK = 0, top_p: TopP = 1.0,
-            seed: Seed = None, stop: Stop = None, beams: Beams = 1, length_penalty: LengthPenalty = 1.0,
-            early_stopping: EarlyStopping = "false") -> None:
+            text: str, config: GenerationConfig) -> None:
     """Turn TEXT into new text with an encoder-decoder (T5 takes a task prefix: 'summarize: ...')."""
     from nexttoken.apps.seq2seq import Seq2SeqModel
 
-    config = _config(max_new_tokens, temperature, top_k, top_p, 0.0, 1.0, 1.0, 0.0, 0.0, 0, None, None, 0, seed, stop,
-                     beams, length_penalty, early_stopping, 0, num_return_sequences=num_return_sequences)
     for completion in Seq2SeqModel.load(folder).generate_batch([text], config)[0]:
         _write(completion.text + "\n")
 

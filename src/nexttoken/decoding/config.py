@@ -156,7 +156,7 @@ class SamplingConfig:
 class GenerationConfig:
     """What to generate: the budget and stop rules, the sampling settings, and the search."""
 
-    max_new_tokens: int = option(256, "Stop after this many new tokens.", low=1, wire="max_tokens")
+    max_new_tokens: int = option(256, "Stop after this many new tokens.", low=1, wire="max_tokens", wire_default=None)
     stop_strings: tuple[str, ...] = option((), "Stop when this text appears (repeatable).", flag="stop", wire="stop")
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     num_beams: int = option(1, "Beam search with this many beams (1: no beam search).", low=1, flag="beams",
@@ -171,7 +171,7 @@ class GenerationConfig:
     top_logprobs: int = option(0, "Alternatives recorded at each step, beside the chosen token.", low=0, flag=None)
     prompt_lookup: int = option(0, "Speculative greedy decoding: draft up to N tokens from repeats in the context, "
                                    "verify them in one pass (0: off).", low=0, neutral="0 means off", wire=KEEP_NAME)
-    draft_tokens: int = option(0, "With --draft: how many tokens the draft model guesses per pass.", low=0,
+    draft_tokens: int = option(0, "With --draft: how many tokens the draft model guesses per pass (0: 4).", low=0,
                                neutral="0 means off")
 
     def __post_init__(self) -> None:

@@ -1,50 +1,101 @@
 """The OpenAI API's request bodies, validated: a bad field is an HTTP 400 that names it.
 
-Extensions beyond OpenAI's fields: `top_k`, `min_p`, `repetition_penalty`, `min_tokens`,
-`num_beams`, `length_penalty` (beam search returns the `n` best beams)."""
+The decoding fields are derived from decoding/config.py's declarations (an Option with a `wire`
+name): OpenAI's names, defaults and ranges where OpenAI has them, and the extensions beyond them
+(`top_k`, `min_p`, `typical_p`, `repetition_penalty`, `no_repeat_ngram_size`, `banned_ids`,
+`ban_text`, `min_tokens`, `num_beams`, `length_penalty`, `prompt_lookup`; beam search returns the
+`n` best beams)."""
 
-from typing import Literal
+import typing
+from collections.abc import Mapping
+from dataclasses import MISSING, fields
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from nexttoken.decoding.config import GenerationConfig
-from nexttoken.decoding.config import SamplingConfig
+from nexttoken.decoding.config import KEEP_NAME, OURS, GenerationConfig, Option, SamplingConfig, options_of
+from nexttoken.errors import InvalidOption
+from nexttoken.serve.errors import InvalidRequest
 
 
-class SamplingFields(BaseModel):
+def wire_type(annotation: Any) -> Any:
+    """What a setting's type accepts on the wire: lists for tuples (a lone string for a list of
+    strings, as OpenAI's `stop`), an object for a mapping; absent for either."""
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        item = typing.get_args(annotation)[0]
+        return (str | list[str] | None) if item is str else (list[item] | None)
+    if origin is Mapping:
+        return dict[typing.get_args(annotation)[0], typing.get_args(annotation)[1]] | None
+    return annotation
+
+
+def wire_field(default: Any, spec: Option) -> Any:
+    high = spec.high if spec.wire_high is None else min(spec.wire_high, spec.high if spec.high is not None else spec.wire_high)
+    bounds = {("gt" if spec.low_open else "ge"): spec.low} if spec.low is not None else {}
+    if high is not None:
+        bounds["lt" if spec.high_open and high == spec.high else "le"] = high
+    value = default if spec.wire_default is OURS else spec.wire_default
+    return Field(default=None if isinstance(value, tuple | Mapping) else value, description=spec.help, **bounds)
+
+
+def wire_names() -> dict[str, tuple[type, str]]:
+    """The wire name of each setting on the wire -> (the config class that holds it, its field)."""
+    names = {}
+    for cls in (GenerationConfig, SamplingConfig):
+        for name, spec in options_of(cls).items():
+            if spec.wire is not None:
+                names[name if spec.wire == KEEP_NAME else spec.wire] = (cls, name)
+    return names
+
+
+def decoding_fields() -> dict[str, tuple[Any, Any]]:
+    """Pydantic field definitions of every setting on the wire."""
+    definitions = {}
+    for wire, (cls, name) in wire_names().items():
+        declared = {f.name: f for f in fields(cls)}[name]
+        default = declared.default if declared.default_factory is MISSING else declared.default_factory()
+        spec, annotation = declared.metadata["option"], wire_type(typing.get_type_hints(cls)[name])
+        if spec.wire_default is None:  # absent on the wire: the server chooses (max_tokens)
+            annotation = annotation | None
+        definitions[wire] = (annotation, wire_field(default, spec))
+    return definitions
+
+
+def setting(value: Any, annotation: Any) -> Any:
+    """A wire value as the config holds it."""
+    if typing.get_origin(annotation) is tuple:
+        return (value,) if isinstance(value, str) else tuple(value or ())
+    if typing.get_origin(annotation) is Mapping:
+        return value or {}
+    return value
+
+
+class RequestFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    n: int = Field(default=1, ge=1, le=8)
     stream: bool = False
     stream_options: dict | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    logit_bias: dict[int, float] | None = None
     user: str | None = None
-    # extensions
-    top_k: int = Field(default=0, ge=0)
-    min_p: float = Field(default=0.0, ge=0.0, le=1.0)
-    repetition_penalty: float = Field(default=1.0, gt=0.0)
-    num_beams: int = Field(default=1, ge=1, le=8)
-    length_penalty: float = 1.0
-    min_tokens: int = Field(default=0, ge=0)  # end tokens are suppressed until this many (as vLLM's)
 
-    def generation_config(self, max_tokens: int, top_logprobs: int) -> GenerationConfig:
-        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        beams = self.num_beams > 1
-        sampling = SamplingConfig(
-            temperature=0.0 if beams else self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed,
-            min_p=self.min_p, repetition_penalty=self.repetition_penalty, presence_penalty=self.presence_penalty,
-            frequency_penalty=self.frequency_penalty, logit_bias=self.logit_bias or {}, min_new_tokens=self.min_tokens)
-        return GenerationConfig(max_new_tokens=max_tokens, stop_strings=tuple(stops),
-                                sampling=sampling, num_beams=self.num_beams, length_penalty=self.length_penalty,
-                                num_return_sequences=self.n, top_logprobs=top_logprobs)
+
+SamplingFields = create_model("SamplingFields", __base__=RequestFields, **decoding_fields())
+
+
+def generation_config(body: BaseModel, max_tokens: int, top_logprobs: int) -> GenerationConfig:
+    """The request's settings, checked by the config itself; a bad one is a 400 naming its field."""
+    given: dict[type, dict[str, Any]] = {GenerationConfig: {}, SamplingConfig: {}}
+    for wire, (cls, name) in wire_names().items():
+        given[cls][name] = setting(getattr(body, wire), typing.get_type_hints(cls)[name])
+    if given[GenerationConfig]["num_beams"] > 1:  # OpenAI's default temperature is 1: beams are greedy here
+        given[SamplingConfig]["temperature"] = 0.0
+    wire_of = {name: wire for wire, (_, name) in wire_names().items()}
+    try:
+        return GenerationConfig(**{**given[GenerationConfig], "max_new_tokens": max_tokens, "top_logprobs": top_logprobs},
+                                sampling=SamplingConfig(**given[SamplingConfig]))
+    except InvalidOption as error:
+        raise InvalidRequest(str(error), wire_of.get(error.option)) from None
 
 
 class CompletionRequest(SamplingFields):

@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, StreamingResponse
 
 from nexttoken.decoding.outputs import Completion
 from nexttoken.serve.errors import InvalidRequest, ModelNotFound, PromptTooLong, WrongAPIKey
-from nexttoken.serve.protocol import ChatRequest, CompletionRequest, EmbeddingRequest
+from nexttoken.serve.protocol import ChatRequest, CompletionRequest, EmbeddingRequest, generation_config
 from nexttoken.serve.shapes import chat_logprobs, completion_logprobs, encode_vector, finish_reason, usage
 from nexttoken.serve.state import ServedDep
 from nexttoken.serve.streaming import complete, sequences, stream
@@ -72,7 +72,7 @@ async def completions(body: CompletionRequest, served: ServedDep, client: Reques
     tokenizer = served.lm.tokenizer
     ids = [tokenizer.encode(p) for p in prompts]
     budget = token_budget(ids, body.max_tokens, COMPLETION_MAX_TOKENS, served.lm.model.config.max_seq_len)
-    config = body.generation_config(budget, body.logprobs or 0)
+    config = generation_config(body, budget, body.logprobs or 0)
     if body.stream:
         def piece(index: int, text: str, first: bool) -> dict:
             return {"index": index, "text": text, "finish_reason": None, "logprobs": None}
@@ -99,7 +99,7 @@ async def chat(body: ChatRequest, served: ServedDep, client: Request) -> dict | 
     prompt = lm.tokenizer.encode(lm.chat_prompt([m.model_dump() for m in body.messages]))
     budget = token_budget([prompt], body.max_completion_tokens or body.max_tokens, CHAT_MAX_TOKENS,
                           lm.model.config.max_seq_len)
-    config = body.generation_config(budget, top)
+    config = generation_config(body, budget, top)
     if body.stream:
         def piece(index: int, text: str, first: bool) -> dict:
             delta = {"role": "assistant", "content": text} if first else {"content": text}
