@@ -279,3 +279,8 @@ def test_bench_json(run):
     assert data["batch_size"] == 2 and data["weight_mib"] > 100  # SmolLM2-135M in float32: ~540 MB read per step
     table = run("bench", "--prompt-tokens", "8", "--new-tokens", "2")
     assert "bandwidth bound" in table and "peak memory" in table
+
+
+def test_ban_text_option(run):
+    assert "Paris" in run("generate", "The capital of France is", "--max-new-tokens", "8")
+    assert "Paris" not in run("generate", "The capital of France is", "--max-new-tokens", "8", "--ban-text", "Paris")

@@ -395,3 +395,13 @@ def assert_freed(engine, server: str) -> None:
         time.sleep(0.01)
     assert engine.active == 0
     assert httpx.get(f"{server}/health").status_code == 200
+
+
+def test_ban_text_holds_for_sampled_rows_and_beams(client):
+    """An extension derived from the decoding settings: one field, the same ban in every mode."""
+    prompt = dict(model=MODEL, prompt="The capital of France is", max_tokens=8, temperature=0)
+    assert "Paris" in client.completions.create(**prompt).choices[0].text
+    assert "Paris" not in client.completions.create(**prompt, extra_body={"ban_text": ["Paris"]}).choices[0].text
+    beams = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "What is the capital of France?"}],
+                                           max_tokens=12, n=2, extra_body={"num_beams": 3, "ban_text": "Paris"})
+    assert len(beams.choices) == 2 and not [c for c in beams.choices if "Paris" in c.message.content]
