@@ -383,7 +383,7 @@ def train_command(
         precision: Annotated[Optional[str], typer.Option(help="bf16 (autocast) or fp32.")] = None,
         strategy: Annotated[Optional[str], typer.Option(help="Under torchrun: ddp or fsdp (FSDP2).")] = None,
         compiled: Annotated[bool, typer.Option("--compile", help="Compile each block with torch.compile (the first "
-                            "step compiles; 9,000 vs 7,700-8,000 tokens/s on the default run here).")] = False,
+                            "step compiles; docs/training.md has its figures).")] = False,
         eval_every: Annotated[Optional[int], typer.Option(help="Steps between evaluations.")] = None,
         checkpoint_every: Annotated[Optional[int], typer.Option(help="Steps between checkpoints.")] = None,
         seed: Annotated[Optional[int], typer.Option(help="Seed of the initial weights and the data order.")] = None,

@@ -107,7 +107,7 @@ def load(path: str | Path | None = None, dtype: str = "float32", quantize: str =
     "int4"), and with a compiled decode step when `compiled`.
 
     `draft`, for speculative decoding: "int4" (this model with int4 weights, which agrees with
-    float32 on 99.6 % of next tokens), or the path of a model with the same vocabulary, loaded
+    float32 on nearly every next token: docs/precision.md), or the path of a model with the same vocabulary, loaded
     like this one."""
     path = Path(path) if path is not None else builtin_model_path()
     if path.is_dir():

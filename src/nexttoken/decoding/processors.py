@@ -97,7 +97,7 @@ def _check_ids(ids: Collection[int], vocab_size: int, option: str) -> None:
 
 def _drop_ids(logits: torch.Tensor, ids: Collection[int], option: str) -> torch.Tensor:
     """Forbid `ids` in every row; an id outside the vocabulary is an error naming `option`. Fills
-    the few scores in a copy, where a vocabulary-wide mask took five times as long (43 µs a step)."""
+    the few scores in a copy, which is cheaper than a vocabulary-wide mask."""
     _check_ids(ids, logits.shape[-1], option)
     index = torch.tensor(sorted(ids), dtype=torch.long, device=logits.device)
     return logits.index_fill(-1, index, NEG_INF)

@@ -6,7 +6,7 @@ Two ways to guess:
 - prompt lookup (Saxena, 2023): find the latest n-gram of the text earlier in the context and copy
   what followed it; free, and right when the text repeats itself (code edits, summaries, quotes);
 - a draft model (Leviathan et al., 2023): the greedy tokens of a cheaper model with the same
-  tokenizer, such as the model itself with int4 weights, which agrees with float32 on 99.6 % of
+  tokenizer, such as the model itself with int4 weights, which agrees with float32 on nearly all
   next tokens."""
 
 from collections.abc import Callable
