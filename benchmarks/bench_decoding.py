@@ -13,10 +13,10 @@ import argparse
 
 import torch
 
+from nexttoken.accel.precision import set_precision
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.prompts import left_pad
 from nexttoken.decoding.sampling import SamplingConfig
-from nexttoken.model.precision import set_precision
 from nexttoken.pretrained import LanguageModel, load
 from timing import median_seconds
 

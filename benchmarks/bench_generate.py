@@ -12,9 +12,9 @@ import argparse
 
 import torch
 
+from nexttoken.accel.precision import set_precision
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.generate import generate
-from nexttoken.model.precision import set_precision
 from nexttoken.pretrained import load
 from timing import median_seconds
 

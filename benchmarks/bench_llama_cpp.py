@@ -18,11 +18,11 @@ import sys
 
 import torch
 
+from nexttoken.accel.compiled import compile_decoding
+from nexttoken.accel.precision import set_precision
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.generate import generate_batch
 from nexttoken.decoding.sampling import SamplingConfig
-from nexttoken.model.compiled import compile_decoding
-from nexttoken.model.precision import set_precision
 from nexttoken.pretrained import load
 from timing import median_seconds
 

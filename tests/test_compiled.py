@@ -8,14 +8,14 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from nexttoken.accel import kernels
+from nexttoken.accel.compiled import compile_decoding, guards_on_the_inputs
+from nexttoken.accel.precision import set_precision
 from nexttoken.config import ModelConfig
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.generate import generate_batch
 from nexttoken.decoding.speculative import DraftModel
-from nexttoken.model import kernels
 from nexttoken.model.attention import one_query_attention
-from nexttoken.model.compiled import compile_decoding, guards_on_the_inputs
-from nexttoken.model.precision import set_precision
 from nexttoken.model.transformer import Transformer
 from test_generation import ByteText
 
@@ -122,7 +122,7 @@ def test_the_step_checks_guards_on_its_inputs_and_global_state_only():
     kept = ["ids", "cache.keys[0]", "cache.key_mask", "mask", "dict(type(cache).__dict__)['capacity'].fget", ""]
     dropped = ["self._modules['blocks']._modules['0'].attn_norm.eps", "type(self).forward.__code__",
                "dict(type(self).__dict__)['dtype'].fget.__code__", "G['torch']",
-               "G['__import_nexttoken_dot_model_dot_kernels'].loaded"]
+               "G['__import_nexttoken_dot_accel_dot_kernels'].loaded"]
     guards = [types.SimpleNamespace(name=name) for name in kept + dropped]
     assert guards_on_the_inputs(guards) == [True] * len(kept) + [False] * len(dropped)
 

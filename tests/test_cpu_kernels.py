@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from nexttoken.accel import kernels
+from nexttoken.accel.precision import set_precision
 from nexttoken.config import ModelConfig
-from nexttoken.model import kernels
-from nexttoken.model.precision import set_precision
 from nexttoken.model.transformer import Transformer, padded_causal_mask
 
 pytestmark = pytest.mark.skipif(not torch.cpu._is_avx512_bf16_supported(), reason="our kernels need AVX512-BF16")
@@ -265,8 +265,8 @@ def test_eager_decoding_does_not_import_the_compiler():
     """torch._dynamo and sympy add about 70 MB to a process: eager models must not pull them in."""
     script = """
 import sys, torch
+from nexttoken.accel import kernels
 from nexttoken.config import ModelConfig
-from nexttoken.model import kernels
 from nexttoken.model.transformer import Transformer
 assert kernels.load()
 model = Transformer(ModelConfig(vocab_size=96, d_model=64, n_layer=1, n_head=2, n_kv_head=1, d_ff=96, max_seq_len=32))

@@ -6,10 +6,10 @@ import copy
 import pytest
 import torch
 
+from nexttoken.accel import decode_blocks, kernels
+from nexttoken.accel.compiled import compile_decoding
+from nexttoken.accel.precision import set_precision
 from nexttoken.config import ModelConfig
-from nexttoken.model import decode_blocks, kernels
-from nexttoken.model.compiled import compile_decoding
-from nexttoken.model.precision import set_precision
 from nexttoken.model.transformer import Transformer
 
 pytestmark = pytest.mark.skipif(not kernels.load(), reason="our CPU kernels could not be built here")

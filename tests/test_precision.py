@@ -8,17 +8,17 @@ import pytest
 import torch
 from torch import nn
 
+from nexttoken.accel import kernels
+from nexttoken.accel.precision import set_precision
+from nexttoken.accel.quantize import (BFLOAT16_HEAD_KERNEL_MAX_ROWS, FLOAT32_HEAD_KERNEL_MAX_ROWS,
+                                      FLOAT32_KERNEL_MAX_ROWS, GROUP, Float32Linear, GroupEmbedding, Int4Linear,
+                                      Int8Head, Int8Linear, Linear16, quantize_groups)
 from nexttoken.bench import weight_bytes_per_token
 from nexttoken.config import ModelConfig
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.generate import generate
 from nexttoken.decoding.speculative import DraftModel
 from nexttoken.errors import NextTokenError
-from nexttoken.model import kernels
-from nexttoken.model.precision import set_precision
-from nexttoken.model.quantize import (BFLOAT16_HEAD_KERNEL_MAX_ROWS, FLOAT32_HEAD_KERNEL_MAX_ROWS,
-                                      FLOAT32_KERNEL_MAX_ROWS, GROUP, Float32Linear, GroupEmbedding, Int4Linear,
-                                      Int8Head, Int8Linear, Linear16, quantize_groups)
 from nexttoken.model.transformer import Transformer
 from nexttoken.pretrained import LanguageModel
 from test_smollm2_parity import long_text

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from nexttoken.accel.compiled import compile_decoding
+from nexttoken.accel.precision import load_dtype, set_precision
 from nexttoken.decoding.beam import BeamObserver
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.generate import generate, generate_batch
@@ -15,9 +17,7 @@ from nexttoken.decoding.speculative import DraftModel
 from nexttoken.errors import NextTokenError
 from nexttoken.loaders.gguf import load_gguf_model
 from nexttoken.loaders.safetensors import load_hf_model
-from nexttoken.model.compiled import compile_decoding
 from nexttoken.model.kv_cache import KVCache
-from nexttoken.model.precision import load_dtype, set_precision
 from nexttoken.model.transformer import Transformer
 from nexttoken.packaged import packaged_path
 from nexttoken.tokenizer import Tokenizer

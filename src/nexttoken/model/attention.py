@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nexttoken.accel import kernels
 from nexttoken.config import ModelConfig
-from nexttoken.model import kernels
 from nexttoken.model.kv_cache import CrossKVCache, KVCache
 from nexttoken.model.layers import apply_rotary
 

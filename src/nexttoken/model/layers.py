@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nexttoken.accel import kernels
 from nexttoken.config import ModelConfig
-from nexttoken.model import kernels
 
 
 class RMSNorm(nn.Module):

@@ -9,12 +9,12 @@ these: an encoder, and a decoder whose blocks add cross-attention onto the encod
 import torch
 from torch import nn
 
+from nexttoken.accel import decode_blocks
+from nexttoken.accel.quantize import FLOAT32_HEAD_KERNEL_MAX_ROWS, float32_linear
 from nexttoken.config import ModelConfig
-from nexttoken.model import decode_blocks
 from nexttoken.model.attention import Attention, CrossAttention, RelativePositionBias
 from nexttoken.model.kv_cache import CrossKVCache, KVCache
 from nexttoken.model.layers import make_mlp, make_norm, rotary_tables, sinusoidal_table
-from nexttoken.model.quantize import FLOAT32_HEAD_KERNEL_MAX_ROWS, float32_linear
 from nexttoken.model.ssru import SSRU
 
 # the self-attention sublayers a block can have, by `ModelConfig.self_attention`; each is built

@@ -14,10 +14,10 @@ by 0.001 %, and decode steps through all the blocks in one kernel call (decode_b
 
 import torch
 
+from nexttoken.accel import decode_blocks
+from nexttoken.accel.memory import hand_back_freed_memory, move_to_huge_pages
+from nexttoken.accel.quantize import float32_products, quantize_linears, quantized_head, widen_bfloat16_products
 from nexttoken.errors import NextTokenError
-from nexttoken.memory import hand_back_freed_memory, move_to_huge_pages
-from nexttoken.model import decode_blocks
-from nexttoken.model.quantize import float32_products, quantize_linears, quantized_head, widen_bfloat16_products
 from nexttoken.model.transformer import Transformer
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}

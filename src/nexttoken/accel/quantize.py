@@ -26,7 +26,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from nexttoken.model import kernels
+from nexttoken.accel import kernels
 
 
 def swap_linears(model: nn.Module, replacement: Callable[[nn.Linear], nn.Module | None]) -> nn.Module:

@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nexttoken.model import kernels
+from nexttoken.accel import kernels
+from nexttoken.accel.quantize import GroupLinear
 from nexttoken.model.attention import Attention
 from nexttoken.model.kv_cache import KVCache
 from nexttoken.model.layers import GatedMLP, RMSNorm
-from nexttoken.model.quantize import GroupLinear
 
 
 def fits(block: nn.Module) -> bool:
