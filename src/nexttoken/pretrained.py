@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from nexttoken.accel.compiled import compile_decoding
 from nexttoken.accel.precision import load_dtype, set_precision
+from nexttoken.accel.steps import decode_step
 from nexttoken.decoding.beam import BeamObserver
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.generate import generate, generate_batch
@@ -18,7 +18,7 @@ from nexttoken.errors import NextTokenError
 from nexttoken.loaders.gguf import load_gguf_model
 from nexttoken.loaders.safetensors import load_hf_model
 from nexttoken.model.kv_cache import KVCache
-from nexttoken.model.transformer import Transformer
+from nexttoken.model.transformer import DecodeStep, Transformer
 from nexttoken.packaged import packaged_path
 from nexttoken.tokenizer import Tokenizer
 
@@ -45,6 +45,11 @@ class LanguageModel:
     tokenizer: Tokenizer
     path: Path
     draft: DraftModel | None = None  # guesses tokens for speculative decoding (GenerationConfig.draft_tokens)
+    step: DecodeStep | None = None  # what decoding calls for each pass (accel.steps); None: model.next_scores
+
+    def __post_init__(self) -> None:
+        if self.step is None:
+            self.step = self.model.next_scores
 
     @property
     def end_ids(self) -> tuple[int, ...]:
@@ -70,13 +75,13 @@ class LanguageModel:
                  cached_ids: Sequence[int] = ()) -> Completion:
         """Continue `prompt_ids`; `cache` may hold earlier context, whose tokens `cached_ids` lists."""
         return generate(self.model, self.tokenizer, prompt_ids, self.end_ids, config, cache, on_text, self.draft,
-                        cached_ids)
+                        cached_ids, step=self.step)
 
     def generate_batch(self, prompts: list[list[int]], config: GenerationConfig = GenerationConfig(),
                        on_beams: BeamObserver | None = None) -> list[list[Completion]]:
         """`config.num_return_sequences` completions for each prompt, all prompts in one batch."""
         return generate_batch(self.model, self.tokenizer, prompts, self.end_ids, config, self.pad_id, on_beams=on_beams,
-                              draft=self.draft)
+                              draft=self.draft, step=self.step)
 
     @property
     def pad_id(self) -> int:
@@ -99,7 +104,7 @@ def load(path: str | Path | None = None, dtype: str = "float32", quantize: str =
     """Load a GGUF file or a Hugging Face Llama folder (config.json, model.safetensors,
     tokenizer.json; the built-in SmolLM2-135M-Instruct when `path` is None), computing in `dtype`
     ("float32" or "bfloat16"), with linear weights kept as `quantize` says ("none", "int8" or
-    "int4"), and with a compiled decode step when `compiled`.
+    "int4"), and with a compiled decode step when `compiled` (accel.steps.decode_step chooses it).
 
     `draft`, for speculative decoding: "int4" (this model with int4 weights, which agrees with
     float32 on 99.6 % of next tokens), or the path of a model with the same vocabulary, loaded
@@ -121,5 +126,5 @@ def load(path: str | Path | None = None, dtype: str = "float32", quantize: str =
         if drafter.tokenizer.tokens != tokenizer.tokens:
             raise NextTokenError(f"{draft}: the draft model's vocabulary is not the model's; "
                                  "a draft must share its tokenizer")
-        draft_model = DraftModel(drafter.model)
-    return LanguageModel(compile_decoding(model) if compiled else model, tokenizer, path, draft_model)
+        draft_model = DraftModel(drafter.model, drafter.step)
+    return LanguageModel(model, tokenizer, path, draft_model, decode_step(model, compiled))

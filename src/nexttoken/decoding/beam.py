@@ -18,7 +18,7 @@ from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.outputs import Completion, Step, TokenLogprob
 from nexttoken.decoding.prompts import check_prompt, left_pad
 from nexttoken.decoding.processors import TokenHistory, apply_constraints
-from nexttoken.model.transformer import Transformer
+from nexttoken.model.transformer import DecodeStep, Transformer
 
 NEG = -1.0e9  # "impossible", as a finite number so that sums and comparisons stay ordered
 
@@ -47,7 +47,9 @@ def best_hypothetical_length(config: GenerationConfig, n_generated: int, n_max: 
 
 @torch.inference_mode()
 def beam_search(model: Transformer, tokenizer: Decoder, prompts: list[list[int]], end_ids: Iterable[int],
-                config: GenerationConfig, pad_id: int = 0, on_step: BeamObserver | None = None) -> list[list[Completion]]:
+                config: GenerationConfig, pad_id: int = 0, on_step: BeamObserver | None = None,
+                step: DecodeStep | None = None) -> list[list[Completion]]:
+    next_scores = step or model.next_scores
     K, lp = config.num_beams, config.length_penalty
     for prompt in prompts:
         check_prompt(len(prompt), 0, model.config.max_seq_len)
@@ -61,7 +63,7 @@ def beam_search(model: Transformer, tokenizer: Decoder, prompts: list[list[int]]
 
     cache = model.new_cache(batch_size=P)
     cache.reserve(L + n_max - 1)
-    logits = model.next_scores(ids, cache, None if bool(mask.all()) else mask)  # (P, V)
+    logits = next_scores(ids, cache, None if bool(mask.all()) else mask)  # (P, V)
     beam_rows = torch.arange(P).repeat_interleave(K)  # each prompt's prefill, copied to its K beams
     cache.select_rows(beam_rows)
     logits, prompt_ids, prompt_mask = logits[beam_rows], ids[beam_rows], mask[beam_rows]
@@ -124,7 +126,7 @@ def beam_search(model: Transformer, tokenizer: Decoder, prompts: list[list[int]]
         if not (bool(can_improve.any()) and pool_open and not bool(ends.all())):
             break
         cache.select_rows((torch.arange(P).unsqueeze(1) * K + chosen_parents).view(-1))
-        logits = model.next_scores(running[:, :, t].reshape(P * K, 1), cache)  # (P*K, V)
+        logits = next_scores(running[:, :, t].reshape(P * K, 1), cache)  # (P*K, V)
 
     results = []
     for p in range(P):

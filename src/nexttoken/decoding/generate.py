@@ -18,7 +18,7 @@ from nexttoken.decoding.sampling import new_generator, select
 from nexttoken.decoding.speculative import DraftModel, draft_from_context, speculative_greedy
 from nexttoken.errors import NextTokenError
 from nexttoken.model.kv_cache import KVCache
-from nexttoken.model.transformer import Transformer
+from nexttoken.model.transformer import DecodeStep, Transformer
 
 
 def step_records(logits: torch.Tensor, chosen: torch.Tensor, top: int) -> list[Step]:
@@ -64,15 +64,17 @@ def generate_batch(model: Transformer, tokenizer: Decoder, prompts: list[list[in
                    config: GenerationConfig = GenerationConfig(), pad_id: int = 0, cache: KVCache | None = None,
                    on_text: Callable[[str], None] | None = None,
                    on_beams: BeamObserver | None = None, draft: DraftModel | None = None,
-                   cached_ids: Sequence[int] = ()) -> list[list[Completion]]:
+                   cached_ids: Sequence[int] = (), step: DecodeStep | None = None) -> list[list[Completion]]:
     """Continue every prompt; returns `num_return_sequences` completions per prompt.
 
     `cache` may hold earlier context that a single prompt continues (a chat turn; not with beam
     search), whose tokens `cached_ids` lists for speculative decoding to draft from; `on_text` streams
     the text of a single sampled sequence as it becomes final; `on_beams` sees the live and finished
-    beams after every beam-search step; `draft` guesses tokens for `config.draft_tokens`."""
+    beams after every beam-search step; `draft` guesses tokens for `config.draft_tokens`; `step`
+    runs each pass (default `model.next_scores`)."""
     if config.num_beams > 1:
-        return beam_search(model, tokenizer, prompts, end_ids, config, pad_id, on_beams)
+        return beam_search(model, tokenizer, prompts, end_ids, config, pad_id, on_beams, step)
+    next_scores = step or model.next_scores
     n_samples, max_seq_len = config.num_return_sequences, model.config.max_seq_len
     n_cached = cache.length if cache is not None else 0
     for prompt in prompts:
@@ -82,7 +84,7 @@ def generate_batch(model: Transformer, tokenizer: Decoder, prompts: list[list[in
     if cache is None:  # room for the whole generation up front: growing later copies every layer's cache
         cache = model.new_cache(batch_size=len(prompts), capacity=ids.shape[1] + n_new - 1)
     cache.reserve(n_cached + ids.shape[1] + n_new - 1)
-    logits = model.next_scores(ids, cache, None if bool(mask.all()) else mask)  # (P, V)
+    logits = next_scores(ids, cache, None if bool(mask.all()) else mask)  # (P, V)
     if n_samples > 1:  # every sample of a prompt continues from the same prefill
         rows = torch.arange(len(prompts)).repeat_interleave(n_samples)
         cache.select_rows(rows)
@@ -114,7 +116,7 @@ def generate_batch(model: Transformer, tokenizer: Decoder, prompts: list[list[in
         if all(state.finish_reason for state in states) or step == n_new - 1:
             break
         history = history.append(chosen)
-        logits = model.next_scores(chosen.unsqueeze(1), cache)  # (R, V)
+        logits = next_scores(chosen.unsqueeze(1), cache)  # (R, V)
     completions = [state.completion(len(prompts[row // n_samples])) for row, state in enumerate(states)]
     return [completions[i * n_samples : (i + 1) * n_samples] for i in range(len(prompts))]
 
@@ -122,11 +124,11 @@ def generate_batch(model: Transformer, tokenizer: Decoder, prompts: list[list[in
 def generate(model: Transformer, tokenizer: Decoder, prompt_ids: list[int], end_ids: Iterable[int],
              config: GenerationConfig = GenerationConfig(), cache: KVCache | None = None,
              on_text: Callable[[str], None] | None = None, draft: DraftModel | None = None,
-             cached_ids: Sequence[int] = ()) -> Completion:
+             cached_ids: Sequence[int] = (), step: DecodeStep | None = None) -> Completion:
     """Continue one prompt; `on_text` receives the text as it becomes final (for streaming; beam
     search knows its text only at the end)."""
     completion = generate_batch(model, tokenizer, [prompt_ids], end_ids, config, cache=cache, on_text=on_text,
-                                draft=draft, cached_ids=cached_ids)[0][0]
+                                draft=draft, cached_ids=cached_ids, step=step)[0][0]
     if config.num_beams > 1 and on_text is not None:
         on_text(completion.text)
     return completion

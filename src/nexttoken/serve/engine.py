@@ -116,7 +116,7 @@ class Engine:
         try:
             ids, mask = left_pad(prompts, self.lm.pad_id)
             cache = model.new_cache(batch_size=len(prompts), capacity=ids.shape[1] + 1)
-            logits = model.next_scores(ids, cache, None if bool(mask.all()) else mask)  # (P, V)
+            logits = self.lm.step(ids, cache, None if bool(mask.all()) else mask)  # (P, V)
         except Exception as exc:  # noqa: BLE001 - the request fails, the engine goes on
             if len(requests) > 1:
                 for request in requests:
@@ -161,7 +161,7 @@ class Engine:
             return
         if self.cache.capacity < self.cache.length + 1:
             self.cache.reserve(self.cache.length + 64)  # grow in steps, not on every token
-        logits = model.next_scores(torch.tensor(chosen).unsqueeze(1), self.cache)  # (R, V)
+        logits = self.lm.step(torch.tensor(chosen).unsqueeze(1), self.cache)  # (R, V)
         for row, row_logits in zip(self.rows, logits):
             row.logits, row.length = row_logits, row.length + 1
 
