@@ -48,9 +48,9 @@ def takes(x: torch.Tensor, cache: KVCache | None, attention_mask: torch.Tensor |
 
 @dataclass(frozen=True)
 class Blocks:
-    """What the kernel reads of a model's blocks, gathered once: each block's tensors (which keep
-    their identity from then on, huge pages included; see accel/memory.py), by kind; gathering
-    them at every step would cost a noticeable share of it."""
+    """What the kernel reads of a model's blocks, gathered once, as gathering them at every step
+    cost a share of it (docs/kernels.md): each block's tensors (which keep their identity from then
+    on, huge pages included; see memory.py), by kind."""
 
     attn_norms: list[torch.Tensor]
     qkvs: list[torch.Tensor]
