@@ -13,10 +13,11 @@ import argparse
 
 import torch
 
+from nexttoken.accel.precision import set_precision
+from nexttoken.accel.steps import decode_step
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.prompts import left_pad
 from nexttoken.decoding.config import SamplingConfig
-from nexttoken.model.precision import set_precision
 from nexttoken.pretrained import LanguageModel, load
 from timing import median_seconds
 
@@ -56,7 +57,8 @@ def main() -> None:
     ours = {"float32": lm}
     for dtype, quantize in (("bfloat16", "none"), ("float32", "int8")):
         name = "int8" if quantize == "int8" else dtype
-        ours[name] = LanguageModel(set_precision(copy.deepcopy(lm.model), dtype, quantize), lm.tokenizer, lm.path)
+        model = set_precision(copy.deepcopy(lm.model), dtype, quantize)
+        ours[name] = LanguageModel(model, lm.tokenizer, lm.path, step=decode_step(model))
     cases = [
         ("beam search, 4 beams", NEW_TOKENS, beam_prompt, beam_config,
          lambda: theirs(beam_prompt, num_beams=4, do_sample=False)),

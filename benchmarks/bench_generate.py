@@ -12,9 +12,10 @@ import argparse
 
 import torch
 
+from nexttoken.accel.precision import set_precision
+from nexttoken.accel.steps import decode_step
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.generate import generate
-from nexttoken.model.precision import set_precision
 from nexttoken.pretrained import load
 from timing import median_seconds
 
@@ -40,6 +41,7 @@ def main() -> None:
               "bfloat16": set_precision(copy.deepcopy(lm.model), "bfloat16"),
               "int8": set_precision(copy.deepcopy(lm.model), quantize="int8"),
               "int4": set_precision(copy.deepcopy(lm.model), quantize="int4")}
+    steps = {precision: decode_step(model) for precision, model in models.items()}  # int8, int4: blocks in one call
 
     @torch.inference_mode()
     def ours_prefill(model, ids: list[int]) -> None:
@@ -50,8 +52,9 @@ def main() -> None:
     def theirs_prefill(ids: list[int]) -> None:
         reference(torch.tensor([ids]), use_cache=True, logits_to_keep=1)
 
-    def ours_generate(model, ids: list[int], n: int) -> None:
-        completion = generate(model, lm.tokenizer, ids, end_ids=(), config=GenerationConfig(max_new_tokens=n))
+    def ours_generate(model, step, ids: list[int], n: int) -> None:
+        config = GenerationConfig(max_new_tokens=n)
+        completion = generate(model, lm.tokenizer, ids, end_ids=(), config=config, step=step)
         assert len(completion.token_ids) == n
 
     @torch.inference_mode()
@@ -75,7 +78,7 @@ def main() -> None:
     ids = prompt_of(lm, 16)
     theirs = decode_rate(lambda n: theirs_generate(ids, n))
     for precision, model in models.items():
-        ours = decode_rate(lambda n: ours_generate(model, ids, n))
+        ours = decode_rate(lambda n: ours_generate(model, steps[precision], ids, n))
         print(f"{f'decode {args.new_tokens} tokens, batch 1':28} {precision:>9} {ours:9.1f} {theirs:18.1f} {ours / theirs:7.2f}")
 
 

@@ -16,8 +16,8 @@ import statistics
 import torch
 from torch import nn
 
-from nexttoken.model import kernels
-from nexttoken.model.quantize import Int4Linear, Int8Linear
+from nexttoken.accel import kernels
+from nexttoken.accel.quantize import Int4Linear, Int8Linear
 from timing import median_seconds
 
 SHAPES = [(960, 576), (576, 576), (3072, 576), (576, 1536)]  # q/k/v, output, gate/up, down

@@ -7,7 +7,7 @@ and 8, and peak memory, with the ratios issue #7 sets targets for.
 llama.cpp runs the file's own Q4_1 weights with as many threads as PyTorch uses; transformers runs
 float32 (its GGUF default) and bfloat16; ours runs float32, bfloat16, int8 and int4 weights, and
 bfloat16 compiled (`--compile`; the warm-up run compiles; int8 and int4 decode in one kernel call a
-step, which compile_decoding leaves eager). Speeds are medians; peak memory is the resident set of a
+step, which decode_step does not compile). Speeds are medians; peak memory is the resident set of a
 fresh process that loads the model and generates (one process per row, so that rows do not share a peak)."""
 
 import argparse
@@ -18,11 +18,12 @@ import sys
 
 import torch
 
+from nexttoken.accel.compiled import compile_step
+from nexttoken.accel.precision import set_precision
+from nexttoken.accel.steps import decode_step
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.generate import generate_batch
 from nexttoken.decoding.config import SamplingConfig
-from nexttoken.model.compiled import compile_decoding
-from nexttoken.model.precision import set_precision
 from nexttoken.pretrained import load
 from timing import median_seconds
 
@@ -97,10 +98,12 @@ def main() -> None:
                                do_sample=False, pad_token_id=lm.tokenizer.pad_id)
         return run
 
-    def ours_runner(model):
+    def ours_runner(model, compiled: bool = False):
+        step = compile_step(model) if compiled else decode_step(model)  # int8, int4: blocks in one call
+
         def run(ids: list[int], n_new: int, batch: int) -> None:
             config = GenerationConfig(max_new_tokens=n_new, sampling=SamplingConfig(min_new_tokens=n_new))
-            generate_batch(model, lm.tokenizer, [ids] * batch, (), config)
+            generate_batch(model, lm.tokenizer, [ids] * batch, (), config, step=step)
         return run
 
     bf16 = set_precision(copy.deepcopy(lm.model), "bfloat16")
@@ -108,7 +111,7 @@ def main() -> None:
                "transformers bf16": hf_runner(references["bfloat16"]),
                "ours fp32": ours_runner(lm.model),
                "ours bf16": ours_runner(bf16),
-               "ours bf16 compiled": ours_runner(compile_decoding(copy.deepcopy(bf16))),
+               "ours bf16 compiled": ours_runner(copy.deepcopy(bf16), compiled=True),
                "ours int8": ours_runner(set_precision(copy.deepcopy(lm.model), quantize="int8")),
                "ours int4": ours_runner(set_precision(copy.deepcopy(lm.model), quantize="int4"))}
 

@@ -12,6 +12,7 @@ import tempfile
 
 import torch
 
+from nexttoken.accel.accelerate import accelerate
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.generate import generate_batch
 from nexttoken.decoding.config import SamplingConfig
@@ -42,6 +43,7 @@ def main() -> None:
     folder = tempfile.mkdtemp()
     reference.save_pretrained(folder)
     ours, _ = load_hf_seq2seq(folder)
+    accelerate(ours)
     source = torch.randint(2, 32000, (1, SOURCE_TOKENS), generator=torch.Generator().manual_seed(1))
     print(f"T5 d_model 512, {args.layers}+{args.layers} layers, fp32, {torch.get_num_threads()} threads, "
           f"{SOURCE_TOKENS} source tokens, {NEW_TOKENS} new tokens, medians of {args.repeats}")

@@ -69,7 +69,7 @@ def main() -> None:
                                           eos_token_id=list(lm.end_ids), pad_token_id=lm.pad_id, **their_options)
 
             def ours() -> None:  # a fresh draft each time, which has not read the prompt yet
-                replace(lm, draft=DraftModel(lm.draft.model)).generate(ids, config)
+                replace(lm, draft=DraftModel(lm.draft.model, lm.draft.step)).generate(ids, config)
 
             n_theirs = theirs().shape[1] - len(ids)
             ours_speed = len(plain) / median_seconds(ours, args.repeats)

@@ -27,12 +27,12 @@ import torch
 from timing import median_seconds
 from torch import nn
 
+from nexttoken.accel.memory import keep_freed_memory
 from nexttoken.config import ModelConfig
 from nexttoken.model.transformer import Transformer
 from nexttoken.train.distributed import Process
 from nexttoken.train.initialization import init_weights
 from nexttoken.train.loop import TrainConfig, compile_blocks, make_optimizer, train_step
-from nexttoken.memory import keep_freed_memory
 from nexttoken.train.objectives import next_token_loss
 
 SHAPE = ModelConfig(vocab_size=50257, d_model=768, n_layer=12, n_head=12, d_ff=2048, max_seq_len=512)

@@ -10,9 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from nexttoken.accel import kernels
+from nexttoken.accel.accelerate import accelerate
+from nexttoken.accel.precision import set_precision
 from nexttoken.config import ModelConfig
-from nexttoken.model import kernels
-from nexttoken.model.precision import set_precision
 from nexttoken.model.transformer import Transformer, padded_causal_mask
 
 pytestmark = pytest.mark.skipif(not torch.cpu._is_avx512_bf16_supported(), reason="our kernels need AVX512-BF16")
@@ -205,7 +206,7 @@ def profiled_ops(run) -> set[str]:
 def test_a_model_runs_our_kernels_as_accurately(dtype, monkeypatch):
     config = ModelConfig(vocab_size=96, d_model=128, n_layer=2, n_head=4, n_kv_head=2, d_ff=192, max_seq_len=64)
     torch.manual_seed(0)
-    reference = Transformer(config).eval()
+    reference = accelerate(Transformer(config).eval())
     model = set_precision(copy.deepcopy(reference), dtype)
     ids = torch.randint(0, 96, (2, 40))
     real = torch.arange(40) >= torch.tensor([[0], [35]])  # row 1 left-padded: its first block of keys is padding
@@ -252,7 +253,7 @@ def test_decode_steps_run_one_query_attention(dtype, quantize, monkeypatch):
 def test_training_keeps_pytorchs_operations():
     """Our kernels have no backward: where a gradient is recorded, PyTorch's operations run."""
     config = ModelConfig(vocab_size=96, d_model=64, n_layer=1, n_head=2, n_kv_head=1, d_ff=96, max_seq_len=32)
-    model = Transformer(config)
+    model = accelerate(Transformer(config))
     ids = torch.randint(0, 96, (1, 12))
     ran = profiled_ops(lambda: model(ids).logsumexp(-1).mean().backward())
     assert not ran & OUR_OPS
@@ -265,11 +266,13 @@ def test_eager_decoding_does_not_import_the_compiler():
     """torch._dynamo and sympy add about 70 MB to a process: eager models must not pull them in."""
     script = """
 import sys, torch
+from nexttoken.accel import kernels
+from nexttoken.accel.accelerate import accelerate
 from nexttoken.config import ModelConfig
-from nexttoken.model import kernels
 from nexttoken.model.transformer import Transformer
 assert kernels.load()
-model = Transformer(ModelConfig(vocab_size=96, d_model=64, n_layer=1, n_head=2, n_kv_head=1, d_ff=96, max_seq_len=32))
+model = accelerate(Transformer(ModelConfig(vocab_size=96, d_model=64, n_layer=1, n_head=2, n_kv_head=1, d_ff=96,
+                                           max_seq_len=32)))
 with torch.inference_mode():
     cache = model.new_cache(capacity=8)
     model.next_scores(torch.tensor([[1, 2, 3]]), cache)

@@ -6,10 +6,11 @@ import copy
 import pytest
 import torch
 
+from nexttoken.accel import decode_blocks, kernels
+from nexttoken.accel.decode_blocks import OneCallStep, one_call_step
+from nexttoken.accel.precision import set_precision
+from nexttoken.accel.steps import decode_step
 from nexttoken.config import ModelConfig
-from nexttoken.model import decode_blocks, kernels
-from nexttoken.model.compiled import compile_decoding
-from nexttoken.model.precision import set_precision
 from nexttoken.model.transformer import Transformer
 
 pytestmark = pytest.mark.skipif(not kernels.load(), reason="our CPU kernels could not be built here")
@@ -24,17 +25,12 @@ def quantized_model(head_dim: int, quantize: str, dtype: str = "float32") -> Tra
 
 def greedy_steps(model: Transformer, prompts: torch.Tensor, n_steps: int, one_call: bool):
     """The scores of a prompt's prefill and of `n_steps` greedy decode steps after it, and the cache."""
-    gathered = model.one_call_blocks
-    if not one_call:
-        model.one_call_blocks = None
+    step = one_call_step(model) if one_call else model.next_scores
     cache = model.new_cache(prompts.shape[0], capacity=prompts.shape[1] + n_steps)
-    try:
-        with torch.inference_mode():
-            scores = [model.next_scores(prompts, cache)]
-            for _ in range(n_steps):
-                scores.append(model.next_scores(scores[-1].argmax(-1, keepdim=True), cache))
-    finally:
-        model.one_call_blocks = gathered
+    with torch.inference_mode():
+        scores = [step(prompts, cache)]
+        for _ in range(n_steps):
+            scores.append(step(scores[-1].argmax(-1, keepdim=True), cache))
     return torch.stack(scores), cache
 
 
@@ -43,7 +39,7 @@ def greedy_steps(model: Transformer, prompts: torch.Tensor, n_steps: int, one_ca
 @pytest.mark.parametrize("quantize", ["int4", "int8"])
 def test_one_call_steps_are_the_blocks_steps_bit_for_bit(quantize, head_dim, threads):
     model = quantized_model(head_dim, quantize)
-    assert model.one_call_blocks is not None
+    assert one_call_step(model) is not None
     prompts = torch.randint(0, 96, (3, 7))  # rows of one length: no padding
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -59,11 +55,11 @@ def test_one_call_steps_are_the_blocks_steps_bit_for_bit(quantize, head_dim, thr
 
 
 def test_only_quantized_float32_models_decode_in_one_call():
-    assert quantized_model(32, "int4").one_call_blocks is not None
-    assert quantized_model(32, "int8").one_call_blocks is not None
-    assert quantized_model(32, "none").one_call_blocks is None
-    assert quantized_model(32, "int4", "bfloat16").one_call_blocks is None  # bfloat16 norms and a bfloat16 cache
-    assert quantized_model(48, "int4").one_call_blocks is None  # heads of a size the kernel is not built for
+    assert one_call_step(quantized_model(32, "int4")) is not None
+    assert one_call_step(quantized_model(32, "int8")) is not None
+    assert one_call_step(quantized_model(32, "none")) is None
+    assert one_call_step(quantized_model(32, "int4", "bfloat16")) is None  # bfloat16 norms and a bfloat16 cache
+    assert one_call_step(quantized_model(48, "int4")) is None  # heads of a size the kernel is not built for
 
 
 def test_padded_batches_and_gradients_run_the_blocks_one_by_one():
@@ -80,8 +76,7 @@ def test_padded_batches_and_gradients_run_the_blocks_one_by_one():
 
 def test_a_model_that_decodes_in_one_call_is_not_compiled():
     model = quantized_model(32, "int4")
-    step = model.next_scores
-    assert compile_decoding(model) is model and model.next_scores == step
+    assert isinstance(decode_step(model, compiled=True), OneCallStep)
 
 
 def test_a_cache_that_does_not_fit_is_a_clear_error():
@@ -89,7 +84,7 @@ def test_a_cache_that_does_not_fit_is_a_clear_error():
     cache = model.new_cache(1)
     cache.keys[1] = cache.keys[1].float()
     with torch.inference_mode(), pytest.raises(RuntimeError, match="decode_blocks: every block's keys and values"):
-        model.next_scores(torch.tensor([[1]]), cache)
+        one_call_step(model)(torch.tensor([[1]]), cache)
 
 
 @pytest.fixture(scope="module")
@@ -101,4 +96,4 @@ def test_smollm2_int4_decodes_in_one_call_as_block_by_block(smollm2, smollm2_int
     prompt = torch.tensor([smollm2.tokenizer.encode("The capital of France is Paris. The capital of Italy is")])
     blocks, _ = greedy_steps(smollm2_int4, prompt, 12, one_call=False)
     one_call, _ = greedy_steps(smollm2_int4, prompt, 12, one_call=True)
-    assert smollm2_int4.one_call_blocks is not None and torch.equal(one_call, blocks)
+    assert one_call_step(smollm2_int4) is not None and torch.equal(one_call, blocks)

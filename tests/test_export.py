@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from nexttoken import pretrained
+from nexttoken.accel.quantize import Int4Linear
 from nexttoken.config import ModelConfig
 from nexttoken.errors import NextTokenError
-from nexttoken.model.quantize import Int4Linear
 from nexttoken.model.transformer import Transformer
 from nexttoken.tokenizer import Tokenizer
 from nexttoken.tokenizer.presets import chat_format

@@ -7,8 +7,8 @@ import sys
 import torch
 from test_export import tiny_decoder
 
-from nexttoken import memory
-from nexttoken.model.quantize import quantize_linears
+from nexttoken.accel import memory
+from nexttoken.accel.quantize import quantize_linears
 
 
 def test_moved_weights_are_the_same_tensors_with_the_same_values():
@@ -43,7 +43,7 @@ def test_without_huge_pages_nothing_moves(monkeypatch):
 FREED_MEMORY_PROBE = """
 import torch
 from pathlib import Path
-from nexttoken import memory
+from nexttoken.accel import memory
 
 def resident_mib():
     line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmRSS"))

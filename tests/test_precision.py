@@ -8,17 +8,18 @@ import pytest
 import torch
 from torch import nn
 
+from nexttoken.accel import kernels
+from nexttoken.accel.precision import set_precision
+from nexttoken.accel.quantize import (BFLOAT16_HEAD_KERNEL_MAX_ROWS, FLOAT32_HEAD_KERNEL_MAX_ROWS,
+                                      FLOAT32_KERNEL_MAX_ROWS, GROUP, Float32Linear, GroupEmbedding, Int4Linear,
+                                      Int8Head, Int8Linear, Linear16, quantize_groups)
+from nexttoken.accel.steps import decode_step
 from nexttoken.apps.bench import weight_bytes_per_token
 from nexttoken.config import ModelConfig
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.generate import generate
 from nexttoken.decoding.speculative import DraftModel
 from nexttoken.errors import NextTokenError
-from nexttoken.model import kernels
-from nexttoken.model.precision import set_precision
-from nexttoken.model.quantize import (BFLOAT16_HEAD_KERNEL_MAX_ROWS, FLOAT32_HEAD_KERNEL_MAX_ROWS,
-                                      FLOAT32_KERNEL_MAX_ROWS, GROUP, Float32Linear, GroupEmbedding, Int4Linear,
-                                      Int8Head, Int8Linear, Linear16, quantize_groups)
 from nexttoken.model.transformer import Transformer
 from nexttoken.pretrained import LanguageModel
 from test_smollm2_parity import long_text
@@ -42,7 +43,8 @@ MARGIN = 0.3  # where the reference's two best log-probabilities are closer, eit
 @pytest.fixture(scope="module")
 def variants(smollm2) -> dict[str, LanguageModel]:
     def variant(dtype: str, quantize: str) -> LanguageModel:
-        return LanguageModel(set_precision(copy.deepcopy(smollm2.model), dtype, quantize), smollm2.tokenizer, smollm2.path)
+        model = set_precision(copy.deepcopy(smollm2.model), dtype, quantize)
+        return LanguageModel(model, smollm2.tokenizer, smollm2.path, step=decode_step(model))
 
     return {"bf16": variant("bfloat16", "none"), "int8": variant("float32", "int8"), "int4": variant("float32", "int4")}
 
@@ -75,8 +77,9 @@ def test_accuracy_against_float32(smollm2, variants, name):
 def test_greedy_tokens_match_where_the_reference_is_clear(smollm2, variants, name, prompt, speculative):
     ids = smollm2.encode(prompt, chat=True)
     reference = smollm2.generate(ids, GenerationConfig(max_new_tokens=32, top_logprobs=2))
+    draft = DraftModel(variants["int4"].model, variants["int4"].step)
     ours = generate(variants[name].model, smollm2.tokenizer, ids, smollm2.end_ids,
-                    GenerationConfig(max_new_tokens=32, **speculative), draft=DraftModel(variants["int4"].model))
+                    GenerationConfig(max_new_tokens=32, **speculative), draft=draft, step=variants[name].step)
     gaps = [step.top[0].logprob - step.top[1].logprob for step in reference.steps]
     diverged = next((n for n, (a, b) in enumerate(zip(ours.token_ids, reference.token_ids)) if a != b), None)
     if diverged is not None:  # allowed only where the reference itself nearly tied

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 
+from nexttoken.accel.precision import set_precision
 from nexttoken.apps.chat import ChatSession
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.generate import generate
@@ -14,7 +15,6 @@ from nexttoken.decoding.config import SamplingConfig
 from nexttoken.decoding.speculative import DraftModel, draft_from_context
 from nexttoken.errors import NextTokenError
 from nexttoken.loaders.gguf import load_gguf_model
-from nexttoken.model.precision import set_precision
 from tiny_gguf import tiny_llama, write_llama_gguf
 
 CODE = '''def add(a, b):

@@ -153,7 +153,7 @@ def test_keep_freed_memory_keeps_a_freed_block_in_the_process():
     probe = """
 from pathlib import Path
 import torch
-from nexttoken.memory import keep_freed_memory
+from nexttoken.accel.memory import keep_freed_memory
 def current_rss_mib():
     status = Path("/proc/self/status").read_text()
     return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")) / 1024

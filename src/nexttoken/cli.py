@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from nexttoken.accel.decode_blocks import OneCallStep
 from nexttoken.apps.attention import (check_heatmap_path, heatmap_rows, last_token_attention, most_attended,
                                       save_heatmap)
 from nexttoken.apps.bench import run_bench
@@ -209,7 +210,7 @@ def bench(model: ModelOption = None, dtype: Dtype = "float32", quantize: Quantiz
         print(json.dumps(result.as_dict()))
         return
     precision = dtype if quantize == "none" else f"{quantize} weights, {dtype}"
-    step = ", blocks in one call" if lm.model.one_call_blocks is not None else ", compiled" if compiled else ""
+    step = ", blocks in one call" if isinstance(lm.step, OneCallStep) else ", compiled" if compiled else ""
     table = Table(title=f"{precision}{step}, batch {batch_size}, {torch.get_num_threads()} threads")
     table.add_column("measure")
     table.add_column("value", justify="right")

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from nexttoken.accel.precision import load_dtype, set_precision
+from nexttoken.accel.steps import decode_step
 from nexttoken.decoding.beam import BeamObserver
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.generate import generate, generate_batch
@@ -15,10 +17,8 @@ from nexttoken.decoding.speculative import DraftModel
 from nexttoken.errors import NextTokenError
 from nexttoken.loaders.gguf import load_gguf_model
 from nexttoken.loaders.safetensors import load_hf_model
-from nexttoken.model.compiled import compile_decoding
 from nexttoken.model.kv_cache import KVCache
-from nexttoken.model.precision import load_dtype, set_precision
-from nexttoken.model.transformer import Transformer
+from nexttoken.model.transformer import DecodeStep, Transformer
 from nexttoken.packaged import packaged_path
 from nexttoken.tokenizer import Tokenizer
 
@@ -45,7 +45,11 @@ class LanguageModel:
     tokenizer: Tokenizer
     path: Path
     draft: DraftModel | None = None  # guesses tokens for speculative decoding (GenerationConfig.draft_tokens)
-    step: Callable | None = None  # feeds tokens through the cache (decoding/engine.py); None: the model's own
+    step: DecodeStep | None = None  # what decoding calls for each pass (accel.steps); None: model.next_scores
+
+    def __post_init__(self) -> None:
+        if self.step is None:
+            self.step = self.model.next_scores
 
     @property
     def end_ids(self) -> tuple[int, ...]:
@@ -104,7 +108,7 @@ def load(path: str | Path | None = None, dtype: str = "float32", quantize: str =
     """Load a GGUF file or a Hugging Face Llama folder (config.json, model.safetensors,
     tokenizer.json; the built-in SmolLM2-135M-Instruct when `path` is None), computing in `dtype`
     ("float32" or "bfloat16"), with linear weights kept as `quantize` says ("none", "int8" or
-    "int4"), and with a compiled decode step when `compiled`.
+    "int4"), and with a compiled decode step when `compiled` (accel.steps.decode_step chooses it).
 
     `draft`, for speculative decoding: "int4" (this model with int4 weights, which agrees with
     float32 on nearly every next token: docs/precision.md), or the path of a model with the same vocabulary, loaded
@@ -126,5 +130,5 @@ def load(path: str | Path | None = None, dtype: str = "float32", quantize: str =
         if drafter.tokenizer.tokens != tokenizer.tokens:
             raise NextTokenError(f"{draft}: the draft model's vocabulary is not the model's; "
                                  "a draft must share its tokenizer")
-        draft_model = DraftModel(drafter.model)
-    return LanguageModel(compile_decoding(model) if compiled else model, tokenizer, path, draft_model)
+        draft_model = DraftModel(drafter.model, drafter.step)
+    return LanguageModel(model, tokenizer, path, draft_model, decode_step(model, compiled))

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import torch
 
-from nexttoken.decoding.config import GenerationConfig
-from nexttoken.decoding.config import SamplingConfig
-from nexttoken.memory import huge_page_bytes
-from nexttoken.model.quantize import GroupLinear
+from nexttoken.accel.memory import huge_page_bytes
+from nexttoken.accel.quantize import GroupLinear
+from nexttoken.decoding.config import GenerationConfig, SamplingConfig
 from nexttoken.model.transformer import Transformer
 from nexttoken.pretrained import LanguageModel
 

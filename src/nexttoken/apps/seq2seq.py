@@ -8,6 +8,7 @@ from pathlib import Path
 import tokenizers
 import torch
 
+from nexttoken.accel.accelerate import accelerate
 from nexttoken.decoding.beam import cut_at_stop
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.generate import generate_batch
@@ -48,6 +49,7 @@ class Seq2SeqModel:
     def load(cls, folder: str | Path) -> "Seq2SeqModel":
         folder = Path(folder)
         model, config = load_hf_seq2seq(folder)
+        accelerate(model)
         path = folder / "tokenizer.json"
         if not path.is_file():
             raise NextTokenError(f"{folder}: no tokenizer.json")

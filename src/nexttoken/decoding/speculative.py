@@ -19,7 +19,7 @@ from nexttoken.decoding.processors import TokenHistory
 from nexttoken.decoding.prompts import common_prefix_length
 from nexttoken.decoding.select import select, step_records
 from nexttoken.model.kv_cache import KVCache
-from nexttoken.model.transformer import Transformer
+from nexttoken.model.transformer import DecodeStep, Transformer
 
 MAX_NGRAM = 3
 Drafter = Callable[[list[int], int], list[int]]  # (every token so far, n) -> up to n guesses of the next ones
@@ -42,8 +42,9 @@ class DraftModel:
     model chose anew (its correction of a rejected guess) are fed again, and a generation that
     continues an earlier one (a chat's next turn) feeds only what is new."""
 
-    def __init__(self, model: Transformer) -> None:
+    def __init__(self, model: Transformer, step: DecodeStep | None = None) -> None:
         self.model = model
+        self.step = step or model.next_scores  # each guess's pass
         self.cache = model.new_cache()
         self.cached: list[int] = []  # the tokens whose keys and values the cache holds
 
@@ -59,7 +60,7 @@ class DraftModel:
             self.cache.reserve(max(needed, min(2 * self.cache.capacity, self.model.config.max_seq_len)))
         self.cached, fed, guesses = tokens[:keep], tokens[keep:], []
         for _ in range(n_draft):
-            guesses.append(int(self.model.next_scores(torch.tensor([fed]), self.cache)[0].argmax()))
+            guesses.append(int(self.step(torch.tensor([fed]), self.cache)[0].argmax()))
             self.cached += fed
             fed = guesses[-1:]
         return guesses

@@ -17,6 +17,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from nexttoken.accel.accelerate import accelerate
 from nexttoken.encoder.sentence import SentenceEncoder, encoder_from, right_pad
 from nexttoken.errors import NextTokenError
 from nexttoken.families import bert
@@ -129,6 +130,7 @@ def load_classifier(folder: str | Path) -> TextClassifier:
     """A folder that `save_classifier` (or transformers' BertFor{Sequence,Token}Classification) wrote."""
     folder = Path(folder)
     model, heads, config_json = load_hf_model(folder)
+    accelerate(model)
     architecture = (config_json.get("architectures") or [""])[0]
     kinds = {name: kind for kind, name in ARCHITECTURES.items()}
     if architecture not in kinds or "out.weight" not in heads:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
+from nexttoken.accel.accelerate import accelerate
 from nexttoken.errors import NextTokenError
 from nexttoken.loaders.safetensors import load_hf_model
 from nexttoken.model.heads import MaskedLMHead
@@ -129,7 +130,7 @@ def load_encoder(path: str | Path | None = None) -> SentenceEncoder:
     """Load a BERT-layout Hugging Face folder (the built-in all-MiniLM-L6-v2 when `path` is None)."""
     folder = Path(path) if path is not None else builtin_encoder_path()
     model, heads, _ = load_hf_model(folder)
-    return encoder_from(folder, model, heads)
+    return encoder_from(folder, accelerate(model), heads)
 
 
 def encoder_from(folder: Path, model: Transformer, heads: dict[str, torch.Tensor]) -> SentenceEncoder:

@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from nexttoken.config import ModelConfig
-from nexttoken.model import kernels
 from nexttoken.model.kv_cache import CrossKVCache, KVCache
 from nexttoken.model.layers import apply_rotary
 
@@ -21,8 +20,7 @@ class Attention(nn.Module):
         self.causal = config.causal
         self.rotary = config.positions == "rope"
         self.scale = None if config.scale_attention else 1.0  # None: SDPA's 1/sqrt(head_dim)
-        self.kernel_scale = self.head_dim**-0.5 if config.scale_attention else 1.0  # what our kernels take
-        # queries, keys and values in one product: one pass over x, one kernel call (fused at load time)
+        # queries, keys and values in one product: one pass over x (fused at load time)
         self.qkv_sizes = (self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim)
         self.wqkv = nn.Linear(config.d_model, sum(self.qkv_sizes), bias=config.bias)
         self.wo = nn.Linear(self.n_head * self.head_dim, config.d_model, bias=config.bias)
@@ -38,28 +36,25 @@ class Attention(nn.Module):
         k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
         if self.rotary:
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            q, k = self.rotate(q, cos, sin), self.rotate(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_index, k, v)  # (B, H_kv, past + T, D)
         if last_only:  # the last query sees every key: no causal mask left but the padding's
             q = q[:, :, -1:]
             attention_mask = attention_mask[:, :, -1:] if attention_mask is not None else None
-        if kernels.takes_one_query(q, k, v, attention_mask):
-            y = torch.ops.nexttoken.one_query_attention(q, k, v, attention_mask, self.kernel_scale)
-        else:  # a float16 cache (quantized models), which only that kernel reads as it is, is widened
-            y = self._attend(q, k.to(q.dtype), v.to(q.dtype), attention_mask)
+        y = self.attend(q, k, v, attention_mask)
         y = y.transpose(1, 2).reshape(B, q.shape[2], self.n_head * self.head_dim)  # (B, T, H * D)
         return self.wo(y)
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """(B, H, T, D) queries over (B, H_kv, S, D) keys and values of their dtype -> (B, H, T, D),
-        where our decode kernel does not take them: a prompt, or the compiled step on other inputs."""
+    def rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Queries or keys (B, H, T, D) turned by their positions' angles (RoPE)."""
+        return apply_rotary(x, cos, sin)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, H, T, D) queries over (B, H_kv, S, D) keys and values -> (B, H, T, D)."""
+        k, v = k.to(q.dtype), v.to(q.dtype)  # a cache kept in another dtype (float16) is widened
         T = q.shape[2]
-        if T == 1 and torch.compiler.is_compiling():
-            return one_query_attention(q, k, v, attention_mask, self.scale)
-        if kernels.takes_attention(q, k, v, attention_mask):
-            return torch.ops.nexttoken.flash_attention(q, k, v, attention_mask, self.causal, self.kernel_scale)
         mask = {"attn_mask": attention_mask} if attention_mask is not None else self._causal(T, k.shape[2])
         return F.scaled_dot_product_attention(q, k, v, scale=self.scale, enable_gqa=True, **mask)
 
@@ -72,25 +67,6 @@ class Attention(nn.Module):
         past = n_keys - n_queries
         query_pos = torch.arange(past, n_keys).unsqueeze(1)  # (T, 1)
         return {"attn_mask": torch.arange(n_keys).unsqueeze(0) <= query_pos}  # (T, past + T)
-
-
-def one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-                        scale: float | None) -> torch.Tensor:
-    """Attention of a decode step's single query per row, written out as products and sums: what
-    the compiled step runs where our kernel (one_query_attention.cpp) does not, instead of SDPA,
-    whose CPU kernel took 28 µs per SmolLM2 layer on one query, where inductor fuses these few
-    lines, with the rotation before them, into one loop of about 11 µs. (B, H, 1, D) queries,
-    (B, H_kv, S, D) keys and values, and a mask as SDPA takes it: bool (B, 1, 1, S), or float
-    (B, H, 1, S) biases -> (B, H, 1, D). Sums are float32, as in SDPA."""
-    B, H, _, D = q.shape
-    H_kv = k.shape[1]
-    queries = q.float().view(B, H_kv, H // H_kv, 1, D)  # each key/value head with its group of query heads
-    scores = (queries * k.float().unsqueeze(2)).sum(-1) * (scale if scale is not None else D**-0.5)  # (B, H_kv, G, S)
-    if mask is not None:
-        mask = mask.view(B, H_kv, H // H_kv, -1) if mask.shape[1] == H else mask.view(B, 1, 1, -1)
-        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-    weights = scores.softmax(dim=-1).unsqueeze(-1)  # (B, H_kv, G, S, 1)
-    return (weights * v.float().unsqueeze(2)).sum(-2).view(B, H, 1, D).to(q.dtype)
 
 
 class CrossAttention(nn.Module):

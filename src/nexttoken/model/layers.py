@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from nexttoken.config import ModelConfig
-from nexttoken.model import kernels
 
 
 class RMSNorm(nn.Module):
@@ -21,8 +20,6 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # in float32 whatever the model's precision, as the reference does: the mean of squares
         # of a bfloat16 vector loses too much
-        if kernels.runs_ours(x, self.weight):
-            return torch.ops.nexttoken.rms_norm(x, self.weight, self.eps)
         return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
 
 
@@ -57,11 +54,12 @@ class GatedMLP(nn.Module):
         self.w_down = nn.Linear(d_ff, d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate_up = self.w_gate_up(x)
-        if self.act is F.silu and kernels.runs_ours(gate_up):
-            return self.w_down(torch.ops.nexttoken.silu_mul(gate_up))
+        return self.w_down(self.gate(self.w_gate_up(x)))
+
+    def gate(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """(..., 2 * d_ff) gate and up products -> (..., d_ff) act(gate) * up."""
         gate, up = gate_up.chunk(2, dim=-1)
-        return self.w_down(self.act(gate) * up)
+        return self.act(gate) * up
 
 
 def make_norm(config: ModelConfig) -> nn.Module:
@@ -92,9 +90,6 @@ def rotary_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate each (i, i + D/2) pair of x (B, H, T, D) by its position's angle; cos, sin: (B, 1, T, D)."""
-    fits = x.dim() == 4 and cos.shape == (x.shape[0], 1, *x.shape[2:]) and cos.dtype == sin.dtype == x.dtype
-    if fits and kernels.runs_ours(x, cos, sin):  # other shapes broadcast, and autocast mixes dtypes, below
-        return torch.ops.nexttoken.rotary(x, cos, sin)
     half = x.shape[-1] // 2
     rotated_half = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos + rotated_half * sin

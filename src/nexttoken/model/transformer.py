@@ -6,16 +6,17 @@ is the same core attending both ways, with learned positions, token-type embeddi
 LayerNorm blocks and a GELU MLP. An encoder-decoder (T5, BART; see encoder_decoder.py) is two of
 these: an encoder, and a decoder whose blocks add cross-attention onto the encoder's output."""
 
+from typing import Protocol
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nexttoken.config import ModelConfig
 from nexttoken.errors import ContextWindowExceeded
-from nexttoken.model import decode_blocks
 from nexttoken.model.attention import Attention, CrossAttention, RelativePositionBias
 from nexttoken.model.kv_cache import CrossKVCache, KVCache
 from nexttoken.model.layers import make_mlp, make_norm, rotary_tables, sinusoidal_table
-from nexttoken.model.quantize import FLOAT32_HEAD_KERNEL_MAX_ROWS, float32_linear
 from nexttoken.model.ssru import SSRU
 
 # the self-attention sublayers a block can have, by `ModelConfig.self_attention`; each is built
@@ -86,6 +87,14 @@ class DecoderBlock(Block):
         return self.mlp_norm(x + self.mlp(x))
 
 
+class DecodeStep(Protocol):
+    """A decode step, as decoding calls it: (B, T) tokens fed through the cache -> (B, vocab_size)
+    scores for each row's next token. `Transformer.next_scores` is the reference one; nexttoken.accel
+    wraps it (compiled, or all the blocks in one kernel call)."""
+
+    def __call__(self, ids: torch.Tensor, cache: KVCache, mask: torch.Tensor | None = None) -> torch.Tensor: ...
+
+
 class Transformer(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -108,9 +117,9 @@ class Transformer(nn.Module):
         cos, sin = rotary_tables(config.head_dim, config.max_seq_len, config.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        self.cache_dtype: torch.dtype | None = None  # what the KV cache keeps; None: the compute dtype
-        # the blocks as decode_blocks' one kernel call reads them (quantized models), or None
-        self.one_call_blocks: decode_blocks.Blocks | None = None
+        # what `new_cache` keeps keys and values in; None: the compute dtype. Whoever converts the
+        # weights sets it (nexttoken.accel.precision: float16 beside quantized float32 weights)
+        self.cache_dtype: torch.dtype | None = None
 
     def hidden_states(self, ids: torch.Tensor, cache: KVCache | None = None,
                       mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
@@ -119,6 +128,15 @@ class Transformer(nn.Module):
 
         `mask` (B, T) is False at padding (prompts of a batch are left-padded to one length); each
         row's positions count only its real tokens, and no token attends to padding."""
+        x, cos, sin, attention_mask = self.block_inputs(ids, cache, mask)
+        x = self.run_blocks(x, cos, sin, cache, attention_mask, last_only)
+        return self.norm(x) if self.norm is not None else x
+
+    def block_inputs(self, ids: torch.Tensor, cache: KVCache | None, mask: torch.Tensor | None
+                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """What the blocks take for (B, T) `ids` (see hidden_states): the (B, T, d_model) embeddings,
+        the rotations of each row's positions, and the attention mask (None where nothing is
+        padded and causality alone masks)."""
         B, T = ids.shape
         past = cache.length if cache is not None else 0
         if past + T > self.config.max_seq_len:
@@ -147,14 +165,17 @@ class Transformer(nn.Module):
             attention_mask = padded_causal_mask(key_mask, T)
         else:
             attention_mask = key_mask[:, None, None, :]  # (B, 1, 1, S): every query sees every real key
-        if self.one_call_blocks is not None and decode_blocks.takes(x, cache, attention_mask):
-            x = decode_blocks.decode_blocks(self.one_call_blocks, x, cos, sin, cache)
-        else:
-            for i, block in enumerate(self.blocks):
-                x = block(x, cos, sin, cache, attention_mask, last_only and i == len(self.blocks) - 1)
+        return x, cos, sin, attention_mask
+
+    def run_blocks(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, cache: KVCache | None,
+                   attention_mask: torch.Tensor | None, last_only: bool = False) -> torch.Tensor:
+        """The blocks in turn on (B, T, d_model) inputs; the cache then holds their T positions."""
+        T = x.shape[1]
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, cache, attention_mask, last_only and i == len(self.blocks) - 1)
         if cache is not None:
-            cache.advance(T)
-        return self.norm(x) if self.norm is not None else x
+            cache.advance(T)  # once every layer has written its keys and values
+        return x
 
     def position_bias(self, positions: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         """T5: (B, H, T, S) relative position biases, computed once and shared by every layer, with
@@ -185,9 +206,13 @@ class Transformer(nn.Module):
         if self.head_scale != 1.0:
             hidden = hidden * self.head_scale
         if self.lm_head is None:
-            return float32_linear(hidden, self.embed.weight, self.head_bias, FLOAT32_HEAD_KERNEL_MAX_ROWS)
+            return self.tied_head(hidden)
         logits = self.lm_head(hidden)
         return logits if self.head_bias is None else logits + self.head_bias
+
+    def tied_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Scores from the embedding table itself (tied embeddings; Press & Wolf, 2017)."""
+        return F.linear(hidden, self.embed.weight, self.head_bias)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -201,7 +226,7 @@ class Transformer(nn.Module):
     def next_scores(self, ids: torch.Tensor, cache: KVCache, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) tokens fed through the cache -> (B, vocab_size) scores for each row's next token:
         the head on the last position only. A prefill (T > 1, `mask` as in hidden_states) and each
-        decoding step (T = 1); this is what `compile_decoding` compiles."""
+        decoding step (T = 1): the reference `DecodeStep`."""
         return self.head(self.hidden_states(ids, cache, mask, last_only=True)[:, -1])
 
     def new_cache(self, batch_size: int = 1, capacity: int = 256) -> KVCache:

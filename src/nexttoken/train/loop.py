@@ -37,6 +37,7 @@ from rich.progress import (
 )
 from torch import nn
 
+from nexttoken.accel.memory import keep_freed_memory
 from nexttoken.errors import NextTokenError
 from nexttoken.train.checkpoint import (
     Checkpoint,
@@ -58,7 +59,6 @@ from nexttoken.train.distributed import (
     sum_across,
     wrap,
 )
-from nexttoken.memory import keep_freed_memory
 from nexttoken.train.metrics import (
     append_metrics,
     evaluation_metrics,

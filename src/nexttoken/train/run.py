@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from nexttoken.accel.accelerate import accelerate
 from nexttoken.config import ModelConfig
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.config import SamplingConfig
@@ -136,7 +137,7 @@ def data_folder(recipe: Recipe, run_dir: Path, process: Process) -> Path:
 
 def sample(model: Transformer, tokenizer: Tokenizer, run_dir: Path, prompt: str, seed: int,
            max_new_tokens: int = 120) -> str:
-    lm = LanguageModel(model.eval(), tokenizer, run_dir)
+    lm = LanguageModel(accelerate(model.eval()), tokenizer, run_dir)
     config = GenerationConfig(max_new_tokens=max_new_tokens,
                               sampling=SamplingConfig(temperature=0.8, top_k=50, seed=seed))
     return prompt + lm.generate(lm.encode(prompt), config).text
@@ -164,6 +165,8 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False) -> Run
         torch.manual_seed(recipe.seed)  # every process draws the same initial weights
         model_config = recipe.model_config(tokenizer.vocab_size)
         model = init_weights(Transformer(model_config), recipe.n_layer)
+        if process.device.type == "cpu":  # our CPU kernels, for the evaluations (they never run with gradients)
+            accelerate(model)
         micro = recipe.train.micro_batch
         data = TokenLoader(folder, "train", micro, recipe.seq_len, recipe.seed, process.rank, process.world_size)
         val = eval_batches(folder, micro, recipe.seq_len, recipe.eval_batches, rank=process.rank,

@@ -7,26 +7,21 @@ int8. int4 is exactly how a GGUF Q4_1 block stores its weights, and a Q4_1 block
 maximum are always among its values, so weights loaded from Q4_1 come back exactly; int8's steps
 are a seventeenth of Q4_1's, so they come back to within the float16 rounding of the scale, and
 weights of any other source lose at most half of one of 255 steps across their group. One scale
-per output row, symmetric, cannot hold Q4_1's groups: on SmolLM2, even computing in float32, its
-int8 weights agree with float32 on 97.7 % of next tokens. Every row of a product runs in our kernel
-(kernels.py) with bfloat16 inputs and float32 sums, while the rest of the model keeps its dtype:
-measured on SmolLM2 over a 2,000-token text, 99.40 % top-1 agreement with float32 for int4 and
-99.70 % for int8, against 97.8 % for a model computing wholly in bfloat16.
+per output row, symmetric, cannot hold Q4_1's groups. Every row of a product runs in our kernel
+(kernels.py) with bfloat16 inputs and float32 sums, while the rest of the model keeps its dtype,
+which agrees with float32 far better than a model computing wholly in bfloat16 (docs/kernels.md).
 
 The output head keeps 8 bits in symmetric groups (Int8Head): the built-in model's table is Q8_0
 in the GGUF file, a float16 scale times integers in [-127, 127] per 32 weights, which those groups
-hold exactly, where float16 (which we kept before) rounds some products of the two and reads 1.8
-times the bytes. On SmolLM2 a compiled int4 decode step's head went from 1.35 to 0.58 ms (the step
-from 4.84 to 3.87 ms); top-1 agreement with float32 over the text above went from 99.40 to 99.35 %
-for int4 and from 99.70 to 99.50 % for int8 (a prompt; 99.65 and 99.60 to 99.45 % for both 16
-tokens at a time), as the head's inputs are now rounded to bfloat16."""
+hold exactly, where float16 rounds some products of the two and reads more bytes; the head's
+inputs are rounded to bfloat16, as the layers' are."""
 
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from nexttoken.model import kernels
+from nexttoken.accel import kernels
 
 
 def swap_linears(model: nn.Module, replacement: Callable[[nn.Linear], nn.Module | None]) -> nn.Module:
@@ -40,11 +35,10 @@ def swap_linears(model: nn.Module, replacement: Callable[[nn.Linear], nn.Module 
 
 
 GROUP = kernels.GROUP  # inputs per scale and offset: a Q4_1 block
-# measured on SmolLM2's layers: beyond this many rows, unpacking the weight for a bfloat16 matrix
-# product is faster than PyTorch's int4 kernel. Ours takes every row: at 512 rows, 322 GFLOP/s for
-# int4 and 309 for int8 against 408 for the bfloat16 product on a weight unpacked beforehand, but
-# its float32 sums of exact weights agree better with float32 (99.55 against 98.95 % top-1 for a
-# 2,000-token prompt).
+# without our kernel: beyond this many rows, unpacking the weight for a bfloat16 matrix product is
+# faster than PyTorch's int4 kernel (docs/kernels.md). Ours takes every row: a prompt's products run
+# a little slower than on an unpacked bfloat16 weight, but its float32 sums of exact weights agree
+# better with float32.
 PYTORCH_INT4_KERNEL_MAX_ROWS = 16
 
 
@@ -124,7 +118,7 @@ class Int8Linear(GroupLinear):
 
 class Int8Head(Int8Linear):
     """A quantized model's output head: symmetric 8-bit groups, which hold a Q8_0 table (the
-    built-in model's) exactly in 56 % of float16's bytes, and float32 scores whatever x's dtype."""
+    built-in model's) exactly in about half of float16's bytes, and float32 scores whatever x's dtype."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         super().__init__(weight.detach(), symmetric=True)
@@ -184,32 +178,27 @@ def quantize_linears(model: nn.Module, bits: int, kernel_dtype: torch.dtype = to
     return swap_linears(model, quantized)
 
 
-# measured on SmolLM2: up to this many rows, a product with 16-bit weights is faster in our kernel
-# (or, without it, in PyTorch's float16 product) than as PyTorch's product with the weight cast to
-# x's dtype. float16 (the quantized models' head): ours widens each weight row once for every 8 rows of x
-# (16 rows: 11 ms, against 57 for the float32 cast; 128 rows: 70 against 102; 256: 202 against 163).
-# bfloat16 (a bfloat16 model's layers and head): one row 2–3 times as fast as PyTorch's bfloat16
-# product (the head: 1.5 against 3.5 ms; a 576 × 3,072 layer: 44 against 101 µs), 4 rows 1.2–1.4
-# times; at 8 rows PyTorch's is as fast or faster.
+# up to this many rows (by weight dtype, and whether our kernel is built), a product with 16-bit
+# weights is faster in our kernel (or, without it, in PyTorch's float16 product) than as PyTorch's
+# product with the weight cast to x's dtype, as measured on SmolLM2 (docs/kernels.md). float16 (the
+# quantized models' head): ours widens each weight row once for every 8 rows of x; bfloat16 (a
+# bfloat16 model's layers and head): from 8 rows on PyTorch's is as fast or faster.
 KERNEL_MAX_ROWS = {(torch.float16, True): 128, (torch.float16, False): 8,
                    (torch.bfloat16, True): 4, (torch.bfloat16, False): 0}
-# a bfloat16 head (SmolLM2's 49,152 × 576) in our kernel, against PyTorch's bfloat16 product: 1.3
-# against 4.3 ms for one row, 5.3 against 5.4 for 8, 10.9 against 6.6 for 16
+# a bfloat16 head (SmolLM2's 49,152 × 576) stays faster in our kernel up to more rows than a layer
 BFLOAT16_HEAD_KERNEL_MAX_ROWS = 8
 
 
 class Linear16(nn.Module):
     """y = x @ w^T (+ b) with w kept in float16 or bfloat16 and x in any dtype: the quantized models'
     float16 head, and a bfloat16 model's layers and head. A decode step's few rows go through our
-    kernel (kernels.py), which widens the weights to float32 and keeps x as it is; on this CPU it
-    reads weights at 34–80 GB/s where PyTorch's float16 product reads SmolLM2's head at 33 GB/s
-    and its bfloat16 one at 16. More rows (a prompt, scoring a text) multiply the weight cast to
-    x's dtype.
+    kernel (kernels.py), which widens the weights to float32 and keeps x as it is, and reads them
+    faster than PyTorch's float16 and bfloat16 products. More rows (a prompt, scoring a text)
+    multiply the weight cast to x's dtype.
 
     A `head` returns float32 scores: the kernel's sums are float32, and rounding a bfloat16 model's
-    scores to bfloat16 (steps of 0.125 around 20) tied SmolLM2's two best candidates at 3.75 % of
-    the positions of a 2,000-token text, where float32 chose between them: top-1 agreement with the
-    float32 model 97.6 % with bfloat16 scores, 98.4 % with float32 ones."""
+    scores to bfloat16 (steps of 0.125 around 20) ties the two best candidates where float32
+    chooses between them (docs/kernels.md)."""
 
     def __init__(self, weight: nn.Parameter, bias: nn.Parameter | None = None, head: bool = False) -> None:
         super().__init__()
@@ -234,9 +223,9 @@ class Linear16(nn.Module):
         return y.view(*x.shape[:-1], y.shape[-1])
 
 
-# measured on SmolLM2's layers, their weights read from memory: float32 products of up to 8 rows run
-# 1.15–5 times as fast in our kernel as in PyTorch's, whose one-row product reads 11–25 GB/s; from
-# 12–16 rows on PyTorch's is faster, except for the 49,152 × 576 head, where ours keeps ahead up to 32.
+# float32 products of up to this many rows run faster in our kernel than in PyTorch's, as measured on
+# SmolLM2's layers, their weights read from memory; the 49,152 × 576 head keeps ahead up to more rows
+# (docs/kernels.md).
 FLOAT32_KERNEL_MAX_ROWS = 8
 FLOAT32_HEAD_KERNEL_MAX_ROWS = 32
 

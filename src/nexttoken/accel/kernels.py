@@ -3,30 +3,22 @@
 For decoding: the int4 and int8 matrix products (group_matmul.cpp, with its weight layout below:
 the quantized models' layers and 8-bit head), and the product of a few rows with float32, float16
 or bfloat16 weights (matvec.cpp: a float32 or bfloat16 model's layers and head, a quantized
-model's float16 head where the 8-bit one does not fit). PyTorch's own int4 and int8
-CPU kernels are compute-bound on a decode step's few rows (12–13 GB/s of weights on 2 cores, against
-24–50 GB/s that the memory delivers); ours multiply 4- or 8-bit weights by bfloat16 inputs with
-AVX512-BF16 dot products and get through a SmolLM2 decode step's products 1.8 times as fast
-(benchmarks/bench_group_kernel.py), and a 512-token prompt's at about 80 % of the rate of a
-bfloat16 product on the weights unpacked (int4 322 and int8 309 against 408 GFLOP/s, one run), with
-float32 sums of exact weights. PyTorch's float16 product rounds x
-to float16 and read SmolLM2's 49,152 × 576 head at 33 GB/s, in 1.7 ms; ours keeps x in float32 and
-reads it at 45 GB/s, in 1.25 ms. PyTorch's float32 product of one row reads 11–25 GB/s here; ours
-takes 0.2–0.45 of its time on SmolLM2's layers and head (3.8 against 9.9 ms for the head).
+model's float16 head where the 8-bit one does not fit). PyTorch's own int4 and int8 CPU kernels
+are compute-bound on a decode step's few rows, well below the rate the memory delivers; ours
+multiply 4- or 8-bit weights by bfloat16 inputs with AVX512-BF16 dot products, with float32 sums
+of exact weights. PyTorch's float16 product rounds x to float16, where ours keeps it in float32;
+its float32 product of one row reads weights slower than ours (docs/kernels.md;
+benchmarks/bench_group_kernel.py).
 
 For prompts, and eager steps: attention of several queries in bfloat16 or float32
-(flash_attention.cpp), 3.8 and 2.0 times as fast as PyTorch's on SmolLM2's 512-token prompt (1.13
-against 4.3 ms a layer in bfloat16, 1.89 against 3.83 in float32), and
-RMSNorm, SwiGLU's product and the rotary rotation in one pass each (elementwise.cpp). They run
-where nothing is differentiated and torch.compile is not tracing (`runs_ours`).
+(flash_attention.cpp), and RMSNorm, SwiGLU's product and the rotary rotation in one pass each
+(elementwise.cpp); the modules that call them are in layers.py and attention.py. They run where
+nothing is differentiated and torch.compile is not tracing (`runs_ours`).
 
 For every decode step, eager or compiled: attention of one query per row in float32 or bfloat16,
 or in float32 over a quantized model's float16 cache (one_query_attention.cpp), which reads each
 cached key and value once for its group of query heads, and long caches are split between the
-threads by spans of keys. For a SmolLM2 layer,
-called from Python (about 4 µs of it the call): 7.3 µs over 100 cached positions and 17.5 over
-500, against 12.6 and 36.4 for PyTorch's SDPA; compiled, 3–5 µs less than inductor's fused loop
-over 100 positions and 55–61 less over 1,000 (float32 and bfloat16).
+threads by spans of keys; faster than PyTorch's SDPA, and than inductor's fused loop.
 
 For a quantized float32 model's decode step: all its blocks in one call (decode_blocks.cpp), the
 steps above run by threads that start once and meet at spin barriers, where 150 calls a step each

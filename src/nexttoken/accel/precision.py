@@ -2,22 +2,22 @@
 
 Weights load as float32 (the reference). `bfloat16` halves the bytes each token reads and runs
 matrix products on the CPU's bf16 units (a decode step's few rows in our kernel, which reads
-bfloat16 weights up to 2–3 times as fast as PyTorch's product); `int8` and `int4` keep linear
-weights as 8- or 4-bit integers with a scale and an offset per group of 32 inputs (int4 exact for
-weights that were Q4_1 in the GGUF file, int8 to within float16's rounding of the scale); their
-products take bfloat16 inputs, everything else computes in `dtype`. Under both the output head
-keeps 8 bits in symmetric groups, which hold the built-in model's Q8_0 table exactly (4 bits or
-bfloat16 would lose it), and from which the embeddings tied to it are looked up too. Computing
-in float32, both keep the KV cache in float16 too (half the bytes a decode step reads from it):
-float32 itself so rounded kept its top-1 agreement over 2,000 positions and moved its perplexity
-by 0.001 %, and decode steps through all the blocks in one kernel call (decode_blocks.py)."""
+bfloat16 weights faster than PyTorch's product); `int8` and `int4` keep linear weights as 8- or
+4-bit integers with a scale and an offset per group of 32 inputs (int4 exact for weights that
+were Q4_1 in the GGUF file, int8 to within float16's rounding of the scale); their products take
+bfloat16 inputs, everything else computes in `dtype`. Under both the output head keeps 8 bits in
+symmetric groups, which hold the built-in model's Q8_0 table exactly (4 bits or bfloat16 would
+lose it), and from which the embeddings tied to it are looked up too. Computing in float32, both
+keep the KV cache in float16 too (half the bytes a decode step reads from it, for a change in
+accuracy too small to matter; docs/kernels.md), which lets their decode steps run all the blocks
+in one kernel call (decode_blocks.py)."""
 
 import torch
 
+from nexttoken.accel.accelerate import accelerate
+from nexttoken.accel.memory import hand_back_freed_memory, move_to_huge_pages
+from nexttoken.accel.quantize import float32_products, quantize_linears, quantized_head, widen_bfloat16_products
 from nexttoken.errors import NextTokenError
-from nexttoken.memory import hand_back_freed_memory, move_to_huge_pages
-from nexttoken.model import decode_blocks
-from nexttoken.model.quantize import float32_products, quantize_linears, quantized_head, widen_bfloat16_products
 from nexttoken.model.transformer import Transformer
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -38,17 +38,18 @@ def load_dtype(dtype: str = "float32", quantize: str = "none") -> torch.dtype:
 
 
 def set_precision(model: Transformer, dtype: str = "float32", quantize: str = "none") -> Transformer:
-    """Convert `model` in place, its weights then kept in huge-page memory (nexttoken.memory)."""
+    """Convert `model` in place, with our kernels swapped in (accelerate.py) and its weights then kept
+    in huge-page memory (memory.py); sets the dtype its KV caches keep."""
     compute = named_dtype(dtype)
     if quantize not in QUANTIZATIONS:
         raise NextTokenError(f"quantize must be one of {', '.join(QUANTIZATIONS)}; got {quantize!r}")
+    accelerate(model)
     model.to(compute)
     if quantize != "none":
         for block in model.blocks:  # a block at a time, its float32 weights handed back before the next
             quantize_linears(block, bits=int(quantize.removeprefix("int")))
             hand_back_freed_memory()
         quantized_head(model)
-        model.one_call_blocks = decode_blocks.gather(model.blocks)
         if compute == torch.float32:
             model.cache_dtype = torch.float16  # half the bytes a decode step reads from the cache
     elif compute == torch.bfloat16:

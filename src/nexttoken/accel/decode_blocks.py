@@ -2,10 +2,11 @@
 
 Called one by one, a block's operators each start the threads and join them again, with Python
 between them: on SmolLM2 with int4 weights, 120 products and 30 attention calls a step, that
-cost more than reading the weights (an eager step 6.2 ms, 3.0–3.2 in one call). The kernel runs
-the same steps, so its output is the operators' bit for bit, for models whose blocks all `fit`
-(Llama's, every product in our int4 or int8 kernel; `gather`ed once), in the steps it `takes`
-(eager, float32, one new token per row with no padding, a float16 cache)."""
+cost more than reading the weights (docs/kernels.md). The kernel runs the same steps, so its
+output is the operators' bit for bit, for models whose blocks all `fit` (Llama's, every product
+in our int4 or int8 kernel; `gather`ed once), in the steps it `takes` (eager, float32, one new
+token per row with no padding, a float16 cache). `one_call_step` is the decode step that calls
+it: the model's own step, but for the blocks."""
 
 from dataclasses import dataclass
 
@@ -13,11 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nexttoken.model import kernels
+from nexttoken.accel import kernels
+from nexttoken.accel.attention import kernel_scale
+from nexttoken.accel.quantize import GroupLinear
 from nexttoken.model.attention import Attention
 from nexttoken.model.kv_cache import KVCache
 from nexttoken.model.layers import GatedMLP, RMSNorm
-from nexttoken.model.quantize import GroupLinear
+from nexttoken.model.transformer import Transformer
 
 
 def fits(block: nn.Module) -> bool:
@@ -45,9 +48,9 @@ def takes(x: torch.Tensor, cache: KVCache | None, attention_mask: torch.Tensor |
 
 @dataclass(frozen=True)
 class Blocks:
-    """What the kernel reads of a model's blocks, gathered once: each block's tensors (which keep
-    their identity from then on, huge pages included; see nexttoken.memory), by kind. Gathered at
-    every step, they took 0.25 ms of SmolLM2's 3.3 ms int4 step."""
+    """What the kernel reads of a model's blocks, gathered once, as gathering them at every step
+    cost a share of it (docs/kernels.md): each block's tensors (which keep their identity from then
+    on, huge pages included; see memory.py), by kind."""
 
     attn_norms: list[torch.Tensor]
     qkvs: list[torch.Tensor]
@@ -68,7 +71,7 @@ def gather(blocks: nn.ModuleList) -> Blocks | None:
     return Blocks([b.attn_norm.weight for b in blocks], [b.attn.wqkv.packed for b in blocks],
                   [b.attn.wo.packed for b in blocks], [b.mlp_norm.weight for b in blocks],
                   [b.mlp.w_gate_up.packed for b in blocks], [b.mlp.w_down.packed for b in blocks],
-                  attention.n_head, blocks[0].attn_norm.eps, attention.kernel_scale)
+                  attention.n_head, blocks[0].attn_norm.eps, kernel_scale(attention))
 
 
 def decode_blocks(blocks: Blocks, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -78,3 +81,27 @@ def decode_blocks(blocks: Blocks, x: torch.Tensor, cos: torch.Tensor, sin: torch
     return torch.ops.nexttoken.decode_blocks(
         x.contiguous(), blocks.attn_norms, blocks.qkvs, blocks.os, blocks.mlp_norms, blocks.gate_ups, blocks.downs,
         cos, sin, cache.keys, cache.values, cache.length, blocks.heads, blocks.eps, blocks.scale)
+
+
+@dataclass(frozen=True)
+class OneCallStep:
+    """`model.next_scores` (a transformer.DecodeStep), but for the blocks of the steps the kernel
+    `takes`: those in one call. The other steps run the same operations as `model.next_scores`."""
+
+    model: Transformer
+    blocks: Blocks
+
+    def __call__(self, ids: torch.Tensor, cache: KVCache, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x, cos, sin, attention_mask = self.model.block_inputs(ids, cache, mask)
+        if takes(x, cache, attention_mask):
+            x = decode_blocks(self.blocks, x, cos, sin, cache)
+            cache.advance(1)
+        else:
+            x = self.model.run_blocks(x, cos, sin, cache, attention_mask, last_only=True)
+        return self.model.head(self.model.norm(x)[:, -1])  # blocks that `fit` are pre-norm: a final norm
+
+
+def one_call_step(model: Transformer) -> OneCallStep | None:
+    """The decode step of a model whose blocks all `fit`, with their steps in one call; else None."""
+    blocks = gather(model.blocks)
+    return None if blocks is None else OneCallStep(model, blocks)

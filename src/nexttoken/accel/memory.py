@@ -3,15 +3,13 @@
 Huge pages for weights. A decode step streams every weight once, and with the kernel's 4 KiB
 pages that is a TLB miss, and a restart of the hardware prefetcher, every 4 KiB. Linux backs
 memory with 2 MiB pages where asked (madvise), so `move_to_huge_pages` copies a loaded model's
-weights into such memory. On the project's 2-core machine, SmolLM2 decode steps went from 6.5 to
-5.3–5.7 ms (int4, compiled) and from 33–34 to 28.5 ms (bfloat16, eager).
+weights into such memory, which shortens decode steps (docs/kernels.md).
 
 Kept freed memory for training. A training step allocates and frees the same large tensors every
 time: activations, the bfloat16 copies autocast makes of the weights, gradients, the scores over
 the vocabulary. glibc's malloc serves each block above its mmap threshold (128 KiB to 32 MiB) with
 a fresh mapping and unmaps it when freed, so the kernel faults in and zeroes those pages again at
-every step. On this project's 2-core machine that was a fifth of a step of a GPT-2-small-shaped
-decoder (1.82 -> 1.46 s at 512 tokens, bfloat16 autocast; see benchmarks/bench_train.py)."""
+every step, a noticeable share of it (docs/kernels.md; benchmarks/bench_train.py)."""
 
 import ctypes
 import ctypes.util
@@ -29,7 +27,7 @@ TENSOR_ALIGNMENT = 64  # bytes: a cache line, and what vector loads like
 TRIM_EVERY = 64 * 2**20  # bytes copied between handing freed memory back: a bound on the added peak
 
 
-@functools.cache  # finding it runs ldconfig: about 1.3 ms
+@functools.cache  # finding it runs ldconfig
 def c_library() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     return ctypes.CDLL(name) if name else None
