@@ -24,15 +24,15 @@ from nexttoken.decoding.prompts import check_prompt, left_pad
 from nexttoken.decoding.speculative import DraftModel, SpeculativeGroup, draft_from_context
 from nexttoken.errors import NextTokenError
 from nexttoken.model.kv_cache import KVCache
+from nexttoken.model.transformer import DecodeStep
 
-StepFunction = Callable[..., torch.Tensor]  # (B, T) ids, cache, (B, T) mask or None -> (B, V) next scores
 Group = SampledGroup | BeamGroup
 GROWTH = 64  # positions a running batch's cache grows by when full: growing copies every layer's cache
 
 
 class Engine:
     def __init__(self, model, decoder: Decoder, end_ids: Sequence[int], pad_id: int = 0,
-                 step: StepFunction | None = None, draft: DraftModel | None = None, encode: Encode | None = None,
+                 step: DecodeStep | None = None, draft: DraftModel | None = None, encode: Encode | None = None,
                  isolate_failures: bool = False) -> None:
         """`model`: a Transformer (or a decoder bound to its source); `step`: the function that
         feeds tokens through the cache (default: the model's `next_scores`; a compiled or one-call

@@ -10,19 +10,20 @@ from collections.abc import Callable, Iterable, Sequence
 from nexttoken.decoding.beam import BeamObserver
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.detokenize import Decoder
-from nexttoken.decoding.engine import Engine, StepFunction, decode
+from nexttoken.decoding.engine import Engine, decode
 from nexttoken.decoding.groups import Job
 from nexttoken.decoding.outputs import Completion
 from nexttoken.decoding.processors import Encode
 from nexttoken.decoding.speculative import DraftModel
 from nexttoken.model.kv_cache import KVCache
+from nexttoken.model.transformer import DecodeStep
 
 
 def generate_batch(model, tokenizer: Decoder, prompts: list[list[int]], end_ids: Iterable[int],
                    config: GenerationConfig = GenerationConfig(), pad_id: int = 0, cache: KVCache | None = None,
                    on_text: Callable[[str], None] | None = None,
                    on_beams: BeamObserver | None = None, draft: DraftModel | None = None,
-                   cached_ids: Sequence[int] = (), step: StepFunction | None = None,
+                   cached_ids: Sequence[int] = (), step: DecodeStep | None = None,
                    encode: Encode | None = None) -> list[list[Completion]]:
     """Continue every prompt; returns `num_return_sequences` completions per prompt.
 
@@ -43,7 +44,7 @@ def generate_batch(model, tokenizer: Decoder, prompts: list[list[int]], end_ids:
 def generate(model, tokenizer: Decoder, prompt_ids: list[int], end_ids: Iterable[int],
              config: GenerationConfig = GenerationConfig(), cache: KVCache | None = None,
              on_text: Callable[[str], None] | None = None, draft: DraftModel | None = None,
-             cached_ids: Sequence[int] = (), step: StepFunction | None = None,
+             cached_ids: Sequence[int] = (), step: DecodeStep | None = None,
              encode: Encode | None = None) -> Completion:
     """Continue one prompt; `on_text` receives the text as it becomes final."""
     return generate_batch(model, tokenizer, [prompt_ids], end_ids, config, cache=cache, on_text=on_text,
