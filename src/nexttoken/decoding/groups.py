@@ -133,9 +133,11 @@ class SampledGroup:
             self.live = []
             return None
         rows = torch.tensor(going_on)
-        self.history = self.history.append(chosen).select_rows(rows)
-        self.live = [self.live[i] for i in going_on]
-        return Choice(chosen[rows], rows)
+        self.history = self.history.append(chosen)
+        if len(going_on) < len(self.live):  # some rows ended: the rest go on without them
+            self.history, chosen = self.history.select_rows(rows), chosen[rows]
+            self.live = [self.live[i] for i in going_on]
+        return Choice(chosen, rows)
 
     def finish(self, sequence: int) -> None:
         completion = self.states[sequence].completion(self.prompt_lengths[sequence])
