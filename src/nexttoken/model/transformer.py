@@ -121,22 +121,26 @@ class Transformer(nn.Module):
         # weights sets it (nexttoken.accel.precision: float16 beside quantized float32 weights)
         self.cache_dtype: torch.dtype | None = None
 
-    def hidden_states(self, ids: torch.Tensor, cache: KVCache | None = None,
-                      mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+    def hidden_states(self, ids: torch.Tensor, cache: KVCache | None = None, mask: torch.Tensor | None = None,
+                      last_only: bool = False, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) token ids -> (B, T, d_model) final hidden states, or (B, 1, d_model) at the last
         position only when `last_only`; appends every position to `cache` when given.
 
         `mask` (B, T) is False at padding (prompts of a batch are left-padded to one length); each
-        row's positions count only its real tokens, and no token attends to padding."""
-        x, cos, sin, attention_mask = self.block_inputs(ids, cache, mask)
+        row's positions count only its real tokens, and no token attends to padding.
+        `attention_mask` (B or 1, 1, T, S) bool, over the S = past + T keys, forbids more: a query
+        sees a key only where it is True and causality and padding allow it too, in every layer.
+        Leave each query at least one key it may see."""
+        x, cos, sin, attention_mask = self.block_inputs(ids, cache, mask, attention_mask)
         x = self.run_blocks(x, cos, sin, cache, attention_mask, last_only)
         return self.norm(x) if self.norm is not None else x
 
-    def block_inputs(self, ids: torch.Tensor, cache: KVCache | None, mask: torch.Tensor | None
+    def block_inputs(self, ids: torch.Tensor, cache: KVCache | None, mask: torch.Tensor | None,
+                     allowed: torch.Tensor | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        """What the blocks take for (B, T) `ids` (see hidden_states): the (B, T, d_model) embeddings,
-        the rotations of each row's positions, and the attention mask (None where nothing is
-        padded and causality alone masks)."""
+        """What the blocks take for (B, T) `ids` (see hidden_states, whose `attention_mask` is
+        `allowed` here): the (B, T, d_model) embeddings, the rotations of each row's positions, and
+        the attention mask (None where nothing is padded or forbidden and causality alone masks)."""
         B, T = ids.shape
         past = cache.length if cache is not None else 0
         if past + T > self.config.max_seq_len:
@@ -158,14 +162,21 @@ class Transformer(nn.Module):
             cos = self.rope_cos[positions].unsqueeze(1).to(x.dtype)  # (B, 1, T, D)
             sin = self.rope_sin[positions].unsqueeze(1).to(x.dtype)
         if self.rel_bias is not None:  # the bias carries the masking too
-            attention_mask = self.position_bias(positions, key_mask).to(x.dtype)
-        elif not padded:
+            attention_mask = self.position_bias(positions, key_mask, allowed).to(x.dtype)
+        elif not padded and allowed is None:
             attention_mask = None
-        elif self.config.causal:
-            attention_mask = padded_causal_mask(key_mask, T)
         else:
-            attention_mask = key_mask[:, None, None, :]  # (B, 1, 1, S): every query sees every real key
+            attention_mask = self.key_access(key_mask, T)
+            if allowed is not None:
+                attention_mask = attention_mask & allowed  # (B, 1, T, S)
         return x, cos, sin, attention_mask
+
+    def key_access(self, key_mask: torch.Tensor, n_queries: int) -> torch.Tensor:
+        """(B, S) real-key mask -> which keys each of the last `n_queries` positions may see:
+        (B, 1, T, S) in a decoder (causal, never padding), (B, 1, 1, S) in an encoder (every real key)."""
+        if self.config.causal:
+            return padded_causal_mask(key_mask, n_queries)
+        return key_mask[:, None, None, :]  # (B, 1, 1, S)
 
     def run_blocks(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, cache: KVCache | None,
                    attention_mask: torch.Tensor | None, last_only: bool = False) -> torch.Tensor:
@@ -177,15 +188,16 @@ class Transformer(nn.Module):
             cache.advance(T)  # once every layer has written its keys and values
         return x
 
-    def position_bias(self, positions: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    def position_bias(self, positions: torch.Tensor, key_mask: torch.Tensor,
+                      allowed: torch.Tensor | None = None) -> torch.Tensor:
         """T5: (B, H, T, S) relative position biases, computed once and shared by every layer, with
-        -inf where a query may not look (padding; the future, in a decoder)."""
+        -inf where a query may not look (padding; the future, in a decoder; where `allowed`,
+        (B or 1, 1, T, S), is False)."""
         key_positions = key_mask.long().cumsum(dim=1) - 1  # (B, S): each key's place among its row's tokens
-        if self.config.causal:
-            allowed = padded_causal_mask(key_mask, positions.shape[1])  # (B, 1, T, S)
-        else:
-            allowed = key_mask[:, None, None, :]  # (B, 1, 1, S)
-        return self.rel_bias(positions, key_positions).masked_fill(~allowed, float("-inf"))
+        access = self.key_access(key_mask, positions.shape[1])
+        if allowed is not None:
+            access = access & allowed
+        return self.rel_bias(positions, key_positions).masked_fill(~access, float("-inf"))
 
     def embed_tokens(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Token embeddings (scaled where the family says so), plus absolute positions and token
