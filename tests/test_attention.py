@@ -1,6 +1,8 @@
 """Attention of the last position: parity with Hugging Face's eager attention on SmolLM2, what the model
 looks at to complete "The capital of China is", the heatmap, and the `nexttoken attention` command."""
 
+import json
+import re
 import struct
 import sys
 from pathlib import Path
@@ -10,10 +12,11 @@ import torch
 from typer.testing import CliRunner
 
 from nexttoken import cli
-from nexttoken.apps.attention import heatmap_rows, last_token_attention, most_attended, save_heatmap
+from nexttoken.apps.attention import heatmap_rows, last_token_attention, save_heatmap, split_sink, strongest_heads
 from nexttoken.errors import NextTokenError
 
 CAPITAL = "The capital of China is"
+CAPITAL_PNG = "capital.png"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -73,11 +76,25 @@ def test_what_the_last_position_looks_at(smollm2, capital):
     assert maps[:, :, texts.index(" capital")].max() > 0.8
 
 
-def test_most_attended_is_the_mean_over_layers_and_heads(capital):
+def test_the_sink_apart(capital):
     _, maps = capital
-    top = most_attended(maps, 10)
-    assert [t.position for t in top] == maps.mean(dim=(0, 1)).argsort(descending=True).tolist()
-    assert top[0].weight == pytest.approx(maps[:, :, 0].mean().item())
+    sink, rest = split_sink(maps)
+    assert torch.equal(sink, maps[:, :, 0])
+    assert (rest[:, :, 0] == 0).all()
+    torch.testing.assert_close(rest.sum(dim=-1), torch.ones(maps.shape[:2]))
+    torch.testing.assert_close(rest[:, :, 1:] * (1 - sink).unsqueeze(-1), maps[:, :, 1:])
+    sink, rest = split_sink(torch.tensor([[1.0], [0.5]]))  # one token: nothing is left past it
+    assert sink.tolist() == [1.0, 0.5] and rest.tolist() == [[0.0], [0.0]]
+
+
+def test_strongest_heads_look_at_the_positions_asked(smollm2, capital):
+    ids, maps = capital
+    china = [smollm2.tokenizer.decode([i]) for i in ids].index(" China")
+    heads = strongest_heads(maps, [china], 3)
+    _, rest = split_sink(maps)
+    assert [rest[h.layer, h.head, china].item() for h in heads] == rest[:, :, china].flatten().topk(3).values.tolist()
+    assert all(max(h.weights) == h.weights[china] for h in heads)
+    assert heads[0].sink == maps[heads[0].layer, heads[0].head, 0].item()
 
 
 def test_heatmap_rows_average_heads_or_pick_one(capital):
@@ -115,8 +132,9 @@ def test_heatmap_must_be_png(tmp_path, name):
 
 
 @pytest.fixture
-def run(smollm2, monkeypatch):
+def run(smollm2, monkeypatch, tmp_path):
     monkeypatch.setattr(cli, "load", lambda path, dtype, quantize, compiled, draft: smollm2)
+    monkeypatch.chdir(tmp_path)
     runner = CliRunner()
 
     def invoke(*args: str) -> str:
@@ -127,14 +145,49 @@ def run(smollm2, monkeypatch):
     return invoke
 
 
-def test_command_writes_the_heatmap_and_lists_the_top_tokens(run, tmp_path):
+def test_command_writes_the_heatmap_and_the_knockout_table(run, tmp_path):
     path = tmp_path / "capital.png"
     output = run("attention", CAPITAL, "--output", str(path))
     assert f"heatmap written to {path}" in output
     png_size(path)
-    table_rows = [line for line in output.splitlines() if "%" in line]
-    assert len(table_rows) == 5
-    assert "'The'" in table_rows[0] and "' China'" in output and "' capital'" in output
+    assert "P(' Beijing') = 0.540 with every token" in output
+    rows = [line for line in output.splitlines() if "│" in line and "'" in line]
+    # the table is sorted, the most damaging knockout first; then the baseline comes back in the layers
+    assert "' China'" in rows[0] and "0.000" in rows[0]
+    assert "' of'" in rows[3] and "0.310" in rows[3]
+    assert "heads that look most at ' capital', ' China' past the first token" in " ".join(output.split())
+
+
+def test_command_json(run):
+    report = json.loads(run("attention", CAPITAL, "--json", "-o", CAPITAL_PNG))
+    assert report["target"]["text"] == " Beijing" and report["target"]["p"] == pytest.approx(0.54, abs=0.005)
+    assert [k["text"] for k in report["knockout"]] == [" China", "The", " capital", " of"]
+    assert [k["position"] for k in report["knockout"]] == [3, 0, 1, 2]
+    assert report["knockout"][0]["p"] < 0.001 and report["knockout"][-1]["p"] == pytest.approx(0.31, abs=0.005)
+    assert report["decisive"] == [1, 3] and len(report["sink_share"]) == 30
+    assert all(0 <= share <= 1 for share in report["sink_share"])
+    assert len(report["heads"]) == 5
+    head = report["heads"][0]
+    assert set(head) == {"layer", "head", "sink", "weights"} and len(head["weights"]) == 5 and head["weights"][0] == 0
+
+
+def test_command_given_target(run, tmp_path):
+    report = json.loads(run("attention", "The capital of France is", "--target", " Paris", "--json", "-o", CAPITAL_PNG))
+    assert report["target"]["text"] == " Paris" and report["target"]["p"] == pytest.approx(0.773, abs=0.005)
+    without = {k["text"]: k["p"] for k in report["knockout"]}
+    assert without[" France"] < 0.005 and without[" of"] > 0.2
+
+
+def test_command_target_split_uses_its_first_token(smollm2, monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(cli, "load", lambda path, dtype, quantize, compiled, draft: smollm2)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["nexttoken", "attention", CAPITAL, "--target", " Beijing city", "--json"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 0
+    captured = capsys.readouterr()
+    assert captured.err.strip() == "note: the target ' Beijing city' is 2 tokens; measuring its first, ' Beijing'"
+    assert json.loads(captured.out)["target"]["text"] == " Beijing"
 
 
 def test_command_default_path_and_one_head(run, tmp_path, monkeypatch):
@@ -147,6 +200,7 @@ def test_command_default_path_and_one_head(run, tmp_path, monkeypatch):
 @pytest.mark.parametrize("args, message", [
     (("--head", "9"), "error: there is no head 9: this model's heads are numbered 0 to 8"),
     (("--output", "map.svg"), "error: the heatmap is written as a PNG image: give a path ending in .png, not 'map.svg'"),
+    (("--target", ""), "error: the target is empty: give the text of the next token to measure, as in ' Beijing'"),
 ])
 def test_command_mistakes_are_one_line_errors(smollm2, monkeypatch, capsys, tmp_path, args, message):
     monkeypatch.setattr(cli, "load", lambda path, dtype, quantize, compiled, draft: smollm2)
@@ -157,3 +211,17 @@ def test_command_mistakes_are_one_line_errors(smollm2, monkeypatch, capsys, tmp_
     assert exit_info.value.code == 1
     assert capsys.readouterr().err.strip() == message
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("prompt, message", [
+    ("", "error: the prompt is empty: give at least one token for the model to continue"),
+    ("word " * 9000, r"error: the prompt has \d+ tokens, more than the model's context window of 8192"),
+])
+def test_command_bad_prompts_are_one_line_errors(smollm2, monkeypatch, capsys, tmp_path, prompt, message):
+    monkeypatch.setattr(cli, "load", lambda path, dtype, quantize, compiled, draft: smollm2)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["nexttoken", "attention", prompt])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 1
+    assert re.fullmatch(message, capsys.readouterr().err.strip())

@@ -16,8 +16,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from nexttoken.accel.decode_blocks import OneCallStep
-from nexttoken.apps.attention import (check_heatmap_path, heatmap_rows, last_token_attention, most_attended,
-                                      save_heatmap)
+from nexttoken.apps.attention import check_heatmap_path, heatmap_rows, save_heatmap, split_sink
+from nexttoken.apps.dependence import Dependence, dependence, dependence_json, target_token
 from nexttoken.apps.bench import run_bench
 from nexttoken.apps.chat import ChatSession
 from nexttoken.apps.explain import EXPLAIN_CANDIDATES, BeamPrinter, completion_json, sequence_heading, steps_table
@@ -174,25 +174,74 @@ def next_token(prompt: str, model: ModelOption = None, top: Annotated[int, typer
 
 @app.command()
 def attention(prompt: str, model: ModelOption = None,
+              target: Annotated[Optional[str], typer.Option(help="The next token to measure, leading space included "
+                                                                 "(' Beijing'); default: the model's top choice.")] = None,
               head: Annotated[Optional[int], typer.Option(help="Show this attention head only (default: the mean of all heads).")] = None,
               output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the heatmap, a .png file.")] = Path("attention.png"),
-              chat: Annotated[bool, typer.Option(help="Wrap the prompt in the chat template.")] = False) -> None:
-    """How strongly the last position attends to each token of PROMPT, layer by layer: a heatmap."""
+              chat: Annotated[bool, typer.Option(help="Wrap the prompt in the chat template.")] = False,
+              json_output: JsonOutput = False) -> None:
+    """Which tokens of PROMPT the next token depends on: its probability when the last position may
+    not attend to each earlier token (in every layer), and where that position's attention goes past
+    the first token (an attention sink), layer by layer and in the heads that matter: tables, and a
+    heatmap."""
     check_heatmap_path(output)
     lm = _load(model)
     ids = lm.encode(prompt, chat=chat)
-    maps = last_token_attention(lm.model, ids)
+    target_id = None
+    if target is not None:
+        choice = target_token(lm.tokenizer, target)
+        target_id = choice.id
+        if choice.n_tokens > 1:
+            err.print(f"note: the target {target!r} is {choice.n_tokens} tokens; measuring its first, "
+                      f"{lm.tokenizer.decode([choice.id])!r}", soft_wrap=True)
+    report = dependence(lm.model, ids, target_id)
+    labels = [lm.tokenizer.decode([i]) for i in ids]
+    rows = heatmap_rows(report.maps, head)
     heads = "mean of all heads" if head is None else f"head {head}"
-    save_heatmap(heatmap_rows(maps, head), [lm.tokenizer.decode([i]) for i in ids], output,
-                 f"attention of the last token of {prompt!r} ({heads})")
+    target_text = lm.tokenizer.decode([report.table.target])
+    save_heatmap(split_sink(rows)[1], labels, output, f"attention of the last token of {prompt!r} past the first "
+                 f"({heads}); below: P({target_text!r}) without each token", sink=split_sink(rows)[0],
+                 knocked=[k.p for k in report.table.without], baseline=report.table.p)
+    if json_output:
+        print(json.dumps(dependence_json(report, lm.tokenizer)))
+        return
     out.print(f"heatmap written to {escape(str(output))}", soft_wrap=True)
-    table = Table(title="most attended tokens, mean over layers and heads")
-    for column, justify in (("rank", "right"), ("position", "right"), ("text", "left"), ("weight", "right"), ("", "left")):
-        table.add_column(column, justify=justify)
-    for rank, token in enumerate(most_attended(maps, 5), 1):
-        table.add_row(str(rank), str(token.position), escape(repr(lm.tokenizer.decode([ids[token.position]]))),
-                      f"{token.weight:.2%}", "█" * round(token.weight * 30))
-    out.print(table)
+    _print_dependence(report, labels, target_text)
+
+
+def _print_dependence(report: Dependence, labels: list[str], target_text: str) -> None:
+    table = report.table
+    knocked = Table(title=f"P({escape(repr(target_text))}) = {table.p:.3f} with every token; without one "
+                          "(the last position may not attend to it, in any layer), and with only the first and one")
+    for column, justify in (("position", "right"), ("token", "left"), ("without it", "right"), ("", "left"),
+                            ("only it and the first", "right")):
+        knocked.add_column(column, justify=justify)
+    only = {k.position: k.p for k in table.only}
+    knocked.add_row("", "(none)", f"{table.p:.3f}", "█" * round(table.p * 30), "")
+    for k in report.by_effect():
+        kept = f"{only[k.position]:.3f}" if k.position in only else ""
+        knocked.add_row(str(k.position), escape(repr(labels[k.position])), f"{k.p:.3f}", "█" * round(k.p * 30), kept)
+    out.print(knocked)
+    layers = Table(title="the last position's attention per layer, mean of heads: the first token's share, "
+                         "and the rest renormalised")
+    for column, justify in (("layer", "right"), ("first token", "right"), ("most attended past it", "left")):
+        layers.add_column(column, justify=justify)
+    sink, rest = split_sink(report.maps.mean(dim=1))
+    for layer, (share, weights) in enumerate(zip(sink.tolist(), rest)):
+        layers.add_row(str(layer), f"{share:.0%}", _top_positions(weights, labels))
+    out.print(layers)
+    decisive = ", ".join(repr(labels[p]) for p in table.decisive())
+    heads = Table(title=f"heads that look most at {escape(decisive)} past the first token")
+    for column, justify in (("layer", "right"), ("head", "right"), ("first token", "right"), ("most attended past it", "left")):
+        heads.add_column(column, justify=justify)
+    for look in report.heads:
+        heads.add_row(str(look.layer), str(look.head), f"{look.sink:.0%}", _top_positions(torch.tensor(look.weights), labels))
+    out.print(heads)
+
+
+def _top_positions(weights: torch.Tensor, labels: list[str], k: int = 3) -> str:
+    top = weights.topk(min(k, len(weights)))
+    return escape("  ".join(f"{labels[p]!r} {w:.0%}" for w, p in zip(top.values.tolist(), top.indices.tolist()) if w > 0))
 
 
 @app.command()

@@ -10,6 +10,7 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
@@ -24,12 +25,6 @@ from nexttoken.model.transformer import Transformer
 MIN_FIGURE_WIDTH = 6.0  # inches: room for the title and the colour bar beside a short prompt
 MAX_FIGURE_WIDTH = 120.0  # inches; past this the labels are unreadable anyway and Agg's canvas limit nears
 TITLE_CHARS_PER_INCH = 11  # at the title's 10 pt
-
-
-@dataclass(frozen=True)
-class AttendedToken:
-    position: int
-    weight: float
 
 
 def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor:
@@ -68,10 +63,12 @@ def _last_query_attention(attn: Attention, x: torch.Tensor, cos: torch.Tensor, s
     queries, keys, _ = _linear32(attn.wqkv, x).split(attn.qkv_sizes, dim=-1)
     q = queries[-1:].view(1, attn.n_head, attn.head_dim).transpose(0, 1)  # (H, 1, D)
     k = keys.view(T, attn.n_kv_head, attn.head_dim).transpose(0, 1)  # (H_kv, T, D)
-    q, k = apply_rotary(q, cos[-1:], sin[-1:]), apply_rotary(k, cos, sin)
+    if attn.rotary:
+        q, k = apply_rotary(q, cos[-1:], sin[-1:]), apply_rotary(k, cos, sin)
     # Grouped KV heads: query head h reads kv head h // group, so repeat each kv head group times.
     k = k.repeat_interleave(attn.n_head // attn.n_kv_head, dim=0)  # (H, T, D)
-    scores = (q @ k.transpose(1, 2)).squeeze(1) / math.sqrt(attn.head_dim)  # (H, T)
+    scale = attn.scale if attn.scale is not None else 1 / math.sqrt(attn.head_dim)
+    scores = (q @ k.transpose(1, 2)).squeeze(1) * scale  # (H, T)
     return scores.softmax(dim=-1)
 
 
@@ -98,11 +95,35 @@ def heatmap_rows(maps: torch.Tensor, head: int | None = None) -> torch.Tensor:
     return maps[:, head]
 
 
-def most_attended(maps: torch.Tensor, k: int) -> list[AttendedToken]:
-    """The k positions with the highest attention averaged over layers and heads, highest first."""
-    mean = maps.mean(dim=(0, 1))  # (T,)
-    top = torch.topk(mean, min(k, mean.shape[0]))
-    return [AttendedToken(int(p), float(w)) for w, p in zip(top.values, top.indices)]
+def split_sink(weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(..., T) attention probabilities -> the first token's share (...), and the weights without
+    it (..., T): position 0 set to 0, the rest renormalised to sum to 1 (all 0 where nothing is left).
+
+    Most heads park most of their weight on the first token whatever the prompt says (an attention
+    sink; Xiao et al. 2023), which hides where the rest of it goes."""
+    sink = weights[..., 0]
+    rest = weights.clone()
+    rest[..., 0] = 0
+    return sink, rest / rest.sum(dim=-1, keepdim=True).clamp(min=1e-12)
+
+
+@dataclass(frozen=True)
+class HeadLook:
+    layer: int
+    head: int
+    sink: float  # the first token's share
+    weights: list[float]  # over every position, without the sink (see split_sink)
+
+
+def strongest_heads(maps: torch.Tensor, positions: list[int], k: int) -> list[HeadLook]:
+    """The k heads of (n_layer, n_head, T) maps that put most of their weight past the sink on
+    `positions`, strongest first."""
+    sink, rest = split_sink(maps)
+    share = rest[:, :, positions].sum(dim=-1)  # (n_layer, n_head)
+    top = share.flatten().topk(min(k, share.numel())).indices
+    n_head = maps.shape[1]
+    return [HeadLook(int(i) // n_head, int(i) % n_head, float(sink.flatten()[i]), rest.flatten(0, 1)[i].tolist())
+            for i in top]
 
 
 def check_heatmap_path(path: Path) -> None:
@@ -112,21 +133,44 @@ def check_heatmap_path(path: Path) -> None:
         raise NextTokenError(f"cannot write {path}: the folder {path.parent} does not exist")
 
 
-def save_heatmap(rows: torch.Tensor, token_labels: list[str], path: Path, title: str) -> None:
-    """Draw (n_layer, T) rows as a PNG: layers down the side (layer 0 at the top), tokens along the bottom."""
+def save_heatmap(rows: torch.Tensor, token_labels: list[str], path: Path, title: str, sink: torch.Tensor | None = None,
+                 knocked: list[float] | None = None, baseline: float | None = None) -> None:
+    """Draw (n_layer, T) rows as a PNG: layers down the side (layer 0 at the top), tokens along the bottom.
+
+    With `sink` (n_layer,), the first column shows those shares as numbers, outside the colour scale
+    of the rest (see split_sink). With `knocked`, one probability per earlier position, a margin
+    below has a bar for each: the target's probability without that token, under a line at
+    `baseline`, its probability with every token."""
     path = Path(path)
     check_heatmap_path(path)
     n_layer, T = rows.shape
     # Figure, not pyplot: no global backend or figure registry, so this is safe without a display.
     width = min(max(2.5 + 0.45 * T, MIN_FIGURE_WIDTH), MAX_FIGURE_WIDTH)
-    figure = Figure(figsize=(width, 1.5 + 0.22 * n_layer), layout="constrained")
-    axes = figure.add_subplot()
-    image = axes.imshow(rows.float().numpy(), aspect="auto", cmap="viridis", interpolation="nearest")
-    axes.set_xticks(range(T), [repr(label) for label in token_labels], rotation=60, ha="right",
-                    rotation_mode="anchor", fontsize=8)
+    margin = knocked is not None
+    heights = [1.5 + 0.22 * n_layer] + ([1.6] if margin else [])
+    figure = Figure(figsize=(width, sum(heights)), layout="constrained")
+    grid = figure.subplots(len(heights), 1, sharex=True, height_ratios=heights, squeeze=False)[:, 0]
+    axes = grid[0]
+    shown = rows.float().numpy().copy()
+    if sink is not None:
+        shown[:, 0] = float("nan")  # drawn grey, its share written on it
+        for layer, share in enumerate(sink.tolist()):
+            axes.text(0, layer, f"{share:.0%}", ha="center", va="center", fontsize=6, color="black")
+    colours = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")
+    image = axes.imshow(shown, aspect="auto", cmap=colours, interpolation="nearest")
     axes.set_yticks(range(n_layer), [str(layer) for layer in range(n_layer)], fontsize=7)
-    axes.set_xlabel("prompt token")
     axes.set_ylabel("layer")
     axes.set_title(textwrap.fill(title, int(width * TITLE_CHARS_PER_INCH)), fontsize=10)
-    figure.colorbar(image, ax=axes, label="attention probability")
+    label = "attention probability" + (" past the first token" if sink is not None else "")
+    figure.colorbar(image, ax=list(grid), label=label)  # beside both, so that their columns line up
+    if margin:
+        bars = grid[1]
+        bars.bar(range(len(knocked)), knocked, color="tab:red", width=0.6)
+        if baseline is not None:
+            bars.axhline(baseline, color="black", linewidth=0.8, linestyle="--")
+        bars.set_ylim(0, 1)
+        bars.set_ylabel("P(target)\nwithout it", fontsize=8)
+    grid[-1].set_xticks(range(T), [repr(label) for label in token_labels], rotation=60, ha="right",
+                        rotation_mode="anchor", fontsize=8)
+    grid[-1].set_xlabel("prompt token")
     figure.savefig(path, dpi=100)

@@ -35,12 +35,14 @@ class KnockoutTable:
     only: list[Knocked]  # first token, this one and the last itself: one per position 1 .. T-2
 
     def decisive(self) -> list[int]:
-        """The positions without which the target loses at least half its probability; if none
-        does, the one whose knockout costs the most."""
-        if not self.without:
+        """The positions past the first without which the target loses at least half its
+        probability; if none does, the one whose knockout costs the most. (The first token is
+        the attention sink: hiding it breaks every prediction, so it says nothing about this one.)"""
+        past_sink = self.without[1:]
+        if not past_sink:
             return []
-        halved = [k.position for k in self.without if k.p <= self.p / 2]
-        return halved or [min(self.without, key=lambda k: k.p).position]
+        halved = [k.position for k in past_sink if k.p <= self.p / 2]
+        return halved or [min(past_sink, key=lambda k: k.p).position]
 
 
 def knockout_masks(n_tokens: int) -> torch.Tensor:
