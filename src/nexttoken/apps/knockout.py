@@ -6,13 +6,18 @@ Only the last query is masked: every earlier position still sees its whole past,
 removes one route of information into the prediction and leaves the rest of the computation as
 it was. Hiding a token from every position instead (a 2-D mask) also hides the first token, which
 most heads use as an attention sink, and then nothing works. Every row of the experiment is one row
-of a single batched pass through `Transformer.hidden_states`, with the core's own attention mask."""
+of a single batched pass through `Transformer.hidden_states`, with the core's own attention mask.
+
+An encoder has no next token: `embedding_knockout` asks instead how far a sentence embedding moves
+when no position may attend to one token."""
 
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from nexttoken.decoding.prompts import check_prompt
+from nexttoken.encoder.sentence import SentenceEncoder, pool
 from nexttoken.errors import NextTokenError
 from nexttoken.model.transformer import Transformer
 
@@ -90,3 +95,34 @@ def knockout(model: Transformer, ids: list[int], target: int | None = None) -> K
     without = [Knocked(position, p[1 + position]) for position in range(T - 1)]
     only = [Knocked(position, p[T + position - 1]) for position in range(1, T - 1)]
     return KnockoutTable(target, p[0], without, only)
+
+
+@dataclass(frozen=True)
+class EmbeddingKnockout:
+    ids: list[int]  # [CLS] tokens [SEP], as the encoder encodes the text
+    similarity: list[float]  # per position: cosine of the embedding with it hidden and the embedding
+
+
+def embedding_masks(n_tokens: int) -> torch.Tensor:
+    """(T + 1, 1, T, T) bool masks: row 0 hides nothing; row r hides key r - 1 from every query,
+    itself included (the token still sits in its own position's residual stream)."""
+    masks = torch.ones(n_tokens + 1, 1, n_tokens, n_tokens, dtype=torch.bool)
+    hidden = torch.arange(n_tokens)
+    masks[1 + hidden, 0, :, hidden] = False
+    return masks
+
+
+@torch.inference_mode()
+def embedding_knockout(encoder: SentenceEncoder, text: str) -> EmbeddingKnockout:
+    """Which tokens a sentence embedding depends on: for each token, the cosine similarity between
+    the embedding and the embedding when no position may attend to that token, in any layer
+    (the pooling itself is left as it is). 1: the token's context did not matter; lower: it did.
+    All rows run as one batched pass."""
+    ids = encoder.encode(text)
+    T = len(ids)
+    masks = embedding_masks(T)
+    batch = torch.tensor([ids]).expand(len(masks), -1)  # (T + 1, T)
+    hidden = encoder.model.hidden_states(batch, attention_mask=masks)  # (T + 1, T, d_model)
+    vectors = pool(hidden, torch.ones(batch.shape, dtype=torch.bool), encoder.pooling).float()  # (T + 1, d_model)
+    similarity = F.cosine_similarity(vectors[1:], vectors[:1], dim=-1)  # (T,)
+    return EmbeddingKnockout(ids, similarity.tolist())
