@@ -22,6 +22,7 @@ from nexttoken.errors import NextTokenError
 from nexttoken.families import marian
 from nexttoken.loaders.marian import Shortlist, load_marian_model, read_shortlist, shortlist_ids
 from nexttoken.model.encoder_decoder import EncoderDecoder, SourceBound
+from nexttoken.model.kv_cache import CrossKVCache
 from nexttoken.model.transformer import Transformer
 from nexttoken.packaged import packaged_path
 
@@ -142,18 +143,16 @@ class Shortlisted:
         listed = torch.stack([torch.isin(self.ids, ids) for ids in lists])  # (B, N)
         self.row_mask = torch.zeros(listed.shape).masked_fill(~listed, float("-inf"))  # (B, N): 0 or -inf
 
-    def head(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(R, ..., d_model) -> (R, ..., vocab_size) scores. Decoding keeps the R rows grouped by
-        sentence (samples and beams of sentence b are rows b * R/B to (b + 1) * R/B - 1)."""
-        per_sentence = hidden.shape[0] // self.row_mask.shape[0]
-        mask = self.row_mask.to(hidden.dtype).repeat_interleave(per_sentence, dim=0)  # (R, N)
-        mask = mask.view(mask.shape[0], *([1] * (hidden.dim() - 2)), -1)  # (R, 1.., N)
-        listed = F.linear(hidden, self.weight.to(hidden.dtype), self.bias.to(hidden.dtype)) + mask
-        scores = hidden.new_full((*hidden.shape[:-1], self.config.vocab_size), float("-inf"))
-        scores[..., self.ids] = listed
+    def next_scores(self, ids: torch.Tensor, cache: CrossKVCache, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The decode step (a transformer.DecodeStep): each row's last position through this head,
+        -inf outside its sentence's list; the cache says which sentence each row decodes, however
+        decoding has reordered or dropped rows."""
+        hidden = self.hidden_states(ids, cache, mask, last_only=True)[:, -1]  # (R, d_model)
+        row_mask = self.row_mask[cache.sources].to(hidden.dtype)  # (R, N)
+        listed = F.linear(hidden, self.weight.to(hidden.dtype), self.bias.to(hidden.dtype)) + row_mask
+        scores = hidden.new_full((hidden.shape[0], self.config.vocab_size), float("-inf"))
+        scores[:, self.ids] = listed
         return scores
-
-    next_scores = Transformer.next_scores  # the same step: this head on each row's last position
 
 
 def load_translator(direction: str, shortlist: bool = False, folder: Path | None = None) -> Translator:

@@ -113,8 +113,9 @@ class KVCache:
 
 class CrossKVCache(KVCache):
     """The decoder's cache in an encoder-decoder: its own keys and values as above, plus each row's
-    cross-attention keys and values of the encoded source and the source's padding mask. Reordering
-    rows (beam search, several samples of one input) moves all of them together."""
+    cross-attention keys and values of the encoded source and the source's padding mask, and which
+    of the bound sources it decodes. Reordering rows (beam search, several samples of one input,
+    rows that end) moves all of them together."""
 
     def __init__(self, config: ModelConfig, cross_keys: list[torch.Tensor], cross_values: list[torch.Tensor],
                  source_mask: torch.Tensor, capacity: int = 256, dtype: torch.dtype = torch.float32) -> None:
@@ -122,6 +123,7 @@ class CrossKVCache(KVCache):
         self.cross_keys, self.cross_values = cross_keys, cross_values  # per layer, (B, H_kv, S, D)
         self.source_key_mask = source_mask  # (B, S): False at padding
         self.source_mask = self._attention_mask()
+        self.sources = torch.arange(source_mask.shape[0])  # (B,) which source each row decodes
 
     def _attention_mask(self) -> torch.Tensor | None:
         """(B, 1, 1, S): which source positions each query may see; None when none is padding."""
@@ -133,6 +135,7 @@ class CrossKVCache(KVCache):
         self.cross_values = [v.index_select(0, rows) for v in self.cross_values]
         self.source_key_mask = self.source_key_mask.index_select(0, rows)
         self.source_mask = self._attention_mask()
+        self.sources = self.sources.index_select(0, rows)
 
     def join(self, other: "CrossKVCache") -> None:
         """Both caches' rows, sources padded on the right to the longer of the two."""
@@ -148,3 +151,4 @@ class CrossKVCache(KVCache):
                  for m in (self.source_key_mask, other.source_key_mask)]
         self.source_key_mask = torch.cat(masks)
         self.source_mask = self._attention_mask()
+        self.sources = torch.cat([self.sources, other.sources + len(self.sources)])
