@@ -18,7 +18,8 @@ LAYERS = [
     {"loaders"},
     {"pretrained"},
     {"encoder"},
-    {"apps", "serve", "train", "cli_options"},
+    {"apps"},  # tools on the layers below, which the server's page uses too
+    {"serve", "train", "cli_options"},
     {"cli"},
 ]
 LAYER = {package: n for n, packages in enumerate(LAYERS) for package in packages}

@@ -233,6 +233,8 @@ def test_the_page_chats_and_inspects_tokens(server, smollm2, tmp_path):
         rows = browser.find_elements(By.CSS_SELECTOR, "#candidates tr")
         assert len(rows) == 5 and "%" in rows[0].text
         assert browser.find_elements(By.CSS_SELECTOR, "#candidates tr.chosen")  # the chosen token is among them
+        knocked = WebDriverWait(browser, 120).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#knockout tr"))
+        assert "%" in knocked[0].text  # the earlier tokens it depended on, with bars
         browser.save_screenshot(str(tmp_path / "page.png"))
     finally:
         browser.quit()

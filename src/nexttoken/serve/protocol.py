@@ -118,6 +118,19 @@ class ChatRequest(SamplingFields):
     max_completion_tokens: int | None = Field(default=None, ge=1)
 
 
+class AttentionRequest(BaseModel):
+    """What the token after a context depended on (apps.dependence): the context is the chat
+    template of `messages`, when given, then `ids`; the token is `token`, or the model's top
+    choice. The page asks this of a reply's token."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    messages: list[ChatMessage] | None = None
+    ids: list[int] = []
+    token: int | None = None
+
+
 class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

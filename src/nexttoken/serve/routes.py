@@ -1,5 +1,6 @@
 """The endpoints: the page and /health for anyone; /v1/models, /v1/completions,
-/v1/chat/completions and /v1/embeddings behind the API key, when the server has one."""
+/v1/chat/completions, /v1/embeddings and (ours) /v1/attention behind the API key, when the server
+has one."""
 
 import time
 import uuid
@@ -8,9 +9,11 @@ from importlib import resources
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
 
+from nexttoken.apps.dependence import dependence, dependence_json
 from nexttoken.decoding.outputs import Completion
 from nexttoken.serve.errors import InvalidRequest, ModelNotFound, PromptTooLong, WrongAPIKey
-from nexttoken.serve.protocol import ChatRequest, CompletionRequest, EmbeddingRequest, generation_config
+from nexttoken.serve.protocol import (AttentionRequest, ChatRequest, CompletionRequest, EmbeddingRequest,
+                                     generation_config)
 from nexttoken.serve.shapes import chat_logprobs, completion_logprobs, encode_vector, finish_reason, usage
 from nexttoken.serve.state import ServedDep
 from nexttoken.serve.streaming import complete, sequences, stream
@@ -133,3 +136,19 @@ def embeddings(body: EmbeddingRequest, served: ServedDep) -> dict:
             "data": [{"object": "embedding", "index": i, "embedding": encode_vector(v, body.encoding_format)}
                      for i, v in enumerate(vectors)],
             "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}
+
+
+@api.post("/v1/attention")
+def attention(body: AttentionRequest, served: ServedDep) -> dict:
+    """Which earlier tokens the next token depended on (knockout), the first token's share of
+    the attention per layer and the heads that looked most at the decisive tokens: the page's
+    inspector asks this of a token it shows. An extension; OpenAI has no such endpoint."""
+    check_model(body.model, served.name)
+    lm = served.lm
+    context = lm.tokenizer.encode(lm.chat_prompt([m.model_dump() for m in body.messages])) if body.messages else []
+    ids, vocab_size = context + body.ids, lm.model.config.vocab_size
+    if not all(0 <= i < vocab_size for i in [*body.ids, *([body.token] if body.token is not None else [])]):
+        raise InvalidRequest(f"token ids must lie in 0 .. {vocab_size - 1}", param="ids")
+    with served.lock:
+        report = dependence(lm.model, ids, body.token)
+    return dependence_json(report, lm.tokenizer)
