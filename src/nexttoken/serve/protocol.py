@@ -31,10 +31,10 @@ def wire_type(annotation: Any) -> Any:
 
 
 def wire_field(default: Any, spec: Option) -> Any:
-    high = spec.high if spec.wire_high is None else min(spec.wire_high, spec.high if spec.high is not None else spec.wire_high)
+    highs = [high for high in (spec.high, spec.wire_high) if high is not None]  # the wire may be stricter
     bounds = {("gt" if spec.low_open else "ge"): spec.low} if spec.low is not None else {}
-    if high is not None:
-        bounds["lt" if spec.high_open and high == spec.high else "le"] = high
+    if highs:
+        bounds["lt" if spec.high_open and min(highs) == spec.high else "le"] = min(highs)
     value = default if spec.wire_default is OURS else spec.wire_default
     return Field(default=None if isinstance(value, tuple | Mapping) else value, description=spec.help, **bounds)
 
