@@ -77,3 +77,148 @@ def test_gemma3_scales_queries_by_query_pre_attn_scalar(tmp_path):
     ids = _ids(2)
     with torch.inference_mode():
         torch.testing.assert_close(model(ids), reference(ids).logits, rtol=0, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma3(tmp_path_factory):
+    reference = tiny_decoder("gemma3")
+    model, _, _ = load_hf_model(save_folder(reference, tmp_path_factory.mktemp("gemma3") / "hf"))
+    return reference, model
+
+
+def test_a_sliding_layer_keeps_a_ring_of_its_window(tiny_gemma3):
+    from nexttoken.model.kv_cache import RING_SLACK
+
+    _, model = tiny_gemma3
+    cache = model.new_cache(capacity=8)
+    cache.reserve(200)
+    sizes = [k.shape[2] for k in cache.keys]
+    ring = 6 + RING_SLACK
+    assert sizes == [ring] * 5 + [201] + [ring]  # layer 5 is global: every position
+
+
+def test_ring_cache_matches_the_full_forward_in_and_past_the_window(tiny_gemma3):
+    """Prefills of several sizes (one longer than the ring) and single steps, against one pass
+    without a cache, whose sliding layers see every earlier key through their mask."""
+    _, model = tiny_gemma3
+    ids = _ids(3, length=230)
+    with torch.inference_mode():
+        full = model(ids)
+        cache = model.new_cache(batch_size=2, capacity=16)
+        cache.reserve(230)
+        cuts = [0, 5, 6, 40, 41, 42, 150, 160, 161, 230]  # 108 positions at once: more than the ring's 70
+        steps = [model(ids[:, a:b], cache) for a, b in zip(cuts, cuts[1:])]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["gemma3", "mistral"])
+def test_greedy_tokens_match_transformers_past_the_ring(name, tmp_path):
+    """150 tokens: the ring (70 slots) wraps twice."""
+    from nexttoken.decoding.config import GenerationConfig
+    from nexttoken.decoding.generate import generate
+
+    reference = tiny_decoder(name, seed=1)
+    model, _, _ = load_hf_model(save_folder(reference, tmp_path))
+    prompt = _ids(4, length=8, rows=1)
+    reference.generation_config.eos_token_id = None
+    with torch.inference_mode():
+        expected = reference.generate(prompt, max_new_tokens=150, do_sample=False, pad_token_id=0)[0, 8:].tolist()
+    completion = generate(model, _Vocabulary(), prompt[0].tolist(), (), GenerationConfig(max_new_tokens=150))
+    assert completion.token_ids == expected
+
+
+def test_ring_cache_rewinds_within_its_slack_and_starts_over_past_it(tiny_gemma3):
+    from nexttoken.model.kv_cache import RING_SLACK
+
+    _, model = tiny_gemma3
+    ids = _ids(5, length=200, rows=1)
+    with torch.inference_mode():
+        full = model(ids)
+        cache = model.new_cache(capacity=200)
+        model(ids[:, :190], cache)
+        assert cache.truncate(190 - RING_SLACK) == 190 - RING_SLACK  # rejected draft tokens, at most the slack
+        again = model(ids[:, 190 - RING_SLACK : 191], cache)
+        torch.testing.assert_close(again[:, -1], full[:, 190], rtol=0, atol=1e-5)
+        assert cache.truncate(100) == 0  # the window before 100 is overwritten: start over
+
+
+def test_ring_caches_join_and_trim_as_a_batch(tiny_gemma3):
+    """Continuous batching: rows of different lengths (rings wrapped or not) join one cache,
+    right-aligned; each row's next scores are its own, and stay so once the longer row leaves."""
+    _, model = tiny_gemma3
+    long, short = _ids(6, length=120, rows=1), _ids(7, length=30, rows=1)
+    with torch.inference_mode():
+        alone = [model.next_scores(ids, model.new_cache(capacity=130)) for ids in (long, short)]
+        caches = []
+        for ids in (long, short):
+            cache = model.new_cache(capacity=130)
+            model(ids[:, :-1], cache)
+            caches.append(cache)
+        batch = caches[0]
+        batch.join(caches[1])
+        last = torch.cat([long[:, -1:], short[:, -1:]])
+        torch.testing.assert_close(model.next_scores(last, batch), torch.cat(alone), rtol=0, atol=1e-5)
+        batch.select_rows(torch.tensor([1]))  # the long row leaves; the short one's slots move left
+        batch.trim()
+        follow = torch.tensor([[5]])
+        expected = model(torch.cat([short, follow], dim=1))[:, -1]
+        torch.testing.assert_close(model.next_scores(follow, batch), expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+@pytest.mark.parametrize("quantize", ["none", "int8"])
+def test_accelerated_paths_take_what_they_support_and_leave_the_rest_to_the_reference(name, quantize, tmp_path):
+    """Our kernels swapped in (float32), or int8 weights: Llama's blocks (Llama 3's scaling is in
+    the rotations the step is given) run in one kernel call; blocks with per-head norms, sandwich
+    norms, a sliding window, biases or their own query scale run the reference operations. Either
+    way the scores are the reference's (float32: to 1e-4, greedy tokens the same; int8: within
+    its rounding)."""
+    from nexttoken.accel import kernels
+    from nexttoken.accel.decode_blocks import one_call_step
+    from nexttoken.accel.precision import set_precision
+    from nexttoken.accel.steps import decode_step
+    from nexttoken.decoding.config import GenerationConfig
+    from nexttoken.decoding.generate import generate
+
+    reference = tiny_decoder(name)
+    model, _, _ = load_hf_model(save_folder(reference, tmp_path))
+    set_precision(model, "float32", quantize)
+    one_call = quantize != "none" and name == "llama3" and kernels.load()
+    assert (one_call_step(model) is not None) == one_call
+    step = decode_step(model)
+    assert (step == model.next_scores) == (not one_call)
+    ids = _ids(8, length=24, rows=1)
+    with torch.inference_mode():
+        expected = reference(ids).logits[:, -1]
+        cache = model.new_cache(capacity=24)
+        step(ids[:, :12], cache)
+        scores = [step(ids[:, t : t + 1], cache) for t in range(12, 24)]
+    torch.testing.assert_close(scores[-1], expected, rtol=0, atol=1e-4 if quantize == "none" else 0.1)
+    if quantize == "none":
+        prompt = ids[0, :8].tolist()
+        reference.generation_config.eos_token_id = None
+        with torch.inference_mode():
+            tokens = reference.generate(ids[:, :8], max_new_tokens=30, do_sample=False, pad_token_id=0)[0, 8:].tolist()
+        completion = generate(model, _Vocabulary(), prompt, (), GenerationConfig(max_new_tokens=30), step=step)
+        assert completion.token_ids == tokens
+
+
+def test_an_architecture_we_do_not_run_is_named_with_those_we_do(tmp_path):
+    import json
+
+    folder = save_folder(tiny_decoder("qwen2"), tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "falcon"}))
+    with pytest.raises(NextTokenError, match=r"unsupported model architecture 'falcon' \(supported: .*gemma3_text, "
+                                             r"llama, mistral, phi3, qwen2, qwen3, t5\)$"):
+        load_hf_model(folder)
+
+
+def test_a_gguf_file_lacking_a_key_its_architecture_needs_names_it(tmp_path, monkeypatch):
+    import tiny_decoders
+
+    monkeypatch.setattr(tiny_decoders, "_add_metadata", lambda writer, config, hf: tiny_decoders.add_llama_metadata(
+        writer, config))  # Gemma 3's file without its sliding window
+    path = write_gguf(tmp_path / "tiny.gguf", tiny_decoder("gemma3"), "gemma3")
+    with pytest.raises(NextTokenError, match=r"^GGUF metadata lacks 'gemma3.attention.sliding_window'$"):
+        load_gguf_model(path)

@@ -16,7 +16,7 @@ from nexttoken.train.export import add_llama_metadata
 
 T = gguf.GGMLQuantizationType
 VOCAB = 96
-COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
+COMMON = dict(vocab_size=VOCAB, hidden_size=128, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
               max_position_embeddings=256, rms_norm_eps=1e-6, tie_word_embeddings=False)
 
 
