@@ -222,3 +222,18 @@ def test_a_gguf_file_lacking_a_key_its_architecture_needs_names_it(tmp_path, mon
     path = write_gguf(tmp_path / "tiny.gguf", tiny_decoder("gemma3"), "gemma3")
     with pytest.raises(NextTokenError, match=r"^GGUF metadata lacks 'gemma3.attention.sliding_window'$"):
         load_gguf_model(path)
+
+
+@pytest.mark.parametrize("name", ["gemma3", "qwen3", "qwen2"])
+def test_the_attention_map_is_transformers_attention(name, tmp_path):
+    """`nexttoken attention`'s probabilities of the last query, recomputed from each layer's input
+    (q/k norms, per-kind rotations, the window, the query scale), against transformers' own."""
+    from nexttoken.apps.attention import last_token_attention
+
+    reference = tiny_decoder(name)
+    reference.config._attn_implementation = "eager"  # the implementation that returns its weights
+    model, _, _ = load_hf_model(save_folder(reference, tmp_path))
+    ids = _ids(9, length=16, rows=1)
+    with torch.inference_mode():
+        expected = torch.stack([a[0, :, -1] for a in reference(ids, output_attentions=True).attentions])
+    torch.testing.assert_close(last_token_attention(model, ids[0].tolist()), expected, rtol=0, atol=1e-5)

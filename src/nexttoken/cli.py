@@ -66,6 +66,11 @@ def _write(piece: str) -> None:
     sys.stdout.flush()
 
 
+def _write_reasoning(piece: str) -> None:
+    """A reasoning model's thinking: dimmed, on standard error, so that standard output holds the answer."""
+    err.print(piece, style="dim", end="", markup=False, highlight=False)
+
+
 @app.command()
 @decoding_options()
 def generate(prompt: str, config: GenerationConfig, model: ModelOption = None, dtype: Dtype = "float32",
@@ -127,7 +132,7 @@ def chat(config: GenerationConfig, model: ModelOption = None, system: System = N
         if interactive:
             out.print("[bold blue]model>[/bold blue] ", end="")
         try:
-            session.send(line, on_text=_write)
+            session.send(line, on_text=_write, on_reasoning=_write_reasoning)
         except NextTokenError as exc:  # e.g. the conversation outgrew the context window: say so, go on
             err.print(f"[red]error:[/red] {exc} (/reset starts over)", soft_wrap=True)
         _write("\n")

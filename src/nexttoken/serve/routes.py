@@ -11,10 +11,12 @@ from fastapi.responses import HTMLResponse, StreamingResponse
 
 from nexttoken.apps.dependence import dependence, dependence_json
 from nexttoken.decoding.outputs import Completion
+from nexttoken.decoding.reasoning import ReasoningSplit, reasons, starts_thinking
 from nexttoken.serve.errors import InvalidRequest, ModelNotFound, PromptTooLong, WrongAPIKey
 from nexttoken.serve.protocol import (AttentionRequest, ChatRequest, CompletionRequest, EmbeddingRequest,
                                      generation_config)
-from nexttoken.serve.shapes import chat_logprobs, completion_logprobs, encode_vector, finish_reason, usage
+from nexttoken.serve.shapes import (chat_logprobs, completion_logprobs, delta_fields, encode_vector, finish_reason,
+                                   message_fields, usage)
 from nexttoken.serve.state import ServedDep
 from nexttoken.serve.streaming import complete, sequences, stream
 
@@ -99,24 +101,36 @@ async def chat(body: ChatRequest, served: ServedDep, client: Request) -> dict | 
     check_model(body.model, served.name)
     lm = served.lm
     top = (body.top_logprobs or 0) if body.logprobs else 0
-    prompt = lm.tokenizer.encode(lm.chat_prompt([m.model_dump() for m in body.messages]))
+    prompt_text = lm.chat_prompt([m.model_dump() for m in body.messages])
+    prompt = lm.tokenizer.encode(prompt_text)
     budget = token_budget([prompt], body.max_completion_tokens or body.max_tokens, CHAT_MAX_TOKENS,
                           lm.model.config.max_seq_len)
     config = generation_config(body, budget, top)
+    thinking = starts_thinking(prompt_text) if reasons(lm.tokenizer.chat_template) else None
     if body.stream:
-        def piece(index: int, text: str, first: bool) -> dict:
-            delta = {"role": "assistant", "content": text} if first else {"content": text}
+        splits = {}  # a reasoning model's: each choice's ReasoningSplit
+
+        def piece(index: int, text: str, first: bool) -> dict | None:
+            if thinking is None:
+                delta = {"content": text}
+            else:
+                delta = delta_fields(splits.setdefault(index, ReasoningSplit(thinking)).feed(text))
+                if not delta:  # held back: it may begin a tag
+                    return None
+            delta = {"role": "assistant", **delta} if first else delta
             return {"index": index, "delta": delta, "finish_reason": None, "logprobs": None}
 
         def closing(index: int, completion: Completion) -> dict:
-            """With logprobs asked for, the closing chunk carries those of every token."""
-            return {"index": index, "delta": {}, "finish_reason": finish_reason(completion),
+            """The text a choice held back, if any; with logprobs asked for, those of every token."""
+            held = delta_fields(splits[index].finish()) if index in splits else {}
+            return {"index": index, "delta": held, "finish_reason": finish_reason(completion),
                     "logprobs": chat_logprobs(lm.tokenizer, completion, top) if body.logprobs else None}
 
         return stream(sequences(served, [prompt], config, client), "chat.completion.chunk", served.name, piece,
                       closing, len(prompt), body.stream_options)
     [group] = await complete(served, [prompt], config, client)
-    choices = [{"index": j, "message": {"role": "assistant", "content": c.text}, "finish_reason": finish_reason(c),
+    choices = [{"index": j, "message": {"role": "assistant", **message_fields(c.text, thinking)},
+                "finish_reason": finish_reason(c),
                 "logprobs": chat_logprobs(lm.tokenizer, c, top) if body.logprobs else None}
                for j, c in enumerate(group)]
     return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),

@@ -41,11 +41,12 @@ async def complete(served: Served, prompts: list[list[int]], config: GenerationC
     return [[done[i * n + j] for j in range(n)] for i in range(len(prompts))]
 
 
-def stream(events: AsyncIterator[Event], object_name: str, model: str, piece: Callable[[int, str, bool], dict],
-           closing: Callable[[int, Completion], dict], prompt_tokens: int, options: dict | None) -> StreamingResponse:
+def stream(events: AsyncIterator[Event], object_name: str, model: str,
+           piece: Callable[[int, str, bool], dict | None], closing: Callable[[int, Completion], dict],
+           prompt_tokens: int, options: dict | None) -> StreamingResponse:
     """Server-sent events as OpenAI sends them: chunks of each choice's text as it comes (`piece`
-    is told whether it is the choice's first), a closing chunk per choice, a usage chunk when
-    asked for, then [DONE]."""
+    is told whether it is the choice's first, and may hold text back: None), a closing chunk per
+    choice, a usage chunk when asked for, then [DONE]."""
     stream_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
     def chunk(choices: list[dict], **extra) -> dict:
@@ -57,8 +58,10 @@ def stream(events: AsyncIterator[Event], object_name: str, model: str, piece: Ca
         async with aclosing(events) as each:
             async for index, kind, value in each:
                 if kind == "text":
-                    yield sse(chunk([piece(index, value, index not in started)]))
-                    started.add(index)
+                    choice = piece(index, value, index not in started)
+                    if choice is not None:
+                        yield sse(chunk([choice]))
+                        started.add(index)
                 elif kind == "error":  # the response has begun: its status can no longer say so
                     yield sse(error_body(value))
                 else:
