@@ -237,3 +237,19 @@ def test_the_attention_map_is_transformers_attention(name, tmp_path):
     with torch.inference_mode():
         expected = torch.stack([a[0, :, -1] for a in reference(ids, output_attentions=True).attentions])
     torch.testing.assert_close(last_token_attention(model, ids[0].tolist()), expected, rtol=0, atol=1e-5)
+
+
+def test_the_compiled_step_leaves_sliding_window_models_to_the_eager_step(tiny_gemma3):
+    from nexttoken.accel.steps import decode_step
+
+    _, model = tiny_gemma3
+    assert decode_step(model, compiled=True) == model.next_scores
+
+
+@pytest.mark.parametrize("name", ["mistral", "llama3"])
+def test_export_refuses_what_the_llama_layout_cannot_hold(name, tmp_path):
+    from nexttoken.train.export import check_llama
+
+    model, _, _ = load_hf_model(save_folder(tiny_decoder(name), tmp_path))
+    with pytest.raises(NextTokenError, match="only Llama-configured decoders can be exported"):
+        check_llama(model.config)  # a sliding window, RoPE scaling: exported as Llama, they would be lost

@@ -40,6 +40,12 @@ def own_step(model: Transformer) -> DecodeStep:
     return types.MethodType(function, model)
 
 
+def compiles(model: Transformer) -> bool:
+    """Whether the compiled step takes `model`: not one with sliding layers, whose ring cache's slot
+    arithmetic recompiled the step at every token until dynamo's limit."""
+    return not model.config.sliding_window
+
+
 def compile_step(model: Transformer) -> DecodeStep:
     """`model.next_scores` with its decode steps (one token a row, no mask) compiled; prompts stay
     eager. The first step of each batch shape compiles. Convert the model's precision before."""

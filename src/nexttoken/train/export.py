@@ -30,9 +30,12 @@ GGUF_TYPES = {"f32": (torch.float32, gguf.LlamaFileType.ALL_F32), "f16": (torch.
 
 
 def check_llama(config: ModelConfig) -> None:
-    llama_shape = (config.causal, config.norm, config.pre_norm, config.mlp, config.positions, config.bias)
-    if llama_shape != (True, "rms", True, "swiglu", "rope", False):
-        raise NextTokenError("only Llama-configured decoders can be exported (causal, RMSNorm, SwiGLU, RoPE, no biases)")
+    llama_shape = (config.causal, config.norm, config.pre_norm, config.mlp, config.positions, config.bias or config.qkv_bias,
+                   config.qk_norm or config.norm_sublayer_outputs, config.sliding_window, config.rope_freq_factors,
+                   config.attention_scale, config.embed_scale)
+    if llama_shape != (True, "rms", True, "swiglu", "rope", False, False, 0, (), 0.0, 1.0):
+        raise NextTokenError("only Llama-configured decoders can be exported (causal, RMSNorm, SwiGLU, RoPE without "
+                             "scaling, no biases, no extra norms, no sliding window)")
 
 
 def export_rows(config: ModelConfig) -> list[WeightName]:
