@@ -26,6 +26,7 @@ from nexttoken.decoding.config import GenerationConfig
 from nexttoken.encoder.search import search as search_corpus
 from nexttoken.encoder.sentence import SentenceEncoder, load_encoder
 from nexttoken.errors import NextTokenError
+from nexttoken.packaged import MODELS, install_hint, installed_size
 from nexttoken.pretrained import LanguageModel, load
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -33,7 +34,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
-ModelOption = Annotated[Optional[Path], typer.Option("--model", "-m", help="A GGUF file (default: the built-in SmolLM2-135M-Instruct).")]
+ModelOption = Annotated[Optional[Path], typer.Option("--model", "-m", help="A GGUF file, a Hugging Face folder or a "
+                                                     "short name from `nexttoken models` (default: the built-in SmolLM2-135M-Instruct).")]
 System = Annotated[Optional[str], typer.Option(help="System prompt for the chat template.")]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table or streamed text.")]
 Dtype = Annotated[str, typer.Option(help="Compute in float32 (the reference) or bfloat16.")]
@@ -295,6 +297,29 @@ def serve(model: ModelOption = None, dtype: Dtype = "float32", quantize: Quantiz
 
 
 EncoderOption = Annotated[Optional[Path], typer.Option("--model", "-m", help="A BERT-layout Hugging Face folder (default: the built-in all-MiniLM-L6-v2).")]
+
+
+@app.command()
+def models(json_output: JsonOutput = False) -> None:
+    """The packaged models installed here: the short name --model takes, architecture, size,
+    precision, context and license; and how to install the opt-in ones."""
+    sizes = {model.name: installed_size(model) for model in MODELS.values()}
+    rows = [{"name": m.name, "role": m.role, "architecture": m.architecture, "parameters": m.parameters,
+             "precision": m.precision, "context": m.context, "bytes": sizes[m.name], "license": m.license}
+            for m in MODELS.values() if sizes[m.name] is not None]
+    if json_output:
+        print(json.dumps(rows, ensure_ascii=False))
+        return
+    table = Table(title="installed models")
+    for column in ("name", "kind", "architecture", "parameters", "precision", "context", "on disk", "license"):
+        table.add_column(column, no_wrap=column == "name")
+    for row in rows:
+        table.add_row(row["name"], row["role"], row["architecture"], row["parameters"], row["precision"],
+                      f"{row['context']:,}", f"{row['bytes'] / 1e6:.0f} MB", escape(row["license"]))
+    out.print(table)
+    for m in MODELS.values():
+        if sizes[m.name] is None:
+            out.print(f"{m.name} ({m.license}) is not installed: {escape(install_hint(m))}", soft_wrap=True)
 
 
 def _load_encoder(model: Path | None) -> SentenceEncoder:
