@@ -87,9 +87,9 @@ def test_missing_tensor(tmp_path):
 
 
 def test_unexpected_tensor(tmp_path):
-    extra = {"rope_freqs.weight": (np.ones(8, np.float32), None)}
+    extra = {"rope_freqs.weight": (np.ones(5, np.float32), None)}  # Llama 3's scaling, for heads of 10
     path = write_llama_gguf(tmp_path / "tiny.gguf", tiny_llama(), extra_tensors=extra)
-    with pytest.raises(NextTokenError, match="RoPE scaling"):
+    with pytest.raises(NextTokenError, match="rope_freqs.weight holds 5 factors; heads of 16 need 8"):
         load_gguf_model(path)
     extra = {"blk.0.attn_q.bias": (np.ones(64, np.float32), None)}
     path = write_llama_gguf(tmp_path / "tiny2.gguf", tiny_llama(), extra_tensors=extra)

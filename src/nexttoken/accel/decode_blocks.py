@@ -24,12 +24,18 @@ from nexttoken.model.transformer import Transformer
 
 
 def fits(block: nn.Module) -> bool:
-    """Whether the kernel can run `block` (a transformer.Block): pre-norm RMSNorm, rotary attention
-    with heads of a size the kernel is built for and no cross-attention, SwiGLU, and every product a
-    GroupLinear in our kernel."""
+    """Whether the kernel can run `block` (a transformer.Block): Llama's, that is pre-norm RMSNorm,
+    rotary attention over every earlier position with heads of a size the kernel is built for, the
+    default scale, no per-head norms and no cross-attention, SwiGLU, no norms on sublayer outputs,
+    and every product a GroupLinear in our kernel. Other blocks (Qwen 3's and Gemma 3's norms,
+    sliding windows) run the reference operations."""
     attention, mlp = block.attn, block.mlp
     llama = isinstance(attention, Attention) and attention.rotary and isinstance(mlp, GatedMLP)
     if not (llama and block.pre_norm and not hasattr(block, "cross_attn")):
+        return False
+    plain = (attention.window == 0 and attention.q_norm is None and attention.scale is None
+             and isinstance(block.attn_out_norm, nn.Identity) and isinstance(block.mlp_out_norm, nn.Identity))
+    if not plain:
         return False
     products = (attention.wqkv, attention.wo, mlp.w_gate_up, mlp.w_down)
     norms = (block.attn_norm, block.mlp_norm)
@@ -92,12 +98,13 @@ class OneCallStep:
     blocks: Blocks
 
     def __call__(self, ids: torch.Tensor, cache: KVCache, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x, cos, sin, attention_mask = self.model.block_inputs(ids, cache, mask)
+        x, inputs = self.model.block_inputs(ids, cache, mask)
+        cos, sin, attention_mask = inputs["global"]  # blocks that `fit` are all global
         if takes(x, cache, attention_mask):
             x = decode_blocks(self.blocks, x, cos, sin, cache)
             cache.advance(1)
         else:
-            x = self.model.run_blocks(x, cos, sin, cache, attention_mask, last_only=True)
+            x = self.model.run_blocks(x, inputs, cache, last_only=True)
         return self.model.head(self.model.norm(x)[:, -1])  # blocks that `fit` are pre-norm: a final norm
 
 

@@ -63,12 +63,16 @@ def _last_query_attention(attn: Attention, x: torch.Tensor, cos: torch.Tensor, s
     queries, keys, _ = _linear32(attn.wqkv, x).split(attn.qkv_sizes, dim=-1)
     q = queries[-1:].view(1, attn.n_head, attn.head_dim).transpose(0, 1)  # (H, 1, D)
     k = keys.view(T, attn.n_kv_head, attn.head_dim).transpose(0, 1)  # (H_kv, T, D)
+    if attn.q_norm is not None:
+        q, k = attn.q_norm(q), attn.k_norm(k)
     if attn.rotary:
         q, k = apply_rotary(q, cos[-1:], sin[-1:]), apply_rotary(k, cos, sin)
     # Grouped KV heads: query head h reads kv head h // group, so repeat each kv head group times.
     k = k.repeat_interleave(attn.n_head // attn.n_kv_head, dim=0)  # (H, T, D)
     scale = attn.scale if attn.scale is not None else 1 / math.sqrt(attn.head_dim)
     scores = (q @ k.transpose(1, 2)).squeeze(1) * scale  # (H, T)
+    if attn.window:  # a sliding layer's last query sees only the window's keys
+        scores[:, : max(T - attn.window, 0)] = float("-inf")
     return scores.softmax(dim=-1)
 
 
@@ -79,10 +83,11 @@ def last_token_attention(model: Transformer, ids: list[int]) -> torch.Tensor:
     The last query sees every key, so no causal mask is needed for its row."""
     check_prompt(len(ids), 0, model.config.max_seq_len)
     inputs = _capture_attention_inputs(model, torch.tensor([ids]))
-    T = len(ids)
-    cos, sin = model.rope_cos[:T].float(), model.rope_sin[:T].float()  # (T, D)
-    return torch.stack([_last_query_attention(block.attn, x, cos, sin)
-                        for block, x in zip(model.blocks, inputs)])  # (n_layer, H, T)
+    positions = torch.arange(len(ids)).unsqueeze(0)  # (1, T)
+    rotations = {kind: model.rotations(kind, positions, torch.float32) for kind in set(model.layer_kinds)}
+    return torch.stack([_last_query_attention(block.attn, x, *(r[0, 0] if r is not None else None
+                                                                for r in rotations[kind]))  # (T, D) each
+                        for block, kind, x in zip(model.blocks, model.layer_kinds, inputs)])  # (n_layer, H, T)
 
 
 def heatmap_rows(maps: torch.Tensor, head: int | None = None) -> torch.Tensor:

@@ -26,7 +26,7 @@ class ChatSession:
         else:
             # at least one token must be fed to get a prediction
             reused = min(common_prefix_length(self.cached_ids, prompt_ids), len(prompt_ids) - 1)
-            self.cache.truncate(reused)
+            reused = self.cache.truncate(reused)
             completion = self.lm.generate(prompt_ids[reused:], self.config, self.cache, on_text, prompt_ids[:reused])
             self.cached_ids = (prompt_ids + completion.token_ids)[: self.cache.length]
         self.messages = messages + [{"role": "assistant", "content": completion.text}]

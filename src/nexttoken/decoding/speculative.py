@@ -18,7 +18,8 @@ from nexttoken.decoding.outputs import Completion
 from nexttoken.decoding.processors import TokenHistory
 from nexttoken.decoding.prompts import common_prefix_length
 from nexttoken.decoding.select import select, step_records
-from nexttoken.model.kv_cache import KVCache
+from nexttoken.errors import NextTokenError
+from nexttoken.model.kv_cache import RING_SLACK, KVCache
 from nexttoken.model.transformer import DecodeStep, Transformer
 
 MAX_NGRAM = 3
@@ -54,7 +55,7 @@ class DraftModel:
         if n_draft <= 0:
             return []
         keep = min(common_prefix_length(self.cached, tokens), len(tokens) - 1)  # one token fed at least: its scores
-        self.cache.truncate(keep)
+        keep = self.cache.truncate(keep)
         needed = len(tokens) + n_draft - 1
         if needed > self.cache.capacity:  # grown in doublings: each growth copies the cache
             self.cache.reserve(max(needed, min(2 * self.cache.capacity, self.model.config.max_seq_len)))
@@ -107,7 +108,10 @@ class SpeculativeGroup:
             n_ok += 1
             if not self.accept(guess, guess_scores):
                 return False
-        self.cache.truncate(self.cache.length - (len(self.draft) - n_ok))  # forget the keys of rejected guesses
+        wanted = self.cache.length - (len(self.draft) - n_ok)
+        if self.cache.truncate(wanted) != wanted:  # forget the keys of rejected guesses
+            raise NextTokenError(f"a sliding-window model's cache rewinds at most {RING_SLACK} positions: "
+                                 f"draft fewer tokens than that")
         self.logits = scores[n_ok]
         return True
 

@@ -23,7 +23,7 @@ def load_gguf_model(path: str | Path, dtype: torch.dtype = torch.float32) -> tup
     if architecture is None:
         raise NextTokenError(f"{file.path}: GGUF metadata lacks 'general.architecture'")
     family = family_for(architecture)
-    config = family.config_from_gguf(file.metadata, set(file.tensors))
+    config = family.config_from_gguf(file.metadata, set(file.tensors), lambda name: read_tensor(file, name))
     state = state_dict_from_gguf(file, family, config, dtype)
     with torch.device("meta"):
         model = Transformer(config)
@@ -35,19 +35,24 @@ def state_dict_from_gguf(file: GGUFFile, family: Family, config: ModelConfig,
                          dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     rows = [row for row in expand(family.weights, config.n_layer)
             if not (config.tie_embeddings and row.ours == "lm_head.weight")]
-    unknown = set(file.tensors) - {row.gguf for row in rows}
+    unknown = set(file.tensors) - {row.gguf for row in rows} - set(family.gguf_ignored)
     if unknown:
         raise NextTokenError(f"{file.path}: unexpected tensors for a {family.name} model: {', '.join(sorted(unknown)[:5])}")
     n_parts = Counter(row.ours for row in rows)
     parts: dict[str, list[torch.Tensor]] = {}
     state: dict[str, torch.Tensor] = {}
     for row in rows:
-        raw = file.tensors.get(row.gguf)
-        if raw is None:
+        if row.gguf not in file.tensors:
             raise NextTokenError(f"{file.path}: missing tensor '{row.gguf}'")
-        weight = dequantize(raw.data, raw.ggml_type, raw.shape, raw.name)
+        weight = read_tensor(file, row.gguf)
         pieces = parts.setdefault(row.ours, [])
         pieces.append(row.from_gguf(weight, config) if row.from_gguf else weight)
         if len(pieces) == n_parts[row.ours]:  # stacked at once: one parameter's parts at most are held twice
             state[row.ours] = stack(parts.pop(row.ours)).to(dtype)
     return state
+
+
+def read_tensor(file: GGUFFile, name: str) -> torch.Tensor:
+    """The float32 values of one of the file's tensors."""
+    raw = file.tensors[name]
+    return dequantize(raw.data, raw.ggml_type, raw.shape, raw.name)

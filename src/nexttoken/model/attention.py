@@ -9,7 +9,14 @@ from torch import nn
 
 from nexttoken.config import ModelConfig
 from nexttoken.model.kv_cache import CrossKVCache, KVCache
-from nexttoken.model.layers import apply_rotary
+from nexttoken.model.layers import RMSNorm, apply_rotary
+
+
+def attention_scale(config: ModelConfig) -> float | None:
+    """The factor on query-key products; None: SDPA's 1/sqrt(head_dim)."""
+    if config.attention_scale:
+        return config.attention_scale
+    return None if config.scale_attention else 1.0
 
 
 class Attention(nn.Module):
@@ -19,11 +26,15 @@ class Attention(nn.Module):
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         self.causal = config.causal
         self.rotary = config.positions == "rope"
-        self.scale = None if config.scale_attention else 1.0  # None: SDPA's 1/sqrt(head_dim)
+        self.window = config.window(layer_index)  # 0: a query sees every earlier position
+        self.scale = attention_scale(config)
         # queries, keys and values in one product: one pass over x (fused at load time)
         self.qkv_sizes = (self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim)
-        self.wqkv = nn.Linear(config.d_model, sum(self.qkv_sizes), bias=config.bias)
+        self.wqkv = nn.Linear(config.d_model, sum(self.qkv_sizes), bias=config.bias or config.qkv_bias)
         self.wo = nn.Linear(self.n_head * self.head_dim, config.d_model, bias=config.bias)
+        # per-head norms of queries and keys (Qwen 3, Gemma 3), which keep their products in range
+        self.q_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, cache: KVCache | None = None,
                 attention_mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
@@ -31,12 +42,7 @@ class Attention(nn.Module):
         positions); `attention_mask`: (B, 1, T or 1, S) where padding is involved, else None;
         `last_only`: the output of the last query only, (B, 1, d_model)."""
         B, T, _ = x.shape
-        q, k, v = self.wqkv(x).split(self.qkv_sizes, dim=-1)
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
-        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
-        if self.rotary:
-            q, k = self.rotate(q, cos, sin), self.rotate(k, cos, sin)
+        q, k, v = self.project(x, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_index, k, v)  # (B, H_kv, past + T, D)
         if last_only:  # the last query sees every key: no causal mask left but the padding's
@@ -45,6 +51,21 @@ class Attention(nn.Module):
         y = self.attend(q, k, v, attention_mask)
         y = y.transpose(1, 2).reshape(B, q.shape[2], self.n_head * self.head_dim)  # (B, T, H * D)
         return self.wo(y)
+
+    def project(self, x: torch.Tensor, cos: torch.Tensor | None,
+                sin: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, T, d_model) -> queries (B, H, T, D), keys and values (B, H_kv, T, D), normed and
+        rotated where the family does so."""
+        B, T, _ = x.shape
+        q, k, v = self.wqkv(x).split(self.qkv_sizes, dim=-1)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rotary:
+            q, k = self.rotate(q, cos, sin), self.rotate(k, cos, sin)
+        return q, k, v
 
     def rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """Queries or keys (B, H, T, D) turned by their positions' angles (RoPE)."""
@@ -78,7 +99,7 @@ class CrossAttention(nn.Module):
         super().__init__()
         self.layer_index = layer_index
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
-        self.scale = None if config.scale_attention else 1.0
+        self.scale = attention_scale(config)
         self.wq = nn.Linear(config.d_model, self.n_head * self.head_dim, bias=config.bias)
         self.wkv = nn.Linear(config.d_model, 2 * self.n_kv_head * self.head_dim, bias=config.bias)  # k, v fused
         self.wo = nn.Linear(self.n_head * self.head_dim, config.d_model, bias=config.bias)

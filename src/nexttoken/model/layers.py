@@ -76,15 +76,21 @@ def make_mlp(config: ModelConfig) -> nn.Module:
     return MLP(config.d_model, config.d_ff, config.bias, config.mlp)
 
 
-def rotary_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of position * frequency, each (max_seq_len, head_dim).
+def rotary_frequencies(head_dim: int, theta: float, factors: tuple[float, ...] = ()) -> torch.Tensor:
+    """(head_dim / 2,) float32 angle per position of each pair of dimensions: theta ** (-2i / D)
+    (RoFormer, Su et al. 2021, eq. 15), divided by `factors` where a scaling stretches the slow
+    ones (Llama 3; linear scaling divides them all)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim)
+    return inv_freq / torch.tensor(factors, dtype=torch.float32) if factors else inv_freq
+
+
+def rotations(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of position * frequency for (B, T) positions, each (B, 1, T, head_dim), float32.
 
     Frequencies run over the first half of the head and repeat for the second half: the
-    "rotate half" layout of Hugging Face's Llama (RoFormer, Su et al. 2021, eq. 34)."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim)
-    positions = torch.arange(max_seq_len, dtype=torch.float32, device="cpu")
-    angles = torch.outer(positions, inv_freq)  # (T, D/2)
-    angles = torch.cat([angles, angles], dim=-1)  # (T, D)
+    "rotate half" layout of Hugging Face's Llama (RoFormer, eq. 34)."""
+    angles = positions.unsqueeze(-1).float() * inv_freq.to(positions.device)  # (B, T, D/2)
+    angles = torch.cat([angles, angles], dim=-1).unsqueeze(1)  # (B, 1, T, D)
     return angles.cos(), angles.sin()
 
 

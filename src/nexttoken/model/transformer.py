@@ -6,7 +6,7 @@ is the same core attending both ways, with learned positions, token-type embeddi
 LayerNorm blocks and a GELU MLP. An encoder-decoder (T5, BART; see encoder_decoder.py) is two of
 these: an encoder, and a decoder whose blocks add cross-attention onto the encoder's output."""
 
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +16,7 @@ from nexttoken.config import ModelConfig
 from nexttoken.errors import ContextWindowExceeded
 from nexttoken.model.attention import Attention, CrossAttention, RelativePositionBias
 from nexttoken.model.kv_cache import CrossKVCache, KVCache
-from nexttoken.model.layers import make_mlp, make_norm, rotary_tables, sinusoidal_table
+from nexttoken.model.layers import make_mlp, make_norm, rotary_frequencies, rotations, sinusoidal_table
 from nexttoken.model.ssru import SSRU
 
 # the self-attention sublayers a block can have, by `ModelConfig.self_attention`; each is built
@@ -41,6 +41,29 @@ def padded_causal_mask(key_mask: torch.Tensor, n_queries: int) -> torch.Tensor:
     return (allowed | (key_pos == query_pos)).unsqueeze(1)  # (B, 1, T, S)
 
 
+def sliding_mask(key_slots: torch.Tensor, key_mask: torch.Tensor, query_slots: torch.Tensor,
+                 window: int) -> torch.Tensor:
+    """Which keys each query of a sliding layer sees, (B, 1, T, S): its own slot and the `window`
+    - 1 before it (Mistral; Gemma 3's local layers), never padding. `key_slots` (S,): the cache
+    slot each key came from (negative: none yet); `key_mask` (B, S): False at padding;
+    `query_slots` (T,). Slots count padding too, but a row's padding is all on its left, so the
+    distance between two of its real tokens is the distance between their positions."""
+    distance = query_slots.unsqueeze(1) - key_slots.unsqueeze(0)  # (T, S)
+    seen = (distance >= 0) & (distance < window) & (key_slots >= 0)  # (T, S)
+    allowed = seen & key_mask[:, None, :]  # (B, T, S)
+    return (allowed | (distance == 0)).unsqueeze(1)  # (B, 1, T, S): padding sees itself, as above
+
+
+class AttentionInputs(NamedTuple):
+    """What the attention of one kind of layer ("global" or "sliding") takes besides its input:
+    the rotations of each row's positions, (B, 1, T, D) (None without rotary positions), and the
+    attention mask (None where causality alone masks)."""
+
+    cos: torch.Tensor | None
+    sin: torch.Tensor | None
+    mask: torch.Tensor | None
+
+
 class Block(nn.Module):
     """Pre-norm (GPT-2 §2.3, Llama): x + attention(norm(x)), then x + mlp(norm(x)).
     Post-norm (the original Transformer, BERT): norm(x + attention(x)), then norm(x + mlp(x)).
@@ -54,13 +77,17 @@ class Block(nn.Module):
         self.attn = make_self_attention(config, layer_index)
         self.mlp_norm = make_norm(config)
         self.mlp = make_mlp(config)
+        # Gemma's "sandwich": each sublayer's output normed too, before it joins the residual stream
+        sandwich = config.norm_sublayer_outputs
+        self.attn_out_norm = make_norm(config) if sandwich else nn.Identity()
+        self.mlp_out_norm = make_norm(config) if sandwich else nn.Identity()
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, cache: KVCache | None,
                 attention_mask: torch.Tensor | None, last_only: bool = False) -> torch.Tensor:
         residual = x[:, -1:] if last_only else x
         if self.pre_norm:
-            x = residual + self.attn(self.attn_norm(x), cos, sin, cache, attention_mask, last_only)
-            return x + self.mlp(self.mlp_norm(x))
+            x = residual + self.attn_out_norm(self.attn(self.attn_norm(x), cos, sin, cache, attention_mask, last_only))
+            return x + self.mlp_out_norm(self.mlp(self.mlp_norm(x)))
         x = self.attn_norm(residual + self.attn(x, cos, sin, cache, attention_mask, last_only))
         return self.mlp_norm(x + self.mlp(x))
 
@@ -114,9 +141,9 @@ class Transformer(nn.Module):
         self.norm = make_norm(config) if config.pre_norm else None  # post-norm blocks end normalised
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.head_bias = nn.Parameter(torch.zeros(config.vocab_size)) if config.head_bias else None
-        cos, sin = rotary_tables(config.head_dim, config.max_seq_len, config.rope_theta)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        self.layer_kinds = [config.layer_kind(i) for i in range(config.n_layer)]
+        # a zero-dimensional tensor in the residual stream's dtype: a buffer follows Module.to(dtype)
+        self.register_buffer("dtype_probe", torch.zeros((), device="cpu"), persistent=False)
         # what `new_cache` keeps keys and values in; None: the compute dtype. Whoever converts the
         # weights sets it (nexttoken.accel.precision: float16 beside quantized float32 weights)
         self.cache_dtype: torch.dtype | None = None
@@ -131,16 +158,14 @@ class Transformer(nn.Module):
         `attention_mask` (B or 1, 1, T, S) bool, over the S = past + T keys, forbids more: a query
         sees a key only where it is True and causality and padding allow it too, in every layer.
         Leave each query at least one key it may see."""
-        x, cos, sin, attention_mask = self.block_inputs(ids, cache, mask, attention_mask)
-        x = self.run_blocks(x, cos, sin, cache, attention_mask, last_only)
+        x, inputs = self.block_inputs(ids, cache, mask, attention_mask)
+        x = self.run_blocks(x, inputs, cache, last_only)
         return self.norm(x) if self.norm is not None else x
 
     def block_inputs(self, ids: torch.Tensor, cache: KVCache | None, mask: torch.Tensor | None,
-                     allowed: torch.Tensor | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+                     allowed: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, AttentionInputs]]:
         """What the blocks take for (B, T) `ids` (see hidden_states, whose `attention_mask` is
-        `allowed` here): the (B, T, d_model) embeddings, the rotations of each row's positions, and
-        the attention mask (None where nothing is padded or forbidden and causality alone masks)."""
+        `allowed` here): the (B, T, d_model) embeddings, and each kind of layer's AttentionInputs."""
         B, T = ids.shape
         past = cache.length if cache is not None else 0
         if past + T > self.config.max_seq_len:
@@ -157,19 +182,56 @@ class Transformer(nn.Module):
         steps = mask.long().cumsum(dim=1) - 1 if mask is not None else torch.arange(T, device=ids.device).expand(B, T)
         positions = (real_before.unsqueeze(1) + steps).clamp(min=0)  # (B, T)
         x = self.embed_tokens(ids, positions)  # (B, T, d_model)
-        cos = sin = None  # rotations exist only with rotary positions
-        if self.config.positions == "rope":
-            cos = self.rope_cos[positions].unsqueeze(1).to(x.dtype)  # (B, 1, T, D)
-            sin = self.rope_sin[positions].unsqueeze(1).to(x.dtype)
-        if self.rel_bias is not None:  # the bias carries the masking too
-            attention_mask = self.position_bias(positions, key_mask, allowed).to(x.dtype)
-        elif not padded and allowed is None:
-            attention_mask = None
+        inputs = {}
+        for kind in dict.fromkeys(self.layer_kinds):  # each kind once, in layer order
+            cos, sin = self.rotations(kind, positions, x.dtype)
+            attention_mask = (self.sliding_mask(cache, key_mask, T, padded, allowed) if kind == "sliding"
+                              else self.global_mask(positions, key_mask, T, padded, allowed))
+            inputs[kind] = AttentionInputs(cos, sin, attention_mask)
+        return x, inputs
+
+    def rotations(self, kind: str, positions: torch.Tensor,
+                  dtype: torch.dtype) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The (B, 1, T, D) rotations of (B, T) positions in a layer of `kind` (None, None without
+        rotary positions): sliding layers may have their own base, and scaling is for the others."""
+        if self.config.positions != "rope":
+            return None, None
+        config = self.config
+        if kind == "sliding" and config.rope_local_theta:
+            inv_freq = rotary_frequencies(config.head_dim, config.rope_local_theta)
         else:
-            attention_mask = self.key_access(key_mask, T)
-            if allowed is not None:
-                attention_mask = attention_mask & allowed  # (B, 1, T, S)
-        return x, cos, sin, attention_mask
+            inv_freq = rotary_frequencies(config.head_dim, config.rope_theta, config.rope_freq_factors)
+        cos, sin = rotations(positions, inv_freq)
+        return cos.to(dtype), sin.to(dtype)
+
+    def global_mask(self, positions: torch.Tensor, key_mask: torch.Tensor, n_queries: int, padded: bool,
+                    allowed: torch.Tensor | None) -> torch.Tensor | None:
+        """The attention mask of global layers (see block_inputs)."""
+        if self.rel_bias is not None:  # the bias carries the masking too
+            return self.position_bias(positions, key_mask, allowed).to(self.dtype)
+        if not padded and allowed is None:
+            return None
+        attention_mask = self.key_access(key_mask, n_queries)
+        return attention_mask if allowed is None else attention_mask & allowed  # (B, 1, T, S)
+
+    def sliding_mask(self, cache: KVCache | None, key_mask: torch.Tensor, n_queries: int, padded: bool,
+                     allowed: torch.Tensor | None) -> torch.Tensor | None:
+        """The attention mask of sliding layers (see block_inputs), over the keys their attention
+        gets: each earlier position's without a cache, the cache's ring and the new ones with one."""
+        n_keys = key_mask.shape[1]
+        window = self.config.sliding_window
+        if cache is None:
+            if not padded and allowed is None and n_keys <= window:
+                return None  # every key is in every query's window: causality alone masks
+            key_slots = torch.arange(n_keys, device=key_mask.device)
+        else:
+            key_slots = cache.window_slots(n_queries)  # (S,)
+        query_slots = torch.arange(n_keys - n_queries, n_keys, device=key_mask.device)
+        seen = key_mask[:, key_slots.clamp(min=0)]  # (B, S)
+        attention_mask = sliding_mask(key_slots, seen, query_slots, window)  # (B, 1, T, S)
+        if allowed is not None:
+            attention_mask = attention_mask & allowed[..., key_slots.clamp(min=0)]
+        return attention_mask
 
     def key_access(self, key_mask: torch.Tensor, n_queries: int) -> torch.Tensor:
         """(B, S) real-key mask -> which keys each of the last `n_queries` positions may see:
@@ -178,11 +240,12 @@ class Transformer(nn.Module):
             return padded_causal_mask(key_mask, n_queries)
         return key_mask[:, None, None, :]  # (B, 1, 1, S)
 
-    def run_blocks(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, cache: KVCache | None,
-                   attention_mask: torch.Tensor | None, last_only: bool = False) -> torch.Tensor:
+    def run_blocks(self, x: torch.Tensor, inputs: dict[str, AttentionInputs], cache: KVCache | None,
+                   last_only: bool = False) -> torch.Tensor:
         """The blocks in turn on (B, T, d_model) inputs; the cache then holds their T positions."""
         T = x.shape[1]
-        for i, block in enumerate(self.blocks):
+        for i, (block, kind) in enumerate(zip(self.blocks, self.layer_kinds)):
+            cos, sin, attention_mask = inputs[kind]
             x = block(x, cos, sin, cache, attention_mask, last_only and i == len(self.blocks) - 1)
         if cache is not None:
             cache.advance(T)  # once every layer has written its keys and values
@@ -228,9 +291,9 @@ class Transformer(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        """The dtype the residual stream computes in. The rotary tables are buffers, and follow
-        `Module.to(dtype)` as every float tensor does; weights may be kept in other formats."""
-        return self.rope_cos.dtype
+        """The dtype the residual stream computes in, which `Module.to(dtype)` sets; weights may be
+        kept in other formats."""
+        return self.dtype_probe.dtype
 
     def forward(self, ids: torch.Tensor, cache: KVCache | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.hidden_states(ids, cache, mask))
