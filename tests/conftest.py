@@ -57,6 +57,13 @@ def gemma3_path():
 
 
 @pytest.fixture(scope="session")
+def gemma3_file(gemma3_path):
+    from nexttoken.loaders.gguf_file import read_gguf
+
+    return read_gguf(gemma3_path)
+
+
+@pytest.fixture(scope="session")
 def gemma3_reference_tokenizer(gemma3_path):
     from transformers import AutoTokenizer
 

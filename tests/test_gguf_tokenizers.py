@@ -141,8 +141,8 @@ def test_token_bytes_join_into_the_text(smollm2_metadata):
 
 
 @pytest.fixture(scope="module")
-def gemma3_tokenizer(gemma3_path) -> Tokenizer:
-    return Tokenizer.from_gguf_metadata(read_gguf(gemma3_path).metadata)
+def gemma3_tokenizer(gemma3_file) -> Tokenizer:
+    return Tokenizer.from_gguf_metadata(gemma3_file.metadata)
 
 
 def test_gemma3_ids_match_transformers(gemma3_tokenizer, gemma3_reference_tokenizer):

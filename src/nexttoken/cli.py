@@ -141,7 +141,7 @@ def tokenize(text: str, model: ModelOption = None,
     """Show how TEXT is cut into tokens: each token's text, id, and whether it is special."""
     lm = _load(model)
     ids = lm.tokenizer.encode(text)
-    rows = [{"id": i, "token": lm.tokenizer.id_to_token(i), "text": lm.tokenizer.decode([i]),
+    rows = [{"id": i, "token": lm.tokenizer.id_to_token(i), "text": lm.tokenizer.token_text(i),
              "special": lm.tokenizer.is_special(i)} for i in ids]
     if json_output:
         print(json.dumps(rows, ensure_ascii=False))
@@ -162,14 +162,14 @@ def next_token(prompt: str, model: ModelOption = None, top: Annotated[int, typer
     lm = _load(model, dtype, quantize)
     candidates = lm.next_token_candidates(lm.encode(prompt, chat=chat), top)
     if json_output:
-        print(json.dumps([{"id": c.token_id, "text": lm.tokenizer.decode([c.token_id]), "probability": c.probability}
+        print(json.dumps([{"id": c.token_id, "text": lm.tokenizer.token_text(c.token_id), "probability": c.probability}
                           for c in candidates], ensure_ascii=False))
         return
     table = Table(title=f"next token after {prompt!r}")
     for column, justify in (("rank", "right"), ("id", "right"), ("text", "left"), ("probability", "right"), ("", "left")):
         table.add_column(column, justify=justify)
     for rank, c in enumerate(candidates, 1):
-        table.add_row(str(rank), str(c.token_id), repr(lm.tokenizer.decode([c.token_id])), f"{c.probability:.2%}",
+        table.add_row(str(rank), str(c.token_id), escape(repr(lm.tokenizer.token_text(c.token_id))), f"{c.probability:.2%}",
                       "█" * round(c.probability * 30))
     out.print(table)
 
@@ -195,12 +195,12 @@ def attention(prompt: str, model: ModelOption = None,
         target_id = choice.id
         if choice.n_tokens > 1:
             err.print(f"note: the target {target!r} is {choice.n_tokens} tokens; measuring its first, "
-                      f"{lm.tokenizer.decode([choice.id])!r}", soft_wrap=True)
+                      f"{lm.tokenizer.token_text(choice.id)!r}", soft_wrap=True)
     report = dependence(lm.model, ids, target_id)
-    labels = [lm.tokenizer.decode([i]) for i in ids]
+    labels = [lm.tokenizer.token_text(i) for i in ids]
     rows = heatmap_rows(report.maps, head)
     heads = "mean of all heads" if head is None else f"head {head}"
-    target_text = lm.tokenizer.decode([report.table.target])
+    target_text = lm.tokenizer.token_text(report.table.target)
     save_heatmap(split_sink(rows)[1], labels, output, f"attention of the last token of {prompt!r} past the first "
                  f"({heads}); below: P({target_text!r}) without each token", sink=split_sink(rows)[0],
                  knocked=[k.p for k in report.table.without], baseline=report.table.p)
