@@ -2,6 +2,7 @@
 the text they write together, and the inspector names each by its bytes. The page is opened from
 its file and given the logprobs the server sends for a reply, so no model has to write Chinese."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,15 @@ def test_the_server_sends_each_tokens_bytes(smollm2):
     content = reply_logprobs(smollm2.tokenizer, "你好 👋")
     assert b"".join(bytes(entry["bytes"]) for entry in content) == "你好 👋".encode()
     assert [entry["token"] for entry in content][:2] == ["<0xE4><0xBD>", "<0xA0>"]  # 你 in two tokens
+
+
+def test_tokenize_spells_partial_characters_by_their_bytes():
+    from typer.testing import CliRunner
+
+    from nexttoken import cli
+
+    result = CliRunner().invoke(cli.app, ["tokenize", "你好", "--json"])
+    assert [row["text"] for row in json.loads(result.stdout)] == ["<0xE4><0xBD>", "<0xA0>", "<0xE5><0xA5>", "<0xBD>"]
 
 
 def test_split_characters_render_whole_and_are_labelled_by_their_bytes(smollm2, tmp_path):
