@@ -5,8 +5,6 @@ its file and given the logprobs the server sends for a reply, so no model has to
 import json
 from pathlib import Path
 
-import pytest
-
 import nexttoken.serve
 from nexttoken.decoding.outputs import Completion, Step, TokenLogprob
 from nexttoken.serve.shapes import chat_logprobs
