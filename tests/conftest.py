@@ -2,6 +2,8 @@
 
 import pytest
 
+from nexttoken.errors import NextTokenError
+from nexttoken.packaged import GEMMA3_INSTALL, gemma3_270m_path
 from nexttoken.pretrained import LanguageModel, builtin_model_path, load
 
 
@@ -43,3 +45,26 @@ def reference_sentence_model(minilm):
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(str(minilm.path), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def gemma3_path():
+    """Gemma 3 270M's GGUF: an opt-in extra (Gemma Terms of Use) that CI does not install."""
+    try:
+        return gemma3_270m_path()
+    except NextTokenError:
+        pytest.skip(f"Gemma 3 270M is not installed (opt-in): {GEMMA3_INSTALL}")
+
+
+@pytest.fixture(scope="session")
+def gemma3_file(gemma3_path):
+    from nexttoken.loaders.gguf_file import read_gguf
+
+    return read_gguf(gemma3_path)
+
+
+@pytest.fixture(scope="session")
+def gemma3_reference_tokenizer(gemma3_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(gemma3_path.parent, gguf_file=gemma3_path.name)

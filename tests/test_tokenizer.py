@@ -10,29 +10,7 @@ from nexttoken.errors import NextTokenError
 from nexttoken.loaders.gguf_file import read_gguf
 from nexttoken.tokenizer import Tokenizer
 
-TEXTS = [
-    "",
-    "The quick brown fox jumps over the lazy dog. It's 5 o'clock; isn't it? I'm sure they'll've said so.",
-    "你好，世界！今天天气很好，我们去公园散步吧。",
-    "日本語のテキストとカタカナ、ひらがなを混ぜた文です。",
-    "مرحبا بالعالم، كيف حالك اليوم؟",
-    "Привет, мир! Как дела? Съешь же ещё этих мягких французских булок.",
-    "한국어 텍스트입니다",
-    "Emoji: 😀😃 👍🏽 👋🏿 👩‍👩‍👧‍👦 👩🏽‍💻 🏳️‍🌈 ❤️‍🔥",
-    'def greet(name: str) -> str:\n    if not name:\n        return "hi"\n\treturn f"hello, {name}!"\n',
-    '{"name": "SmolLM2", "layers": 30, "nested": {"ok": true, "list": [1, 2.5, null]}}',
-    "a  b   c    d\t\te\n\n\nf \n \t x   ",
-    "    ",
-    "\n",
-    "\r\n\r\n",
-    "1 12 123 1234 12345 123456 1234567890 3.14159 1,000,000 2024-01-01 -42 +7",
-    "abc123def 4x4 v2.0 a1b2c3 0xFF 1st 2nd 3rd",
-    "Café naïve résumé façade Ångström Zürich São Paulo",
-    "combining: e\u0301 a\u0308 n\u0303",
-    "<|im_start|>user\nhi<|im_end|>",
-    "<|endoftext|>text<|endoftext|> and <repo_name>foo<file_sep>bar",
-    "Hello!!! ??? ... --- *** ~~~ <<>> ||",
-]
+from mixed_texts import TEXTS
 
 # Number characters outside ASCII. llama.cpp's "smollm" rule isolates each one, so a space before one
 # stays its own token. The Hugging Face GGUF converter uses the plain GPT-2 split, which keeps the space
@@ -218,8 +196,8 @@ def test_unknown_pre_tokenizer_is_an_error(metadata):
 
 
 def test_unsupported_tokenizer_model_is_an_error(metadata):
-    with pytest.raises(NextTokenError, match="tokenizer.ggml.model 'llama' is not supported"):
-        Tokenizer.from_gguf_metadata(changed(metadata, {"tokenizer.ggml.model": "llama"}))
+    with pytest.raises(NextTokenError, match=r"tokenizer.ggml.model 't5' is not supported \(supported: 'gpt2'.*'llama'"):
+        Tokenizer.from_gguf_metadata(changed(metadata, {"tokenizer.ggml.model": "t5"}))
 
 
 def test_broken_chat_template_is_a_one_line_error(metadata):

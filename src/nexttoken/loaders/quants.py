@@ -6,8 +6,8 @@ PyTorch, so the layout of each is readable in a few lines. Blocks hold 32 weight
 - Q4_0: float16 scale d, then 16 bytes of nibbles; w = d * (q - 8)
 - Q4_1: float16 scale d, float16 min m, 16 bytes;  w = d * q + m
 In a nibble block, byte j holds weight j in its low four bits and weight j + 16 in its high four.
-Every other type the `gguf` package can decode (the K-quants Q2_K..Q6_K, Q5_0, Q5_1, the i-quants)
-goes through its reference numpy code.
+Q5_0, Q5_1 and the K-quants Q4_K, Q5_K, Q6_K are decoded in loaders/kquants.py. Every other type
+the `gguf` package can decode (Q2_K, Q3_K, the i-quants) goes through its reference numpy code.
 """
 
 from collections.abc import Callable
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from nexttoken.errors import NextTokenError
+from nexttoken.loaders.kquants import KQUANT_DECODERS
 
 T = gguf.GGMLQuantizationType
 
@@ -43,7 +44,8 @@ def _q4_1(blocks: torch.Tensor) -> torch.Tensor:
     return _float16_at(blocks, 0) * _nibbles(blocks[:, 4:]) + _float16_at(blocks, 2)
 
 
-BLOCK_DECODERS: dict[T, Callable[[torch.Tensor], torch.Tensor]] = {T.Q8_0: _q8_0, T.Q4_0: _q4_0, T.Q4_1: _q4_1}
+BLOCK_DECODERS: dict[T, Callable[[torch.Tensor], torch.Tensor]] = {T.Q8_0: _q8_0, T.Q4_0: _q4_0, T.Q4_1: _q4_1,
+                                                                  **KQUANT_DECODERS}
 FLOAT_TYPES = {T.F32: torch.float32, T.F16: torch.float16, T.BF16: torch.bfloat16}
 
 

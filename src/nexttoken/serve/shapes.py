@@ -49,8 +49,9 @@ def completion_logprobs(tokenizer: Tokenizer, completion: Completion, top: int) 
 
 def chat_logprobs(tokenizer: Tokenizer, completion: Completion, top: int) -> dict:
     def entry(token_id: int, logprob: float) -> dict:
-        text = tokenizer.decode([token_id])
-        return {"token": text, "logprob": logprob, "bytes": list(text.encode()), "id": token_id}  # id: ours
+        # a token holding part of a character is spelled by its bytes (<0xE4><0xB8>); `bytes` are its own
+        return {"token": tokenizer.token_text(token_id), "logprob": logprob,
+                "bytes": list(tokenizer.token_bytes(token_id)), "id": token_id}  # id: ours
 
     return {"content": [{**entry(s.chosen.token_id, s.chosen.logprob),
                          "top_logprobs": [entry(t.token_id, t.logprob) for t in s.top[:top]]}

@@ -1,4 +1,4 @@
-"""Text to token ids and back: byte-level BPE from a GGUF file's metadata, or WordPiece from a Hugging Face folder."""
+"""Text to token ids and back: byte-level or SentencePiece BPE from a GGUF file's metadata, or BPE or WordPiece from a Hugging Face folder."""
 
 from nexttoken.tokenizer.tokenizer import Tokenizer
 

@@ -1,22 +1,24 @@
 """The tokenizer a GGUF file's metadata describes, rebuilt on the `tokenizers` library.
 
-Only byte-level BPE (`tokenizer.ggml.model` = "gpt2") is supported. How text is cut into words
-before BPE runs is named by `tokenizer.ggml.pre`; each supported name cuts exactly as llama.cpp cuts
-for it, so the ids match what llama.cpp would feed the model.
+Two kinds of vocabulary, by `tokenizer.ggml.model`: byte-level BPE ("gpt2": Llama 3, Qwen, SmolLM),
+whose split into words before merging is named by `tokenizer.ggml.pre` (tokenizer/pre_split.py), and
+SentencePiece BPE ("llama": Gemma, Mistral, Phi-3) with scores and byte fallback
+(tokenizer/sentencepiece_bpe.py). Either way the ids are those llama.cpp would feed the model.
 """
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import IntEnum
-from functools import partial
 from typing import Any
 
 import tokenizers
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, decoders, models, pre_tokenizers
 
 from nexttoken.errors import NextTokenError
 from nexttoken.tokenizer.end_markers import end_of_generation_ids
-
-SUPPORTED_MODEL = "gpt2"
+from nexttoken.tokenizer.pre_split import pre_tokenizer_named
+from nexttoken.tokenizer.sentencepiece_bpe import sentencepiece_bpe
+from nexttoken.tokenizer.token_text import Spelling
 
 
 class TokenType(IntEnum):
@@ -30,30 +32,6 @@ class TokenType(IntEnum):
     BYTE = 6
 
 
-# llama.cpp's split patterns (llama-vocab.cpp). Each is applied in turn to every piece the ones
-# before it left, and both the matches and the text between them become pieces.
-GPT2_WORDS = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
-EACH_NUMBER_CHARACTER = r"\p{N}"
-PUNCTUATION_RUNS = r"[\p{P}\$\+<=>\^~\|]+"
-NUMBER_RUNS = r"\p{N}+"
-DIGIT_TRIPLES = r"[0-9][0-9][0-9]"
-
-
-def split_then_map_bytes(*patterns: str) -> pre_tokenizers.PreTokenizer:
-    splits = [pre_tokenizers.Split(Regex(pattern), behavior="isolated") for pattern in patterns]
-    # use_regex=False: the splits have cut the words already; this only respells bytes as characters.
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    return pre_tokenizers.Sequence([*splits, byte_level])
-
-
-PRE_TOKENIZERS: dict[str, Callable[[], pre_tokenizers.PreTokenizer]] = {
-    # llama.cpp's fallback, also used when a file names none. It is not the plain GPT-2 split.
-    "default": partial(split_then_map_bytes, PUNCTUATION_RUNS, GPT2_WORDS, NUMBER_RUNS, DIGIT_TRIPLES),
-    "gpt-2": partial(split_then_map_bytes, GPT2_WORDS),
-    # Cut as llama.cpp cuts for "starcoder" and "refact".
-    "smollm": partial(split_then_map_bytes, EACH_NUMBER_CHARACTER, GPT2_WORDS),
-}
-
 def required_value(metadata: dict[str, Any], key: str) -> Any:
     if key not in metadata:
         raise NextTokenError(f"GGUF metadata has no {key}: the file carries no usable tokenizer")
@@ -66,13 +44,6 @@ def merge_pair(merge: str) -> tuple[str, str]:
     if split_at < 0:
         raise NextTokenError(f"tokenizer.ggml.merges: malformed merge {merge!r} (expected two tokens and a space)")
     return merge[:split_at], merge[split_at + 1 :]
-
-
-def pre_tokenizer_named(name: str) -> pre_tokenizers.PreTokenizer:
-    if name not in PRE_TOKENIZERS:
-        supported = ", ".join(sorted(PRE_TOKENIZERS))
-        raise NextTokenError(f"tokenizer.ggml.pre {name!r} is not supported (supported: {supported})")
-    return PRE_TOKENIZERS[name]()
 
 
 def byte_level_bpe(
@@ -110,17 +81,49 @@ def special_id(metadata: dict[str, Any], name: str, vocab_size: int) -> int | No
     return token_id
 
 
+def byte_level_vocabulary(metadata: dict[str, Any], tokens: list[str], token_types: list[int]) -> tokenizers.Tokenizer:
+    pre_tokenizer = pre_tokenizer_named(metadata.get("tokenizer.ggml.pre", "default"))
+    return byte_level_bpe(tokens, required_value(metadata, "tokenizer.ggml.merges"), pre_tokenizer)
+
+
+def sentencepiece_vocabulary(metadata: dict[str, Any], tokens: list[str], token_types: list[int]) -> tokenizers.Tokenizer:
+    scores = list(required_value(metadata, "tokenizer.ggml.scores"))
+    mergeable = [token_type == TokenType.NORMAL for token_type in token_types]
+    unk_id = special_id(metadata, "unknown", len(tokens))
+    # llama.cpp writes a space before the text unless the file says not to
+    add_space_prefix = bool(metadata.get("tokenizer.ggml.add_space_prefix", True))
+    return sentencepiece_bpe(tokens, scores, mergeable, unk_id, add_space_prefix)
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """One kind of `tokenizer.ggml.model`: how to build it, how its tokens spell bytes, and whether
+    llama.cpp adds BOS when the file does not say."""
+
+    build: Callable[[dict[str, Any], list[str], list[int]], tokenizers.Tokenizer]
+    spelling: Spelling
+    adds_bos_by_default: bool
+
+
+VOCABULARIES = {
+    "gpt2": Vocabulary(byte_level_vocabulary, Spelling.BYTE_LEVEL, adds_bos_by_default=False),
+    "llama": Vocabulary(sentencepiece_vocabulary, Spelling.SENTENCEPIECE, adds_bos_by_default=True),
+}
+
+
+def vocabulary_named(name: str) -> Vocabulary:
+    if name not in VOCABULARIES:
+        raise NextTokenError(f"tokenizer.ggml.model {name!r} is not supported (supported: "
+                             "'gpt2', byte-level BPE; 'llama', SentencePiece BPE)")
+    return VOCABULARIES[name]
+
+
 def tokenizer_fields(metadata: dict[str, Any]) -> dict[str, Any]:
     """The fields of a Tokenizer (tokenizer/tokenizer.py) that GGUF metadata describe."""
-    model = required_value(metadata, "tokenizer.ggml.model")
-    if model != SUPPORTED_MODEL:
-        raise NextTokenError(
-            f"tokenizer.ggml.model {model!r} is not supported (supported: {SUPPORTED_MODEL!r}, byte-level BPE)"
-        )
+    vocabulary = vocabulary_named(required_value(metadata, "tokenizer.ggml.model"))
     tokens = list(required_value(metadata, "tokenizer.ggml.tokens"))
     token_types = list(metadata.get("tokenizer.ggml.token_type", [TokenType.NORMAL] * len(tokens)))
-    pre_tokenizer = pre_tokenizer_named(metadata.get("tokenizer.ggml.pre", "default"))
-    backend = byte_level_bpe(tokens, required_value(metadata, "tokenizer.ggml.merges"), pre_tokenizer)
+    backend = vocabulary.build(metadata, tokens, token_types)
     add_whole_tokens(backend, tokens, token_types)
 
     vocab_size = len(tokens)
@@ -136,7 +139,8 @@ def tokenizer_fields(metadata: dict[str, Any]) -> dict[str, Any]:
         pad_id=special_id(metadata, "padding", vocab_size),
         unk_id=special_id(metadata, "unknown", vocab_size),
         end_ids=end_of_generation_ids(declared_end_ids, tokens, control_ids),
-        adds_bos=bool(metadata.get("tokenizer.ggml.add_bos_token", False)),
+        adds_bos=bool(metadata.get("tokenizer.ggml.add_bos_token", vocabulary.adds_bos_by_default)),
         adds_eos=bool(metadata.get("tokenizer.ggml.add_eos_token", False)),
         chat_template=metadata.get("tokenizer.chat_template"),
+        spelling=vocabulary.spelling,
     )

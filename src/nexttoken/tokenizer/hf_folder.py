@@ -15,6 +15,7 @@ from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers
 
 from nexttoken.errors import NextTokenError
 from nexttoken.tokenizer.end_markers import end_of_generation_ids
+from nexttoken.tokenizer.token_text import Spelling
 
 
 # The special tokens of a BERT-style folder, each with the text BERT gives it, used when the folder
@@ -190,6 +191,7 @@ def tokenizer_fields(folder: Path) -> dict[str, Any]:
         adds_eos=sep_id is not None,
         chat_template=None,
         mask_id=special_ids.get("mask_token"),
+        spelling=Spelling.PLAIN,
     )
 
 

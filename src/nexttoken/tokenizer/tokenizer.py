@@ -13,6 +13,7 @@ import tokenizers
 from nexttoken.errors import NextTokenError
 from nexttoken.tokenizer import gguf_metadata, hf_folder
 from nexttoken.tokenizer.chat_template import render_chat_template
+from nexttoken.tokenizer.token_text import Spelling, readable, token_bytes
 
 
 def id_to_add(token_id: int | None, name: str) -> int:
@@ -39,10 +40,11 @@ class Tokenizer:
     adds_eos: bool
     chat_template: str | None = field(repr=False)
     mask_id: int | None = None
+    spelling: Spelling = Spelling.BYTE_LEVEL
 
     @classmethod
     def from_gguf_metadata(cls, metadata: dict[str, Any]) -> "Tokenizer":
-        """Byte-level BPE as a GGUF file's metadata describes it."""
+        """Byte-level or SentencePiece BPE as a GGUF file's metadata describes it."""
         return cls(**gguf_metadata.tokenizer_fields(metadata))
 
     @classmethod
@@ -72,6 +74,16 @@ class Tokenizer:
         if not 0 <= token_id < self.vocab_size:
             raise NextTokenError(f"token id {token_id} is outside the vocabulary of {self.vocab_size} tokens")
         return self.tokens[token_id]
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes the token writes into the text; a special token's are its own spelling."""
+        token = self.id_to_token(token_id)
+        return token.encode() if self.is_special(token_id) else token_bytes(token, self.spelling)
+
+    def token_text(self, token_id: int) -> str:
+        """The token's text, with bytes that are not whole characters spelled `<0xE4><0xB8>`: how
+        single tokens are shown everywhere."""
+        return readable(self.token_bytes(token_id))
 
     def is_special(self, token_id: int) -> bool:
         return token_id in self.control_ids

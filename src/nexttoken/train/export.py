@@ -23,7 +23,8 @@ from nexttoken.families import llama
 from nexttoken.families.weights import WeightName, expand, unstack_parts
 from nexttoken.model.transformer import Transformer
 from nexttoken.pretrained import load
-from nexttoken.tokenizer.gguf_metadata import PRE_TOKENIZERS, TokenType
+from nexttoken.tokenizer.gguf_metadata import TokenType
+from nexttoken.tokenizer.pre_split import PRE_TOKENIZERS
 from nexttoken.tokenizer.tokenizer import Tokenizer
 
 GGUF_TYPES = {"f32": (torch.float32, gguf.LlamaFileType.ALL_F32), "f16": (torch.float16, gguf.LlamaFileType.MOSTLY_F16)}

@@ -1,0 +1,27 @@
+"""Text in many scripts, emoji, code, numbers and whitespace: what every tokenizer test encodes."""
+
+TEXTS = [
+    "",
+    "The quick brown fox jumps over the lazy dog. It's 5 o'clock; isn't it? I'm sure they'll've said so.",
+    "你好，世界！今天天气很好，我们去公园散步吧。",
+    "日本語のテキストとカタカナ、ひらがなを混ぜた文です。",
+    "مرحبا بالعالم، كيف حالك اليوم؟",
+    "Привет, мир! Как дела? Съешь же ещё этих мягких французских булок.",
+    "한국어 텍스트입니다",
+    "Emoji: 😀😃 👍🏽 👋🏿 👩‍👩‍👧‍👦 👩🏽‍💻 🏳️‍🌈 ❤️‍🔥",
+    'def greet(name: str) -> str:\n    if not name:\n        return "hi"\n\treturn f"hello, {name}!"\n',
+    '{"name": "SmolLM2", "layers": 30, "nested": {"ok": true, "list": [1, 2.5, null]}}',
+    "a  b   c    d\t\te\n\n\nf \n \t x   ",
+    "    ",
+    "\n",
+    "\r\n\r\n",
+    "1 12 123 1234 12345 123456 1234567890 3.14159 1,000,000 2024-01-01 -42 +7",
+    "abc123def 4x4 v2.0 a1b2c3 0xFF 1st 2nd 3rd",
+    "Café naïve résumé façade Ångström Zürich São Paulo",
+    "combining: e\u0301 a\u0308 n\u0303",
+    "<|im_start|>user\nhi<|im_end|>",
+    "<|endoftext|>text<|endoftext|> and <repo_name>foo<file_sep>bar",
+    "Hello!!! ??? ... --- *** ~~~ <<>> ||",
+    "中国的首都是北京。问：中国的首都是哪里？答：",
+    "HelloWorld getHTTPResponse I'LL DON'T WE'VE",
+]
