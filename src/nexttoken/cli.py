@@ -6,27 +6,25 @@ from contextlib import nullcontext
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
-import numpy as np
-import torch
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from nexttoken.accel.decode_blocks import OneCallStep
-from nexttoken.apps.attention import check_heatmap_path, heatmap_rows, save_heatmap, split_sink
-from nexttoken.apps.dependence import Dependence, dependence, dependence_json, target_token
-from nexttoken.apps.bench import run_bench
-from nexttoken.apps.chat import ChatSession
-from nexttoken.apps.explain import EXPLAIN_CANDIDATES, BeamPrinter, completion_json, sequence_heading, steps_table
 from nexttoken.cli_options import decoding_options
 from nexttoken.decoding.config import GenerationConfig
-from nexttoken.encoder.search import search as search_corpus
-from nexttoken.encoder.sentence import SentenceEncoder, load_encoder
 from nexttoken.errors import NextTokenError
-from nexttoken.pretrained import LanguageModel, load
+
+# each command imports what it needs when it runs (PyTorch with the first model), so that --help,
+# and a command's mistakes in its arguments, answer at once
+if TYPE_CHECKING:
+    import torch
+
+    from nexttoken.apps.dependence import Dependence
+    from nexttoken.encoder.sentence import SentenceEncoder
+    from nexttoken.pretrained import LanguageModel
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Run, read and inspect a language model: every layer, cache and decoding step is ours.")
@@ -36,9 +34,12 @@ err = Console(stderr=True, highlight=False)
 ModelOption = Annotated[Optional[Path], typer.Option("--model", "-m", help="A GGUF file (default: the built-in SmolLM2-135M-Instruct).")]
 System = Annotated[Optional[str], typer.Option(help="System prompt for the chat template.")]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table or streamed text.")]
-Dtype = Annotated[str, typer.Option(help="Compute in float32 (the reference) or bfloat16.")]
+Dtype = Annotated[Optional[str], typer.Option(help="Compute in float32 (the reference: alone, on float32 weights) or "
+                                                   "bfloat16 (default: as the file stores its weights).")]
 Quantize = Annotated[str, typer.Option(help="Keep linear weights as 'int8' or 'int4' (groups of 32 with a "
-                                              "scale and a minimum; int4 exact for Q4_1 weights), or 'none'.")]
+                                              "scale and a minimum; exact for Q4_0, Q4_1 and Q8_0 weights), "
+                                              "'none', or 'auto': as the file stores them (Q4 as int4, Q8_0 as "
+                                              "int8, 16-bit as bfloat16).")]
 Compile = Annotated[bool, typer.Option("--compile", help="Compile the decode step with torch.compile: faster tokens after "
                                                          "a minute or more of compiling at the first one (float32 "
                                                          "and bfloat16 models; with --quantize, float32 steps run "
@@ -50,10 +51,24 @@ Draft = Annotated[Optional[str], typer.Option(
 DRAFT_TOKENS = 4  # guesses a --draft makes a pass, unless --draft-tokens says otherwise
 
 
-def _load(model: Path | None, dtype: str = "float32", quantize: str = "none", compiled: bool = False,
-          draft: str | None = None) -> LanguageModel:
+def load(path: Path | None, dtype: str | None, quantize: str, compiled: bool, draft: str | None) -> "LanguageModel":
+    """nexttoken.pretrained.load, imported when a command first needs a model."""
+    from nexttoken.pretrained import load as load_model
+
+    return load_model(path, dtype=dtype, quantize=quantize, compiled=compiled, draft=draft)
+
+
+def load_encoder(path: Path | None) -> "SentenceEncoder":
+    """nexttoken.encoder.sentence.load_encoder, imported when a command first needs an encoder."""
+    from nexttoken.encoder.sentence import load_encoder as load_sentence_encoder
+
+    return load_sentence_encoder(path)
+
+
+def _load(model: Path | None, dtype: str | None = None, quantize: str = "auto", compiled: bool = False,
+          draft: str | None = None) -> "LanguageModel":
     with err.status("loading the model…") if err.is_terminal else nullcontext():
-        return load(model, dtype=dtype, quantize=quantize, compiled=compiled, draft=draft)
+        return load(model, dtype, quantize, compiled, draft)
 
 
 def _with_draft(config: GenerationConfig, draft: str | None) -> GenerationConfig:
@@ -68,14 +83,16 @@ def _write(piece: str) -> None:
 
 @app.command()
 @decoding_options()
-def generate(prompt: str, config: GenerationConfig, model: ModelOption = None, dtype: Dtype = "float32",
-             quantize: Quantize = "none", compiled: Compile = False,
+def generate(prompt: str, config: GenerationConfig, model: ModelOption = None, dtype: Dtype = None,
+             quantize: Quantize = "auto", compiled: Compile = False,
              chat: Annotated[bool, typer.Option(help="Wrap the prompt in the chat template.")] = False,
              system: System = None, json_output: JsonOutput = False,
              explain: Annotated[bool, typer.Option(help="Show each step: the top candidates and the one chosen; with --beams, the live beams.")] = False,
              logprobs: Annotated[int, typer.Option(help="With --json: each token's log-probability and this many alternatives.")] = 0,
              draft: Draft = None) -> None:
     """Continue PROMPT, streaming the new text as it is produced."""
+    from nexttoken.apps.explain import EXPLAIN_CANDIDATES, BeamPrinter, completion_json, sequence_heading, steps_table
+
     config = replace(_with_draft(config, draft), top_logprobs=max(logprobs, EXPLAIN_CANDIDATES if explain else 0))
     beams, num_return_sequences = config.num_beams, config.num_return_sequences
     lm = _load(model, dtype, quantize, compiled, draft)
@@ -89,7 +106,9 @@ def generate(prompt: str, config: GenerationConfig, model: ModelOption = None, d
     completions = lm.generate_batch([prompt_ids], config, on_beams=watch)[0]
     if json_output:
         objects = [completion_json(c, lm.tokenizer, logprobs) for c in completions]
-        print(json.dumps(objects[0] if len(objects) == 1 else {"choices": objects}, ensure_ascii=False))
+        answer = objects[0] if len(objects) == 1 else {"choices": objects}
+        precision = {"dtype": lm.precision.dtype, "quantize": lm.precision.quantize}
+        print(json.dumps({**answer, "precision": precision}, ensure_ascii=False))
         return
     for n, completion in enumerate(completions, 1):
         if explain and beams == 1:
@@ -101,9 +120,11 @@ def generate(prompt: str, config: GenerationConfig, model: ModelOption = None, d
 
 @app.command()
 @decoding_options(exclude=("num_return_sequences",), max_new_tokens=512)
-def chat(config: GenerationConfig, model: ModelOption = None, system: System = None, dtype: Dtype = "float32",
-         quantize: Quantize = "none", compiled: Compile = False, draft: Draft = None) -> None:
+def chat(config: GenerationConfig, model: ModelOption = None, system: System = None, dtype: Dtype = None,
+         quantize: Quantize = "auto", compiled: Compile = False, draft: Draft = None) -> None:
     """Talk with the model. Each line from standard input is one user turn when it is not a terminal."""
+    from nexttoken.apps.chat import ChatSession
+
     config = _with_draft(config, draft)
     session = ChatSession(_load(model, dtype, quantize, compiled, draft), system, config)
     interactive = sys.stdin.isatty()
@@ -155,7 +176,7 @@ def tokenize(text: str, model: ModelOption = None,
 @app.command(name="next")
 def next_token(prompt: str, model: ModelOption = None, top: Annotated[int, typer.Option("--top-k", "-k", help="How many candidates to show.")] = 10,
                chat: Annotated[bool, typer.Option(help="Wrap the prompt in the chat template.")] = False,
-               json_output: JsonOutput = False, dtype: Dtype = "float32", quantize: Quantize = "none") -> None:
+               json_output: JsonOutput = False, dtype: Dtype = None, quantize: Quantize = "auto") -> None:
     """The model's top candidates for the token after PROMPT, with their probabilities."""
     lm = _load(model, dtype, quantize)
     candidates = lm.next_token_candidates(lm.encode(prompt, chat=chat), top)
@@ -184,6 +205,9 @@ def attention(prompt: str, model: ModelOption = None,
     not attend to each earlier token (in every layer), and where that position's attention goes past
     the first token (an attention sink), layer by layer and in the heads that matter: tables, and a
     heatmap."""
+    from nexttoken.apps.attention import check_heatmap_path, heatmap_rows, save_heatmap, split_sink
+    from nexttoken.apps.dependence import dependence, dependence_json, target_token
+
     check_heatmap_path(output)
     lm = _load(model)
     ids = lm.encode(prompt, chat=chat)
@@ -209,7 +233,11 @@ def attention(prompt: str, model: ModelOption = None,
     _print_dependence(report, labels, target_text)
 
 
-def _print_dependence(report: Dependence, labels: list[str], target_text: str) -> None:
+def _print_dependence(report: "Dependence", labels: list[str], target_text: str) -> None:
+    import torch
+
+    from nexttoken.apps.attention import split_sink
+
     table = report.table
     knocked = Table(title=f"P({escape(repr(target_text))}) = {table.p:.3f} with every token; without one "
                           "(the last position may not attend to it, in any layer), and with only the first and one")
@@ -239,13 +267,13 @@ def _print_dependence(report: Dependence, labels: list[str], target_text: str) -
     out.print(heads)
 
 
-def _top_positions(weights: torch.Tensor, labels: list[str], k: int = 3) -> str:
+def _top_positions(weights: "torch.Tensor", labels: list[str], k: int = 3) -> str:
     top = weights.topk(min(k, len(weights)))
     return escape("  ".join(f"{labels[p]!r} {w:.0%}" for w, p in zip(top.values.tolist(), top.indices.tolist()) if w > 0))
 
 
 @app.command()
-def bench(model: ModelOption = None, dtype: Dtype = "float32", quantize: Quantize = "none", compiled: Compile = False,
+def bench(model: ModelOption = None, dtype: Dtype = None, quantize: Quantize = "auto", compiled: Compile = False,
           batch_size: Annotated[int, typer.Option(help="Sequences decoded together.")] = 1,
           prompt_tokens: Annotated[int, typer.Option(help="Length of the prompt to prefill.")] = 512,
           new_tokens: Annotated[int, typer.Option(help="Tokens to decode.")] = 128,
@@ -253,12 +281,17 @@ def bench(model: ModelOption = None, dtype: Dtype = "float32", quantize: Quantiz
     """Prefill and decode speed, time to first token and peak memory, beside the bandwidth bound."""
     if min(batch_size, prompt_tokens, new_tokens) < 1:
         raise NextTokenError("--batch-size, --prompt-tokens and --new-tokens must be >= 1")
+    import torch
+
+    from nexttoken.accel.decode_blocks import OneCallStep
+    from nexttoken.apps.bench import run_bench
+
     lm = _load(model, dtype, quantize, compiled)
     result = run_bench(lm, prompt_tokens, new_tokens, batch_size)
     if json_output:
-        print(json.dumps(result.as_dict()))
+        print(json.dumps({**result.as_dict(), "dtype": lm.precision.dtype, "quantize": lm.precision.quantize}))
         return
-    precision = dtype if quantize == "none" else f"{quantize} weights, {dtype}"
+    precision = str(lm.precision)
     step = ", blocks in one call" if isinstance(lm.step, OneCallStep) else ", compiled" if compiled else ""
     table = Table(title=f"{precision}{step}, batch {batch_size}, {torch.get_num_threads()} threads")
     table.add_column("measure")
@@ -275,7 +308,7 @@ def bench(model: ModelOption = None, dtype: Dtype = "float32", quantize: Quantiz
 
 
 @app.command()
-def serve(model: ModelOption = None, dtype: Dtype = "float32", quantize: Quantize = "none", compiled: Compile = False,
+def serve(model: ModelOption = None, dtype: Dtype = None, quantize: Quantize = "auto", compiled: Compile = False,
           host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = "127.0.0.1",
           port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
           api_key: Annotated[Optional[str], typer.Option(help="Require 'Authorization: Bearer KEY' (all but /health).")] = None,
@@ -297,7 +330,7 @@ def serve(model: ModelOption = None, dtype: Dtype = "float32", quantize: Quantiz
 EncoderOption = Annotated[Optional[Path], typer.Option("--model", "-m", help="A BERT-layout Hugging Face folder (default: the built-in all-MiniLM-L6-v2).")]
 
 
-def _load_encoder(model: Path | None) -> SentenceEncoder:
+def _load_encoder(model: Path | None) -> "SentenceEncoder":
     with err.status("loading the encoder…") if err.is_terminal else nullcontext():
         return load_encoder(model)
 
@@ -310,6 +343,8 @@ def embed(texts: list[str], model: EncoderOption = None, json_output: JsonOutput
         raise NextTokenError(f"--output must name a .npy file, got {output}")
     vectors = _load_encoder(model).embed(texts, progress=err.is_terminal)
     if output is not None:
+        import numpy as np
+
         np.save(output, vectors, allow_pickle=False)
         err.print(f"{len(texts)} vectors of {vectors.shape[1]} dimensions written to {output}")
     if json_output:
@@ -325,6 +360,8 @@ def search(query: str, corpus: Annotated[Path, typer.Option(help="A text file: i
            cache_dir: Annotated[Optional[Path], typer.Option(help="Where corpus embeddings are kept (default: ~/.cache/nexttoken/search).")] = None,
            json_output: JsonOutput = False) -> None:
     """The passages of a file closest in meaning to QUERY; the corpus is embedded once and cached."""
+    from nexttoken.encoder.search import search as search_corpus
+
     encoder = _load_encoder(model)
     model_key = str(encoder.path.resolve())
     embedder = partial(encoder.embed, progress=err.is_terminal)

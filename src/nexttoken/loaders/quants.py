@@ -47,16 +47,20 @@ BLOCK_DECODERS: dict[T, Callable[[torch.Tensor], torch.Tensor]] = {T.Q8_0: _q8_0
 FLOAT_TYPES = {T.F32: torch.float32, T.F16: torch.float16, T.BF16: torch.bfloat16}
 
 
-def dequantize(data: np.ndarray, ggml_type: T, shape: tuple[int, ...], name: str = "tensor") -> torch.Tensor:
-    """The float32 tensor of `shape` (PyTorch order) whose GGUF bytes or values are `data`."""
-    raw = torch.from_numpy(np.array(data).view(np.uint8).reshape(-1))  # a copy: the file map is read-only
+def dequantize(data: np.ndarray, ggml_type: T, shape: tuple[int, ...], name: str = "tensor",
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The tensor of `shape` (PyTorch order) and `dtype` whose GGUF bytes or values are `data`.
+    Whole tensors at once; a float tensor already in `dtype` is `data` itself, not a copy (a
+    copy-on-write map of the file: gguf_file.py)."""
+    values = np.asarray(data)
+    raw = torch.from_numpy((values if values.flags.writeable else values.copy()).view(np.uint8).reshape(-1))
     if ggml_type in FLOAT_TYPES:
-        return raw.view(FLOAT_TYPES[ggml_type]).float().reshape(shape)
+        return raw.view(FLOAT_TYPES[ggml_type]).to(dtype).reshape(shape)
     if ggml_type in BLOCK_DECODERS:
         _, block_bytes = gguf.GGML_QUANT_SIZES[ggml_type]
-        return BLOCK_DECODERS[ggml_type](raw.reshape(-1, block_bytes)).reshape(shape)
+        return BLOCK_DECODERS[ggml_type](raw.reshape(-1, block_bytes)).reshape(shape).to(dtype)
     try:
         values = gguf.quants.dequantize(np.asarray(data), ggml_type)
     except NotImplementedError:
         raise NextTokenError(f"tensor '{name}' has type {ggml_type.name}, which cannot be dequantized") from None
-    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(shape)
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(shape).to(dtype)

@@ -5,6 +5,7 @@ checkpoint carries (pooler, masked-LM head) come back separately, keyed by our n
 import json
 from pathlib import Path
 
+import safetensors
 import safetensors.torch
 import torch
 
@@ -29,6 +30,23 @@ def read_config(folder: Path) -> dict:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise NextTokenError(f"{path}: not valid JSON ({exc})") from None
+
+
+def stored_matrix_type(folder: Path) -> str:
+    """The safetensors type name ("F32", "BF16", ...) that holds most of the weights of the folder's
+    matrices, read from the file's header alone."""
+    path = folder / "model.safetensors"
+    counts: dict[str, int] = {}
+    try:
+        with safetensors.safe_open(path, "pt") as f:
+            for name in f.keys():
+                piece = f.get_slice(name)
+                shape = piece.get_shape()
+                if len(shape) == 2:
+                    counts[piece.get_dtype()] = counts.get(piece.get_dtype(), 0) + shape[0] * shape[1]
+    except Exception:  # no file, or not one: read_weights says which
+        return "F32"
+    return max(counts, key=counts.get) if counts else "F32"
 
 
 def read_weights(folder: Path) -> dict[str, torch.Tensor]:
