@@ -139,3 +139,18 @@ def test_a_shape_the_model_does_not_take_is_named(tmp_path):
     with pytest.raises(NextTokenError, match=r"tensor 'blk.0.attn_q.weight' has shape \[32, 64\]; the model its "
                                              r"metadata describes needs \[64, 64\]"):
         load_gguf_model(path, bits=4)
+
+
+def test_a_cached_tokenizer_is_the_one_built_from_the_metadata(tmp_path, smollm2_path):
+    from nexttoken.tokenizer import Tokenizer
+
+    metadata = read_gguf(smollm2_path).metadata
+    cache = tmp_path / "tokenizer.json"
+    built = Tokenizer.from_gguf_metadata(metadata, cache)
+    assert cache.is_file()
+    cached = Tokenizer.from_gguf_metadata(metadata, cache)
+    text = "<|im_start|>user\nHéllo, wörld!  123 <|im_end|>\n日本語 tabs\tand    spaces"
+    assert cached.encode(text) == built.encode(text) == Tokenizer.from_gguf_metadata(metadata).encode(text)
+    assert cached.decode(built.encode(text)) == built.decode(built.encode(text))
+    cache.write_text("{ damaged")
+    assert Tokenizer.from_gguf_metadata(metadata, cache).encode(text) == built.encode(text)  # built again

@@ -71,6 +71,16 @@ def _load(model: Path | None, dtype: str | None = None, quantize: str = "auto", 
         return load(model, dtype, quantize, compiled, draft)
 
 
+def _for_a_long_run(lm: "LanguageModel") -> "LanguageModel":
+    """Chatting, serving and measuring run long enough for a copy of float weights into huge pages
+    to pay (accel/memory.py); int4/int8 groups built from a file's blocks are there already."""
+    from nexttoken.accel.memory import move_to_huge_pages
+
+    if lm.precision.quantize == "none":
+        move_to_huge_pages(lm.model)
+    return lm
+
+
 def _with_draft(config: GenerationConfig, draft: str | None) -> GenerationConfig:
     """A --draft guesses DRAFT_TOKENS a pass unless --draft-tokens says how many."""
     return replace(config, draft_tokens=DRAFT_TOKENS) if draft and not config.draft_tokens else config
@@ -126,7 +136,7 @@ def chat(config: GenerationConfig, model: ModelOption = None, system: System = N
     from nexttoken.apps.chat import ChatSession
 
     config = _with_draft(config, draft)
-    session = ChatSession(_load(model, dtype, quantize, compiled, draft), system, config)
+    session = ChatSession(_for_a_long_run(_load(model, dtype, quantize, compiled, draft)), system, config)
     interactive = sys.stdin.isatty()
     if interactive:
         err.print("[dim]Type a message; /reset starts over, /exit or Ctrl-D leaves.[/dim]")
@@ -286,7 +296,7 @@ def bench(model: ModelOption = None, dtype: Dtype = None, quantize: Quantize = "
     from nexttoken.accel.decode_blocks import OneCallStep
     from nexttoken.apps.bench import run_bench
 
-    lm = _load(model, dtype, quantize, compiled)
+    lm = _for_a_long_run(_load(model, dtype, quantize, compiled))
     result = run_bench(lm, prompt_tokens, new_tokens, batch_size)
     if json_output:
         print(json.dumps({**result.as_dict(), "dtype": lm.precision.dtype, "quantize": lm.precision.quantize}))
@@ -322,7 +332,7 @@ def serve(model: ModelOption = None, dtype: Dtype = None, quantize: Quantize = "
 
     if min(max_batch, max_waiting) < 1:
         raise NextTokenError("--max-batch and --max-waiting must be >= 1")
-    lm = _load(model, dtype, quantize, compiled)
+    lm = _for_a_long_run(_load(model, dtype, quantize, compiled))
     encoder = _load_encoder(None) if embeddings else None
     uvicorn.run(create_app(lm, encoder, api_key, max_batch, max_waiting), host=host, port=port, log_level="warning")
 

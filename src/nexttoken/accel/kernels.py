@@ -41,6 +41,8 @@ from pathlib import Path
 import torch
 from torch.utils import cpp_extension
 
+from nexttoken.files import cache_dir
+
 SOURCES = [Path(__file__).with_name(name)
            for name in ("group_matmul.cpp", "matvec.cpp", "flash_attention.cpp", "one_query_attention.cpp",
                         "elementwise.cpp", "decode_blocks.cpp")]
@@ -52,10 +54,6 @@ ATTENTION_HEAD_SIZES = (32, 64, 128)  # what flash_attention.cpp and one_query_a
 ONE_QUERY_MAX_GROUP = 16  # query heads per key/value head that one_query_attention.cpp keeps in registers
 FLAGS = ["-O3", "-std=c++20", "-shared", "-fPIC", "-fopenmp", "-w",
          "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mf16c", "-mfma"]
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("NEXTTOKEN_CACHE") or Path.home() / ".cache" / "nexttoken")
 
 
 def compile_command(compiler: str, output: Path) -> list[str]:

@@ -77,9 +77,10 @@ def load_dtype(dtype: str = "float32", quantize: str = "none") -> torch.dtype:
     return compute if quantize == "none" else torch.float32
 
 
-def set_precision(model: Transformer, dtype: str = "float32", quantize: str = "none") -> Transformer:
-    """Convert `model` in place, with our kernels swapped in (accelerate.py) and its weights then kept
-    in huge-page memory (memory.py); sets the dtype its KV caches keep."""
+def set_precision(model: Transformer, dtype: str = "float32", quantize: str = "none",
+                  huge_pages: bool = True) -> Transformer:
+    """Convert `model` in place, with our kernels swapped in (accelerate.py) and, with `huge_pages`,
+    its weights then copied into huge-page memory (memory.py); sets the dtype its KV caches keep."""
     compute = named_dtype(dtype)
     if quantize not in QUANTIZATIONS:
         raise NextTokenError(f"quantize must be one of {', '.join(QUANTIZATIONS)}; got {quantize!r}")
@@ -96,5 +97,6 @@ def set_precision(model: Transformer, dtype: str = "float32", quantize: str = "n
         widen_bfloat16_products(model)
     else:
         float32_products(model)
-    move_to_huge_pages(model)  # a decode step streams every weight: fewer TLB misses
+    if huge_pages:
+        move_to_huge_pages(model)  # a decode step streams every weight: fewer TLB misses
     return model

@@ -12,13 +12,14 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from nexttoken.accel import kernels
+from nexttoken.accel.memory import HugePageArena, drop_mapped_pages
 from nexttoken.accel.quantize import GroupEmbedding, Int4Linear, Int8Head, Int8Linear
 from nexttoken.config import ModelConfig
 from nexttoken.errors import NextTokenError
 from nexttoken.families import Family, family_for
 from nexttoken.families.weights import WeightName, expand, stack
 from nexttoken.loaders.gguf_file import GGUFFile, RawTensor, read_gguf
-from nexttoken.loaders.gguf_groups import packed_parameter
+from nexttoken.loaders.gguf_groups import packed_bytes, packed_parameter
 from nexttoken.loaders.quants import dequantize
 from nexttoken.model.transformer import Transformer
 
@@ -57,15 +58,19 @@ def build_model(file: GGUFFile, dtype: torch.dtype, bits: int | None) -> tuple[T
     model = empty_model(config)
     parts = gguf_parts(file, family, config, dict(model.state_dict()))
     if bits is not None and kernels.load():
-        for name in [name for name in parts if takes_groups(model, name)]:
-            packed = packed_parameter(parts[name], bits, config)
+        matrices = [name for name in parts if takes_groups(model, name)]
+        tied = TIED_TABLE in parts and config.tie_embeddings
+        arena = HugePageArena(sum(packed_bytes(parts[name], bits) for name in matrices)
+                              + (packed_bytes(parts[TIED_TABLE], 8) if tied else 0))
+        for name in matrices:
+            packed = packed_parameter(parts[name], bits, config, arena.empty)
             if packed is not None:
                 swap_in_groups(model, name, packed, bits)
-                del parts[name]
-        if TIED_TABLE in parts and config.tie_embeddings and (head := packed_parameter(parts[TIED_TABLE], 8, config)) is not None:
+                drop_pages_of(parts.pop(name))
+        if tied and (head := packed_parameter(parts[TIED_TABLE], 8, config, arena.empty)) is not None:
             model.lm_head = Int8Head.from_packed(head)
             model.embed = GroupEmbedding(model.lm_head.packed)
-            del parts[TIED_TABLE]
+            drop_pages_of(parts.pop(TIED_TABLE))
     state = {name: stack([decoded(row, raw, config, dtype) for row, raw in pieces])
              for name, pieces in parts.items()}
     model.load_state_dict(state, strict=False, assign=True)  # the swapped layers hold their own
@@ -120,6 +125,13 @@ def decoded(row: WeightName, raw: RawTensor, config: ModelConfig, dtype: torch.d
     """`raw` as our tensor in `dtype`: a float32 file's tensor is the mapped file itself."""
     weight = dequantize(raw.data, raw.ggml_type, raw.shape, raw.name, dtype)
     return row.from_gguf(weight, config) if row.from_gguf else weight
+
+
+def drop_pages_of(parts: list[tuple[WeightName, RawTensor]]) -> None:
+    """Take the file's pages of tensors that have been converted out of resident memory: otherwise
+    a quantized model's start holds its file (mapped) besides its weights (memory.py)."""
+    for _, raw in parts:
+        drop_mapped_pages(raw.data.ctypes.data, raw.data.nbytes)
 
 
 def takes_groups(model: nn.Module, name: str) -> bool:

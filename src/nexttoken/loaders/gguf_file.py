@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import hashlib
 import struct
 
 import gguf
@@ -39,6 +40,7 @@ class GGUFFile:
     path: Path
     metadata: dict[str, Any]
     tensors: dict[str, RawTensor]
+    header_sha256: str = ""  # of the bytes before the tensors' data: the metadata and the tensors' places
 
     def matrix_type(self) -> T:
         """The type that holds most of the weights of the file's matrices: what it was quantized to."""
@@ -81,30 +83,37 @@ class Header:
     with numpy: the reader builds a Python object for every item of the vocabulary's arrays."""
 
     def __init__(self, data: np.ndarray) -> None:
-        self.data, self.offset = data, 0
+        self.data, self.bytes, self.offset = data, memoryview(data), 0
 
     def scalar(self, fmt: str):
-        (value,) = struct.unpack_from("<" + fmt, self.data, self.offset)
+        (value,) = struct.unpack_from("<" + fmt, self.bytes, self.offset)
         self.offset += struct.calcsize(fmt)
         return value
 
-    def string(self) -> str:
-        size = self.scalar("Q")
-        end = self.offset + size
-        if end > len(self.data):
+    def strings(self, count: int) -> list[str]:
+        """`count` strings, each its length (8 bytes) and its UTF-8 bytes: a tight loop, as a
+        vocabulary holds tens of thousands."""
+        data, offset, length = self.bytes, self.offset, struct.Struct("<Q").unpack_from
+        texts = []
+        for _ in range(count):
+            (size,) = length(data, offset)
+            texts.append(str(data[offset + 8 : offset + 8 + size], "utf-8"))
+            offset += 8 + size
+        if offset > len(data):
             raise ValueError("a string runs past the end of the file")
-        text = self.data[self.offset : end].tobytes().decode("utf-8")
-        self.offset = end
-        return text
+        self.offset = offset
+        return texts
 
     def value(self, kind: int):
         if kind in SCALARS:
             return self.scalar(SCALARS[kind])
         if kind == STRING:
-            return self.string()
+            return self.strings(1)[0]
         if kind != ARRAY:
             raise ValueError(f"unknown metadata value type {kind}")
         item, count = self.scalar("I"), self.scalar("Q")
+        if item == STRING:
+            return self.strings(count)
         if item in SCALARS:
             dtype = np.dtype("<" + SCALARS[item])
             end = self.offset + count * dtype.itemsize
@@ -125,16 +134,17 @@ def read_gguf(path: str | Path) -> GGUFFile:
             raise NextTokenError(f"{path}: not a GGUF file (it does not start with the bytes 'GGUF')")
     data = np.memmap(path, mode="c")
     try:
-        metadata, tensors = read_header(data)
+        metadata, tensors, digest = read_header(data)
     except NextTokenError as exc:
         raise NextTokenError(f"{path}: {exc}") from None
     except (ValueError, struct.error, UnicodeDecodeError, OverflowError) as exc:
         raise NextTokenError(f"{path}: truncated or corrupt GGUF file ({exc})") from None
-    return GGUFFile(path, metadata, tensors)
+    return GGUFFile(path, metadata, tensors, digest)
 
 
-def read_header(data: np.ndarray) -> tuple[dict[str, Any], dict[str, RawTensor]]:
-    """The metadata and the tensors (each checked, then mapped) of GGUF file contents `data`."""
+def read_header(data: np.ndarray) -> tuple[dict[str, Any], dict[str, RawTensor], str]:
+    """The metadata, the tensors (each checked, then mapped) and the header's SHA-256 of GGUF file
+    contents `data`."""
     header = Header(data)
     header.offset = 4
     version = header.scalar("I")
@@ -143,17 +153,18 @@ def read_header(data: np.ndarray) -> tuple[dict[str, Any], dict[str, RawTensor]]
     n_tensors, n_values = header.scalar("Q"), header.scalar("Q")
     metadata = {}
     for _ in range(n_values):
-        key = header.string()
+        key = header.strings(1)[0]
         metadata[key] = header.value(header.scalar("I"))
     infos = []
     for _ in range(n_tensors):
-        name = header.string()
+        name = header.strings(1)[0]
         dims = [header.scalar("Q") for _ in range(header.scalar("I"))]
         infos.append((name, dims, header.scalar("I"), header.scalar("Q")))
     alignment = metadata.get("general.alignment", 32)
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
         raise NextTokenError(f"invalid general.alignment {alignment!r}: it must be a power of two")
     start = -(-header.offset // alignment) * alignment
+    digest = hashlib.sha256(header.bytes[: header.offset]).hexdigest()
     tensors = {}
     for name, dims, raw_type, offset in infos:
         if name in tensors:
@@ -169,4 +180,4 @@ def read_header(data: np.ndarray) -> tuple[dict[str, Any], dict[str, RawTensor]]
             count = int(np.prod(byte_shape, dtype=np.int64))
             values = data[start + offset : start + offset + count].reshape(byte_shape)
         tensors[name] = RawTensor(name, ggml_type, shape, values)
-    return metadata, tensors
+    return metadata, tensors, digest

@@ -17,6 +17,9 @@ A parameter of ours may stack several GGUF tensors (q, k and v) and reorder thei
 q/k permutation): the family's transform is applied to the row indices, and the file's blocks are
 taken in that order, so that any transform that only moves rows applies to packed weights too."""
 
+from collections.abc import Callable
+from functools import partial
+
 import gguf
 import torch
 
@@ -39,16 +42,15 @@ def blocks_of(raw: RawTensor) -> torch.Tensor:
 
 def words_scales_minimums(blocks: torch.Tensor, ggml_type: T) -> Groups:
     """(N, K/32, block bytes) blocks -> each group's values as int16 words of two value bytes each,
-    as the kernel keeps them, and each group's float16 scale and minimum, as (N, K/32) int16 bits.
-    A Q4 block's byte i holds its values i and 16 + i, as a byte of the kernel's 4-bit runs does;
-    a Q8_0 value q is kept as q + 128: its byte with the top bit flipped."""
+    and each group's float16 scale and minimum, as (N, K/32) int16 bits. A Q4 block's byte i holds
+    its values i and 16 + i, as a byte of the kernel's 4-bit runs does; a Q8_0 value q is kept as
+    q + 128, its byte with the top bit flipped (by pack_part)."""
     words = blocks.view(torch.int16)  # (N, K/32, block bytes / 2): every block type here has an even size
     scale = words[..., 0]
     if ggml_type == T.Q4_1:
         return words[..., 2:], scale, words[..., 1]
     minimum = ((-8 if ggml_type == T.Q4_0 else -128) * scale.view(torch.float16).float()).half()
-    values = words[..., 1:] if ggml_type == T.Q4_0 else words[..., 1:] ^ -0x7F80  # 0x8080: both bytes' top bits
-    return values, scale, minimum.view(torch.int16) if torch.isfinite(minimum).all() else None
+    return words[..., 1:], scale, minimum.view(torch.int16) if torch.isfinite(minimum).all() else None
 
 
 def pack_part(blocks: torch.Tensor, ggml_type: T, into: torch.Tensor) -> bool:
@@ -66,7 +68,10 @@ def pack_part(blocks: torch.Tensor, ggml_type: T, into: torch.Tensor) -> bool:
         return per_row.view(n // rows, rows, groups, -1).permute(0, 2, 3, 1)
 
     # row r's word t (its value bytes 2t, 2t + 1) goes to run t at bytes 2r, 2r + 1
-    into[..., :start].view(torch.int16).view(n // rows, groups, n_words, rows).copy_(by_block(words))
+    values = into[..., :start].view(torch.int16)
+    values.view(n // rows, groups, n_words, rows).copy_(by_block(words))
+    if ggml_type == T.Q8_0:
+        values ^= -0x7F80  # 0x8080: both bytes' top bits, in place
     into[..., start:].view(torch.int16).view(n // rows, groups, 2, rows).copy_(
         by_block(torch.stack([scale, minimum], dim=-1)))
     return True
@@ -84,10 +89,19 @@ def row_order(row: WeightName, n_rows: int, config: ModelConfig) -> torch.Tensor
     return order
 
 
-def packed_parameter(parts: list[tuple[WeightName, RawTensor]], bits: int, config: ModelConfig) -> torch.Tensor | None:
+def packed_bytes(parts: list[tuple[WeightName, RawTensor]], bits: int) -> int:
+    """The bytes `packed_parameter` takes for `parts` in `bits` bits (0 where their types do not go there)."""
+    if any(GROUP_BITS.get(raw.ggml_type) != bits or len(raw.shape) != 2 for _, raw in parts):
+        return 0
+    return sum(raw.shape[0] * raw.shape[1] // kernels.GROUP for _, raw in parts) * kernels.group_bytes(bits) // kernels.BLOCK_ROWS
+
+
+def packed_parameter(parts: list[tuple[WeightName, RawTensor]], bits: int, config: ModelConfig,
+                     empty: Callable[..., torch.Tensor] = partial(torch.empty, dtype=torch.uint8)) -> torch.Tensor | None:
     """One parameter of ours, stacked from its GGUF tensors `parts`, in the kernels' `bits`-bit
-    layout; None where it cannot go there directly (another block type, a transform that does more
-    than move rows, a shape the kernels do not take, a minimum beyond float16)."""
+    layout, in memory from `empty(*shape)`; None where it cannot go there directly (another block
+    type, a transform that does more than move rows, a shape the kernels do not take, a minimum
+    beyond float16)."""
     if any(GROUP_BITS.get(raw.ggml_type) != bits or len(raw.shape) != 2 for _, raw in parts):
         return None
     columns = {raw.shape[1] for _, raw in parts}
@@ -97,8 +111,7 @@ def packed_parameter(parts: list[tuple[WeightName, RawTensor]], bits: int, confi
     if any(order is None for order in orders):
         return None
     n_rows = sum(raw.shape[0] for _, raw in parts)
-    packed = torch.empty(n_rows // kernels.BLOCK_ROWS, columns.pop() // kernels.GROUP, kernels.group_bytes(bits),
-                         dtype=torch.uint8)
+    packed = empty(n_rows // kernels.BLOCK_ROWS, columns.pop() // kernels.GROUP, kernels.group_bytes(bits))
     start = 0
     for (_, raw), order in zip(parts, orders):
         end = start + raw.shape[0] // kernels.BLOCK_ROWS

@@ -8,12 +8,14 @@ for it, so the ids match what llama.cpp would feed the model.
 from collections.abc import Callable
 from enum import IntEnum
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 
 from nexttoken.errors import NextTokenError
+from nexttoken.files import write_atomically
 from nexttoken.tokenizer.end_markers import end_of_generation_ids
 
 SUPPORTED_MODEL = "gpt2"
@@ -110,8 +112,27 @@ def special_id(metadata: dict[str, Any], name: str, vocab_size: int) -> int | No
     return token_id
 
 
-def tokenizer_fields(metadata: dict[str, Any]) -> dict[str, Any]:
-    """The fields of a Tokenizer (tokenizer/tokenizer.py) that GGUF metadata describe."""
+def cached_backend(cache: Path) -> tokenizers.Tokenizer | None:
+    """The tokenizer built from these metadata before, kept at `cache` (its tokenizer.json)."""
+    try:
+        return tokenizers.Tokenizer.from_file(str(cache))
+    except Exception:  # none yet, or damaged: built again. `tokenizers` raises a bare Exception
+        return None
+
+
+def keep_backend(backend: tokenizers.Tokenizer, cache: Path) -> None:
+    """Save `backend` at `cache` for the next start; a cache folder we cannot write is no error."""
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(cache, lambda path: backend.save(str(path)))
+    except OSError:
+        pass
+
+
+def tokenizer_fields(metadata: dict[str, Any], cache: Path | None = None) -> dict[str, Any]:
+    """The fields of a Tokenizer (tokenizer/tokenizer.py) that GGUF metadata describe. Building
+    the BPE model from the vocabulary and merges takes a good part of a second; with `cache` (a
+    tokenizer.json named for these metadata) it is built once and then read."""
     model = required_value(metadata, "tokenizer.ggml.model")
     if model != SUPPORTED_MODEL:
         raise NextTokenError(
@@ -119,9 +140,13 @@ def tokenizer_fields(metadata: dict[str, Any]) -> dict[str, Any]:
         )
     tokens = list(required_value(metadata, "tokenizer.ggml.tokens"))
     token_types = list(metadata.get("tokenizer.ggml.token_type", [TokenType.NORMAL] * len(tokens)))
-    pre_tokenizer = pre_tokenizer_named(metadata.get("tokenizer.ggml.pre", "default"))
-    backend = byte_level_bpe(tokens, required_value(metadata, "tokenizer.ggml.merges"), pre_tokenizer)
-    add_whole_tokens(backend, tokens, token_types)
+    backend = cached_backend(cache) if cache is not None else None
+    if backend is None:
+        pre_tokenizer = pre_tokenizer_named(metadata.get("tokenizer.ggml.pre", "default"))
+        backend = byte_level_bpe(tokens, required_value(metadata, "tokenizer.ggml.merges"), pre_tokenizer)
+        add_whole_tokens(backend, tokens, token_types)
+        if cache is not None:
+            keep_backend(backend, cache)
 
     vocab_size = len(tokens)
     control_ids = frozenset(i for i, token_type in enumerate(token_types) if token_type == TokenType.CONTROL)
