@@ -154,3 +154,15 @@ def test_a_cached_tokenizer_is_the_one_built_from_the_metadata(tmp_path, smollm2
     assert cached.decode(built.encode(text)) == built.decode(built.encode(text))
     cache.write_text("{ damaged")
     assert Tokenizer.from_gguf_metadata(metadata, cache).encode(text) == built.encode(text)  # built again
+
+
+@pytest.mark.parametrize("dtype, precision", [(torch.bfloat16, Precision("bfloat16")), (torch.float32, Precision("float32"))])
+def test_auto_runs_a_safetensors_folder_in_its_dtype(tmp_path, dtype, precision):
+    from nexttoken.loaders.safetensors import load_hf_model, stored_matrix_type
+
+    reference = tiny_llama().to(dtype)
+    reference.save_pretrained(tmp_path)
+    assert resolve_precision(stored_matrix_type(tmp_path)) == precision
+    model, _, _ = load_hf_model(tmp_path, dtype)
+    assert model.embed.weight.dtype == dtype
+    assert torch.equal(model.embed.weight, reference.model.embed_tokens.weight)

@@ -129,7 +129,7 @@ def load(path: str | Path | None = None, dtype: str | None = None, quantize: str
     path = Path(path) if path is not None else builtin_model_path()
     if path.is_dir():
         precision = resolve_precision(stored_matrix_type(path), dtype, quantize)
-        model, _, _ = load_hf_model(path)
+        model, _, _ = load_hf_model(path, load_dtype(precision.dtype, precision.quantize))
         if not model.config.causal:
             raise NextTokenError(f"{path}: an encoder, not a language model (see `nexttoken embed`)")
         tokenizer = Tokenizer.from_hf_folder(path)
