@@ -48,16 +48,19 @@ def test_compile_and_precision_options_reach_the_loader(smollm2, monkeypatch):
     assert asked == [(None, "int4", True, None), ("bfloat16", "auto", False, None), (None, "auto", False, "int4")]
 
 
-def test_help_imports_no_torch():
-    """--help answers without PyTorch (or numpy): each command imports what it needs when it runs."""
+@pytest.mark.parametrize("args, shown, unused", [(["--help"], "generate", ("torch", "numpy", "transformers")),
+                                                 (["tokenize", "Hello world", "--json"], "world", ("torch",))])
+def test_help_and_tokenize_import_no_torch(args, shown, unused):
+    """--help answers without PyTorch (or numpy), and tokenize with the tokenizer alone: each command
+    imports what it needs when it runs."""
     import subprocess
     import sys
 
-    code = ("import sys; sys.argv = ['nexttoken', '--help']; from nexttoken import cli\n"
+    code = (f"import sys; sys.argv = ['nexttoken', *{args!r}]; from nexttoken import cli\n"
             "try: cli.main()\nexcept SystemExit: pass\n"
-            "print(sorted(m for m in ('torch', 'numpy', 'transformers') if m in sys.modules))")
+            f"print(sorted(m for m in {unused!r} if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert "generate" in result.stdout and result.stdout.strip().endswith("[]")
+    assert shown in result.stdout and result.stdout.strip().endswith("[]")
 
 
 def test_the_built_in_model_runs_as_its_file_holds_it():

