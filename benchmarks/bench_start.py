@@ -3,7 +3,7 @@ once, `--help`, the server's first answer, and, in this process, prefill of 512 
 at batch 1, for the default precision (`--quantize auto`: int4 for the Q4_1 file) and float32.
 
     bash benchmarks/setup_llama_cpp.sh        # once: builds llama-cpp-python into .venv
-    .venv/bin/python benchmarks/bench_start.py [--repeats 3]
+    .venv/bin/python benchmarks/bench_start.py [--repeats 3] [--skip-bench] [--skip-speeds]
 
 Processes run in turns (ours, llama.cpp, ours, ...) and each figure is a median; peak memory is each
 process's own high-water mark (wait4's ru_maxrss), which counts the pages of the mapped file it
@@ -12,11 +12,11 @@ PyTorch uses."""
 
 import argparse
 import json
-import os
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,15 +49,18 @@ else:
 """
 
 
-def run_process(command: list[str]) -> tuple[float, float]:
-    """(seconds, peak resident MiB) of a whole process."""
-    start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{command[-4:]} failed: {process.stderr.read().decode()[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024
+def run_process(command: list[str]) -> tuple[float, float, float]:
+    """(seconds, CPU seconds, peak resident MiB) of a whole process, as GNU time reports them: its
+    own small process waits for it, where this one's wait4 would count the pages a child shares
+    with this large parent before it execs. On a busy machine the CPU seconds (user and system,
+    every thread) say more than the wall clock."""
+    with tempfile.NamedTemporaryFile("r") as report:
+        done = subprocess.run(["/usr/bin/time", "-f", "%e %U %S %M", "-o", report.name, *command],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"{command[-4:]} failed: {done.stderr[-2000:]}")
+        seconds, user, system, kib = map(float, report.read().split()[-4:])
+    return seconds, user + system, kib / 1024
 
 
 def first_answer_seconds() -> float:
@@ -72,9 +75,11 @@ def first_answer_seconds() -> float:
         while True:
             try:
                 answer = httpx.post(f"http://127.0.0.1:{port}/v1/completions", timeout=60,
-                                    json={"model": "m", "prompt": "Hello", "max_tokens": 1, "temperature": 0})
-                if answer.status_code == 200:
-                    return time.perf_counter() - start
+                                    json={"model": builtin_model_path().stem, "prompt": "Hello", "max_tokens": 1,
+                                          "temperature": 0})
+                if answer.status_code != 200:
+                    raise SystemExit(f"the server answered {answer.status_code}: {answer.text}")
+                return time.perf_counter() - start
             except httpx.TransportError:
                 time.sleep(0.02)
             if server.poll() is not None:
@@ -120,6 +125,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-speeds", action="store_true", help="Only the processes.")
+    parser.add_argument("--skip-bench", action="store_true", help="Leave out the bench processes (the longest).")
     args = parser.parse_args()
     threads = torch.get_num_threads()
     path = str(builtin_model_path())
@@ -132,22 +138,27 @@ def main() -> None:
         "ours bench (default)": [*OURS, "bench", "--prompt-tokens", str(PROMPT_TOKENS), "--new-tokens", str(NEW_TOKENS)],
         "llama.cpp bench": [*llama_cpp, "bench"],
     }
-    measured: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
+    if args.skip_bench:
+        commands = {name: command for name, command in commands.items() if "bench" not in name}
+    measured: dict[str, list[tuple[float, float, float]]] = {name: [] for name in commands}
     served = []
     for _ in range(args.repeats):  # in turns, so that the machine's load falls on all alike
         for name, command in commands.items():
             measured[name].append(run_process(command))
         served.append(first_answer_seconds())
-    print(f"\n{threads} threads; whole processes, medians of {args.repeats} (seconds, peak resident MiB)")
-    rows = {name: (statistics.median(t for t, _ in runs), statistics.median(m for _, m in runs))
-            for name, runs in measured.items()}
-    for name, (seconds, mib) in rows.items():
-        print(f"{name:32}{seconds:8.2f} s{mib:9.0f} MiB")
+    print(f"\n{threads} threads; whole processes, medians of {args.repeats}: wall seconds, CPU seconds, peak "
+          "resident MiB")
+    rows = {name: tuple(statistics.median(run[i] for run in runs) for i in range(3)) for name, runs in measured.items()}
+    for name, (seconds, cpu, mib) in rows.items():
+        print(f"{name:32}{seconds:8.2f} s{cpu:8.2f} s{mib:9.0f} MiB")
     for ours_name, theirs in (("ours generate (default)", "llama.cpp generate"),
                               ("ours generate --dtype float32", "llama.cpp generate"),
                               ("ours bench (default)", "llama.cpp bench")):
-        (t_ours, m_ours), (t_theirs, m_theirs) = rows[ours_name], rows[theirs]
-        print(f"{ours_name} / {theirs}: time {t_ours / t_theirs:.2f}x, peak memory {m_ours / m_theirs:.2f}x")
+        if ours_name not in rows:
+            continue
+        (t_ours, c_ours, m_ours), (t_theirs, c_theirs, m_theirs) = rows[ours_name], rows[theirs]
+        print(f"{ours_name} / {theirs}: wall {t_ours / t_theirs:.2f}x, CPU {c_ours / c_theirs:.2f}x, "
+              f"peak memory {m_ours / m_theirs:.2f}x")
     print(f"server: launch to first answer {statistics.median(served):.2f} s")
     if not args.skip_speeds:
         results = speeds(args.repeats, threads)
