@@ -17,7 +17,7 @@ from nexttoken.loaders.gguf import load_gguf_model
 from nexttoken.loaders.gguf_file import read_gguf
 from tiny_gguf import T, tiny_llama, write_llama_gguf
 
-pytestmark = pytest.mark.skipif(not kernels.load(), reason="our kernels cannot be built here")
+needs_kernels = pytest.mark.skipif(not kernels.load(), reason="our kernels cannot be built here")
 BITS = {T.Q4_0: 4, T.Q4_1: 4, T.Q8_0: 8}
 
 
@@ -27,6 +27,7 @@ def requantized(weight: torch.Tensor, bits: int) -> torch.Tensor:
     return kernels.pack(*quantize_groups(weight, bits, symmetric=bits == 8), bits)
 
 
+@needs_kernels
 @pytest.mark.parametrize("matrix_type", [T.Q4_1, T.Q4_0, T.Q8_0])
 @pytest.mark.parametrize("tie", [True, False])
 def test_direct_groups_equal_float32_requantized(tmp_path, matrix_type, tie):
@@ -50,6 +51,7 @@ def test_direct_groups_equal_float32_requantized(tmp_path, matrix_type, tie):
         assert direct.embed.packed is direct.lm_head.packed
 
 
+@needs_kernels
 def test_q4_0_blocks_that_span_every_step_requantize_to_the_same_bytes(tmp_path):
     # each group holds -8..7 steps of one scale: the re-quantized grid is the block's own
     steps = torch.arange(-8, 8, dtype=torch.float32).repeat(2)[torch.randperm(32, generator=torch.Generator().manual_seed(0))]
@@ -69,6 +71,7 @@ def gguf_quantize(values: np.ndarray, ggml_type: T) -> np.ndarray:
     return gguf.quants.quantize(values, ggml_type)
 
 
+@needs_kernels
 def test_other_widths_and_types_go_through_float32(tmp_path):
     path = write_llama_gguf(tmp_path / "tiny.gguf", tiny_llama(), T.Q8_0)
     model, _ = load_gguf_model(path, bits=4)  # Q8_0 into 4 bits: re-quantized later, by set_precision
