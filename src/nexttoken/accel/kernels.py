@@ -39,7 +39,6 @@ import warnings
 from pathlib import Path
 
 import torch
-from torch.utils import cpp_extension
 
 from nexttoken.files import cache_dir
 
@@ -57,6 +56,8 @@ FLAGS = ["-O3", "-std=c++20", "-shared", "-fPIC", "-fopenmp", "-w",
 
 
 def compile_command(compiler: str, output: Path) -> list[str]:
+    from torch.utils import cpp_extension  # imports setuptools: a third of a second, paid only to build
+
     torch_lib = Path(torch.__file__).parent / "lib"
     includes = [f"-I{path}" for path in cpp_extension.include_paths()]
     abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch.compiled_with_cxx11_abi())}"
