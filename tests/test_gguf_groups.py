@@ -169,3 +169,18 @@ def test_auto_runs_a_safetensors_folder_in_its_dtype(tmp_path, dtype, precision)
     model, _, _ = load_hf_model(tmp_path, dtype)
     assert model.embed.weight.dtype == dtype
     assert torch.equal(model.embed.weight, reference.model.embed_tokens.weight)
+
+
+@needs_kernels
+def test_attention_maps_read_a_quantized_model(tmp_path):
+    """The inspector (apps.attention, /v1/attention) on the default int4 path: its float32 products
+    read the groups' exact values, so the maps are the float32 model's."""
+    from nexttoken.accel.precision import set_precision
+    from nexttoken.apps.attention import last_token_attention
+
+    path = write_llama_gguf(tmp_path / "tiny.gguf", tiny_llama(), T.Q4_1)
+    reference, _ = load_gguf_model(path)
+    quantized = set_precision(load_gguf_model(path, bits=4)[0], "float32", "int4", huge_pages=False)
+    ids = [1, 5, 9, 20, 33, 40, 2]
+    torch.testing.assert_close(last_token_attention(quantized, ids), last_token_attention(reference, ids),
+                               rtol=0, atol=1e-3)

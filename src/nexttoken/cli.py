@@ -221,7 +221,7 @@ def attention(prompt: str, model: ModelOption = None,
     from nexttoken.apps.dependence import dependence, dependence_json, target_token
 
     check_heatmap_path(output)
-    lm = _load(model)
+    lm = _load(model, dtype="float32")  # the reference: the maps are computed from float32 weights
     ids = lm.encode(prompt, chat=chat)
     target_id = None
     if target is not None:
