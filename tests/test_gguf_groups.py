@@ -184,3 +184,10 @@ def test_attention_maps_read_a_quantized_model(tmp_path):
     ids = [1, 5, 9, 20, 33, 40, 2]
     torch.testing.assert_close(last_token_attention(quantized, ids), last_token_attention(reference, ids),
                                rtol=0, atol=1e-3)
+
+
+def test_the_file_type_is_that_of_the_blocks_matrices(tmp_path):
+    # a float16 table larger than all the blocks' matrices together, as Gemma 3's is
+    wide_table = (np.random.default_rng(0).standard_normal((4096, 64)).astype(np.float16), None)
+    path = write_llama_gguf(tmp_path / "tiny.gguf", tiny_llama(), T.Q4_0, extra_tensors={"token_embd.weight": wide_table})
+    assert read_gguf(path).matrix_type() == T.Q4_0

@@ -43,11 +43,13 @@ class GGUFFile:
     header_sha256: str = ""  # of the bytes before the tensors' data: the metadata and the tensors' places
 
     def matrix_type(self) -> T:
-        """The type that holds most of the weights of the file's matrices: what it was quantized to."""
+        """The type that holds most of the weights of the blocks' matrices (GGUF names them
+        "blk.N...."): what the file was quantized to. The embedding table, often kept wider, and
+        in small models the largest tensor, does not count."""
+        matrices = [t for t in self.tensors.values() if len(t.shape) == 2]
         counts: Counter[T] = Counter()
-        for tensor in self.tensors.values():
-            if len(tensor.shape) == 2:
-                counts[tensor.ggml_type] += int(np.prod(tensor.shape))
+        for tensor in [t for t in matrices if t.name.startswith("blk.")] or matrices:
+            counts[tensor.ggml_type] += int(np.prod(tensor.shape))
         return counts.most_common(1)[0][0] if counts else T.F32
 
 
