@@ -12,7 +12,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from nexttoken.accel import kernels
-from nexttoken.accel.memory import HugePageArena, drop_mapped_pages
+from nexttoken.accel.memory import HugePageArena, drop_mapped_pages, hand_back_freed_memory
 from nexttoken.accel.quantize import GroupEmbedding, Int4Linear, Int8Head, Int8Linear
 from nexttoken.config import ModelConfig
 from nexttoken.errors import NextTokenError
@@ -71,8 +71,8 @@ def build_model(file: GGUFFile, dtype: torch.dtype, bits: int | None) -> tuple[T
             model.lm_head = Int8Head.from_packed(head)
             model.embed = GroupEmbedding(model.lm_head.packed)
             drop_pages_of(parts.pop(TIED_TABLE))
-    state = {name: stack([decoded(row, raw, config, dtype) for row, raw in pieces])
-             for name, pieces in parts.items()}
+    state = {name: parameter(pieces, config, dtype) for name, pieces in parts.items()}
+    hand_back_freed_memory()  # the conversions' temporaries, which malloc keeps otherwise
     model.load_state_dict(state, strict=False, assign=True)  # the swapped layers hold their own
     unread = [name for name, tensor in model.state_dict().items() if tensor.is_meta]
     if unread:
@@ -119,6 +119,16 @@ def gguf_parts(file: GGUFFile, family: Family, config: ModelConfig,
                                  f"metadata describes needs {list(shape)}")
         parts.setdefault(row.ours, []).append((row, raw))
     return parts
+
+
+def parameter(pieces: list[tuple[WeightName, RawTensor]], config: ModelConfig, dtype: torch.dtype) -> torch.Tensor:
+    """One parameter of ours in `dtype`, stacked from its GGUF tensors; the file's pages of those
+    it was converted from (not mapped as it is) leave resident memory."""
+    weight = stack([decoded(row, raw, config, dtype) for row, raw in pieces])
+    start = weight.data_ptr()
+    drop_pages_of([(row, raw) for row, raw in pieces
+                   if not raw.data.ctypes.data <= start < raw.data.ctypes.data + raw.data.nbytes])
+    return weight
 
 
 def decoded(row: WeightName, raw: RawTensor, config: ModelConfig, dtype: torch.dtype) -> torch.Tensor:
