@@ -35,7 +35,7 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM
 
-    lm = load(args.model)
+    lm = load(args.model, dtype="float32")  # the reference; the other precisions are converted from it
     reference = AutoModelForCausalLM.from_pretrained(lm.path.parent, gguf_file=lm.path.name, dtype="float32").eval()
     end_ids, pad_id = list(lm.end_ids), lm.pad_id
     print(f"model {lm.path.name}, fp32, {torch.get_num_threads()} threads, {NEW_TOKENS} new tokens, medians of {args.repeats}")

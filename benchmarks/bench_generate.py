@@ -34,7 +34,7 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM
 
-    lm = load(args.model)
+    lm = load(args.model, dtype="float32")  # the reference; the other precisions are converted from it
     reference = AutoModelForCausalLM.from_pretrained(lm.path.parent, gguf_file=lm.path.name, dtype="float32").eval()
     print(f"model {lm.path.name}, {torch.get_num_threads()} threads, medians of {args.repeats}")
     models = {"float32": lm.model,

@@ -75,7 +75,7 @@ def main() -> None:
     from llama_cpp import Llama
     from transformers import AutoModelForCausalLM
 
-    lm = load()
+    lm = load(dtype="float32")  # the reference; the other precisions are converted from it
     threads = torch.get_num_threads()
     llama = Llama(model_path=str(lm.path), n_threads=threads, n_threads_batch=threads, n_ctx=1024,
                   n_batch=PROMPT_TOKENS, verbose=False)

@@ -46,7 +46,7 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM
 
-    lm = load(draft="int4")
+    lm = load(dtype="float32", draft="int4")
     reference, assistant = (AutoModelForCausalLM.from_pretrained(lm.path.parent, gguf_file=lm.path.name, dtype=dtype).eval()
                             for dtype in ("float32", "bfloat16"))
     modes = {"plain": ({}, {}), "prompt lookup": (dict(prompt_lookup=GUESSES), dict(prompt_lookup_num_tokens=GUESSES)),

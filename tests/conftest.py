@@ -14,7 +14,7 @@ def smollm2_path():
 
 @pytest.fixture(scope="session")
 def smollm2(smollm2_path) -> LanguageModel:
-    return load(smollm2_path)
+    return load(smollm2_path, dtype="float32")  # the reference: float32 weights, as the file stores them
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,8 @@ def run(smollm2, monkeypatch):
 def test_generate_json(run, smollm2):
     data = json.loads(run("generate", "What is 2+2?", "--chat", "--json", "--max-new-tokens", "40"))
     expected = smollm2.generate(smollm2.encode("What is 2+2?", chat=True), GenerationConfig(max_new_tokens=40))
-    assert data == {"text": expected.text, "token_ids": expected.token_ids, "finish_reason": "eos"}
+    assert data == {"text": expected.text, "token_ids": expected.token_ids, "finish_reason": "eos",
+                    "precision": {"dtype": "float32", "quantize": "none"}}
 
 
 def test_compile_and_precision_options_reach_the_loader(smollm2, monkeypatch):
@@ -44,8 +45,29 @@ def test_compile_and_precision_options_reach_the_loader(smollm2, monkeypatch):
     for args in (["--quantize", "int4", "--compile"], ["--dtype", "bfloat16"], ["--draft", "int4"]):
         result = CliRunner().invoke(cli.app, ["generate", "Hi", "--max-new-tokens", "1", *args])
         assert result.exit_code == 0, result.output
-    assert asked == [("float32", "int4", True, None), ("bfloat16", "none", False, None),
-                     ("float32", "none", False, "int4")]
+    assert asked == [(None, "int4", True, None), ("bfloat16", "auto", False, None), (None, "auto", False, "int4")]
+
+
+@pytest.mark.parametrize("args, shown, unused", [(["--help"], "generate", ("torch", "numpy", "transformers")),
+                                                 (["tokenize", "Hello world", "--json"], "world", ("torch",))])
+def test_help_and_tokenize_import_no_torch(args, shown, unused):
+    """--help answers without PyTorch (or numpy), and tokenize with the tokenizer alone: each command
+    imports what it needs when it runs."""
+    import subprocess
+    import sys
+
+    code = (f"import sys; sys.argv = ['nexttoken', *{args!r}]; from nexttoken import cli\n"
+            "try: cli.main()\nexcept SystemExit: pass\n"
+            f"print(sorted(m for m in {unused!r} if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert shown in result.stdout and result.stdout.strip().endswith("[]")
+
+
+def test_the_built_in_model_runs_as_its_file_holds_it():
+    """The default (--quantize auto) on the built-in Q4_1 model: int4, said in generate --json."""
+    result = CliRunner().invoke(cli.app, ["generate", "Hello", "--max-new-tokens", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["precision"] == {"dtype": "float32", "quantize": "int4"}
 
 
 def test_train_options_reach_the_recipe(monkeypatch, tmp_path):

@@ -63,7 +63,7 @@ def test_truncated_file(tmp_path, keep):
     path = write_llama_gguf(tmp_path / "tiny.gguf", tiny_llama())
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])
-    with pytest.raises(NextTokenError, match="truncated or corrupt GGUF file"):
+    with pytest.raises(NextTokenError, match="truncated"):
         load_gguf_model(path)
 
 

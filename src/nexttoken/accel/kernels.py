@@ -39,7 +39,8 @@ import warnings
 from pathlib import Path
 
 import torch
-from torch.utils import cpp_extension
+
+from nexttoken.files import cache_dir
 
 SOURCES = [Path(__file__).with_name(name)
            for name in ("group_matmul.cpp", "matvec.cpp", "flash_attention.cpp", "one_query_attention.cpp",
@@ -54,11 +55,9 @@ FLAGS = ["-O3", "-std=c++20", "-shared", "-fPIC", "-fopenmp", "-w",
          "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mf16c", "-mfma"]
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("NEXTTOKEN_CACHE") or Path.home() / ".cache" / "nexttoken")
-
-
 def compile_command(compiler: str, output: Path) -> list[str]:
+    from torch.utils import cpp_extension  # imports setuptools: a third of a second, paid only to build
+
     torch_lib = Path(torch.__file__).parent / "lib"
     includes = [f"-I{path}" for path in cpp_extension.include_paths()]
     abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch.compiled_with_cxx11_abi())}"

@@ -3,7 +3,9 @@
 Huge pages for weights. A decode step streams every weight once, and with the kernel's 4 KiB
 pages that is a TLB miss, and a restart of the hardware prefetcher, every 4 KiB. Linux backs
 memory with 2 MiB pages where asked (madvise), so `move_to_huge_pages` copies a loaded model's
-weights into such memory, which shortens decode steps (docs/kernels.md).
+weights into such memory, which shortens decode steps (docs/kernels.md): worth its copy for a
+server or a long generation, not for a start that answers once. Weights built at load time go
+there without a copy (HugePageArena).
 
 Kept freed memory for training. A training step allocates and frees the same large tensors every
 time: activations, the bfloat16 copies autocast makes of the weights, gradients, the scores over
@@ -14,6 +16,7 @@ every step, a noticeable share of it (docs/kernels.md; benchmarks/bench_train.py
 import ctypes
 import ctypes.util
 import functools
+import math
 
 import torch
 from torch import nn
@@ -21,7 +24,9 @@ from torch import nn
 # mallopt parameters, from glibc's malloc.h
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
-MADV_HUGEPAGE = 14  # from Linux's mman.h
+MADV_DONTNEED = 4  # from Linux's mman.h
+MADV_HUGEPAGE = 14
+PAGE = 4096
 HUGE_PAGE = 2**21
 TENSOR_ALIGNMENT = 64  # bytes: a cache line, and what vector loads like
 TRIM_EVERY = 64 * 2**20  # bytes copied between handing freed memory back: a bound on the added peak
@@ -57,6 +62,36 @@ def huge_page_bytes(nbytes: int) -> torch.Tensor | None:
     if libc.madvise(ctypes.c_void_p(raw.data_ptr() + start), ctypes.c_size_t(rounded), MADV_HUGEPAGE) != 0:
         return None
     return raw[start : start + nbytes]
+
+
+class HugePageArena:
+    """Tensors carved one after another from one block of huge-page memory, for weights built at
+    load time (a GGUF file's blocks put into the kernels' layout), which so get huge pages without
+    the copy `move_to_huge_pages` makes; ordinary memory once the block is used up, or where huge
+    pages cannot be had."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.block = huge_page_bytes(nbytes) if nbytes > 0 else None
+        self.used = 0
+
+    def empty(self, *shape: int) -> torch.Tensor:
+        """An uninitialised uint8 tensor of `shape`."""
+        nbytes = math.prod(shape)
+        if self.block is None or self.used + nbytes > self.block.numel():
+            return torch.empty(shape, dtype=torch.uint8)
+        tensor = self.block[self.used : self.used + nbytes].view(shape)
+        self.used += -(-nbytes // TENSOR_ALIGNMENT) * TENSOR_ALIGNMENT
+        return tensor
+
+
+def drop_mapped_pages(address: int, nbytes: int) -> None:
+    """Take the whole pages of [address, address + nbytes) of a file mapped copy-on-write and never
+    written out of this process's resident memory: the page cache keeps them, and a later read maps
+    them again. For a file's tensors once they have been converted (Linux; elsewhere nothing)."""
+    libc = c_library()
+    start, end = -(-address // PAGE) * PAGE, (address + nbytes) // PAGE * PAGE
+    if libc is not None and hasattr(libc, "madvise") and end > start:
+        libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_DONTNEED)
 
 
 def hand_back_freed_memory() -> None:

@@ -1,6 +1,8 @@
 """The precision a model computes in, and the format its weights are kept in.
 
-Weights load as float32 (the reference). `bfloat16` halves the bytes each token reads and runs
+By default (`quantize="auto"` and no dtype) a model runs as its file holds its matrices
+(FILE_PRECISION): Q4_0/Q4_1 as int4, Q8_0 as int8, float16 and bfloat16 as bfloat16, float32 as
+float32. float32 (`dtype="float32"`, unquantized) is the reference. `bfloat16` halves the bytes each token reads and runs
 matrix products on the CPU's bf16 units (a decode step's few rows in our kernel, which reads
 bfloat16 weights faster than PyTorch's product); `int8` and `int4` keep linear weights as 8- or
 4-bit integers with a scale and an offset per group of 32 inputs (int4 exact for weights that
@@ -12,6 +14,8 @@ keep the KV cache in float16 too (half the bytes a decode step reads from it, fo
 accuracy too small to matter; docs/kernels.md), which lets their decode steps run all the blocks
 in one kernel call (decode_blocks.py)."""
 
+from dataclasses import dataclass
+
 import torch
 
 from nexttoken.accel.accelerate import accelerate
@@ -22,6 +26,42 @@ from nexttoken.model.transformer import Transformer
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 QUANTIZATIONS = ("none", "int8", "int4")
+
+
+@dataclass(frozen=True)
+class Precision:
+    dtype: str = "float32"  # what everything but the quantized weights computes in
+    quantize: str = "none"  # how linear weights are kept: "none", "int8" or "int4"
+
+    def __str__(self) -> str:
+        return self.dtype if self.quantize == "none" else f"{self.quantize} weights, {self.dtype}"
+
+
+# what runs the matrices of a file as it stores them, by their type (GGUF's or safetensors' name):
+# the kernels' groups hold Q4_0, Q4_1 and Q8_0 blocks exactly, int4 K-quant groups to within
+# float16's rounding of their scale, and int8 the wider K-quants to within a step
+FILE_PRECISION = {
+    "Q4_0": Precision("float32", "int4"), "Q4_1": Precision("float32", "int4"), "Q4_K": Precision("float32", "int4"),
+    "Q5_0": Precision("float32", "int8"), "Q5_1": Precision("float32", "int8"), "Q5_K": Precision("float32", "int8"),
+    "Q6_K": Precision("float32", "int8"), "Q8_0": Precision("float32", "int8"),
+    "F16": Precision("bfloat16"), "BF16": Precision("bfloat16"), "F32": Precision("float32"),
+}
+
+
+def resolve_precision(stored: str, dtype: str | None = None, quantize: str = "auto") -> Precision:
+    """The precision to run a model in whose matrices are stored as `stored` (a type name of
+    FILE_PRECISION): `quantize="auto"` runs them as stored, unless a `dtype` is named, which then
+    computes everything (float32: the reference); any other `quantize` keeps them so, computing
+    in `dtype` (float32 unless named)."""
+    if quantize not in ("auto", *QUANTIZATIONS):
+        raise NextTokenError(f"quantize must be one of auto, {', '.join(QUANTIZATIONS)}; got {quantize!r}")
+    if dtype is not None:
+        named_dtype(dtype)
+    if quantize != "auto":
+        return Precision(dtype or "float32", quantize)
+    if dtype is not None:
+        return Precision(dtype)
+    return FILE_PRECISION.get(stored, Precision("float32"))
 
 
 def named_dtype(dtype: str) -> torch.dtype:
@@ -37,9 +77,10 @@ def load_dtype(dtype: str = "float32", quantize: str = "none") -> torch.dtype:
     return compute if quantize == "none" else torch.float32
 
 
-def set_precision(model: Transformer, dtype: str = "float32", quantize: str = "none") -> Transformer:
-    """Convert `model` in place, with our kernels swapped in (accelerate.py) and its weights then kept
-    in huge-page memory (memory.py); sets the dtype its KV caches keep."""
+def set_precision(model: Transformer, dtype: str = "float32", quantize: str = "none",
+                  huge_pages: bool = True) -> Transformer:
+    """Convert `model` in place, with our kernels swapped in (accelerate.py) and, with `huge_pages`,
+    its weights then copied into huge-page memory (memory.py); sets the dtype its KV caches keep."""
     compute = named_dtype(dtype)
     if quantize not in QUANTIZATIONS:
         raise NextTokenError(f"quantize must be one of {', '.join(QUANTIZATIONS)}; got {quantize!r}")
@@ -56,5 +97,6 @@ def set_precision(model: Transformer, dtype: str = "float32", quantize: str = "n
         widen_bfloat16_products(model)
     else:
         float32_products(model)
-    move_to_huge_pages(model)  # a decode step streams every weight: fewer TLB misses
+    if huge_pages:
+        move_to_huge_pages(model)  # a decode step streams every weight: fewer TLB misses
     return model

@@ -87,6 +87,16 @@ class GroupLinear(nn.Module):
         if not self.own_kernel:
             self.keep_for_fallback(q, scale, low)
 
+    @classmethod
+    def from_packed(cls, packed: torch.Tensor) -> "GroupLinear":
+        """A layer over weights already in the kernel's layout (a GGUF file's blocks:
+        loaders/gguf_groups.py), where our kernel runs."""
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer.kernel_dtype, layer.own_kernel = torch.bfloat16, True
+        layer.register_buffer("packed", packed)
+        return layer
+
     def keep_for_fallback(self, q: torch.Tensor, scale: torch.Tensor, low: torch.Tensor) -> None:
         """Keep what the product needs where our kernel cannot be built: nothing beyond `packed`."""
 
@@ -123,6 +133,13 @@ class Int8Head(Int8Linear):
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         super().__init__(weight.detach(), symmetric=True)
         self.bias = None if bias is None else frozen(bias.float())
+
+    @classmethod
+    def from_packed(cls, packed: torch.Tensor) -> "Int8Head":
+        """A head over a Q8_0 table's blocks in the kernel's symmetric 8-bit groups."""
+        head = super().from_packed(packed)
+        head.bias = None
+        return head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scores = super().forward(x.float())
@@ -281,6 +298,8 @@ def head16(model: nn.Module, dtype: torch.dtype) -> None:
 def quantized_head(model: nn.Module) -> None:
     """Give a quantized `model` (a Transformer) an Int8Head where our kernel runs, from which a tied
     table's embedding lookups then read too (GroupEmbedding); elsewhere, a float16 head (head16)."""
+    if isinstance(model.lm_head, Int8Head):  # loaded so, from the file's blocks
+        return
     weight = model.embed.weight if model.lm_head is None else model.lm_head.weight
     if not (kernels.load() and groups_fit(weight)):
         head16(model, torch.float16)

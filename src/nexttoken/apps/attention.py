@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 
+from nexttoken.accel import kernels
+from nexttoken.accel.quantize import GroupLinear
 from nexttoken.decoding.prompts import check_prompt
 from nexttoken.errors import NextTokenError
 from nexttoken.model.attention import Attention
@@ -51,9 +53,11 @@ def _capture_attention_inputs(model: Transformer, ids: torch.Tensor) -> list[tor
     return [inputs[layer] for layer in range(len(model.blocks))]
 
 
-def _linear32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    bias = None if layer.bias is None else layer.bias.float()
-    return F.linear(x, layer.weight.float(), bias)
+def _linear32(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`layer`'s product in float32: a quantized layer's weights are its groups' exact values."""
+    weight = kernels.unpack(layer.packed) if isinstance(layer, GroupLinear) else layer.weight.float()
+    bias = getattr(layer, "bias", None)
+    return F.linear(x, weight, None if bias is None else bias.float())
 
 
 def _last_query_attention(attn: Attention, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

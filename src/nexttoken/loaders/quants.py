@@ -17,14 +17,9 @@ import numpy as np
 import torch
 
 from nexttoken.errors import NextTokenError
-from nexttoken.loaders.kquants import KQUANT_DECODERS
+from nexttoken.loaders.kquants import KQUANT_DECODERS, float16_at
 
 T = gguf.GGMLQuantizationType
-
-
-def _float16_at(blocks: torch.Tensor, offset: int) -> torch.Tensor:
-    """The float16 stored at byte `offset` of each (n_blocks, block_bytes) row, as (n_blocks, 1) float32."""
-    return blocks[:, offset : offset + 2].contiguous().view(torch.float16).float()
 
 
 def _nibbles(packed: torch.Tensor) -> torch.Tensor:
@@ -32,16 +27,18 @@ def _nibbles(packed: torch.Tensor) -> torch.Tensor:
     return torch.cat([packed & 0x0F, packed >> 4], dim=1).float()
 
 
+# in place on the one float32 tensor each makes: a large table (SmolLM2's 113 MB of embeddings)
+# is then held once while it is decoded, not three times
 def _q8_0(blocks: torch.Tensor) -> torch.Tensor:
-    return _float16_at(blocks, 0) * blocks[:, 2:].view(torch.int8).float()
+    return blocks[:, 2:].view(torch.int8).float().mul_(float16_at(blocks, 0))
 
 
 def _q4_0(blocks: torch.Tensor) -> torch.Tensor:
-    return _float16_at(blocks, 0) * (_nibbles(blocks[:, 2:]) - 8)
+    return _nibbles(blocks[:, 2:]).sub_(8).mul_(float16_at(blocks, 0))
 
 
 def _q4_1(blocks: torch.Tensor) -> torch.Tensor:
-    return _float16_at(blocks, 0) * _nibbles(blocks[:, 4:]) + _float16_at(blocks, 2)
+    return _nibbles(blocks[:, 4:]).mul_(float16_at(blocks, 0)).add_(float16_at(blocks, 2))
 
 
 BLOCK_DECODERS: dict[T, Callable[[torch.Tensor], torch.Tensor]] = {T.Q8_0: _q8_0, T.Q4_0: _q4_0, T.Q4_1: _q4_1,
@@ -49,16 +46,20 @@ BLOCK_DECODERS: dict[T, Callable[[torch.Tensor], torch.Tensor]] = {T.Q8_0: _q8_0
 FLOAT_TYPES = {T.F32: torch.float32, T.F16: torch.float16, T.BF16: torch.bfloat16}
 
 
-def dequantize(data: np.ndarray, ggml_type: T, shape: tuple[int, ...], name: str = "tensor") -> torch.Tensor:
-    """The float32 tensor of `shape` (PyTorch order) whose GGUF bytes or values are `data`."""
-    raw = torch.from_numpy(np.array(data).view(np.uint8).reshape(-1))  # a copy: the file map is read-only
+def dequantize(data: np.ndarray, ggml_type: T, shape: tuple[int, ...], name: str = "tensor",
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The tensor of `shape` (PyTorch order) and `dtype` whose GGUF bytes or values are `data`.
+    Whole tensors at once; a float tensor already in `dtype` is `data` itself, not a copy (a
+    copy-on-write map of the file: gguf_file.py)."""
+    values = np.asarray(data)
+    raw = torch.from_numpy((values if values.flags.writeable else values.copy()).view(np.uint8).reshape(-1))
     if ggml_type in FLOAT_TYPES:
-        return raw.view(FLOAT_TYPES[ggml_type]).float().reshape(shape)
+        return raw.view(FLOAT_TYPES[ggml_type]).to(dtype).reshape(shape)
     if ggml_type in BLOCK_DECODERS:
         _, block_bytes = gguf.GGML_QUANT_SIZES[ggml_type]
-        return BLOCK_DECODERS[ggml_type](raw.reshape(-1, block_bytes)).reshape(shape)
+        return BLOCK_DECODERS[ggml_type](raw.reshape(-1, block_bytes)).reshape(shape).to(dtype)
     try:
         values = gguf.quants.dequantize(np.asarray(data), ggml_type)
     except NotImplementedError:
         raise NextTokenError(f"tensor '{name}' has type {ggml_type.name}, which cannot be dequantized") from None
-    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(shape)
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(shape).to(dtype)

@@ -5,6 +5,7 @@ checkpoint carries (pooler, masked-LM head) come back separately, keyed by our n
 import json
 from pathlib import Path
 
+import safetensors
 import safetensors.torch
 import torch
 
@@ -31,6 +32,23 @@ def read_config(folder: Path) -> dict:
         raise NextTokenError(f"{path}: not valid JSON ({exc})") from None
 
 
+def stored_matrix_type(folder: Path) -> str:
+    """The safetensors type name ("F32", "BF16", ...) that holds most of the weights of the folder's
+    matrices, read from the file's header alone."""
+    path = folder / "model.safetensors"
+    counts: dict[str, int] = {}
+    try:
+        with safetensors.safe_open(path, "pt") as f:
+            for name in f.keys():
+                piece = f.get_slice(name)
+                shape = piece.get_shape()
+                if len(shape) == 2:
+                    counts[piece.get_dtype()] = counts.get(piece.get_dtype(), 0) + shape[0] * shape[1]
+    except Exception:  # no file, or not one: read_weights says which
+        return "F32"
+    return max(counts, key=counts.get) if counts else "F32"
+
+
 def read_weights(folder: Path) -> dict[str, torch.Tensor]:
     path = folder / "model.safetensors"
     if not path.is_file():
@@ -41,25 +59,27 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
         raise NextTokenError(f"{path}: truncated or corrupt safetensors file ({exc})") from None
 
 
-def load_hf_model(folder: str | Path) -> tuple[Transformer, dict[str, torch.Tensor], dict]:
-    """(model, head weights by our names, config.json) for a Hugging Face model folder."""
+def load_hf_model(folder: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Transformer, dict[str, torch.Tensor], dict]:
+    """(model, head weights by our names, config.json) for a Hugging Face model folder, weights in
+    `dtype`: model.safetensors is memory-mapped, and a tensor already in `dtype` is the mapped
+    file itself, not a copy."""
     folder = Path(folder)
     config_json = read_config(folder)
     family = family_for(str(config_json.get("model_type")), source="hf")
     config = family.config_from_hf(config_json)
     if config.n_encoder_layer:
         raise NextTokenError(f"{folder}: a {family.name} model is an encoder-decoder (load it with load_hf_seq2seq)")
-    state = state_dict_from_hf(read_weights(folder), family, config, folder)
+    state = state_dict_from_hf(read_weights(folder), family, config, folder, dtype)
     base = {name: t for name, t in state.items() if name.split(".")[0] in BASE_PREFIXES}
     with torch.device("meta"):
         model = Transformer(config)
     model.load_state_dict(base, strict=True, assign=True)
     heads = {name: t for name, t in state.items() if name not in base}
-    return model.eval().requires_grad_(False), heads, config_json
+    return model.to(dtype).eval().requires_grad_(False), heads, config_json
 
 
 def state_dict_from_hf(tensors: dict[str, torch.Tensor], family: Family, config: ModelConfig,
-                       where: Path) -> dict[str, torch.Tensor]:
+                       where: Path, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     tensors = {name.removeprefix(family.hf_prefix): t for name, t in tensors.items()}
     rows = list(expand(family.weights, config.n_layer, config.n_encoder_layer))
     tied = [row for row in rows if row.ours.endswith(TIED_HEAD) and config.tie_embeddings]
@@ -71,7 +91,7 @@ def state_dict_from_hf(tensors: dict[str, torch.Tensor], family: Family, config:
         if row in tied:
             continue
         if row.hf in tensors:
-            tensor = tensors[row.hf].float()
+            tensor = tensors[row.hf].to(dtype)
             parts.setdefault(row.ours, []).append(row.from_hf(tensor, config) if row.from_hf else tensor)
             used.add(row.hf)
         elif not row.optional:

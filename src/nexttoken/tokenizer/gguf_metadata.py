@@ -9,12 +9,14 @@ SentencePiece BPE ("llama": Gemma, Mistral, Phi-3) with scores and byte fallback
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
+from pathlib import Path
 from typing import Any
 
 import tokenizers
 from tokenizers import AddedToken, decoders, models, pre_tokenizers
 
 from nexttoken.errors import NextTokenError
+from nexttoken.files import write_atomically
 from nexttoken.tokenizer.end_markers import end_of_generation_ids
 from nexttoken.tokenizer.pre_split import pre_tokenizer_named
 from nexttoken.tokenizer.sentencepiece_bpe import sentencepiece_bpe
@@ -118,13 +120,36 @@ def vocabulary_named(name: str) -> Vocabulary:
     return VOCABULARIES[name]
 
 
-def tokenizer_fields(metadata: dict[str, Any]) -> dict[str, Any]:
-    """The fields of a Tokenizer (tokenizer/tokenizer.py) that GGUF metadata describe."""
+def cached_backend(cache: Path) -> tokenizers.Tokenizer | None:
+    """The tokenizer built from these metadata before, kept at `cache` (its tokenizer.json)."""
+    try:
+        return tokenizers.Tokenizer.from_file(str(cache))
+    except Exception:  # none yet, or damaged: built again. `tokenizers` raises a bare Exception
+        return None
+
+
+def keep_backend(backend: tokenizers.Tokenizer, cache: Path) -> None:
+    """Save `backend` at `cache` for the next start; a cache folder we cannot write is no error."""
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(cache, lambda path: backend.save(str(path)))
+    except OSError:
+        pass
+
+
+def tokenizer_fields(metadata: dict[str, Any], cache: Path | None = None) -> dict[str, Any]:
+    """The fields of a Tokenizer (tokenizer/tokenizer.py) that GGUF metadata describe. Building
+    the BPE model from the vocabulary and merges takes a good part of a second; with `cache` (a
+    tokenizer.json named for these metadata) it is built once and then read."""
     vocabulary = vocabulary_named(required_value(metadata, "tokenizer.ggml.model"))
     tokens = list(required_value(metadata, "tokenizer.ggml.tokens"))
     token_types = list(metadata.get("tokenizer.ggml.token_type", [TokenType.NORMAL] * len(tokens)))
-    backend = vocabulary.build(metadata, tokens, token_types)
-    add_whole_tokens(backend, tokens, token_types)
+    backend = cached_backend(cache) if cache is not None else None
+    if backend is None:
+        backend = vocabulary.build(metadata, tokens, token_types)
+        add_whole_tokens(backend, tokens, token_types)
+        if cache is not None:
+            keep_backend(backend, cache)
 
     vocab_size = len(tokens)
     control_ids = frozenset(i for i, token_type in enumerate(token_types) if token_type == TokenType.CONTROL)

@@ -43,9 +43,10 @@ class Tokenizer:
     spelling: Spelling = Spelling.BYTE_LEVEL
 
     @classmethod
-    def from_gguf_metadata(cls, metadata: dict[str, Any]) -> "Tokenizer":
-        """Byte-level or SentencePiece BPE as a GGUF file's metadata describes it."""
-        return cls(**gguf_metadata.tokenizer_fields(metadata))
+    def from_gguf_metadata(cls, metadata: dict[str, Any], cache: Path | None = None) -> "Tokenizer":
+        """Byte-level or SentencePiece BPE as a GGUF file's metadata describes it; with `cache`, a tokenizer.json
+        kept for these metadata (built there the first time)."""
+        return cls(**gguf_metadata.tokenizer_fields(metadata, cache))
 
     @classmethod
     def from_hf_folder(cls, folder: Path) -> "Tokenizer":

@@ -230,7 +230,7 @@ def export(model_path: Path | None, out: Path, format: str = "hf", dtype: str = 
     `out` as a Hugging Face folder ("hf") or a GGUF file ("gguf")."""
     if format not in ("hf", "gguf"):
         raise NextTokenError(f"export format must be hf or gguf, got {format!r}")
-    lm = load(model_path)
+    lm = load(model_path, dtype="float32")  # the weights as the file holds them, not re-quantized
     if format == "hf":
         return export_hf(lm.model, lm.tokenizer, out)
     return export_gguf(lm.model, lm.tokenizer, out, dtype)

@@ -275,7 +275,7 @@ def run_finetune(task: str, run_dir: Path, model: Path | None = None, steps: int
                          warmup_steps=min(10, steps // 10), precision=precision, checkpoint_every=0,
                          eval_every=steps)
     if task == "chat":
-        return chat_task(load(model), plays, config, run_dir, examples, eval_examples, max_len, lora, out)
+        return chat_task(load(model, dtype="float32"), plays, config, run_dir, examples, eval_examples, max_len, lora, out)
     encoder = load_encoder(model)
     if lora is not None:  # the encoder's own projection names
         lora = LoraConfig(rank=lora.rank, alpha=lora.alpha, targets=("wqkv", "wo", "w_up", "w_down"))
