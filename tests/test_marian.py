@@ -168,9 +168,10 @@ def test_reads_the_shipped_model_and_shortlist():
     model = read_marian(next(folder.glob("model.*.bin")))
     assert model.config["dec-cell"] == "ssru" and model.config["enc-depth"] == 6
     wemb = model.tensors["Wemb"]
-    assert wemb.intgemm and wemb.shape == (32000, 256)
+    assert wemb.intgemm and wemb.shape == (32000, 256) and wemb.values.dtype == torch.int8
     # int8 values over a multiplier 127 / max|w|: the largest magnitude comes back as max|w|
-    assert 0.1 < float(wemb.values.abs().max()) < 10 and model.tensors["decoder_ff_logit_out_b"].values.shape == (1, 32000)
+    assert int(wemb.values.abs().max()) == 127 and 0.1 < float(wemb.floats().abs().max()) < 10
+    assert model.tensors["decoder_ff_logit_out_b"].values.shape == (1, 32000)
     shortlist = read_shortlist(next(folder.glob("lex.*.bin")), 32000)
     assert (shortlist.frequent, shortlist.best) == (50, 50)
     ids = shortlist_ids(shortlist, [697, 52, 0], 32000)

@@ -26,14 +26,14 @@ from nexttoken.model.transformer import Transformer
 def fits(block: nn.Module) -> bool:
     """Whether the kernel can run `block` (a transformer.Block): pre-norm RMSNorm, rotary attention
     with heads of a size the kernel is built for and no cross-attention, SwiGLU, and every product a
-    GroupLinear in our kernel."""
+    GroupLinear in our kernel, without a bias."""
     attention, mlp = block.attn, block.mlp
     llama = isinstance(attention, Attention) and attention.rotary and isinstance(mlp, GatedMLP)
     if not (llama and block.pre_norm and not hasattr(block, "cross_attn")):
         return False
     products = (attention.wqkv, attention.wo, mlp.w_gate_up, mlp.w_down)
     norms = (block.attn_norm, block.mlp_norm)
-    return (mlp.act is F.silu and all(isinstance(p, GroupLinear) and p.own_kernel for p in products)
+    return (mlp.act is F.silu and all(isinstance(p, GroupLinear) and p.own_kernel and p.bias is None for p in products)
             and all(isinstance(n, RMSNorm) and n.weight.dtype == torch.float32 for n in norms)
             and attention.head_dim in kernels.ATTENTION_HEAD_SIZES
             and attention.n_head // attention.n_kv_head <= kernels.ONE_QUERY_MAX_GROUP)

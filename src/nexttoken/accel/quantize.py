@@ -70,20 +70,21 @@ def groups_fit(weight: torch.Tensor) -> bool:
 
 
 class GroupLinear(nn.Module):
-    """y = x @ w^T with w kept as `bits`-bit values and a float16 scale and minimum per group of
-    inputs. Every row goes through our kernel (kernels.py), which reads the packed weight and takes
-    x in float32 or bfloat16, rounding it to bfloat16. Where that kernel cannot be built, through a
-    bfloat16 matrix product on the weight unpacked for the call."""
+    """y = x @ w^T (+ b) with w kept as `bits`-bit values and a float16 scale and minimum per group
+    of inputs, and the bias, if any, in float32. Every row goes through our kernel (kernels.py),
+    which reads the packed weight and takes x in float32 or bfloat16, rounding it to bfloat16. Where
+    that kernel cannot be built, through a bfloat16 matrix product on the weight unpacked for the call."""
 
     bits: int  # of each value, set by each width
 
     def __init__(self, weight: torch.Tensor, kernel_dtype: torch.dtype = torch.bfloat16,
-                 own_kernel: bool = True, symmetric: bool = False) -> None:
+                 own_kernel: bool = True, symmetric: bool = False, bias: torch.Tensor | None = None) -> None:
         super().__init__()
         self.kernel_dtype = kernel_dtype
         self.own_kernel = own_kernel and kernels.load()
         q, scale, low = quantize_groups(weight, self.bits, symmetric)
         self.register_buffer("packed", kernels.pack(q, scale, low, self.bits))
+        self.register_buffer("bias", None if bias is None else bias.detach().float())
         if not self.own_kernel:
             self.keep_for_fallback(q, scale, low)
 
@@ -92,7 +93,7 @@ class GroupLinear(nn.Module):
 
     def decoding_buffers(self) -> tuple[str, ...]:
         """The buffers a decode step reads."""
-        return ("packed",)
+        return ("packed",) if self.bias is None else ("packed", "bias")
 
     def unpacked(self) -> torch.Tensor:
         """The (N, K) weight in the kernel's dtype."""
@@ -101,6 +102,8 @@ class GroupLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])  # (B * T, in): the kernels take a matrix
         y = self.product(flat)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
         return y.view(*x.shape[:-1], y.shape[-1])
 
     def product(self, flat: torch.Tensor) -> torch.Tensor:
@@ -121,12 +124,10 @@ class Int8Head(Int8Linear):
     built-in model's) exactly in about half of float16's bytes, and float32 scores whatever x's dtype."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
-        super().__init__(weight.detach(), symmetric=True)
-        self.bias = None if bias is None else frozen(bias.float())
+        super().__init__(weight.detach(), symmetric=True, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scores = super().forward(x.float())
-        return scores if self.bias is None else scores + self.bias
+        return super().forward(x.float())
 
 
 class GroupEmbedding(nn.Module):
@@ -157,7 +158,8 @@ class Int4Linear(GroupLinear):
         self.register_buffer("scale_and_zero", scale_and_zero.contiguous().to(self.kernel_dtype))
 
     def decoding_buffers(self) -> tuple[str, ...]:
-        return ("packed",) if self.own_kernel else ("aten_weight", "scale_and_zero")
+        weights = ("packed",) if self.own_kernel else ("aten_weight", "scale_and_zero")
+        return weights if self.bias is None else (*weights, "bias")
 
     def product(self, flat: torch.Tensor) -> torch.Tensor:
         if self.own_kernel or flat.shape[0] > PYTORCH_INT4_KERNEL_MAX_ROWS:
@@ -167,13 +169,14 @@ class Int4Linear(GroupLinear):
 
 
 def quantize_linears(model: nn.Module, bits: int, kernel_dtype: torch.dtype = torch.bfloat16) -> nn.Module:
-    """Swap every nn.Linear of `model` that the kernels can take for an Int4Linear or Int8Linear,
-    in place; returns the model."""
+    """Swap every nn.Linear of `model` that the kernels can take for an Int4Linear or Int8Linear
+    (its bias, if any, kept in float32), in place; returns the model."""
     linear = Int4Linear if bits == 4 else Int8Linear
 
     def quantized(layer: nn.Linear) -> GroupLinear | None:
-        fits = layer.bias is None and groups_fit(layer.weight)
-        return linear(layer.weight.detach(), kernel_dtype) if fits else None
+        if not groups_fit(layer.weight):
+            return None
+        return linear(layer.weight.detach(), kernel_dtype, bias=layer.bias)
 
     return swap_linears(model, quantized)
 
