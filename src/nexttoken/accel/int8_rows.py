@@ -5,6 +5,7 @@ the dequantized weight's float32 product but for the order of the sums. The grou
 (quantize.GroupLinear) rounds its inputs to bfloat16, which changes some of Marian's translations;
 the native engine that ships the models computes in float32."""
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,7 +18,10 @@ BLOCK_ROWS = 16  # output rows per register
 def int8_row_blocks(q: torch.Tensor) -> torch.Tensor:
     """(N, K) int8 -> the kernel's layout, (N/16, K, 16): each input's weights for 16 rows together."""
     n, k = q.shape
-    return q.view(n // BLOCK_ROWS, BLOCK_ROWS, k).transpose(1, 2).contiguous()  # (N/16, K, 16)
+    # numpy's copy of a byte transpose is tens of times faster than PyTorch's (a Marian model's
+    # 5.3 MB: 900 ms -> 10 ms), which is most of loading one
+    blocks = q.numpy().reshape(n // BLOCK_ROWS, BLOCK_ROWS, k).transpose(0, 2, 1)  # (N/16, K, 16)
+    return torch.from_numpy(np.ascontiguousarray(blocks))
 
 
 def int8_rows(blocks: torch.Tensor) -> torch.Tensor:

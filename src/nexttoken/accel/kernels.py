@@ -39,13 +39,12 @@ import warnings
 from pathlib import Path
 
 import torch
-from torch.utils import cpp_extension
 
 SOURCES = [Path(__file__).with_name(name)
            for name in ("group_matmul.cpp", "matvec.cpp", "flash_attention.cpp", "one_query_attention.cpp",
-                        "elementwise.cpp", "decode_blocks.cpp", "int8_rows.cpp")]
+                        "elementwise.cpp", "decode_blocks.cpp", "int8_rows.cpp", "decode_ssru.cpp")]
 HEADERS = [Path(__file__).with_name(name)
-           for name in ("vector_math.h", "group_product.h", "one_query.h", "elementwise.h", "int8_rows.h")]
+           for name in ("vector_math.h", "group_product.h", "one_query.h", "elementwise.h", "int8_rows.h", "spin_barrier.h")]
 GROUP = 32  # inputs per scale and minimum
 BLOCK_ROWS = 16  # output rows the kernel keeps in one register
 ATTENTION_HEAD_SIZES = (32, 64, 128)  # what flash_attention.cpp and one_query_attention.cpp are built for
@@ -59,6 +58,8 @@ def cache_dir() -> Path:
 
 
 def compile_command(compiler: str, output: Path) -> list[str]:
+    from torch.utils import cpp_extension  # imports setuptools (0.3 s): only to build
+
     torch_lib = Path(torch.__file__).parent / "lib"
     includes = [f"-I{path}" for path in cpp_extension.include_paths()]
     abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch.compiled_with_cxx11_abi())}"

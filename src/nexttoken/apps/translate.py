@@ -7,6 +7,7 @@ The decoding settings come from the model folder's own Marian config (beam-size,
 max-length-factor); a translation ends at </s> or after max-length-factor times the source tokens."""
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,12 +17,13 @@ import yaml
 from tokenizers import Tokenizer
 
 from nexttoken.accel.accelerate import accelerate
+from nexttoken.accel.decode_ssru import one_call_hidden_states
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.generate import generate_batch
 from nexttoken.errors import NextTokenError
 from nexttoken.families import marian
 from nexttoken.loaders.marian import Shortlist, load_marian_model, read_shortlist, shortlist_ids
-from nexttoken.model.encoder_decoder import EncoderDecoder, SourceBound
+from nexttoken.model.encoder_decoder import EncoderDecoder, HiddenStates, SourceBound
 from nexttoken.model.kv_cache import CrossKVCache
 from nexttoken.model.transformer import Transformer
 from nexttoken.packaged import packaged_path
@@ -81,6 +83,8 @@ class Translator:
     tokenizer: Tokenizer
     defaults: DecodingDefaults
     shortlist: Shortlist | None = None
+    # the decoder's steps with its blocks in one kernel call, where they fit (accel.decode_ssru)
+    hidden_states: HiddenStates | None = None
 
     def encode(self, text: str) -> list[int]:
         """Source ids, ending with </s> as Marian's source does."""
@@ -111,15 +115,19 @@ class Translator:
                                   num_beams=num_beams or self.defaults.beam_size, length_penalty=self.defaults.normalize)
         ids = torch.tensor([s + [EOS_ID] * (longest - len(s)) for s in sources])  # (B, S), right-padded
         mask = torch.tensor([[True] * len(s) + [False] * (longest - len(s)) for s in sources])
-        decoder = self.model.bind(ids, mask)
+        decoder = self.model.bind(ids, mask, self.hidden_states)
         if self.shortlist is not None:
             lists = [shortlist_ids(self.shortlist, source, self.vocab_size) for source in sources]
             decoder = Shortlisted(decoder, self.model.decoder, lists)
-        start = [self.vocab_size]  # the id of the zero embedding Marian's decoder starts from (families/marian.py)
-        completions = generate_batch(decoder, self.tokenizer, [start] * len(sources), [EOS_ID], config)
+        start = self.vocab_size  # the id of the zero embedding Marian's decoder starts from (families/marian.py)
+        if config.num_beams == 1:
+            translations = greedy(decoder, len(sources), start, config.max_new_tokens)
+        else:
+            completions = generate_batch(decoder, self.tokenizer, [[start]] * len(sources), [EOS_ID], config)
+            translations = [row[0].token_ids for row in completions]
         # decoded whole: SentencePiece's word-initial "▁" becomes a space except at the start of the
         # text, which token-by-token streaming cannot tell
-        return [self.tokenizer.decode(row[0].token_ids) for row in completions]
+        return [self.tokenizer.decode(ids) for ids in translations]
 
     @property
     def vocab_size(self) -> int:
@@ -143,16 +151,58 @@ class Shortlisted:
         listed = torch.stack([torch.isin(self.ids, ids) for ids in lists])  # (B, N)
         self.row_mask = torch.zeros(listed.shape).masked_fill(~listed, float("-inf"))  # (B, N): 0 or -inf
 
-    def next_scores(self, ids: torch.Tensor, cache: CrossKVCache, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The decode step (a transformer.DecodeStep): each row's last position through this head,
-        -inf outside its sentence's list; the cache says which sentence each row decodes, however
-        decoding has reordered or dropped rows."""
+    def listed_scores(self, ids: torch.Tensor, cache: CrossKVCache, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(R, N) scores of the listed ids, -inf where a row's sentence does not list one; the cache
+        says which sentence each row decodes, however decoding has reordered or dropped rows."""
         hidden = self.hidden_states(ids, cache, mask, last_only=True)[:, -1]  # (R, d_model)
         row_mask = self.row_mask[cache.sources].to(hidden.dtype)  # (R, N)
-        listed = F.linear(hidden, self.weight.to(hidden.dtype), self.bias.to(hidden.dtype)) + row_mask
-        scores = hidden.new_full((hidden.shape[0], self.config.vocab_size), float("-inf"))
+        return F.linear(hidden, self.weight.to(hidden.dtype), self.bias.to(hidden.dtype)) + row_mask
+
+    def next_scores(self, ids: torch.Tensor, cache: CrossKVCache, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The decode step (a transformer.DecodeStep): each row's last position through this head,
+        -inf outside its sentence's list."""
+        listed = self.listed_scores(ids, cache, mask)
+        scores = listed.new_full((listed.shape[0], self.config.vocab_size), float("-inf"))
         scores[:, self.ids] = listed
         return scores
+
+    def best_ids(self, ids: torch.Tensor, cache: CrossKVCache) -> torch.Tensor:
+        """(R,) each row's highest-scoring id, the first of equals, as argmax over next_scores
+        (the listed ids are sorted) without the full vocabulary's scores."""
+        return self.ids[self.listed_scores(ids, cache).argmax(dim=-1)]
+
+
+def best_ids(decoder: SourceBound | Shortlisted, ids: torch.Tensor, cache: CrossKVCache) -> torch.Tensor:
+    if isinstance(decoder, Shortlisted):
+        return decoder.best_ids(ids, cache)
+    return decoder.next_scores(ids, cache).argmax(dim=-1)
+
+
+@torch.inference_mode()
+def greedy(decoder: SourceBound | Shortlisted, rows: int, start: int, max_new_tokens: int) -> list[list[int]]:
+    """Each row's greedy translation, up to </s> or `max_new_tokens` ids, as nexttoken.decoding's
+    greedy search gives it: the highest score at each step. Rows that end leave the batch. The
+    engine's per-step bookkeeping (score processors, log-probabilities, row groups) cost more than
+    a step of Marian's tiny decoder itself, which needs none of it (docs/performance.md)."""
+    cache = decoder.new_cache(rows, max_new_tokens + 1)
+    outputs: list[list[int]] = [[] for _ in range(rows)]
+    going = list(range(rows))  # which row of `outputs` each cache row decodes
+    ids = torch.full((rows, 1), start)
+    for _ in range(max_new_tokens):
+        chosen = best_ids(decoder, ids, cache)  # (R,)
+        ended = chosen == EOS_ID
+        for row, token in zip(going, chosen.tolist()):
+            if token != EOS_ID:
+                outputs[row].append(token)
+        if bool(ended.any()):
+            kept = (~ended).nonzero().squeeze(1)
+            if len(kept) == 0:
+                break
+            going = [going[i] for i in kept.tolist()]
+            cache.select_rows(kept)
+            chosen = chosen[kept]
+        ids = chosen.unsqueeze(1)
+    return outputs
 
 
 def load_translator(direction: str, shortlist: bool = False, folder: Path | None = None) -> Translator:
@@ -160,18 +210,26 @@ def load_translator(direction: str, shortlist: bool = False, folder: Path | None
     folder = folder or model_dir(direction)
     model, _ = load_marian_model(_one(folder, "model.*.bin"), DECODER_POSITIONS)
     accelerate(model)
+    hidden_states = one_call_hidden_states(model.decoder)
     tokenizer = Tokenizer.from_file(str(_one(folder, "tokenizer.json")))
     vocab_size = model.config.vocab_size - marian.START_ROW
     if tokenizer.get_vocab_size() != vocab_size:
         raise NextTokenError(f"{folder}: tokenizer.json has {tokenizer.get_vocab_size()} tokens, the model {vocab_size}")
     lex = read_shortlist(_one(folder, "lex.*.bin"), vocab_size) if shortlist else None
-    return Translator(direction, model, tokenizer, read_defaults(folder), lex)
+    return Translator(direction, model, tokenizer, read_defaults(folder), lex, hidden_states)
 
 
-def translate_lines(translator: Translator, lines: list[str], num_beams: int | None = None) -> list[str]:
-    """One translation per line; blank lines stay blank, so that output lines match input lines."""
-    kept = [i for i, line in enumerate(lines) if line.strip()]
-    if not kept:
+def translate_lines(translator: Translator, lines: Iterable[str], num_beams: int | None = None) -> Iterator[str]:
+    """One translation per line, each as soon as its line comes (a pipe gets its answer before
+    the next line is written); blank lines stay blank, so that output lines match input lines.
+    Raises NextTokenError at the end if no line had text."""
+    translated = False
+    for line in lines:
+        text = line.rstrip("\r\n")
+        if not text.strip():
+            yield ""
+            continue
+        translated = True
+        yield translator.translate([text], num_beams, batch_size=1)[0]
+    if not translated:
         raise NextTokenError("the text to translate is empty")
-    translated = dict(zip(kept, translator.translate([lines[i] for i in kept], num_beams)))
-    return [translated.get(i, "") for i in range(len(lines))]
