@@ -325,7 +325,8 @@ def test_cli_streams_stdin_line_by_line():
     watchdog = threading.Timer(120, process.kill)  # a translation that never comes fails, not hangs
     watchdog.start()
     try:
-        for source, expected in (("How are you today?", "Como você está hoje?"), ("", ""), ("I love you.", "Eu te amo.")):
+        lines = (("How are you today?", "Como você está hoje?"), ("", ""), ("I love you.", "Eu te amo."))
+        for source, expected in lines:
             process.stdin.write(source + "\n")
             process.stdin.flush()
             assert process.stdout.readline() == expected + "\n"  # stdin still open

@@ -87,9 +87,9 @@ class OneCallHiddenStates:
         if position + 1 > min(model.config.max_seq_len, cache.capacity):
             return model.hidden_states(ids, cache)  # which raises the reference's error
         x = torch.ops.nexttoken.decode_ssru(
-            ids, model.embed.weight, model.embed_scale, model.pos_table[position], self.tensors, cache.keys,
-            cache.values, cache.cross_keys, cache.cross_values, cache.source_key_mask.contiguous(), position,
-            model.config.n_head, self.eps, self.scale)
+            ids.contiguous(), model.embed.weight, model.embed_scale, model.pos_table[position], self.tensors,
+            cache.keys, cache.values, cache.cross_keys, cache.cross_values, cache.source_key_mask.contiguous(),
+            position, model.config.n_head, self.eps, self.scale)
         cache.advance(1)
         return x
 

@@ -200,7 +200,7 @@ def greedy(decoder: SourceBound | Shortlisted, rows: int, start: int, max_new_to
     """Each row's greedy translation, up to </s> or `max_new_tokens` ids, as nexttoken.decoding's
     greedy search gives it: the highest score at each step. Rows that end leave the batch. The
     engine's per-step bookkeeping (score processors, log-probabilities, row groups) cost more than
-    a step of Marian's tiny decoder itself, which needs none of it (docs/performance.md)."""
+    a step of Marian's tiny decoder itself, which needs none of it (docs/kernels.md)."""
     cache = decoder.new_cache(rows, max_new_tokens + 1)
     outputs: list[list[int]] = [[] for _ in range(rows)]
     going = list(range(rows))  # which row of `outputs` each cache row decodes
