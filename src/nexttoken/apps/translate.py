@@ -153,6 +153,7 @@ class Shortlisted:
         self.ids = torch.cat(lists).unique()  # (N,) sorted
         listed = torch.stack([torch.isin(self.ids, ids) for ids in lists])  # (B, N)
         self.row_mask = torch.zeros(listed.shape).masked_fill(~listed, float("-inf"))  # (B, N): 0 or -inf
+        self.every_row_lists_all = bool(listed.all())  # one sentence: nothing to mask at each step
         self.head = self.int8_head(output_int8, decoder.head_bias) if output_int8 is not None else None
         if self.head is None:
             self.weight = decoder.embed.weight[self.ids]  # (N, d_model)
@@ -170,10 +171,11 @@ class Shortlisted:
         """(R, N) scores of the listed ids, -inf where a row's sentence does not list one; the cache
         says which sentence each row decodes, however decoding has reordered or dropped rows."""
         hidden = self.hidden_states(ids, cache, mask, last_only=True)[:, -1]  # (R, d_model)
-        row_mask = self.row_mask[cache.sources].to(hidden.dtype)  # (R, N)
         if self.head is not None:
-            return self.head(hidden)[:, : len(self.ids)] + row_mask
-        return F.linear(hidden, self.weight.to(hidden.dtype), self.bias.to(hidden.dtype)) + row_mask
+            scores = self.head(hidden)[:, : len(self.ids)]
+        else:
+            scores = F.linear(hidden, self.weight.to(hidden.dtype), self.bias.to(hidden.dtype))
+        return scores if self.every_row_lists_all else scores + self.row_mask[cache.sources].to(scores.dtype)
 
     def next_scores(self, ids: torch.Tensor, cache: CrossKVCache, mask: torch.Tensor | None = None) -> torch.Tensor:
         """The decode step (a transformer.DecodeStep): each row's last position through this head,
