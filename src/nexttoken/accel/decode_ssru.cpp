@@ -25,6 +25,7 @@
 namespace {
 
 constexpr size_t kTensorsPerBlock = 21;  // see block_of
+constexpr int64_t kThreadedRows = 4;      // rows from which a step's blocks are shared between threads
 
 struct Norm {
   const float *weight, *bias;
@@ -252,7 +253,10 @@ at::Tensor decode_ssru(const at::Tensor& ids, const at::Tensor& embed, double em
   shared.partials.resize(B * H_kv * group);
   for (size_t i = 0; i < shared.partials.size(); ++i) shared.partials[i].sums = shared.partial_sums.data() + i * D;
 
-  const int64_t threads = at::get_num_threads();
+  // a few rows' step is tens of microseconds of work on one thread, which a second one shortens less
+  // than its fourteen barriers can cost where the cores are shared (a barrier waits for a thread
+  // the system has not scheduled): the native engine also steps a sentence on one thread
+  const int64_t threads = B >= kThreadedRows ? at::get_num_threads() : 1;
   SpinBarrier barrier(static_cast<int>(threads));
   SpinBarrier alone(1);
   at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {

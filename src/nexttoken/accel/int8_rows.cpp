@@ -6,6 +6,7 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <optional>
 
 #include "int8_rows.h"
@@ -38,7 +39,11 @@ at::Tensor int8_rows_matmul(const at::Tensor& x, const at::Tensor& blocks, const
   at::Tensor result = at::empty({rows, w.n}, x.options());
   float* y = result.data_ptr<float>();
   const float* inputs = x.const_data_ptr<float>();
-  at::parallel_for(0, w.n / kRowBlock, 1, [&](int64_t begin, int64_t end) {
+  // a thread's share is worth starting it for from about this many products on: a decode step's
+  // few rows through a small matrix stay on one thread
+  constexpr int64_t kProductsPerThread = 1 << 18;
+  const int64_t grain = std::max<int64_t>(1, kProductsPerThread / (kRowBlock * w.k * std::max<int64_t>(rows, 1)));
+  at::parallel_for(0, w.n / kRowBlock, grain, [&](int64_t begin, int64_t end) {
     row_blocks(w, inputs, w.k, rows, begin, end, y);
   });
   return result;
