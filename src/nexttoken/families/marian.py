@@ -24,32 +24,48 @@ LAYER_NORM_EPS = 1e-9  # Marian's layerNorm default
 
 @dataclass(frozen=True)
 class MarianTensor:
-    """One item of a Marian file (loaders/marian.py reads them): `values` float32 in the header's
-    `shape` (int8 items dequantized), and whether the values were stored as intgemm8, whose
-    matrices lie transposed (see `linear`)."""
+    """One item of a Marian file (loaders/marian.py reads them) in the header's `shape`: `values`
+    as the file holds them, float32, or an intgemm8 item's int8 integers with its `multiplier`
+    (w = q / multiplier), whose matrices lie transposed (see `linear`)."""
 
     values: torch.Tensor
     shape: tuple[int, ...]
-    intgemm: bool
+    multiplier: float | None = None  # None: not intgemm8
+
+    @property
+    def intgemm(self) -> bool:
+        return self.multiplier is not None
+
+    def floats(self) -> torch.Tensor:
+        """The values as float32, an intgemm8 item's dequantized."""
+        return self.values if self.multiplier is None else self.values.float() / self.multiplier
 
 
-def linear(t: MarianTensor) -> torch.Tensor:
-    """Marian computes x @ W with W (in, out), as the header's shape says. An intgemm8 file stores
-    W transposed, row-major (out, in) as intgemm takes B, which is nn.Linear's layout (checked by
-    matching the native engine's translations); a float32 file stores W as the header says."""
+def linear_layout(t: MarianTensor) -> torch.Tensor:
+    """`values` (int8 or float32) as nn.Linear's (out, in) weight. Marian computes x @ W with W
+    (in, out), as the header's shape says. An intgemm8 file stores W transposed, row-major (out, in)
+    as intgemm takes B, which is nn.Linear's layout (checked by matching the native engine's
+    translations); a float32 file stores W as the header says."""
     if t.intgemm:
         return t.values.reshape(t.shape[1], t.shape[0])
     return t.values.T.contiguous()
 
 
+def linear(t: MarianTensor) -> torch.Tensor:
+    """nn.Linear's float32 weight (see linear_layout)."""
+    return linear_layout(t).float() / t.multiplier if t.intgemm else linear_layout(t)
+
+
 def vector(t: MarianTensor) -> torch.Tensor:
-    return t.values.reshape(-1)
+    return t.floats().reshape(-1)
 
 
 def embedding(t: MarianTensor) -> torch.Tensor:
     """(vocab, d_model) rows, never transposed (intgemm's B for the tied output layer is Wemb^T),
     plus the zero row of the decoder's start."""
-    return torch.cat([t.values, t.values.new_zeros(START_ROW, t.shape[1])])
+    rows = torch.zeros(t.shape[0] + START_ROW, t.shape[1])
+    rows[: t.shape[0]] = t.values  # written in place: one table of 33 MB, not three
+    return rows if t.multiplier is None else rows.div_(t.multiplier)
 
 
 def output_bias(t: MarianTensor) -> torch.Tensor:

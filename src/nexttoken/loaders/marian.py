@@ -10,23 +10,28 @@ Model file:
     the n names (NUL-terminated), then the n shapes (int32 each)
     uint64 padding, that many bytes (data starts on a 256-byte boundary)
     the n data blocks, each padded to a multiple of 256 bytes
-An intgemm8 block holds the int8 values, then one float32 multiplier: w = q / multiplier. The
-model's YAML configuration is the item named "special:model.yml"."""
+An intgemm8 block holds the int8 values, then one float32 multiplier: w = q / multiplier; they are
+read as they are (int8 linear layers stay int8; see load_marian_model). The model's YAML
+configuration is the item named "special:model.yml"."""
 
 import struct
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import yaml
+from torch import nn
+from torch.overrides import TorchFunctionMode
 
-from nexttoken.config import ModelConfig
+from nexttoken.accel.int8_rows import Int8RowLinear, int8_row_blocks
+from nexttoken.accel.quantize import swap_linears
 from nexttoken.errors import NextTokenError
-from nexttoken.families import Family, family_for
-from nexttoken.families.marian import MarianTensor
-from nexttoken.families.weights import stack_parts
+from nexttoken.families import Family, family_for, marian
+from nexttoken.families.marian import MarianTensor, MarianWeight
+from nexttoken.families.weights import stack
 from nexttoken.model.encoder_decoder import EncoderDecoder
 
 BINARY_VERSION = 1
@@ -35,7 +40,8 @@ CONFIG_ITEM = "special:model.yml"
 INT8, FLOAT16, FLOAT32, INTGEMM8 = 0x0101, 0x0402, 0x0404, 0x4101
 NUMPY_TYPES = {INT8: np.int8, FLOAT16: np.float16, FLOAT32: np.float32, INTGEMM8: np.int8}
 SHORTLIST_MAGIC = 0xF11A48D5013417F5
-# activation quantization multipliers of int8 inference ("alphas"): we compute in float
+# activation quantization multipliers of intgemm's int8 products ("alphas"): our int8 kernel rounds
+# activations to bfloat16 instead
 IGNORED_SUFFIX = "_QuantMultA"
 FAMILY = "marian"  # model.yml names Marian's model type ("transformer"), not a family: one family reads them all
 
@@ -90,31 +96,100 @@ def read_marian(path: str | Path) -> MarianFile:
     return MarianFile(path, config, tensors)
 
 
-def load_marian_model(path: str | Path, max_seq_len: int) -> tuple[EncoderDecoder, MarianFile]:
-    """Our EncoderDecoder from a Marian model file, through the family's weight table."""
+def load_marian_model(path: str | Path, max_seq_len: int, keep_int8: bool = True) -> tuple[EncoderDecoder, MarianFile]:
+    """Our EncoderDecoder from a Marian model file, through the family's weight table. With
+    `keep_int8`, a file whose linear layers are all intgemm8 keeps them as it holds them: each an
+    Int8RowLinear of the file's integers and multipliers (int8_linear_rows); otherwise every weight
+    is widened to float32."""
     file = read_marian(path)
     family = family_for(FAMILY, source="marian")
     config = family.config_from_marian(file.config, max_seq_len, str(file.path))
-    state = state_dict_from_marian(file, family, config)
-    with torch.device("meta"):
+    rows = family.marian_weights(config)
+    linears = [file.tensors.get(row.marian) for row in rows if row.transform is marian.linear]
+    if keep_int8 and all(t is None or t.intgemm for t in linears):
+        rows = int8_linear_rows(rows)
+    state = state_dict_from_marian(file, family, rows)
+    with torch.device("meta"), _SkippedInit():
         model = EncoderDecoder(config)
+        names = {id(module): name for name, module in model.named_modules()}
+        swap_linears(model, lambda layer: int8_placeholder(layer, names[id(layer)], state))
     model.load_state_dict(state, strict=True, assign=True)
     model.encoder.pos_table = model.decoder.pos_table = family.position_table(max_seq_len, config.d_model)
     return model.eval().requires_grad_(False), file
 
 
-def state_dict_from_marian(file: MarianFile, family: Family, config: ModelConfig) -> dict[str, torch.Tensor]:
-    rows = family.marian_weights(config)
+class _SkippedInit(TorchFunctionMode):
+    """Module constructors' random initialisation skipped: on the meta device it draws nothing
+    anyway, but its first call there imports torch._dynamo (PyTorch's meta `normal_` is wrapped to
+    disable it), which took seconds of `translate`'s start."""
+
+    INITS = frozenset({torch.nn.init.normal_, torch.nn.init.uniform_, torch.nn.init.kaiming_uniform_,
+                       torch.nn.init.trunc_normal_, torch.Tensor.normal_, torch.Tensor.uniform_})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.INITS:
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
+
+
+def int8_linear_rows(rows: list[MarianWeight]) -> list[MarianWeight]:
+    """The weight table with each linear layer's weight read as the file's integers in the kernel's
+    layout ("....blocks") and each output row's scale ("....scales"), not widened to float32."""
+    kept = []
+    for row in rows:
+        if row.transform is not marian.linear:
+            kept.append(row)
+            continue
+        layer = row.ours.removesuffix(".weight")
+        kept += [replace(row, ours=f"{layer}.blocks", transform=int8_blocks),
+                 replace(row, ours=f"{layer}.scales", transform=row_scales)]
+    return kept
+
+
+def int8_blocks(t: MarianTensor) -> torch.Tensor:
+    return int8_row_blocks(marian.linear_layout(t))
+
+
+def row_scales(t: MarianTensor) -> torch.Tensor:
+    """(out,) float32: w = q / multiplier for every row of an intgemm8 matrix."""
+    return torch.full((t.shape[1],), 1.0 / t.multiplier)
+
+
+def int8_placeholder(layer: nn.Linear, name: str, state: dict[str, torch.Tensor]) -> Int8RowLinear | None:
+    """An Int8RowLinear on the meta device in place of `layer` where the state holds its integers."""
+    if f"{name}.blocks" not in state:
+        return None
+    def placeholder(like: torch.Tensor) -> torch.Tensor:  # not empty_like, whose meta version imports sympy
+        return torch.empty(like.shape, dtype=like.dtype, device="meta")
+
+    bias = None if layer.bias is None else placeholder(layer.bias)
+    return Int8RowLinear(placeholder(state[f"{name}.blocks"]), placeholder(state[f"{name}.scales"]), bias)
+
+
+def state_dict_from_marian(file: MarianFile, family: Family, rows: list[MarianWeight]) -> dict[str, torch.Tensor]:
     unknown = sorted(set(file.tensors) - {row.marian for row in rows})
     unknown = [name for name in unknown if not name.endswith(IGNORED_SUFFIX)]
     if unknown:
         raise NextTokenError(f"{file.path}: unexpected tensors for a {family.name} model: {', '.join(unknown[:5])}")
     parts: dict[str, list[torch.Tensor]] = {}
+    done: dict[tuple[str, Callable], torch.Tensor] = {}  # the shared embeddings are converted once
     for row in rows:
         if row.marian not in file.tensors:
             raise NextTokenError(f"{file.path}: missing tensor '{row.marian}'")
-        parts.setdefault(row.ours, []).append(row.transform(file.tensors[row.marian]))
-    return stack_parts(parts)
+        key = (row.marian, row.transform)
+        if key not in done:
+            done[key] = row.transform(file.tensors[row.marian])
+        parts.setdefault(row.ours, []).append(done[key])
+    return {name: _stacked(tensors) for name, tensors in parts.items()}
+
+
+def _stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """families.weights.stack, int8 parts concatenated by numpy: PyTorch's copy of bytes is tens of
+    times slower (40 ms for three 64 KB parts)."""
+    if len(tensors) > 1 and tensors[0].dtype == torch.int8:
+        return torch.from_numpy(np.concatenate([t.numpy() for t in tensors]))
+    return stack(tensors)
 
 
 def _tensor(block: memoryview, kind: int, shape: tuple[int, ...], name: str, path: Path) -> MarianTensor:
@@ -124,13 +199,13 @@ def _tensor(block: memoryview, kind: int, shape: tuple[int, ...], name: str, pat
     dtype = np.dtype(NUMPY_TYPES[kind])
     if count * dtype.itemsize + (4 if kind == INTGEMM8 else 0) > len(block):
         raise NextTokenError(f"{path}: tensor '{name}' is shorter than its shape {shape}")
-    values = np.frombuffer(block, dtype, count).astype(np.float32)
-    if kind == INTGEMM8:
-        (multiplier,) = struct.unpack_from("<f", block, count)
-        if not np.isfinite(multiplier) or multiplier <= 0:
-            raise NextTokenError(f"{path}: tensor '{name}' has a corrupt quantization multiplier {multiplier}")
-        values = values / multiplier
-    return MarianTensor(torch.from_numpy(values).view(shape), shape, kind == INTGEMM8)
+    if kind != INTGEMM8:
+        return MarianTensor(torch.from_numpy(np.frombuffer(block, dtype, count).astype(np.float32)).view(shape), shape)
+    (multiplier,) = struct.unpack_from("<f", block, count)
+    if not np.isfinite(multiplier) or multiplier <= 0:
+        raise NextTokenError(f"{path}: tensor '{name}' has a corrupt quantization multiplier {multiplier}")
+    values = torch.from_numpy(np.frombuffer(block, dtype, count).copy()).view(shape)  # int8, as the file holds them
+    return MarianTensor(values, shape, multiplier)
 
 
 def _parse_config(text: bytes, path: Path) -> dict[str, Any]:

@@ -19,6 +19,7 @@ run unchanged, with the decoder start token as the prompt.
 The encoder's config is the model's with `causal=False`, `n_layer=n_encoder_layer` and plain
 attention (`self_attention` names the decoder's self-attention sublayer only)."""
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
@@ -28,6 +29,9 @@ from nexttoken.config import ModelConfig
 from nexttoken.errors import ContextWindowExceeded, NextTokenError
 from nexttoken.model.kv_cache import CrossKVCache
 from nexttoken.model.transformer import Transformer
+
+# Transformer.hidden_states's signature: (ids, cache, mask, last_only, attention_mask) -> hidden states
+HiddenStates = Callable[..., torch.Tensor]
 
 
 def encoder_config(config: ModelConfig) -> ModelConfig:
@@ -65,11 +69,13 @@ class EncoderDecoder(nn.Module):
         pairs = [block.cross_attn.keys_values(memory) for block in self.decoder.blocks]
         return [k for k, _ in pairs], [v for _, v in pairs]
 
-    def bind(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> "SourceBound":
-        """Encode a batch of sources for decoding; raises NextTokenError for an empty or too long source."""
+    def bind(self, ids: torch.Tensor, mask: torch.Tensor | None = None,
+             hidden_states: HiddenStates | None = None) -> "SourceBound":
+        """Encode a batch of sources for decoding; raises NextTokenError for an empty or too long
+        source. `hidden_states` stands in for the decoder's own (an accelerated step's; nexttoken.accel)."""
         mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask
         check_sources(ids, mask, self.encoder.config.max_seq_len)
-        return SourceBound(self, *self.cross_keys_values(self.encode(ids, mask)), mask)
+        return SourceBound(self, *self.cross_keys_values(self.encode(ids, mask)), mask, hidden_states)
 
     def forward(self, source_ids: torch.Tensor, target_ids: torch.Tensor, source_mask: torch.Tensor | None = None,
                 target_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -84,13 +90,17 @@ class SourceBound:
     nexttoken.decoding. Each cache it makes starts with the sources' cross keys and values."""
 
     def __init__(self, model: EncoderDecoder, cross_keys: list[torch.Tensor], cross_values: list[torch.Tensor],
-                 source_mask: torch.Tensor) -> None:
+                 source_mask: torch.Tensor, hidden_states: HiddenStates | None = None) -> None:
         self.config = model.decoder.config
-        self.hidden_states = model.decoder.hidden_states  # needs a cache: the source is read from it
+        # needs a cache: the source is read from it
+        self.hidden_states = hidden_states or model.decoder.hidden_states
         self.head = model.decoder.head
-        self.next_scores = model.decoder.next_scores
         self.dtype = model.decoder.embed.weight.dtype
         self.cross_keys, self.cross_values, self.source_mask = cross_keys, cross_values, source_mask
+
+    def next_scores(self, ids: torch.Tensor, cache: CrossKVCache, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The decode step (a transformer.DecodeStep), as Transformer.next_scores takes it."""
+        return self.head(self.hidden_states(ids, cache, mask, last_only=True)[:, -1])
 
     def new_cache(self, batch_size: int = 1, capacity: int = 256) -> CrossKVCache:
         """A cache with one row per source; decoding copies rows for samples and beams."""
