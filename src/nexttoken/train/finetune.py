@@ -261,7 +261,7 @@ def run_finetune(task: str, run_dir: Path, model: Path | None = None, steps: int
     Face folder, or a GGUF file when it ends in .gguf; for the others a BertForSequenceClassification
     or BertForTokenClassification folder (nexttoken.encoder.classifier.load_classifier reads it)."""
     if task not in TASKS:
-        raise NextTokenError(f"unknown fine-tuning task {task!r} (tasks: {', '.join(TASKS)})")
+        raise NextTokenError(f"unknown fine-tuning task {task!r} (tasks: {', '.join(TASKS)}, sentiment, ner)")
     if lora_rank < 0 or eval_examples < 1:
         raise NextTokenError(f"the LoRA rank must be 0 (train every weight) or more and the held-out examples at "
                              f"least 1, got {lora_rank} and {eval_examples}")
