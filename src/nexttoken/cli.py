@@ -415,7 +415,9 @@ TextFiles = Annotated[Optional[list[Path]], typer.Option("--file", help="A text 
 
 @app.command(name="train")
 def train_command(
-        run_dir: Annotated[Path, typer.Option("--run-dir", help="Where metrics, checkpoints and the final model go.")] = Path("runs/shakespeare"),
+        run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="Where metrics, checkpoints and the final model go (default: runs/CORPUS, with -mlm or -span for those objectives).")] = None,
+        objective: Annotated[str, typer.Option(help="clm: a decoder, next token; mlm: a BERT encoder, masked tokens; span: a T5 encoder-decoder, corrupted spans.")] = "clm",
+        source: Annotated[Optional[Path], typer.Option("--from", help="mlm: continue from this BERT-layout folder (MiniLM, say) and its tokenizer.")] = None,
         corpus: Annotated[str, typer.Option(help="A shipped corpus: shakespeare, people-daily or python.")] = "shakespeare",
         data: Annotated[Optional[Path], typer.Option(help="A folder made by prepare-data (default: prepare CORPUS into RUN_DIR/data).")] = None,
         files: TextFiles = None,
@@ -441,9 +443,22 @@ def train_command(
         resume: Annotated[bool, typer.Option("--resume", help="Continue from RUN_DIR's latest checkpoint.")] = False,
         progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Train a small decoder from scratch (default: Shakespeare, about 10 minutes on 2 cores); runs under torchrun too."""
+    """Train a small model from scratch (default: a decoder on Shakespeare, about 10 minutes on 2 cores); runs under torchrun too."""
     from nexttoken.train.run import recipe_with, run_recipe
 
+    if objective not in ("clm", "mlm", "span"):
+        raise NextTokenError(f"unknown objective '{objective}' (objectives: clm, mlm, span)")
+    if source is not None and objective != "mlm":
+        raise NextTokenError("--from continues an encoder: it goes with --objective mlm")
+    run_dir = run_dir or Path(f"runs/{corpus}" + ("" if objective == "clm" else f"-{objective}"))
+    if objective != "clm":
+        settings = dict(corpus=corpus, files=tuple(files) if files else None, max_steps=steps,
+                        global_batch=global_batch, micro_batch=micro_batch, lr=lr, warmup_steps=warmup_steps,
+                        seq_len=seq_len, d_model=d_model, n_layer=n_layer, n_head=n_head, d_ff=d_ff,
+                        vocab_size=vocab_size, precision=precision, eval_every=eval_every,
+                        checkpoint_every=checkpoint_every, seed=seed, progress=progress)
+        pretrain_encoder(objective, run_dir, source, data, threads, resume, settings)
+        return
     recipe = recipe_with(corpus=corpus, files=tuple(files) if files else None, data=data, max_steps=steps,
                          global_batch=global_batch, micro_batch=micro_batch, lr=lr, warmup_steps=warmup_steps,
                          seq_len=seq_len, d_model=d_model, n_layer=n_layer, n_head=n_head, d_ff=d_ff,
@@ -461,6 +476,40 @@ def train_command(
                   f"{ev.get('bits_per_byte', float('nan')):.3f} bits per byte")
         out.print(f"saved to {result.run_dir} (nexttoken generate --model {result.run_dir} \"ROMEO:\")")
         out.print(escape(result.sample))
+
+
+def pretrain_encoder(objective: str, run_dir: Path, source: Path | None, data: Path | None, threads: int | None,
+                     resume: bool, settings: dict) -> None:
+    """`train --objective mlm|span`: the run folder ends as a BertForMaskedLM or T5ForConditionalGeneration folder."""
+    from nexttoken.train.mlm import MaskedLMRecipe, run_masked_lm
+    from nexttoken.train.run import with_overrides
+    from nexttoken.train.span import SpanRecipe, run_span
+
+    if data is not None:
+        raise NextTokenError(f"--data is for --objective clm; {objective} prepares its own data in RUN_DIR/data")
+    if threads:
+        torch.set_num_threads(threads)
+    if objective == "mlm":
+        recipe = with_overrides(MaskedLMRecipe, source=source, **settings)
+        try:
+            result = run_masked_lm(recipe, run_dir, resume=resume)
+        except KeyboardInterrupt:
+            err.print(escape(stopped_run(run_dir)), soft_wrap=True)
+            raise SystemExit(130) from None
+        ev = result.train.eval
+        out.print(f"{result.parameters:,} parameters, {result.train.step} steps; held-out masked-token accuracy "
+                  f"{ev.get('eval_masked_accuracy', float('nan')):.1%}, loss {ev.get('eval_loss', float('nan')):.3f}")
+        out.print(f"saved to {run_dir} (nexttoken fill --model {run_dir} \"Good night, sweet [MASK].\")")
+        return
+    recipe = with_overrides(SpanRecipe, **settings)
+    try:
+        result = run_span(recipe, run_dir, resume=resume)
+    except KeyboardInterrupt:
+        err.print(escape(stopped_run(run_dir)), soft_wrap=True)
+        raise SystemExit(130) from None
+    out.print(f"{result.parameters:,} parameters, {result.train.step} steps; held-out loss "
+              f"{result.train.eval.get('eval_loss', float('nan')):.3f}")
+    out.print(f"saved to {run_dir} (nexttoken seq2seq {run_dir} \"To be, or not to <extra_id_0> the question.\")")
 
 
 def stopped_run(run_dir: Path) -> str:

@@ -89,13 +89,20 @@ class Recipe:
 def recipe_with(**overrides) -> Recipe:
     """The default recipe with some fields changed, by name, whether they belong to the recipe or to
     its TrainConfig; None leaves a field as it is."""
+    return with_overrides(Recipe, **overrides)
+
+
+def with_overrides(kind: type, **overrides):
+    """The default recipe of dataclass `kind` (this module's Recipe, or the masked-LM and span ones,
+    which also hold a TrainConfig as `train`) with some fields changed, by name; None leaves a
+    field as it is."""
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    own = {k: v for k, v in overrides.items() if k in Recipe.__dataclass_fields__}
+    own = {k: v for k, v in overrides.items() if k in kind.__dataclass_fields__}
     rest = {k: v for k, v in overrides.items() if k not in own}
     unknown = set(rest) - set(TrainConfig.__dataclass_fields__)
     if unknown:
         raise NextTokenError(f"unknown recipe settings: {', '.join(sorted(unknown))}")
-    recipe = Recipe(**own)
+    recipe = kind(**own)
     return replace(recipe, train=replace(recipe.train, **rest))
 
 
