@@ -444,7 +444,7 @@ def train_command(
         progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train a small model from scratch (default: a decoder on Shakespeare, about 10 minutes on 2 cores); runs under torchrun too."""
-    from nexttoken.train.run import recipe_with, run_recipe
+    from nexttoken.train.run import recipe_with, run_recipe, sample_prompt
 
     if objective not in ("clm", "mlm", "span"):
         raise NextTokenError(f"unknown objective '{objective}' (objectives: clm, mlm, span)")
@@ -474,7 +474,7 @@ def train_command(
         out.print(f"{result.parameters:,} parameters, {result.train.step} steps, {result.train.tokens:,} tokens, "
                   f"{result.train.tokens_per_second:,.0f} tokens/s; eval loss {ev.get('eval_loss', float('nan')):.3f}, "
                   f"{ev.get('bits_per_byte', float('nan')):.3f} bits per byte")
-        out.print(f"saved to {result.run_dir} (nexttoken generate --model {result.run_dir} \"ROMEO:\")")
+        out.print(f"saved to {result.run_dir} (nexttoken generate --model {result.run_dir} \"{sample_prompt(recipe)}\")")
         out.print(escape(result.sample))
 
 

@@ -41,7 +41,12 @@ from nexttoken.train.objectives import next_token_loss
 from nexttoken.train.prepare import INDEX_FILE, held_out, prepare_data, read_index
 
 TOKENIZER_FORMAT = "gpt"  # one <|endoftext|> between documents, no chat template
-SAMPLE_PROMPT = "ROMEO:"
+# what the finished run's sample.txt continues; the article's own example for the Chinese news
+SAMPLE_PROMPTS = {"shakespeare": "ROMEO:", "people-daily": "中国的首都是", "python": "def "}
+
+
+def sample_prompt(recipe: "Recipe") -> str:
+    return "ROMEO:" if recipe.files else SAMPLE_PROMPTS.get(recipe.corpus, "ROMEO:")
 
 
 @dataclass(frozen=True)
@@ -185,7 +190,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False) -> Run
         final, text = Transformer(model_config), ""
         if process.is_main:
             final.load_state_dict(weights)
-            text = sample(final, tokenizer, run_dir, SAMPLE_PROMPT, recipe.seed)
+            text = sample(final, tokenizer, run_dir, sample_prompt(recipe), recipe.seed)
             (run_dir / "sample.txt").write_text(text + "\n")
         wait_for_others(process)  # not on failure: torchrun stops the others when one process fails
         return RunResult(run_dir, result, sum(p.numel() for p in final.parameters()), text)
