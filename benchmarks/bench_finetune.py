@@ -111,7 +111,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("task", choices=["sentiment", "ner"])
     parser.add_argument("--lang", default="en")
-    parser.add_argument("--train", type=int, default=LabelledTask.train_examples)
+    parser.add_argument("--train", type=int, help="Training examples (default: the recipe's).")
     parser.add_argument("--validation", type=int, default=64)
     parser.add_argument("--test", type=int, default=LabelledTask.test_examples)
     parser.add_argument("--epochs", type=int, default=1)
@@ -122,7 +122,7 @@ def main() -> None:
                         validation_examples=args.validation, test_examples=args.test, epochs=args.epochs,
                         batch_size=args.batch, lr=args.lr, evaluations=1)
     metric = "f1" if task.per_token else "accuracy"
-    print(f"{task.task} {task.lang}: {args.train} training examples x {args.epochs} epoch(s), {args.test} test, "
+    print(f"{task.task} {task.lang}: {task.train_examples} training examples x {args.epochs} epoch(s), {args.test} test, "
           f"batch {args.batch}, lr {args.lr}, {torch.get_num_threads()} threads, "
           f"{'bf16' if native_bfloat16() else 'fp32'}; CPU {os.cpu_count()} cores")
     folder = Path(tempfile.mkdtemp(prefix="bench-finetune-"))
