@@ -176,3 +176,19 @@ def test_one_class_data_is_refused(tmp_path):
     with pytest.raises(NextTokenError, match="one class only"):
         run_labelled_finetune(tiny_task(path), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_length_grouped_batches_cover_an_epoch_and_resume():
+    from nexttoken.train.finetune import ExampleLoader
+
+    lengths = [(i * 37) % 101 for i in range(400)]
+    loader = ExampleLoader(list(range(400)), 4, list, seed=3, lengths=lengths)
+    loader.GROUP = 5
+    epoch = [next(loader) for _ in range(100)]
+    assert sorted(i for batch in epoch for i in batch) == list(range(400))
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in epoch) / 100
+    assert spread < 20  # shuffled batches of 4 of these lengths spread about 50
+    resumed = ExampleLoader(list(range(400)), 4, list, seed=3, lengths=lengths)
+    resumed.GROUP = 5
+    resumed.load_state_dict({"taken": 60})
+    assert [next(resumed) for _ in range(40)] == epoch[60:]

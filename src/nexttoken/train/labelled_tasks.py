@@ -213,7 +213,8 @@ def run_labelled_finetune(task: LabelledTask, run_dir: str | Path, model: Path |
     classifier = classifier_for(encoder, len(task.labels), task.per_token, task.seed)
     objective = token_classification_loss if task.per_token else sequence_classification_loss
     validation_batches = fixed_batches(validation, task.batch_size, batch_of)
-    data = ExampleLoader(train_set, task.batch_size, batch_of, seed=task.seed)
+    data = ExampleLoader(train_set, task.batch_size, batch_of, seed=task.seed,
+                         lengths=[len(ids) for ids, _ in train_set])
     saved = latest_checkpoint(run_dir) if resume else None
     first_step = int(saved.name.removeprefix("step_")) if saved is not None else 0
     result = train(classifier, data, objective, config, run_dir, eval_data=validation_batches, resume=resume,
