@@ -6,8 +6,8 @@
 All three learn from the same examples of the same fixed split (nexttoken.train.labelled_data) and
 are scored on the same test set. Ours is run_labelled_finetune (MiniLM, a new head, every weight
 trained) with one validation pass at the end; the Trainer fine-tunes
-AutoModelForSequenceClassification / AutoModelForTokenClassification from the same MiniLM folder on
-the same token ids, with the same epochs, batch size, peak learning rate, warmup, cosine decay to 0,
+AutoModelForSequenceClassification / AutoModelForTokenClassification from the same MiniLM folder (for
+Chinese, the one ours extended with the training split's characters) on the same token ids, with the same epochs, batch size, peak learning rate, warmup, cosine decay to 0,
 weight decay, AdamW betas, gradient clipping and bfloat16 autocast where the CPU multiplies bfloat16
 (its models keep BERT's dropout of 0.1, as every Trainer user gets; ours has none). The classical
 baselines: TF-IDF (word 1-2-grams for English, character 1-2-grams for Chinese) with logistic
@@ -28,7 +28,7 @@ import torch
 
 from nexttoken.encoder.sentence import builtin_encoder_path, load_encoder
 from nexttoken.train.finetune import native_bfloat16
-from nexttoken.train.labelled_tasks import (LabelledTask, collate, encode_examples, gold_labels, run_labelled_finetune,
+from nexttoken.train.labelled_tasks import (ENCODER_FOLDER, LabelledTask, collate, encode_examples, gold_labels, run_labelled_finetune,
                                             scores, task_splits, train_config)
 from nexttoken.train.objectives import IGNORE
 
@@ -43,13 +43,15 @@ def trainer(task: LabelledTask, folder: Path) -> dict:
     from transformers import (AutoModelForSequenceClassification, AutoModelForTokenClassification, Trainer,
                               TrainingArguments)
 
-    encoder = load_encoder()
+    extended = folder / "ours" / ENCODER_FOLDER  # ours wrote it, where the task extends the vocabulary
+    source = extended if extended.is_dir() else builtin_encoder_path()
+    encoder = load_encoder(source)
     splits = task_splits(task)
     train_set, test = encode_examples(encoder, task, splits.train), encode_examples(encoder, task, splits.test)
     config = train_config(task, len(train_set))
     kind = AutoModelForTokenClassification if task.per_token else AutoModelForSequenceClassification
     torch.manual_seed(task.seed)
-    model = kind.from_pretrained(builtin_encoder_path(), num_labels=len(task.labels))
+    model = kind.from_pretrained(source, num_labels=len(task.labels))
     rows = [{"input_ids": ids, "labels": labels} for ids, labels in train_set]
 
     def batch_of(features: list[dict]) -> dict:

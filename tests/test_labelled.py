@@ -192,3 +192,24 @@ def test_length_grouped_batches_cover_an_epoch_and_resume():
     resumed.GROUP = 5
     resumed.load_state_dict({"taken": 60})
     assert [next(resumed) for _ in range(40)] == epoch[60:]
+
+
+def test_an_extended_vocabulary_reads_new_characters_alike_in_transformers(tiny_bert, tmp_path):
+    from transformers import AutoModel, AutoTokenizer
+
+    from nexttoken.encoder.sentence import load_encoder
+    from nexttoken.train.vocabulary import extend_vocabulary, unknown_characters
+
+    source = load_encoder(tiny_bert)
+    texts = ["江泽民在北京会见记者。", "江泽民到上海。", "鑫鑫"]
+    new = unknown_characters(source.tokenizer, texts)
+    assert new == ["泽", "鑫"]  # seen twice, unknown to MiniLM's vocabulary; 江, 民, 上, 海, 。 are in it
+    folder = extend_vocabulary(tiny_bert, new, tmp_path / "extended")
+    encoder = load_encoder(folder)
+    ids = encoder.encode("江泽民鑫")
+    assert encoder.tokenizer.unk_id not in ids and max(ids) >= source.tokenizer.vocab_size
+    assert AutoTokenizer.from_pretrained(folder)("江泽民鑫")["input_ids"] == ids
+    reference = AutoModel.from_pretrained(folder, dtype="float32").eval()
+    with torch.no_grad():
+        theirs = reference(input_ids=torch.tensor([ids])).last_hidden_state
+    torch.testing.assert_close(encoder.model.hidden_states(torch.tensor([ids])), theirs, atol=1e-4, rtol=1e-4)

@@ -28,10 +28,12 @@ from nexttoken.train.labelled_data import (NER_LABELS, SENTIMENT_LABELS, Splits,
                                            people_daily_entities, read_labelled_file, sentiment_corpus)
 from nexttoken.train.loop import TrainConfig, TrainResult, to_device, train
 from nexttoken.train.objectives import IGNORE
+from nexttoken.train.vocabulary import extend_vocabulary, unknown_characters
 
 Batch = dict[str, torch.Tensor]
 Example = tuple[list[int], int | list[int]]  # token ids with one label, or a label (or IGNORE) per token
 TEST_FILE = "test.json"
+ENCODER_FOLDER = "encoder"  # the encoder with an extended vocabulary, where the task extends it
 LANGUAGES = ("en", "zh")
 # about ten minutes on two idle cores: the Chinese texts are two to three times a tweet's length
 DEFAULT_TRAIN_EXAMPLES = {("sentiment", "en"): 4000, ("sentiment", "zh"): 2000, ("ner", "zh"): 2000}
@@ -55,6 +57,9 @@ class LabelledTask:
     evaluations: int = 4  # validation evaluations over the run, the last at its end
     seed: int = 0
     data_file: Path | None = None  # sentiment: "label<TAB>text" lines in place of the shipped corpus
+    # add the characters of the training texts the encoder reads as [UNK] to its vocabulary
+    # (nexttoken.train.vocabulary); None: for Chinese
+    extend_vocabulary: bool | None = None
 
     def __post_init__(self) -> None:
         if self.task not in ("sentiment", "ner"):
@@ -64,6 +69,8 @@ class LabelledTask:
             raise NextTokenError(f"{self.task} has no corpus in language '{self.lang}' (languages: {', '.join(languages)})")
         if self.train_examples is None:
             object.__setattr__(self, "train_examples", DEFAULT_TRAIN_EXAMPLES[self.task, self.lang])
+        if self.extend_vocabulary is None:
+            object.__setattr__(self, "extend_vocabulary", self.lang == "zh")
         if self.epochs < 1 or self.batch_size < 1 or self.max_tokens < 3 or self.evaluations < 1:
             raise NextTokenError("epochs, batch size and evaluations must be positive and max tokens at least 3")
 
@@ -182,6 +189,15 @@ def train_config(task: LabelledTask, n_train: int) -> TrainConfig:
                        eval_every=max(1, steps // task.evaluations), checkpoint_every=max(1, steps // task.evaluations))
 
 
+def extended_encoder(encoder: SentenceEncoder, task: LabelledTask, splits: Splits, folder: Path) -> SentenceEncoder:
+    """The encoder with the training split's unknown characters in its vocabulary, saved in
+    `folder` (RUN_DIR/encoder) the first time and read from there by a resumed run."""
+    if not (folder / "config.json").is_file():
+        texts = ["".join(chars) for chars, _ in splits.train] if task.per_token else [t for t, _ in splits.train]
+        extend_vocabulary(encoder.path, unknown_characters(encoder.tokenizer, texts), folder)
+    return load_encoder(folder)
+
+
 def check_encoder(encoder: SentenceEncoder) -> None:
     if encoder.model.config.causal:
         raise NextTokenError(f"{encoder.path}: a decoder (causal attention), not an encoder to put a head on")
@@ -205,6 +221,8 @@ def run_labelled_finetune(task: LabelledTask, run_dir: str | Path, model: Path |
     splits = task_splits(task)
     encoder = load_encoder(model)
     check_encoder(encoder)
+    if task.extend_vocabulary:
+        encoder = extended_encoder(encoder, task, splits, run_dir / ENCODER_FOLDER)
     pad_id = encoder.tokenizer.pad_id or 0
     train_set, validation, test = (encode_examples(encoder, task, rows)
                                    for rows in (splits.train, splits.validation, splits.test))
