@@ -158,6 +158,7 @@ def test_labelled_files_are_checked(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["sentiment", "--lang", "fr"], "sentiment has no corpus in language 'fr'"),
     (["ner", "--epochs", "0"], "epochs, batch size and evaluations must be positive"),
+    (["ner", "--lang", "en"], "ner has no corpus in language .en."),
     (["sentiment", "--examples", "40000"], "too few for 40000 to train on"),
 ])
 def test_bad_settings_are_refused_before_any_work(args, message, tmp_path):

