@@ -146,6 +146,7 @@ def test_token_classification_on_people_daily_lines(monkeypatch, tiny_bert, tmp_
     assert set(result.test) >= {"f1", "precision", "recall"} and 0 <= result.test["f1"] <= 1
     tagger = load_classifier(tmp_path / "out")
     assert tagger.per_token and tagger.labels[3] == "B-PER"
+    assert [char for char, _ in tagger.tag("江泽民在北京")] == list("江泽民在北京")  # one character a word
 
 
 def test_labelled_files_are_checked(tmp_path):
