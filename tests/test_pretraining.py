@@ -215,3 +215,30 @@ def test_from_must_name_an_encoder(tmp_path, monkeypatch):
     with pytest.raises(NextTokenError, match="not an encoder in BERT's layout"):
         run_masked_lm(replace(MaskedLMRecipe(**TINY), source=folder), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_mlm_continues_an_encoder_with_a_new_head_tied_to_its_embeddings(minilm, tiny_corpus, tmp_path):
+    """--from a BERT folder without a masked-LM head (a tiny random BertModel with MiniLM's tokenizer):
+    the run keeps its tokenizer, ties a new head to its embeddings and exports what transformers scores alike."""
+    import shutil
+
+    from transformers import AutoModelForMaskedLM, BertConfig, BertModel
+
+    from nexttoken.encoder.sentence import load_encoder
+
+    source = tmp_path / "source"
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=minilm.tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)).save_pretrained(source)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copyfile(minilm.path / name, source / name)
+    recipe = MaskedLMRecipe(source=source, seq_len=32, eval_batches=2, workers=1, train=tiny_train(2))
+    run_masked_lm(recipe, tmp_path / "run")
+    encoder = load_encoder(tmp_path / "run")
+    ids = encoder.encode("the king doth [MASK] of love")
+    assert ids == minilm.encode("the king doth [MASK] of love")
+    reference = AutoModelForMaskedLM.from_pretrained(tmp_path / "run", dtype="float32").eval()
+    with torch.no_grad():
+        theirs = reference(input_ids=torch.tensor([ids])).logits[0]
+    ours = encoder.mlm(encoder.model.hidden_states(torch.tensor([ids])), encoder.model.embed.weight)[0]
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
