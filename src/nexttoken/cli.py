@@ -584,7 +584,11 @@ def finetune_command(
                      "lr": lr, "data_file": data}
         labelled = LabelledTask(task, lang, epochs=epochs, test_examples=test_examples,
                                 **{k: v for k, v in overrides.items() if v is not None})
-        result = run_labelled_finetune(labelled, run_dir, model, save_to, resume, progress)
+        try:
+            result = run_labelled_finetune(labelled, run_dir, model, save_to, resume, progress)
+        except KeyboardInterrupt:
+            err.print(escape(stopped_run(run_dir)), soft_wrap=True)
+            raise SystemExit(130) from None
         figures = ", ".join(f"{name} {value:.1%}" for name, value in result.test.items()
                             if name in ("accuracy", "f1", "precision", "recall"))
         out.print(f"test {figures} on {result.test['examples']} examples; {result.train.step} steps, "
