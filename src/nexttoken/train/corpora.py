@@ -89,7 +89,11 @@ def text_files(paths: list[Path]) -> list[str]:
 CORPORA = {"shakespeare": shakespeare, "people-daily": people_daily, "python": python_stdlib}
 
 
-def load_corpus(name: str) -> list[str]:
+def check_corpus(name: str) -> None:
     if name not in CORPORA:
         raise NextTokenError(f"unknown corpus '{name}' (shipped: {', '.join(CORPORA)})")
+
+
+def load_corpus(name: str) -> list[str]:
+    check_corpus(name)
     return CORPORA[name]()

@@ -37,26 +37,51 @@ Objective = Callable[[nn.Module, Batch], tuple[torch.Tensor, torch.Tensor]]
 class ExampleLoader:
     """An endless iterator of batches over a fixed list of examples: each epoch a seeded shuffle,
     cut into batches of `batch_size` and collated. Its state is the number of batches taken, so a
-    resumed run sees the same batches as one never stopped."""
+    resumed run sees the same batches as one never stopped.
+
+    With `lengths` (each example's length in tokens) the batches hold examples of similar length,
+    as transformers' `group_by_length` makes them: the shuffled epoch is cut into runs of
+    `batch_size * GROUP` examples, each run sorted by length and cut into batches, and the batches
+    are shuffled. Padding to the longest of a batch then costs little: on tweets and reviews a
+    shuffled batch of 32 is 1.75 to 2.1 times its real tokens."""
+
+    GROUP = 50
 
     def __init__(self, examples: list[Any], batch_size: int, collate: Callable[[list[Any]], Batch],
-                 seed: int = 0) -> None:
+                 seed: int = 0, lengths: list[int] | None = None) -> None:
         if len(examples) < batch_size:
             raise NextTokenError(f"{len(examples)} examples are fewer than one batch of {batch_size}")
         self.examples, self.batch_size, self.collate, self.seed = examples, batch_size, collate, seed
+        self.lengths = lengths
         self.per_epoch = len(examples) // batch_size
         self.taken = 0
+        self._epoch: tuple[int, list[list[int]]] | None = None  # (epoch, its batches), cached
 
     def __iter__(self) -> Iterator[Batch]:
         return self
 
     def __next__(self) -> Batch:
         epoch, index = divmod(self.taken, self.per_epoch)
-        order = list(range(len(self.examples)))
-        random.Random(self.seed + epoch).shuffle(order)
+        if self._epoch is None or self._epoch[0] != epoch:
+            self._epoch = (epoch, self.epoch_batches(epoch))
         self.taken += 1
-        chosen = order[index * self.batch_size : (index + 1) * self.batch_size]
-        return self.collate([self.examples[i] for i in chosen])
+        return self.collate([self.examples[i] for i in self._epoch[1][index]])
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """The indices of each batch of `epoch`, a pure function of the seed and the epoch."""
+        rng = random.Random(self.seed + epoch)
+        order = list(range(len(self.examples)))
+        rng.shuffle(order)
+        order = order[: self.per_epoch * self.batch_size]  # the remainder waits for another epoch's shuffle
+        if self.lengths is None:
+            return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        run = self.batch_size * self.GROUP
+        batches = []
+        for start in range(0, len(order), run):
+            chunk = sorted(order[start : start + run], key=lambda i: -self.lengths[i])
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        rng.shuffle(batches)
+        return batches
 
     def state_dict(self) -> dict:
         return {"taken": self.taken}
@@ -261,7 +286,7 @@ def run_finetune(task: str, run_dir: Path, model: Path | None = None, steps: int
     Face folder, or a GGUF file when it ends in .gguf; for the others a BertForSequenceClassification
     or BertForTokenClassification folder (nexttoken.encoder.classifier.load_classifier reads it)."""
     if task not in TASKS:
-        raise NextTokenError(f"unknown fine-tuning task {task!r} (tasks: {', '.join(TASKS)})")
+        raise NextTokenError(f"unknown fine-tuning task {task!r} (tasks: {', '.join(TASKS)}, sentiment, ner)")
     if lora_rank < 0 or eval_examples < 1:
         raise NextTokenError(f"the LoRA rank must be 0 (train every weight) or more and the held-out examples at "
                              f"least 1, got {lora_rank} and {eval_examples}")

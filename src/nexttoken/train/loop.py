@@ -248,10 +248,13 @@ def progress_bar(enabled: bool) -> Progress:
 def train(model: nn.Module, data: Iterator[Batch], objective: Objective, config: TrainConfig,
           run_dir: str | Path, eval_data: Iterable[Batch] | None = None, tokens_per_byte: float | None = None,
           resume: bool = False, process: Process | None = None,
-          on_checkpoint: Callable[[dict[str, torch.Tensor]], None] | None = None) -> TrainResult:
+          on_checkpoint: Callable[[dict[str, torch.Tensor]], None] | None = None,
+          eval_metrics: Callable[[nn.Module], dict[str, float]] | None = None) -> TrainResult:
     """Train `model` in place (see the module docstring); only the main process writes to `run_dir`:
     metrics.jsonl, loss.png and checkpoints/. After each checkpoint the main process calls
-    `on_checkpoint(weights)` with the whole model's weights on the CPU."""
+    `on_checkpoint(weights)` with the whole model's weights on the CPU. At each evaluation,
+    `eval_metrics(model)` adds held-out figures of its own (a masked-token accuracy, an F1) to the
+    record; it runs in every process."""
     process = process or start()
     keep_freed_memory()
     run_dir = Path(run_dir)
@@ -292,7 +295,11 @@ def train(model: nn.Module, data: Iterator[Batch], objective: Objective, config:
             last = step == config.max_steps
             if eval_data is not None and (step % config.eval_every == 0 or last):
                 record |= evaluation_metrics(evaluate(model, eval_data, objective, config, process), tokens_per_byte)
-                result.eval = {k: record[k] for k in ("eval_loss", "perplexity", "bits_per_byte") if k in record}
+                if eval_metrics is not None:
+                    with torch.no_grad():
+                        record |= eval_metrics(model)
+                    model.train()
+                result.eval = {k: v for k, v in record.items() if k.startswith("eval_") or k in ("perplexity", "bits_per_byte")}
             if process.is_main:
                 append_metrics(run_dir, record)
             if last or (config.checkpoint_every and step % config.checkpoint_every == 0):

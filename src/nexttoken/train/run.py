@@ -41,7 +41,12 @@ from nexttoken.train.objectives import next_token_loss
 from nexttoken.train.prepare import INDEX_FILE, held_out, prepare_data, read_index
 
 TOKENIZER_FORMAT = "gpt"  # one <|endoftext|> between documents, no chat template
-SAMPLE_PROMPT = "ROMEO:"
+# what the finished run's sample.txt continues; the article's own example for the Chinese news
+SAMPLE_PROMPTS = {"shakespeare": "ROMEO:", "people-daily": "中国的首都是", "python": "def "}
+
+
+def sample_prompt(recipe: "Recipe") -> str:
+    return "ROMEO:" if recipe.files else SAMPLE_PROMPTS.get(recipe.corpus, "ROMEO:")
 
 
 @dataclass(frozen=True)
@@ -89,13 +94,20 @@ class Recipe:
 def recipe_with(**overrides) -> Recipe:
     """The default recipe with some fields changed, by name, whether they belong to the recipe or to
     its TrainConfig; None leaves a field as it is."""
+    return with_overrides(Recipe, **overrides)
+
+
+def with_overrides(kind: type, **overrides):
+    """The default recipe of dataclass `kind` (this module's Recipe, or the masked-LM and span ones,
+    which also hold a TrainConfig as `train`) with some fields changed, by name; None leaves a
+    field as it is."""
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    own = {k: v for k, v in overrides.items() if k in Recipe.__dataclass_fields__}
+    own = {k: v for k, v in overrides.items() if k in kind.__dataclass_fields__}
     rest = {k: v for k, v in overrides.items() if k not in own}
     unknown = set(rest) - set(TrainConfig.__dataclass_fields__)
     if unknown:
         raise NextTokenError(f"unknown recipe settings: {', '.join(sorted(unknown))}")
-    recipe = Recipe(**own)
+    recipe = kind(**own)
     return replace(recipe, train=replace(recipe.train, **rest))
 
 
@@ -178,7 +190,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False) -> Run
         final, text = Transformer(model_config), ""
         if process.is_main:
             final.load_state_dict(weights)
-            text = sample(final, tokenizer, run_dir, SAMPLE_PROMPT, recipe.seed)
+            text = sample(final, tokenizer, run_dir, sample_prompt(recipe), recipe.seed)
             (run_dir / "sample.txt").write_text(text + "\n")
         wait_for_others(process)  # not on failure: torchrun stops the others when one process fails
         return RunResult(run_dir, result, sum(p.numel() for p in final.parameters()), text)

@@ -1,0 +1,146 @@
+"""`nexttoken finetune sentiment|ner` beside transformers' Trainer and a classical baseline, in one run.
+
+    .venv/bin/python benchmarks/bench_finetune.py sentiment --lang en [--train 4000] [--test 2000] [--epochs 1]
+    .venv/bin/python benchmarks/bench_finetune.py ner [--train 4000] [--test 2000]
+
+All three learn from the same examples of the same fixed split (nexttoken.train.labelled_data) and
+are scored on the same test set. Ours is run_labelled_finetune (MiniLM, a new head, every weight
+trained) with one validation pass at the end; the Trainer fine-tunes
+AutoModelForSequenceClassification / AutoModelForTokenClassification from the same MiniLM folder (for
+Chinese, the one ours extended with the training split's characters) on the same token ids, with the same epochs, batch size, peak learning rate, warmup, cosine decay to 0,
+weight decay, AdamW betas, gradient clipping and bfloat16 autocast where the CPU multiplies bfloat16
+(its models keep BERT's dropout of 0.1, as every Trainer user gets; ours has none). The classical
+baselines: TF-IDF (word 1-2-grams for English, character 1-2-grams for Chinese) with logistic
+regression for sentiment; for NER each character's most frequent tag in the training set ("O" for a
+character never seen). Wall time is the training alone for the Trainer and the baseline, and ours'
+whole `train` call (with its one validation pass and final checkpoint); examples/s is training
+examples (times epochs) over that time. The table is printed as Markdown."""
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from nexttoken.encoder.sentence import builtin_encoder_path, load_encoder
+from nexttoken.train.finetune import native_bfloat16
+from nexttoken.train.labelled_tasks import (ENCODER_FOLDER, LabelledTask, collate, encode_examples, gold_labels, run_labelled_finetune,
+                                            scores, task_splits, train_config)
+from nexttoken.train.objectives import IGNORE
+
+
+def ours(task: LabelledTask, folder: Path) -> dict:
+    result = run_labelled_finetune(task, folder / "ours", progress=False)
+    return {"score": result.test, "seconds": result.train.seconds, "per_second": result.examples_per_second}
+
+
+def trainer(task: LabelledTask, folder: Path) -> dict:
+    """transformers' Trainer on our token ids (MiniLM's tokenizer gives the same ids; tests/test_wordpiece.py)."""
+    from transformers import (AutoModelForSequenceClassification, AutoModelForTokenClassification, Trainer,
+                              TrainingArguments)
+
+    extended = folder / "ours" / ENCODER_FOLDER  # ours wrote it, where the task extends the vocabulary
+    source = extended if extended.is_dir() else builtin_encoder_path()
+    encoder = load_encoder(source)
+    splits = task_splits(task)
+    train_set, test = encode_examples(encoder, task, splits.train), encode_examples(encoder, task, splits.test)
+    config = train_config(task, len(train_set))
+    kind = AutoModelForTokenClassification if task.per_token else AutoModelForSequenceClassification
+    torch.manual_seed(task.seed)
+    model = kind.from_pretrained(source, num_labels=len(task.labels))
+    rows = [{"input_ids": ids, "labels": labels} for ids, labels in train_set]
+
+    def batch_of(features: list[dict]) -> dict:
+        batch = collate([(f["input_ids"], f["labels"]) for f in features], pad_id=encoder.tokenizer.pad_id)
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"].long(),
+                "labels": batch["labels"]}
+
+    arguments = TrainingArguments(
+        output_dir=str(folder / "trainer"), per_device_train_batch_size=task.batch_size, num_train_epochs=task.epochs,
+        max_steps=config.max_steps, learning_rate=task.lr, lr_scheduler_type="cosine", warmup_steps=config.warmup_steps,
+        weight_decay=task.weight_decay, adam_beta1=0.9, adam_beta2=0.999, max_grad_norm=1.0,
+        bf16=config.precision == "bf16", use_cpu=True, save_strategy="no", eval_strategy="no", report_to=[],
+        seed=task.seed, dataloader_num_workers=0, logging_steps=max(1, config.max_steps // 4), disable_tqdm=True)
+    run = Trainer(model=model, args=arguments, train_dataset=rows, data_collator=batch_of)
+    start = time.perf_counter()
+    run.train()
+    seconds = time.perf_counter() - start
+    model.eval()
+    predicted = []
+    with torch.no_grad():
+        for i in range(0, len(test), task.batch_size):
+            batch = batch_of([{"input_ids": ids, "labels": labels} for ids, labels in test[i:i + task.batch_size]])
+            best = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.argmax(-1)
+            if task.per_token:
+                predicted += [row[keep].tolist() for row, keep in zip(best, batch["labels"] != IGNORE)]
+            else:
+                predicted += [[int(label)] for label in best]
+    return {"score": scores(task, predicted, gold_labels(test)), "seconds": seconds,
+            "per_second": config.max_steps * task.batch_size / seconds}
+
+
+def classical(task: LabelledTask) -> dict:
+    splits = task_splits(task)
+    start = time.perf_counter()
+    if task.per_token:
+        counts: dict[str, Counter] = {}
+        for chars, tags in splits.train:
+            for char, tag in zip(chars, tags):
+                counts.setdefault(char, Counter())[tag] += 1
+        best = {char: c.most_common(1)[0][0] for char, c in counts.items()}
+        seconds = time.perf_counter() - start
+        predicted = [[best.get(char, 0) for char in chars] for chars, _ in splits.test]
+        return {"score": scores(task, predicted, [tags for _, tags in splits.test]), "seconds": seconds,
+                "per_second": len(splits.train) / seconds}
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    words = dict(analyzer="char", ngram_range=(1, 2)) if task.lang == "zh" else dict(ngram_range=(1, 2))
+    vectorizer = TfidfVectorizer(sublinear_tf=True, **words)
+    features = vectorizer.fit_transform([text for text, _ in splits.train])
+    model = LogisticRegression(max_iter=1000).fit(features, [label for _, label in splits.train])
+    seconds = time.perf_counter() - start
+    predicted = model.predict(vectorizer.transform([text for text, _ in splits.test]))
+    return {"score": scores(task, [[int(p)] for p in predicted], [[label] for _, label in splits.test]),
+            "seconds": seconds, "per_second": len(splits.train) * task.epochs / seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("task", choices=["sentiment", "ner"])
+    parser.add_argument("--lang", default="en")
+    parser.add_argument("--train", type=int, help="Training examples (default: the recipe's).")
+    parser.add_argument("--validation", type=int, default=64)
+    parser.add_argument("--test", type=int, default=LabelledTask.test_examples)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=LabelledTask.batch_size)
+    parser.add_argument("--lr", type=float, default=LabelledTask.lr)
+    args = parser.parse_args()
+    task = LabelledTask(args.task, "zh" if args.task == "ner" else args.lang, train_examples=args.train,
+                        validation_examples=args.validation, test_examples=args.test, epochs=args.epochs,
+                        batch_size=args.batch, lr=args.lr, evaluations=1)
+    metric = "f1" if task.per_token else "accuracy"
+    print(f"{task.task} {task.lang}: {task.train_examples} training examples x {args.epochs} epoch(s), {args.test} test, "
+          f"batch {args.batch}, lr {args.lr}, {torch.get_num_threads()} threads, "
+          f"{'bf16' if native_bfloat16() else 'fp32'}; CPU {os.cpu_count()} cores")
+    folder = Path(tempfile.mkdtemp(prefix="bench-finetune-"))
+    try:
+        results = {"nexttoken": ours(task, folder), "transformers Trainer": trainer(task, folder),
+                   "classical baseline": classical(task)}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    print(f"\n| run | test {metric} | wall s | training examples/s |\n|---|---:|---:|---:|")
+    for name, r in results.items():
+        print(f"| {name} | {r['score'][metric]:.1%} | {r['seconds']:.1f} | {r['per_second']:.1f} |")
+    ratio = results["nexttoken"]["per_second"] / results["transformers Trainer"]["per_second"]
+    gap = results["nexttoken"]["score"][metric] - results["transformers Trainer"]["score"][metric]
+    over = results["nexttoken"]["score"][metric] - results["classical baseline"]["score"][metric]
+    print(f"\nours / Trainer: {ratio:.2f}x examples/s, {gap * 100:+.1f} points; ours - baseline: {over * 100:+.1f} points")
+
+
+if __name__ == "__main__":
+    main()
