@@ -505,7 +505,7 @@ def export_command(
 
 @app.command(name="finetune")
 def finetune_command(
-        task: Annotated[str, typer.Argument(help="chat (SFT of a chat model), play (which play a line is from) or names (tag persons' names).")],
+        task: Annotated[str, typer.Argument(help="chat (SFT of a chat model), play (which play a line is from), names (tag persons' names) or tools (call functions).")],
         model: Annotated[Optional[Path], typer.Option("--model", "-m", help="The model to fine-tune (default: built-in SmolLM2 for chat, MiniLM otherwise).")] = None,
         run_dir: Annotated[Optional[Path], typer.Option(
             help="Metrics, loss plot and checkpoint go here (default: runs/finetune-TASK).")] = None,
@@ -513,12 +513,12 @@ def finetune_command(
         batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 4,
         lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: 1e-3 with LoRA, 1e-4 without).")] = None,
         lora_rank: Annotated[int, typer.Option(help="LoRA rank; 0 trains every weight.")] = 8,
-        examples: Annotated[int, typer.Option(help="Training examples built from the Shakespeare plays.")] = 400,
+        examples: Annotated[int, typer.Option(help="Training examples built from the Shakespeare plays (tools: from templates).")] = 400,
         eval_examples: Annotated[int, typer.Option(help="Held-out examples for loss and accuracy.")] = 32,
-        save_to: Annotated[Optional[Path], typer.Option("--out", help="Write the fine-tuned model here: a Hugging Face folder (chat: or a .gguf file).")] = None,
+        save_to: Annotated[Optional[Path], typer.Option("--out", help="Write the fine-tuned model here: a Hugging Face folder (chat, tools: or a .gguf file).")] = None,
         plays: Annotated[int, typer.Option(help="play: how many plays to tell apart.")] = 4,
 ) -> None:
-    """Fine-tune on a small set built from the shipped Shakespeare plays; prints held-out loss and accuracy."""
+    """Fine-tune on a small set built from the shipped Shakespeare plays (tools: from templates); prints held-out loss and accuracy."""
     from nexttoken.train.finetune import run_finetune
 
     result = run_finetune(task, run_dir or Path(f"runs/finetune-{task}"), model, steps, batch_size, lr, lora_rank,
@@ -527,6 +527,10 @@ def finetune_command(
     if result.accuracy_before is not None:
         summary += f", accuracy {result.accuracy_before:.1%} -> {result.accuracy_after:.1%}"
     out.print(f"{summary} after {result.train.step} steps ({result.train.seconds:.0f} s)")
+    for name, scores in result.tool_use.items():
+        out.print(f"{name:>18}: right function {scores.right_function:.0%}, all arguments right "
+                  f"{scores.right_arguments:.0%} (of {scores.n_calls}), false calls {scores.false_calls:.0%} "
+                  f"(of {scores.n_direct})")
 
 
 @app.command()
