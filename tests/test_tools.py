@@ -159,3 +159,27 @@ def test_scores_count_functions_arguments_and_false_calls():
     assert (result.right_function, result.right_arguments, result.false_calls) == (1.0, 0.5, 0.5)
     assert predicted(CALL, (WEATHER,)).arguments == {"city": 'Paris "Nord" {x}'}
     assert predicted(CALL[:-2], (WEATHER,)) == Predicted(True)
+
+
+def test_tools_task_trains_scores_and_exports(smollm2, tmp_path):
+    """The whole `finetune tools` recipe on a tiny random Llama with SmolLM2's tokenizer."""
+    import torch
+
+    from nexttoken.config import ModelConfig
+    from nexttoken.model.transformer import Transformer
+    from nexttoken.pretrained import LanguageModel, load
+    from nexttoken.train.finetune import tools_task
+    from nexttoken.train.loop import TrainConfig
+    from nexttoken.train.lora import LoraConfig
+
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=smollm2.tokenizer.vocab_size, d_model=32, n_layer=1, n_head=2, n_kv_head=1,
+                         d_ff=64, max_seq_len=1024)
+    lm = LanguageModel(Transformer(config).eval().requires_grad_(False), smollm2.tokenizer, smollm2.path)
+    train = TrainConfig(max_steps=2, global_batch=2, micro_batch=2, lr=1e-2, min_lr=1e-2, warmup_steps=0,
+                        precision="fp32", fused=False, progress=False, checkpoint_every=0, eval_every=1000)
+    result = tools_task(lm, train, tmp_path / "run", 2, 2, 1024, LoraConfig(rank=2, alpha=4), tmp_path / "out")
+    assert set(result.tool_use) == {"free before", "constrained before", "free after", "constrained after"}
+    assert all(s.n_calls + s.n_direct == 2 for s in result.tool_use.values())
+    assert result.eval_after < result.eval_before
+    assert load(tmp_path / "out").model.config.d_model == 32
