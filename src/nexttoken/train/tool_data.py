@@ -163,6 +163,12 @@ DIRECT: dict[Split, tuple[tuple[str, str], ...]] = {
         ("Which is bigger, an elephant or a mouse?", "An elephant."),
         ("Tell me a riddle.", "What has keys but can't open locks? A piano."),
         ("Make this sentence shorter: I am going to go to the shop now.", "I'm going to the shop."),
+        ("Write a two-line poem about rain.", "Soft rain on the roof,\na lullaby for the town."),
+        ("How do you say goodbye in French?", "Au revoir."),
+        ("Give me a word that starts with Z.", "Zebra."),
+        ("What colour do you get mixing blue and yellow?", "Green."),
+        ("Cheer me up, I had a long day.", "You made it through, and that counts. Rest well tonight."),
+        ("Write a short thank-you note to a teacher.", "Thank you for your patience and for making every lesson count."),
     ),
 }
 
@@ -215,10 +221,11 @@ def arguments_for(kind: str, rng: random.Random) -> tuple[str, dict, dict]:
     return "web_search", arguments, arguments
 
 
-def tool_cases(split: Split, n: int, seed: int = 0, direct_share: float = 0.2) -> list[ToolCase]:
-    """`n` cases written from `split`'s templates: about `direct_share` of them requests no function
-    fits, the rest spread evenly over the template kinds (the four operations count as kinds)."""
-    rng = random.Random(f"{split}-{seed}")
+def tool_cases(split: Split, n: int, seed: int = 0) -> list[ToolCase]:
+    """`n` cases written from `split`'s templates: a fifth (held out: three tenths, so that false
+    calls are counted on enough of them) requests that no function fits, the rest spread evenly
+    over the template kinds (the four operations count as kinds)."""
+    rng, direct_share = random.Random(f"{split}-{seed}"), 0.2 if split == "train" else 0.3
     kinds, cases = list(TEMPLATES[split]), []
     for i in range(n):
         if rng.random() < direct_share:
