@@ -77,17 +77,20 @@ def answer_schema(body: ChatRequest) -> dict | None:
     return checked_schema(form.json_schema.json_schema, "response_format.json_schema.schema", "response_format")
 
 
-def compiled(grammar: Grammar | None, tokenizer: Tokenizer, param: str) -> Grammar | None:
+def compiled(grammar: Grammar | None, tokenizer: Tokenizer, param: str, where: str | None = None) -> Grammar | None:
+    """`grammar`, once the engine has compiled it; else a 400 naming `param` (`where` in it)."""
     if grammar is not None:
         try:
             compile_grammar(grammar, tokenizer)
         except InvalidGrammar as error:
-            raise InvalidRequest(f"{param}: {error}", param) from None
+            raise InvalidRequest(f"{where or param}: {error}", param) from None
     return grammar
 
 
 def output_form(body: ChatRequest, tokenizer: Tokenizer) -> OutputForm:
     functions = declared_functions(body)
+    for i, function in enumerate(functions):  # each alone, so that an error names its function
+        compiled(Grammar.json_schema(dict(function.parameters)), tokenizer, "tools", f"tools[{i}].function.parameters")
     choice = body.tool_choice or ("auto" if functions else "none")
     callable_ = chosen_functions(choice, functions)
     schema = answer_schema(body)
