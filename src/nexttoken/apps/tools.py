@@ -43,20 +43,13 @@ class Function:
                                                  "parameters": dict(self.parameters)}}
 
 
-@dataclass(frozen=True)
-class ToolCall:
-    id: str
-    name: str
-    arguments: str  # a JSON object, as text
-
-
 # --- the prompt ----------------------------------------------------------------------------------
 
 
 def tool_section(functions: Sequence[Function]) -> str:
     """The system text that tells a model without a tool section of its own what it may call."""
     listed = "\n".join(json.dumps({"name": f.name, "description": f.description, "parameters": f.parameters},
-                                  separators=(",", ":")) for f in functions)  # compact: a fifth fewer tokens
+                                  separators=(",", ":")) for f in functions)  # compact: fewer tokens in every prompt
     return ("You can call these functions, given as JSON schemas:\n"
             f"{listed}\n"
             "To call one, reply with nothing but\n"
