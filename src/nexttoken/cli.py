@@ -21,7 +21,7 @@ from nexttoken.apps.dependence import Dependence, dependence, dependence_json, t
 from nexttoken.apps.bench import run_bench
 from nexttoken.apps.chat import ChatSession
 from nexttoken.apps.explain import EXPLAIN_CANDIDATES, BeamPrinter, completion_json, sequence_heading, steps_table
-from nexttoken.cli_options import decoding_options
+from nexttoken.cli_options import decoding_options, grammar_options
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.encoder.search import search as search_corpus
 from nexttoken.encoder.sentence import SentenceEncoder, load_encoder
@@ -68,11 +68,12 @@ def _write(piece: str) -> None:
 
 @app.command()
 @decoding_options()
+@grammar_options
 def generate(prompt: str, config: GenerationConfig, model: ModelOption = None, dtype: Dtype = "float32",
              quantize: Quantize = "none", compiled: Compile = False,
              chat: Annotated[bool, typer.Option(help="Wrap the prompt in the chat template.")] = False,
              system: System = None, json_output: JsonOutput = False,
-             explain: Annotated[bool, typer.Option(help="Show each step: the top candidates and the one chosen; with --beams, the live beams.")] = False,
+             explain: Annotated[bool, typer.Option(help="Show each step: the top candidates, those a grammar ruled out, and the one chosen; with --beams, the live beams.")] = False,
              logprobs: Annotated[int, typer.Option(help="With --json: each token's log-probability and this many alternatives.")] = 0,
              draft: Draft = None) -> None:
     """Continue PROMPT, streaming the new text as it is produced."""
@@ -101,6 +102,7 @@ def generate(prompt: str, config: GenerationConfig, model: ModelOption = None, d
 
 @app.command()
 @decoding_options(exclude=("num_return_sequences",), max_new_tokens=512)
+@grammar_options
 def chat(config: GenerationConfig, model: ModelOption = None, system: System = None, dtype: Dtype = "float32",
          quantize: Quantize = "none", compiled: Compile = False, draft: Draft = None) -> None:
     """Talk with the model. Each line from standard input is one user turn when it is not a terminal."""
