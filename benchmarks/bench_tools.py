@@ -12,6 +12,8 @@ import platform
 import time
 from pathlib import Path
 
+import torch
+
 from nexttoken.pretrained import load
 from nexttoken.train.finetune import run_finetune
 from nexttoken.train.tool_data import tool_cases
@@ -24,37 +26,37 @@ def row(name: str, scores: ToolScores, seconds: float | None = None) -> str:
             f"{timing}")
 
 
-def score(path: Path | None, cases: list, label: str) -> list[str]:
+def score(path: Path | None, cases: list, label: str) -> None:
+    """Print the rows of one model as each is measured."""
     lm = load(path)
-    rows = []
     for mode in ("free", "constrained"):
         start = time.perf_counter()
-        rows.append(row(f"{mode} {label}", tool_use_scores(lm, cases, constrained=mode == "constrained"),
-                        time.perf_counter() - start))
-    return rows
+        scores = tool_use_scores(lm, cases, constrained=mode == "constrained")
+        print(row(f"{mode} {label}", scores, time.perf_counter() - start), flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tuned", type=Path, help="A model `finetune tools` wrote; default: fine-tune now.")
     parser.add_argument("--base", type=Path, help="The model before fine-tuning (default: the built-in SmolLM2).")
-    parser.add_argument("--cases", type=int, default=60, help="Held-out requests.")
+    parser.add_argument("--cases", type=int, default=40, help="Held-out requests.")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--run-dir", type=Path, default=Path("runs/bench-tools"))
     args = parser.parse_args()
-    print(f"{platform.processor() or platform.machine()}; {args.cases} held-out requests")
-    header = ["| model and decoding | right function | all arguments right | false calls | time |", "|---|---|---|---|---|"]
     cases = tool_cases("held_out", args.cases)
-    print(f"{sum(c.function is not None for c in cases)} need a function, {sum(c.function is None for c in cases)} none")
-    if args.tuned is None:
-        start = time.perf_counter()
-        result = run_finetune("tools", args.run_dir, args.base, steps=args.steps, eval_examples=args.cases,
-                              out=args.run_dir / "model")
-        print(f"fine-tuned in {result.train.seconds:.0f} s ({result.train.step} steps), whole run "
-              f"{time.perf_counter() - start:.0f} s; held-out loss {result.eval_before:.3f} -> {result.eval_after:.3f}")
-        print("\n".join(header + [row(name, scores) for name, scores in result.tool_use.items()]))
-        return
-    print("\n".join(header + score(args.base, cases, "before") + score(args.tuned, cases, "after")))
+    print(f"{platform.machine()}, {torch.get_num_threads()} threads; {len(cases)} held-out requests: "
+          f"{sum(c.function is not None for c in cases)} need a function, {sum(c.function is None for c in cases)} "
+          f"none", flush=True)
+    print("| model and decoding | right function | all arguments right | false calls | time |\n|---|---|---|---|---|",
+          flush=True)
+    score(args.base, cases, "before")
+    tuned = args.tuned
+    if tuned is None:
+        tuned = args.run_dir / "model"
+        # the recipe's own before/after scores are left to the rows above and below: one case only
+        result = run_finetune("tools", args.run_dir, args.base, steps=args.steps, eval_examples=1, out=tuned)
+        print(f"fine-tuned: {result.train.step} steps in {result.train.seconds:.0f} s", flush=True)
+    score(tuned, cases, "after")
 
 
 if __name__ == "__main__":
