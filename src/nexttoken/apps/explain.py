@@ -7,7 +7,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from nexttoken.decoding.beam import Beam
-from nexttoken.decoding.outputs import Completion, TokenLogprob
+from nexttoken.decoding.outputs import Completion, Step, TokenLogprob
 from nexttoken.tokenizer import Tokenizer
 
 EXPLAIN_CANDIDATES = 5  # alternatives shown per step by --explain
@@ -18,16 +18,29 @@ def _piece(tokenizer: Tokenizer, token_id: int) -> str:
     return escape(repr(tokenizer.token_text(token_id)))
 
 
+def _candidate(tokenizer: Tokenizer, candidate: TokenLogprob, step: Step) -> str:
+    """A candidate and its probability: bold when chosen, struck out when the grammar ruled it out."""
+    text = f"{_piece(tokenizer, candidate.token_id)} {math.exp(candidate.logprob):.1%}"
+    if candidate.token_id in step.barred:
+        return f"[strike dim]{text}[/strike dim]"
+    return f"[bold]{text}[/bold]" if candidate.token_id == step.chosen.token_id else text
+
+
 def steps_table(completion: Completion, tokenizer: Tokenizer) -> Table:
-    """One row per step: the chosen token with its probability, and the best candidates."""
-    table = Table(title="decoding steps (probabilities from the model, before any sampling filter)")
+    """One row per step: the chosen token with its probability, and the best candidates; under a
+    grammar, those it ruled out are struck out, and the tokens it forced are marked so."""
+    title = "decoding steps (probabilities from the model, before any sampling filter)"
+    if any(step.barred or step.forced for step in completion.steps):
+        title += "; struck out: ruled out by the grammar"
+    table = Table(title=title)
     for column in ("step", "chosen", "p", "top candidates"):
         table.add_column(column, justify="right" if column in ("step", "p") else "left")
     for n, step in enumerate(completion.steps, 1):
-        candidates = "  ".join(
-            ("[bold]" if c.token_id == step.chosen.token_id else "") + f"{_piece(tokenizer, c.token_id)} "
-            f"{math.exp(c.logprob):.1%}" + ("[/bold]" if c.token_id == step.chosen.token_id else "")
-            for c in step.top)
+        if step.forced:
+            table.add_row(str(n), _piece(tokenizer, step.chosen.token_id), "forced",
+                          "[dim](the grammar allows nothing else; fed with the step before)[/dim]", end_section=False)
+            continue
+        candidates = "  ".join(_candidate(tokenizer, c, step) for c in step.top)
         table.add_row(str(n), _piece(tokenizer, step.chosen.token_id), f"{math.exp(step.chosen.logprob):.1%}",
                       candidates, end_section=False)
     return table

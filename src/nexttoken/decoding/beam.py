@@ -6,7 +6,10 @@ The bookkeeping follows transformers' vectorised beam search (v4.50+), so both r
 beams and scores: at each step the best 2 * num_beams candidates (more with several end tokens) are
 taken, so that num_beams can continue even if some end; only candidates ranked within the first
 num_beams may finish; `early_stopping` decides when the finished pool can no longer improve. The
-KV cache rows are reordered (by the engine) to follow each surviving beam's parent, never recomputed."""
+KV cache rows are reordered (by the engine) to follow each surviving beam's parent, never recomputed.
+Under a grammar, each beam has its own matcher, a copy of its parent's that then takes the beam's
+token; the grammar's mask enters the constraints, and forced tokens are chosen as any other (every
+beam may force different ones, and a beam's pass feeds one token)."""
 
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,7 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from nexttoken.decoding.config import GenerationConfig
-from nexttoken.decoding.groups import Choice, Job, Vocabulary
+from nexttoken.decoding.grammar import allowed_tokens
+from nexttoken.decoding.groups import Choice, Job, Vocabulary, new_matcher
 from nexttoken.decoding.outputs import Completion, Step, TokenLogprob
 from nexttoken.decoding.processors import TokenHistory, apply_constraints
 
@@ -68,6 +72,7 @@ class BeamGroup:
         self.finished_lengths = torch.zeros(P, K, dtype=torch.long)
         self.finished_full = torch.zeros(P, K, dtype=torch.bool)  # which slots of the finished pool are taken
         self.can_improve = torch.ones(P, 1, dtype=torch.bool)
+        self.matchers = [new_matcher(job, vocabulary) for _ in range(P * K)] if config.grammar is not None else None
         self.t = 0
         self.done = False
 
@@ -83,8 +88,9 @@ class BeamGroup:
         L = self.prompt_ids.shape[1]
         history = TokenHistory(torch.cat([self.prompt_ids, self.running[:, :, :t].reshape(P * K, t)], dim=1),
                                torch.cat([self.prompt_mask, torch.ones(P * K, t, dtype=torch.bool)], dim=1), L)
+        allowed = allowed_tokens(self.matchers, logits.shape[-1]) if self.matchers is not None else None
         logprobs = apply_constraints(logits.float().log_softmax(dim=-1), config.sampling, history,
-                                     self.vocabulary.end_ids, self.vocabulary.encode)  # (P*K, V)
+                                     self.vocabulary.end_ids, self.vocabulary.encode, allowed)  # (P*K, V)
         V = logprobs.shape[-1]
         totals = (logprobs.view(P, K, V) + self.running_scores.unsqueeze(2)).view(P, K * V)
         top_scores, top_index = totals.topk(self.n_candidates, dim=1)  # (P, C)
@@ -126,7 +132,22 @@ class BeamGroup:
             self.announce()
             return None
         rows = (torch.arange(P).unsqueeze(1) * K + chosen_parents).view(-1)  # each beam's parent row
-        return Choice(self.running[:, :, t].reshape(P * K), rows)
+        tokens = self.running[:, :, t].reshape(P * K)
+        if self.matchers is not None:
+            self.follow_parents(rows.tolist(), tokens.tolist())
+        return Choice(tokens, rows)
+
+    def follow_parents(self, parents: list[int], tokens: list[int]) -> None:
+        """Each beam's matcher becomes a copy of its parent's that took the beam's token. A beam
+        whose token its grammar rejects is one no allowed candidate was left for (its score is
+        -inf, and stays so): its matcher stays where its parent's was."""
+        matchers = []
+        for parent, token in zip(parents, tokens):
+            matcher = self.matchers[parent].fork()
+            if matcher.allows([token]):
+                matcher.accept(token)
+            matchers.append(matcher)
+        self.matchers = matchers
 
     def observe(self, t: int) -> None:
         if self.job.on_beams is None:

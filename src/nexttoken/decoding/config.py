@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Literal
 
+from nexttoken.decoding.grammar import Grammar
 from nexttoken.errors import InvalidOption
 
 KEEP_NAME = "="  # an Option's flag or wire name that is the field's own name
@@ -173,6 +174,11 @@ class GenerationConfig:
                                    "verify them in one pass (0: off).", low=0, neutral="0 means off", wire=KEEP_NAME)
     draft_tokens: int = option(0, "With --draft: how many tokens the draft model guesses per pass (0: 4).", low=0,
                                neutral="0 means off")
+    # the CLI's --json-schema, --regex, ... and the server's response_format and tools build it
+    grammar: Grammar | None = option(None, "What the text must match: a JSON Schema, any JSON object, a regular "
+                                           "expression, a choice of strings or a Lark grammar.", flag=None, wire=None)
+    forced_together: bool = option(True, "Feed the tokens a grammar forces (a schema's keys and punctuation) "
+                                          "through the model together, in one pass.", flag=None, wire=None)
 
     def __post_init__(self) -> None:
         check_bounds(self)
@@ -193,6 +199,8 @@ class GenerationConfig:
         if speculative and not (plain_greedy and self.num_beams == 1 and self.num_return_sequences == 1):
             raise InvalidOption(speculative, f"{speculative} speeds up plain greedy decoding only: no sampling, "
                                              "beams or penalties")
+        if self.grammar is not None and not isinstance(self.grammar, Grammar):
+            raise InvalidOption("grammar", f"grammar must be a Grammar, got {type(self.grammar).__name__}")
         if self.num_beams > 1 and not self.sampling.greedy:
             raise InvalidOption("num_beams", "beam search is deterministic here: use temperature 0 with num_beams > 1")
 

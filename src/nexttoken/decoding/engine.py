@@ -7,7 +7,9 @@ At every step each group selects and accepts its rows' tokens with its own setti
 greedy and sampling; beam.py: beam search), the cache follows the rows that go on (a beam's
 parent, or a row that has not ended), and all of them are fed in one forward pass. Speculative
 sequences (speculative.py) feed several tokens a pass, so each keeps a cache of its own and gets
-a pass of its own within the same step. Groups join and leave between steps: `generate_batch`
+a pass of its own within the same step. A row whose grammar forces tokens after its choice feeds
+them in the same pass: the step's tokens are then a left-padded block, its padding masked, as a
+prefill's prompts are. Groups join and leave between steps: `generate_batch`
 runs one job to its end; the server admits requests as they come."""
 
 import functools
@@ -17,7 +19,8 @@ import torch
 
 from nexttoken.decoding.beam import BeamGroup
 from nexttoken.decoding.detokenize import Decoder
-from nexttoken.decoding.groups import Job, SampledGroup, Vocabulary
+from nexttoken.decoding.grammar import compile_grammar
+from nexttoken.decoding.groups import Choice, Job, SampledGroup, Vocabulary
 from nexttoken.decoding.outputs import Completion
 from nexttoken.decoding.processors import Encode
 from nexttoken.decoding.prompts import check_prompt, left_pad
@@ -68,6 +71,9 @@ class Engine:
                 raise NextTokenError("no prompts to generate from")
             for prompt in job.prompts:
                 check_prompt(len(prompt), n_cached, self.model.config.max_seq_len)
+        # grammars are checked before any decoding; one that is wrong fails its job alone
+        jobs = [job for job in jobs if job.config.grammar is None
+                or self._guarded(job, compile_grammar, job.config.grammar, self.vocabulary.decoder) is not None]
         groups = [group for job in jobs if job.config.speculative
                   if (group := self._guarded(job, self._speculate, job, cache)) is not None]
         batched = [job for job in jobs if not job.config.speculative]
@@ -150,7 +156,7 @@ class Engine:
             scores = self.logits[first : first + group.rows]  # (r, V)
             choice = None if group.job.cancelled() else self._guarded(group.job, group.choose, scores)
             if choice is not None:
-                fed.append(choice.tokens)
+                fed += fed_tokens(choice)
                 rows.append(first + choice.rows)
                 going_on.append(group)
             first += len(scores)
@@ -159,25 +165,29 @@ class Engine:
         if not going_on:
             self.cache = self.logits = None
             return
-        self._follow(torch.cat(rows))
-        self.logits = self.step_function(torch.cat(fed).unsqueeze(1), self.cache)  # (R, V)
+        ids, real = left_pad(fed, self.pad_id)  # (R, n): n > 1 where a grammar forced tokens
+        self._follow(torch.cat(rows), ids.shape[1])
+        self.logits = self.step_function(ids, self.cache, None if bool(real.all()) else real)  # (R, V)
 
-    def _follow(self, rows: torch.Tensor) -> None:
+    def _follow(self, rows: torch.Tensor, n_positions: int = 1) -> None:
         """Keep cache row rows[i] as row i (beams follow their parents; rows that ended leave),
-        with room for one more position."""
+        with room for `n_positions` more."""
         if not torch.equal(rows, torch.arange(self.cache.batch_size)):
             self.cache.select_rows(rows)
             if len(rows) < self.logits.shape[0]:
                 self.cache.trim()
-        if self.cache.capacity < self.cache.length + 1:
-            self.cache.reserve(self.cache.length + GROWTH)
+        if self.cache.capacity < self.cache.length + n_positions and self.cache.padded:
+            self.cache.compact()  # padding between tokens (forced runs of other rows) is room too
+        if self.cache.capacity < self.cache.length + n_positions:
+            self.cache.reserve(self.cache.length + n_positions + GROWTH)
 
     def _guess(self, group: SpeculativeGroup) -> bool:
         """A speculative sequence's step: its token and guesses through its own cache in one pass."""
         fed = group.propose()
         if fed is None:
             return False
-        scores = self.model.head(self.model.hidden_states(torch.tensor([fed]), group.cache))[0]  # (1 + d, V)
+        hidden = self.model.hidden_states(torch.tensor([fed]), group.cache)  # (1, 1 + f + d, d_model)
+        scores = self.model.head(hidden[:, group.unscored:])[0]  # (1 + d, V): after the forced tokens and each guess
         return group.verify(scores)
 
     def _guarded(self, job: Job, work: Callable, *args):
@@ -194,6 +204,12 @@ class Engine:
         """Step until every sequence has ended."""
         while self.groups or self.speculating:
             self.step()
+
+
+def fed_tokens(choice: Choice) -> list[list[int]]:
+    """The tokens each row of a choice feeds: its chosen token, then those its grammar forced."""
+    tokens = [[token] for token in choice.tokens.tolist()]
+    return tokens if choice.forced is None else [own + forced for own, forced in zip(tokens, choice.forced)]
 
 
 def decode(engine: Engine, job: Job, cache: KVCache | None = None) -> list[list[Completion]]:

@@ -5,6 +5,11 @@ scores, select a token, accept it); the engine owns the model and the cache. At 
 is handed its rows' scores and answers with a `Choice`: the token each surviving row feeds next,
 and which of its rows those are (a beam search reorders them); `None` when it has finished.
 
+A row with a grammar (grammar.py) keeps its matcher in its RowState: the grammar's mask enters the
+select stage, and every accepted token advances the matcher. Where the grammar then forces the next
+tokens (a schema's keys and punctuation), they are accepted at once, without a choice, and fed with
+the chosen token in the same pass (`Choice.forced`); a grammar that is complete ends its row.
+
 This file holds the row bookkeeping every mode shares and the sampled group (greedy or sampling,
 one or more samples of one or more prompts); beam.py and speculative.py hold the other two."""
 
@@ -15,8 +20,10 @@ import torch
 
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.detokenize import Decoder, IncrementalText
-from nexttoken.decoding.outputs import Completion, FinishReason, Step
+from nexttoken.decoding.grammar import GrammarMatcher, allowed_tokens, compile_grammar
+from nexttoken.decoding.outputs import Completion, FinishReason, Step, TokenLogprob
 from nexttoken.decoding.processors import Encode, TokenHistory
+from nexttoken.decoding.prompts import left_pad
 from nexttoken.decoding.select import new_generator, select, step_records
 
 TextSink = Callable[[int, str], None]  # (sequence index, text that became final)
@@ -27,6 +34,7 @@ DoneSink = Callable[[int, Completion], None]  # (sequence index, its completion)
 class Choice:
     tokens: torch.Tensor  # (r,) the token each surviving row feeds next
     rows: torch.Tensor  # (r,) which of the group's current rows they continue
+    forced: list[list[int]] | None = None  # per surviving row, the tokens its grammar forces after its token
 
 
 @dataclass(frozen=True)
@@ -61,11 +69,14 @@ class Job:
 
 
 class RowState:
-    """What one generated sequence has so far, and whether it has finished."""
+    """What one generated sequence has so far, whether it has finished, and, under a grammar,
+    where it stands in it."""
 
-    def __init__(self, decoder: Decoder, stop_strings: tuple[str, ...], on_text: Callable[[str], None]) -> None:
+    def __init__(self, decoder: Decoder, stop_strings: tuple[str, ...], on_text: Callable[[str], None],
+                 matcher: GrammarMatcher | None = None) -> None:
         self.text = IncrementalText(decoder, stop_strings)
         self.on_text = on_text
+        self.matcher = matcher
         self.token_ids: list[int] = []
         self.steps: list[Step] = []
         self.finish_reason: FinishReason | None = None
@@ -75,14 +86,45 @@ class RowState:
         if token in end_ids:
             self.finish_reason = "eos"
             return
+        if self.matcher is not None:
+            self.matcher.accept(token)
         self.token_ids.append(token)
         self.on_text(self.text.add(token))
         if self.text.stopped:
             self.finish_reason = "stop"
 
+    def take_forced(self, budget: int, end_ids: frozenset[int]) -> list[int]:
+        """Accept what the grammar forces next, within `budget` tokens in all; returns the tokens
+        to feed. A grammar that is complete ends the row with an end token, as if it were chosen."""
+        if self.matcher is None:
+            return []
+        taken = []
+        for token in self.matcher.forced()[: max(budget - len(self.steps), 0)]:
+            self.accept(token, Step(TokenLogprob(token, 0.0), forced=True), end_ids)
+            taken.append(token)
+            if self.finish_reason is not None:
+                return taken
+        if self.matcher.complete and len(self.steps) < budget:
+            end = min(end_ids)
+            self.accept(end, Step(TokenLogprob(end, 0.0), forced=True), end_ids)
+        return taken
+
     def completion(self, prompt_tokens: int) -> Completion:
         self.on_text(self.text.finish())
         return Completion(self.text.text, self.token_ids, self.finish_reason or "length", prompt_tokens, self.steps)
+
+
+def new_matcher(job: Job, vocabulary: Vocabulary) -> GrammarMatcher | None:
+    """A fresh matcher of the job's grammar, checked against the model's tokenizer; None without one."""
+    grammar = job.config.grammar
+    return None if grammar is None else compile_grammar(grammar, vocabulary.decoder).matcher()
+
+
+def grammar_masks(states: list[RowState], vocab_size: int) -> torch.Tensor | None:
+    """(R, V) bool: what each row's grammar allows next; None when the rows have no grammar."""
+    if not states or states[0].matcher is None:
+        return None
+    return allowed_tokens([state.matcher for state in states], vocab_size)
 
 
 def text_sink(job: Job, index: int) -> Callable[[str], None]:
@@ -103,12 +145,11 @@ class SampledGroup:
         n = job.config.num_return_sequences
         self.prompt_lengths = [len(p) for p in job.prompts for _ in range(n)]
         self.history = TokenHistory(ids, mask, prompt_len=ids.shape[1])
-        self.states = [RowState(vocabulary.decoder, job.config.stop_strings, text_sink(job, i))
+        self.states = [RowState(vocabulary.decoder, job.config.stop_strings, text_sink(job, i), new_matcher(job, vocabulary))
                        for i in range(ids.shape[0])]
         self.completions: dict[int, Completion] = {}
         self.live = list(range(ids.shape[0]))  # the sequences still decoding, in row order
         self.generator = new_generator(job.config.sampling)
-        self.n_steps = 0
 
     @property
     def rows(self) -> int:
@@ -116,16 +157,18 @@ class SampledGroup:
 
     def choose(self, logits: torch.Tensor) -> Choice | None:
         """(R, V) scores of the live rows -> the tokens of the rows that go on."""
-        config = self.job.config
-        chosen = select(logits, config.sampling, self.generator, self.history, self.vocabulary.end_ids,
-                        self.vocabulary.encode)  # (R,)
-        records = step_records(logits, chosen, config.top_logprobs)
-        self.n_steps += 1
-        going_on = []
+        config, end_ids = self.job.config, self.vocabulary.end_ids
+        allowed = grammar_masks([self.states[sequence] for sequence in self.live], logits.shape[-1])
+        chosen = select(logits, config.sampling, self.generator, self.history, end_ids, self.vocabulary.encode,
+                        allowed)  # (R,)
+        records = step_records(logits, chosen, config.top_logprobs, allowed)
+        going_on, forced = [], []
         for row, (sequence, token, record) in enumerate(zip(self.live, chosen.tolist(), records)):
             state = self.states[sequence]
-            state.accept(token, record, self.vocabulary.end_ids)
-            if state.finish_reason is None and self.n_steps < self.n_new:
+            state.accept(token, record, end_ids)
+            if state.finish_reason is None and config.forced_together:
+                forced.append(state.take_forced(self.n_new, end_ids))
+            if state.finish_reason is None and len(state.steps) < self.n_new:
                 going_on.append(row)
             else:
                 self.finish(sequence)
@@ -133,11 +176,16 @@ class SampledGroup:
             self.live = []
             return None
         rows = torch.tensor(going_on)
-        self.history = self.history.append(chosen)
+        if any(forced):
+            fed = [[token, *forced[row]] for row, token in enumerate(chosen.tolist())]
+            block, real = left_pad(fed, pad_id=0)
+            self.history = self.history.append(block, real)
+        else:
+            self.history = self.history.append(chosen)
         if len(going_on) < len(self.live):  # some rows ended: the rest go on without them
             self.history, chosen = self.history.select_rows(rows), chosen[rows]
             self.live = [self.live[i] for i in going_on]
-        return Choice(chosen, rows)
+        return Choice(chosen, rows, [forced[row] for row in going_on] if any(forced) else None)
 
     def finish(self, sequence: int) -> None:
         completion = self.states[sequence].completion(self.prompt_lengths[sequence])

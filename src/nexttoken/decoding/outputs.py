@@ -18,6 +18,8 @@ class Step:
 
     chosen: TokenLogprob
     top: tuple[TokenLogprob, ...] = ()
+    barred: frozenset[int] = frozenset()  # which of `top` the grammar did not allow
+    forced: bool = False  # the grammar allowed nothing else: taken without the model's scores (logprob 0)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ Each decoding step has three stages, as in llama.cpp's sampler chain:
 
 The chain, in order (`apply_processors`):
 
+  0. grammar             the tokens the row's grammar allows (grammar.py), first, as vLLM applies its
+                         structured-output mask before its sampling parameters
   constraints and penalties (`apply_constraints`), in the order of transformers'
   `GenerationMixin._get_logits_processor`:
     1. logit_bias          transformers' SequenceBiasLogitsProcessor (single tokens), OpenAI's logit_bias
@@ -22,8 +24,11 @@ The chain, in order (`apply_processors`):
   then, only when sampling (temperature > 0), the warpers (`apply_warpers`), in transformers' order:
     8. temperature, 9. top_k, 10. top_p, 11. min_p, 12. typical_p
 
-Only the first three change finite scores by an amount, so only their relative order matters for
-the result; the others set scores to -inf, which every later step leaves at -inf. Beam search uses
+Only logit_bias and the penalties change finite scores by an amount, so only their relative order
+matters for the result; the others set scores to -inf, which every later step leaves at -inf.
+Should the constraints leave a row with a grammar no token at all (min_new_tokens banning the end
+that a complete grammar demands, a ban on the one token it allows), the grammar wins: the row keeps
+the scores of the tokens its grammar allows. Beam search uses
 `apply_constraints` alone, on log-softmaxed scores, as transformers does.
 
 Every function returns a new tensor (or its input, untouched, when its setting is neutral) and
@@ -45,7 +50,8 @@ NEG_INF = float("-inf")
 class TokenHistory:
     """Every token each row has seen so far: its prompt (left-padded), then what was generated.
 
-    Rows decode in lockstep, so all rows have the same number of generated columns."""
+    Rows decode in lockstep, so all rows have the same number of generated columns; a row that
+    took fewer tokens at a step than another (a grammar forced tokens on the other) is padded."""
 
     ids: torch.Tensor  # (B, T) int64
     mask: torch.Tensor  # (B, T) bool, False at padding
@@ -69,11 +75,12 @@ class TokenHistory:
     def n_generated(self) -> int:
         return self.ids.shape[1] - self.prompt_len
 
-    def append(self, token_ids: torch.Tensor) -> "TokenHistory":
-        """A new history with one more generated token per row: (B,) ids."""
-        ids = torch.cat([self.ids, token_ids.view(-1, 1).to(self.ids.dtype)], dim=1)  # (B, T + 1)
-        mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)  # (B, T + 1)
-        return TokenHistory(ids, mask, self.prompt_len)
+    def append(self, token_ids: torch.Tensor, mask: torch.Tensor | None = None) -> "TokenHistory":
+        """A new history with more generated tokens per row: (B,) ids, or (B, n) ids whose `mask`
+        (B, n) is False at padding (rows that took fewer tokens than others, left-padded)."""
+        block = token_ids.view(token_ids.shape[0], -1).to(self.ids.dtype)  # (B, n)
+        real = mask if mask is not None else self.mask.new_ones(block.shape)
+        return TokenHistory(torch.cat([self.ids, block], dim=1), torch.cat([self.mask, real], dim=1), self.prompt_len)
 
     def select_rows(self, rows: torch.Tensor) -> "TokenHistory":
         """A new history of rows[i] as row i: the rows that go on decoding."""
@@ -190,10 +197,22 @@ def ban_sequences(logits: torch.Tensor, history: TokenHistory, sequences: Collec
 
 def min_new_tokens(logits: torch.Tensor, history: TokenHistory, minimum: int,
                    end_ids: Collection[int]) -> torch.Tensor:
-    """Forbid the end tokens while fewer than `minimum` tokens have been generated."""
+    """Forbid the end tokens in each row that has generated fewer than `minimum` tokens."""
     if history.n_generated >= minimum or not end_ids:
         return logits
-    return _drop_ids(logits, end_ids, "end_ids")
+    early = history.generated_mask.sum(dim=1) < minimum  # (B,): rows padded by forced runs count their tokens
+    return torch.where(early.unsqueeze(1), _drop_ids(logits, end_ids, "end_ids"), logits)
+
+
+def grammar_mask(logits: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+    """Forbid every token outside `allowed` (B, V) bool, what each row's grammar allows next."""
+    return logits if allowed is None else _drop(logits, ~allowed)
+
+
+def keep_some(logits: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+    """Rows of `logits` that forbid every token take `fallback`'s row instead."""
+    dead = torch.isneginf(logits).all(dim=-1, keepdim=True)  # (B, 1)
+    return torch.where(dead, fallback, logits)
 
 
 def temperature(logits: torch.Tensor, t: float) -> torch.Tensor:
@@ -266,10 +285,19 @@ def text_sequences(texts: tuple[str, ...], encode: Encode | None) -> set[tuple[i
 
 
 def apply_constraints(logits: torch.Tensor, config: SamplingConfig, history: TokenHistory,
-                      end_ids: Collection[int] = (), encode: Encode | None = None) -> torch.Tensor:
-    """Steps 1-7 of the module's chain. `end_ids` are the model's end tokens, which
+                      end_ids: Collection[int] = (), encode: Encode | None = None,
+                      allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """Steps 0-7 of the module's chain. `end_ids` are the model's end tokens, which
     `config.min_new_tokens` forbids early; `encode` turns `config.ban_text` into tokens (callers
-    that decode many steps pass a cached one)."""
+    that decode many steps pass a cached one); `allowed` (B, V) bool, each row's grammar mask."""
+    grammatical = grammar_mask(logits, allowed)
+    constrained = _apply_rules(grammatical, config, history, end_ids, encode)
+    return constrained if allowed is None else keep_some(constrained, grammatical)
+
+
+def _apply_rules(logits: torch.Tensor, config: SamplingConfig, history: TokenHistory,
+                 end_ids: Collection[int], encode: Encode | None) -> torch.Tensor:
+    """Steps 1-7."""
     logits = logit_bias(logits, config.logit_bias)
     logits = repetition_penalty(logits, history, config.repetition_penalty)
     logits = presence_frequency_penalty(logits, history, config.presence_penalty, config.frequency_penalty)
@@ -289,7 +317,8 @@ def apply_warpers(logits: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
 
 
 def apply_processors(logits: torch.Tensor, config: SamplingConfig, history: TokenHistory,
-                     end_ids: Collection[int] = (), encode: Encode | None = None) -> torch.Tensor:
-    """The whole chain: constraints always, warpers only when sampling."""
-    constrained = apply_constraints(logits, config, history, end_ids, encode)
+                     end_ids: Collection[int] = (), encode: Encode | None = None,
+                     allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """The whole chain: the grammar and the constraints always, warpers only when sampling."""
+    constrained = apply_constraints(logits, config, history, end_ids, encode, allowed)
     return constrained if config.greedy else apply_warpers(constrained, config)

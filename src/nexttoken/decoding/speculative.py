@@ -7,13 +7,17 @@ Two ways to guess:
   what followed it; free, and right when the text repeats itself (code edits, summaries, quotes);
 - a draft model (Leviathan et al., 2023): the greedy tokens of a cheaper model with the same
   tokenizer, such as the model itself with int4 weights, which agrees with float32 on nearly all
-  next tokens."""
+  next tokens.
+
+Under a grammar, the tokens it forces after the chosen one are fed before the guesses, and guesses
+the grammar rejects are cut before the pass; verification takes each guess through the grammar's
+mask, so the matcher only ever takes tokens that were accepted."""
 
 from collections.abc import Callable
 
 import torch
 
-from nexttoken.decoding.groups import Job, RowState, Vocabulary, text_sink
+from nexttoken.decoding.groups import Job, RowState, Vocabulary, grammar_masks, new_matcher, text_sink
 from nexttoken.decoding.outputs import Completion
 from nexttoken.decoding.processors import TokenHistory
 from nexttoken.decoding.prompts import common_prefix_length
@@ -84,29 +88,47 @@ class SpeculativeGroup:
         [prompt] = job.prompts
         self.tokens = [*job.context, *prompt]  # every token so far, which the drafter reads
         self.history = TokenHistory(torch.tensor([prompt]), torch.ones(1, len(prompt), dtype=torch.bool), len(prompt))
-        self.state = RowState(vocabulary.decoder, job.config.stop_strings, text_sink(job, 0))
+        self.state = RowState(vocabulary.decoder, job.config.stop_strings, text_sink(job, 0), new_matcher(job, vocabulary))
+        self.forced: list[int] = []  # what the grammar forced after the latest chosen token
         self.draft: list[int] = []
         self.completion: Completion | None = None
 
     def propose(self) -> list[int] | None:
-        """Choose the next token; the tokens to feed in one pass: it and the guesses after it.
-        None when the sequence has ended."""
-        token = self.pick(self.logits)
-        if not self.accept(token, self.logits):
+        """Choose the next token; the tokens to feed in one pass: it, those the grammar forces after
+        it, and the guesses after them. None when the sequence has ended."""
+        allowed = self.grammar_mask(self.logits)
+        token = self.pick(self.logits, allowed)
+        if not self.accept(token, self.logits, allowed):
             return None
-        room = min(self.n_draft, self.n_new - len(self.state.steps) - 1, self.max_seq_len - self.cache.length - 1)
+        self.forced = self.state.take_forced(self.n_new, self.vocabulary.end_ids) if self.job.config.forced_together else []
+        for forced in self.forced:
+            self.tokens.append(forced)
+            self.history = self.history.append(torch.tensor([forced]))
+        if not self.goes_on():
+            return None
+        room = min(self.n_draft, self.n_new - len(self.state.steps) - 1, self.max_seq_len - self.cache.length - 1
+                   - len(self.forced))
         self.draft = self.drafter(self.tokens, max(room, 0))
-        return [token, *self.draft]
+        if self.state.matcher is not None:  # guesses the grammar rejects are not worth a place in the pass
+            self.draft = self.draft[: self.state.matcher.allows(self.draft)]
+        return [token, *self.forced, *self.draft]
+
+    @property
+    def unscored(self) -> int:
+        """How many of the fed tokens need no scores: all but the last of the chosen and forced ones."""
+        return len(self.forced)
 
     def verify(self, scores: torch.Tensor) -> bool:
-        """(1 + d, V) scores after the fed token and each guess: scores[i] is what the model would
-        choose after guess i - 1. Returns whether the sequence goes on."""
+        """(1 + d, V) scores after the fed token (or the last token the grammar forced after it) and
+        after each guess: scores[i] is what the model would choose after guess i - 1. Returns
+        whether the sequence goes on."""
         n_ok = 0
         for guess, guess_scores in zip(self.draft, scores):
-            if self.pick(guess_scores) != guess:
+            allowed = self.grammar_mask(guess_scores)
+            if self.pick(guess_scores, allowed) != guess:
                 break
             n_ok += 1
-            if not self.accept(guess, guess_scores):
+            if not self.accept(guess, guess_scores, allowed):
                 return False
         wanted = self.cache.length - (len(self.draft) - n_ok)
         if self.cache.truncate(wanted) != wanted:  # forget the keys of rejected guesses
@@ -115,22 +137,32 @@ class SpeculativeGroup:
         self.logits = scores[n_ok]
         return True
 
-    def pick(self, scores: torch.Tensor) -> int:
+    def grammar_mask(self, scores: torch.Tensor) -> torch.Tensor | None:
+        """(1, V) what the grammar allows next; None without one."""
+        return grammar_masks([self.state], scores.shape[-1])
+
+    def pick(self, scores: torch.Tensor, allowed: torch.Tensor | None) -> int:
         sampling = self.job.config.sampling
         return int(select(scores.unsqueeze(0), sampling, None, self.history, self.vocabulary.end_ids,
-                          self.vocabulary.encode)[0])
+                          self.vocabulary.encode, allowed)[0])
 
-    def accept(self, token: int, scores: torch.Tensor) -> bool:
-        """Record `token`, chosen from `scores`; returns whether the sequence goes on."""
-        record = step_records(scores.unsqueeze(0), torch.tensor([token]), self.job.config.top_logprobs)[0]
+    def accept(self, token: int, scores: torch.Tensor, allowed: torch.Tensor | None) -> bool:
+        """Record `token`, chosen from `scores` where the grammar allowed `allowed`; returns whether
+        the sequence goes on."""
+        record = step_records(scores.unsqueeze(0), torch.tensor([token]), self.job.config.top_logprobs, allowed)[0]
         self.state.accept(token, record, self.vocabulary.end_ids)
         self.tokens.append(token)
         self.history = self.history.append(torch.tensor([token]))
+        return self.goes_on()
+
+    def goes_on(self) -> bool:
+        """Whether the sequence goes on; when not, its completion is announced."""
         if self.state.finish_reason is None and len(self.state.steps) < self.n_new:
             return True
-        self.completion = self.state.completion(len(self.job.prompts[0]))
-        if self.job.on_done is not None:
-            self.job.on_done(0, self.completion)
+        if self.completion is None:
+            self.completion = self.state.completion(len(self.job.prompts[0]))
+            if self.job.on_done is not None:
+                self.job.on_done(0, self.completion)
         return False
 
     def results(self) -> list[list[Completion]]:

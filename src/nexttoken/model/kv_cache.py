@@ -129,6 +129,21 @@ class KVCache:
             self.key_mask = self.key_mask[:, unused:].contiguous()
             self.length -= unused
 
+    def compact(self) -> None:
+        """Move each row's real positions to the right end, in order, and drop the slots no row then
+        uses: padding between tokens (rows that fed fewer tokens than others at a step) becomes room.
+        Keys carry their rotations already, so where they sit does not change attention."""
+        real = self.key_mask[:, : self.length]  # (B, L)
+        order = torch.argsort(real.to(torch.int8), dim=1, stable=True)  # (B, L): padding first, tokens in order
+        B, H, _, D = self.keys[0].shape
+        index = order[:, None, :, None].expand(B, H, -1, D)  # (B, H_kv, L, D)
+        for layer in range(len(self.keys)):
+            self.keys[layer][:, :, : self.length] = self.keys[layer][:, :, : self.length].gather(2, index)
+            self.values[layer][:, :, : self.length] = self.values[layer][:, :, : self.length].gather(2, index)
+        self.key_mask[:, : self.length] = real.gather(1, order)
+        self.trim()
+        self.padded = not bool(self.key_mask[:, : self.length].all())
+
     def append_mask(self, mask: torch.Tensor | None, n_positions: int) -> torch.Tensor:
         """Record which of the next `n_positions` are real tokens ((B, T) bool, None: all) and return
         the (B, length + T) mask of every key the step attends to. A mask marks the cache as padded

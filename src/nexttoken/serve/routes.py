@@ -4,19 +4,22 @@ has one."""
 
 import time
 import uuid
+from dataclasses import replace
 from importlib import resources
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
 
 from nexttoken.apps.dependence import dependence, dependence_json
+from nexttoken.apps.tools import render_conversation
 from nexttoken.decoding.outputs import Completion
-from nexttoken.decoding.reasoning import ReasoningSplit, reasons, starts_thinking
+from nexttoken.decoding.reasoning import reasons, starts_thinking
 from nexttoken.serve.errors import InvalidRequest, ModelNotFound, PromptTooLong, WrongAPIKey
+from nexttoken.serve.output_form import output_form
 from nexttoken.serve.protocol import (AttentionRequest, ChatRequest, CompletionRequest, EmbeddingRequest,
                                      generation_config)
-from nexttoken.serve.shapes import (chat_logprobs, completion_logprobs, delta_fields, encode_vector, finish_reason,
-                                   message_fields, usage)
+from nexttoken.serve.replies import ChoiceStream, chat_message
+from nexttoken.serve.shapes import chat_logprobs, completion_logprobs, encode_vector, finish_reason, usage
 from nexttoken.serve.state import ServedDep
 from nexttoken.serve.streaming import complete, sequences, stream
 
@@ -79,11 +82,11 @@ async def completions(body: CompletionRequest, served: ServedDep, client: Reques
     budget = token_budget(ids, body.max_tokens, COMPLETION_MAX_TOKENS, served.lm.model.config.max_seq_len)
     config = generation_config(body, budget, body.logprobs or 0)
     if body.stream:
-        def piece(index: int, text: str, first: bool) -> dict:
-            return {"index": index, "text": text, "finish_reason": None, "logprobs": None}
+        def piece(index: int, text: str) -> list[dict]:
+            return [{"index": index, "text": text, "finish_reason": None, "logprobs": None}]
 
-        def closing(index: int, completion: Completion) -> dict:
-            return {"index": index, "text": "", "finish_reason": finish_reason(completion), "logprobs": None}
+        def closing(index: int, completion: Completion) -> list[dict]:
+            return [{"index": index, "text": "", "finish_reason": finish_reason(completion), "logprobs": None}]
 
         return stream(sequences(served, ids, config, client), "text_completion", served.name, piece, closing,
                       sum(map(len, ids)), body.stream_options)
@@ -101,38 +104,36 @@ async def chat(body: ChatRequest, served: ServedDep, client: Request) -> dict | 
     check_model(body.model, served.name)
     lm = served.lm
     top = (body.top_logprobs or 0) if body.logprobs else 0
-    prompt_text = lm.chat_prompt([m.model_dump() for m in body.messages])
+    form = output_form(body, lm.tokenizer)
+    messages = [m.model_dump(exclude_none=True) for m in body.messages]
+    prompt_text = render_conversation(lm.tokenizer, messages, form.functions)
     prompt = lm.tokenizer.encode(prompt_text)
     budget = token_budget([prompt], body.max_completion_tokens or body.max_tokens, CHAT_MAX_TOKENS,
                           lm.model.config.max_seq_len)
-    config = generation_config(body, budget, top)
+    config = replace(generation_config(body, budget, top), grammar=form.grammar)
+    names = [f.name for f in form.functions] if form.reads_calls else None  # what a call may be of
     thinking = starts_thinking(prompt_text) if reasons(lm.tokenizer.chat_template) else None
     if body.stream:
-        splits = {}  # a reasoning model's: each choice's ReasoningSplit
+        choices: dict[int, ChoiceStream] = {}
 
-        def piece(index: int, text: str, first: bool) -> dict | None:
-            if thinking is None:
-                delta = {"content": text}
-            else:
-                delta = delta_fields(splits.setdefault(index, ReasoningSplit(thinking)).feed(text))
-                if not delta:  # held back: it may begin a tag
-                    return None
-            delta = {"role": "assistant", **delta} if first else delta
-            return {"index": index, "delta": delta, "finish_reason": None, "logprobs": None}
+        def piece(index: int, text: str) -> list[dict]:
+            deltas = choices.setdefault(index, ChoiceStream(names, thinking)).feed(text)
+            return [{"index": index, "delta": delta, "finish_reason": None, "logprobs": None} for delta in deltas]
 
-        def closing(index: int, completion: Completion) -> dict:
-            """The text a choice held back, if any; with logprobs asked for, those of every token."""
-            held = delta_fields(splits[index].finish()) if index in splits else {}
-            return {"index": index, "delta": held, "finish_reason": finish_reason(completion),
-                    "logprobs": chat_logprobs(lm.tokenizer, completion, top) if body.logprobs else None}
+        def closing(index: int, completion: Completion) -> list[dict]:
+            """With logprobs asked for, the closing chunk carries those of every token."""
+            deltas, finish = choices.setdefault(index, ChoiceStream(names, thinking)).close(completion)
+            return [*({"index": index, "delta": delta, "finish_reason": None, "logprobs": None} for delta in deltas),
+                    {"index": index, "delta": {}, "finish_reason": finish,
+                     "logprobs": chat_logprobs(lm.tokenizer, completion, top) if body.logprobs else None}]
 
         return stream(sequences(served, [prompt], config, client), "chat.completion.chunk", served.name, piece,
                       closing, len(prompt), body.stream_options)
     [group] = await complete(served, [prompt], config, client)
-    choices = [{"index": j, "message": {"role": "assistant", **message_fields(c.text, thinking)},
-                "finish_reason": finish_reason(c),
+    replies = [chat_message(c, names, thinking) for c in group]
+    choices = [{"index": j, "message": message, "finish_reason": finish,
                 "logprobs": chat_logprobs(lm.tokenizer, c, top) if body.logprobs else None}
-               for j, c in enumerate(group)]
+               for j, (c, (message, finish)) in enumerate(zip(group, replies))]
     return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
             "model": served.name, "choices": choices, "usage": usage(len(prompt), group)}
 
@@ -159,7 +160,8 @@ def attention(body: AttentionRequest, served: ServedDep) -> dict:
     inspector asks this of a token it shows. An extension; OpenAI has no such endpoint."""
     check_model(body.model, served.name)
     lm = served.lm
-    context = lm.tokenizer.encode(lm.chat_prompt([m.model_dump() for m in body.messages])) if body.messages else []
+    messages = [m.model_dump(exclude_none=True) for m in body.messages or ()]
+    context = lm.tokenizer.encode(render_conversation(lm.tokenizer, messages)) if messages else []
     ids, vocab_size = context + body.ids, lm.model.config.vocab_size
     if not all(0 <= i < vocab_size for i in [*body.ids, *([body.token] if body.token is not None else [])]):
         raise InvalidRequest(f"token ids must lie in 0 .. {vocab_size - 1}", param="ids")

@@ -1,14 +1,12 @@
 """Our results in the shapes of OpenAI's response objects: finish reasons, usage, the logprobs of
-/v1/completions and of /v1/chat/completions, a reasoning model's message and deltas (its thinking
-as `reasoning_content`, as other OpenAI-compatible servers return it), embedding vectors."""
+/v1/completions and of /v1/chat/completions, embedding vectors. Chat messages and their deltas
+are serve/replies.py's."""
 
 import base64
-from collections.abc import Iterable
 
 import numpy as np
 
 from nexttoken.decoding.outputs import Completion
-from nexttoken.decoding.reasoning import split_reasoning
 from nexttoken.tokenizer import Tokenizer
 
 
@@ -19,24 +17,6 @@ def finish_reason(completion: Completion) -> str:
 def usage(prompt_tokens: int, completions: list[Completion]) -> dict:
     generated = sum(len(c.token_ids) for c in completions)
     return {"prompt_tokens": prompt_tokens, "completion_tokens": generated, "total_tokens": prompt_tokens + generated}
-
-
-def message_fields(text: str, thinking: bool | None) -> dict:
-    """A chat reply's fields: its content, and a reasoning model's thinking apart (`thinking`:
-    whether the reply starts inside the section; None: the model does not reason)."""
-    if thinking is None:
-        return {"content": text}
-    reasoning, answer = split_reasoning(text, thinking)
-    return {"content": answer, "reasoning_content": reasoning}
-
-
-def delta_fields(pieces: Iterable[tuple[str, str]]) -> dict:
-    """A streamed chunk's delta from ReasoningSplit's ("reasoning" | "content", text) pieces."""
-    fields: dict[str, str] = {}
-    for kind, text in pieces:
-        key = "reasoning_content" if kind == "reasoning" else "content"
-        fields[key] = fields.get(key, "") + text
-    return fields
 
 
 def completion_logprobs(tokenizer: Tokenizer, completion: Completion, top: int) -> dict:

@@ -41,12 +41,12 @@ async def complete(served: Served, prompts: list[list[int]], config: GenerationC
     return [[done[i * n + j] for j in range(n)] for i in range(len(prompts))]
 
 
-def stream(events: AsyncIterator[Event], object_name: str, model: str,
-           piece: Callable[[int, str, bool], dict | None], closing: Callable[[int, Completion], dict],
-           prompt_tokens: int, options: dict | None) -> StreamingResponse:
-    """Server-sent events as OpenAI sends them: chunks of each choice's text as it comes (`piece`
-    is told whether it is the choice's first, and may hold text back: None), a closing chunk per
-    choice, a usage chunk when asked for, then [DONE]."""
+def stream(events: AsyncIterator[Event], object_name: str, model: str, piece: Callable[[int, str], list[dict]],
+           closing: Callable[[int, Completion], list[dict]], prompt_tokens: int,
+           options: dict | None) -> StreamingResponse:
+    """Server-sent events as OpenAI sends them: a chunk for each choice `piece` makes of the text
+    as it comes (none while it holds text back), those `closing` makes when a choice ends, a
+    usage chunk when asked for, then [DONE]."""
     stream_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
     def chunk(choices: list[dict], **extra) -> dict:
@@ -54,18 +54,15 @@ def stream(events: AsyncIterator[Event], object_name: str, model: str,
                 **extra}
 
     async def body() -> AsyncIterator[str]:
-        started, finished = set(), []
+        finished = []
         async with aclosing(events) as each:
             async for index, kind, value in each:
-                if kind == "text":
-                    choice = piece(index, value, index not in started)
-                    if choice is not None:
-                        yield sse(chunk([choice]))
-                        started.add(index)
-                elif kind == "error":  # the response has begun: its status can no longer say so
+                if kind == "error":  # the response has begun: its status can no longer say so
                     yield sse(error_body(value))
-                else:
-                    yield sse(chunk([closing(index, value)]))
+                    continue
+                for choice in piece(index, value) if kind == "text" else closing(index, value):
+                    yield sse(chunk([choice]))
+                if kind == "done":
                     finished.append(value)
         if options and options.get("include_usage"):
             yield sse(chunk([], usage=usage(prompt_tokens, finished)))

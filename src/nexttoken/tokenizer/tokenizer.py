@@ -89,11 +89,13 @@ class Tokenizer:
     def is_special(self, token_id: int) -> bool:
         return token_id in self.control_ids
 
-    def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
+                            tools: list[dict] | None = None) -> str:
         return render_chat_template(
             self.chat_template,
             messages,
             add_generation_prompt=add_generation_prompt,
             bos_token=text_or_empty(self.tokens, self.bos_id),
             eos_token=text_or_empty(self.tokens, self.eos_id),
+            tools=tools,
         )

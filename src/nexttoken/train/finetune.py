@@ -7,7 +7,7 @@ calls `train`; the loop does the rest (optimiser, schedule, checkpoints, metrics
 
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nexttoken.decoding.config import GenerationConfig
+from nexttoken.apps.tools import plain_messages
 from nexttoken.encoder.classifier import EncoderClassifier, save_classifier, word_pieces
 from nexttoken.encoder.sentence import SentenceEncoder, load_encoder, right_pad
 from nexttoken.errors import NextTokenError
@@ -29,6 +30,8 @@ from nexttoken.train.loop import TrainConfig, TrainResult, to_device, train
 from nexttoken.train.masking import labelled_token_loss, sft_batch, sft_tokens
 from nexttoken.train.objectives import IGNORE, next_token_loss
 from nexttoken.train.sft_data import person_tags, play_lines, read_plays, sft_conversations
+from nexttoken.train.tool_data import FUNCTIONS, conversation, tool_cases
+from nexttoken.train.tool_eval import ToolScores, tool_use_scores
 
 Batch = dict[str, torch.Tensor]
 Objective = Callable[[nn.Module, Batch], tuple[torch.Tensor, torch.Tensor]]
@@ -116,6 +119,7 @@ class FinetuneResult:
     eval_after: float
     accuracy_before: float | None = None  # held-out accuracy, where the task has one
     accuracy_after: float | None = None
+    tool_use: dict[str, ToolScores] = field(default_factory=dict)  # "tools": "before"/"after", "free"/"constrained"
 
 
 # --- supervised fine-tuning of a chat decoder --------------------------------------------------
@@ -150,10 +154,10 @@ def answer_accuracy(lm: LanguageModel, conversations: list[list[dict[str, str]]]
     """Share of conversations whose last assistant reply the model writes exactly, greedily."""
     config = GenerationConfig(max_new_tokens=max_new_tokens)
     right = 0
-    for conversation in conversations:
-        prompt = lm.tokenizer.apply_chat_template(conversation[:-1], add_generation_prompt=True)
+    for turns in conversations:
+        prompt = lm.tokenizer.apply_chat_template(turns[:-1], add_generation_prompt=True)
         completion = lm.generate(lm.tokenizer.encode(prompt, add_bos=False if lm.template_has_bos else None), config)
-        right += completion.text.strip() == conversation[-1]["content"].strip()
+        right += completion.text.strip() == turns[-1]["content"].strip()
     return right / max(len(conversations), 1)
 
 
@@ -255,7 +259,8 @@ def finetune_classifier(encoder: SentenceEncoder, train_rows: list, held_out: li
 
 # --- the `nexttoken finetune` tasks ------------------------------------------------------------
 
-TASKS = ("chat", "play", "names")
+TASKS = ("chat", "play", "names", "tools")
+MAX_LEN = {"tools": 1024}  # tokens of an example: the tool section alone is about 500
 NAME_TAGS = ["O", "PERSON"]  # "names": tag 1 marks a word that names a person of the play
 
 
@@ -276,13 +281,14 @@ def split(rows: list, n_train: int) -> tuple[list, list]:
 
 def run_finetune(task: str, run_dir: Path, model: Path | None = None, steps: int = 50, batch_size: int = 4,
                  lr: float | None = None, lora_rank: int = 8, examples: int = 400, eval_examples: int = 32,
-                 max_len: int = 256, out: Path | None = None, n_plays: int = 4) -> FinetuneResult:
+                 max_len: int | None = None, out: Path | None = None, n_plays: int = 4) -> FinetuneResult:
     """Fine-tune on a set built from the Shakespeare plays (see nexttoken.train.sft_data):
     "chat": SFT of a chat decoder (default: the built-in SmolLM2-135M-Instruct) to say who speaks a
     line and to continue speeches; "play": which play a line is from, and "names": which words name
     a person of the play, both on an encoder (default: the built-in MiniLM) with a new head; "play"
-    chooses among the first `n_plays` plays.
-    `lora_rank` 0 trains every weight. `out` receives the fine-tuned model: for "chat" a Hugging
+    chooses among the first `n_plays` plays. Or "tools": SFT of a chat decoder to call functions
+    (nexttoken.train.tool_data), scored on held-out requests before and after (`tool_use`).
+    `lora_rank` 0 trains every weight. `out` receives the fine-tuned model: for "chat" and "tools" a Hugging
     Face folder, or a GGUF file when it ends in .gguf; for the others a BertForSequenceClassification
     or BertForTokenClassification folder (nexttoken.encoder.classifier.load_classifier reads it)."""
     if task not in TASKS:
@@ -290,7 +296,8 @@ def run_finetune(task: str, run_dir: Path, model: Path | None = None, steps: int
     if lora_rank < 0 or eval_examples < 1:
         raise NextTokenError(f"the LoRA rank must be 0 (train every weight) or more and the held-out examples at "
                              f"least 1, got {lora_rank} and {eval_examples}")
-    plays = read_plays(shakespeare_files())
+    max_len = max_len or MAX_LEN.get(task, 256)
+    plays = [] if task == "tools" else read_plays(shakespeare_files())
     if task == "play" and not 2 <= n_plays <= len(plays):
         raise NextTokenError(f"the play task tells 2 to {len(plays)} plays apart, not {n_plays}")
     lora = LoraConfig(rank=lora_rank, alpha=2.0 * lora_rank) if lora_rank else None
@@ -301,6 +308,8 @@ def run_finetune(task: str, run_dir: Path, model: Path | None = None, steps: int
                          eval_every=steps)
     if task == "chat":
         return chat_task(load(model, dtype="float32"), plays, config, run_dir, examples, eval_examples, max_len, lora, out)
+    if task == "tools":
+        return tools_task(load(model, dtype="float32"), config, run_dir, examples, eval_examples, max_len, lora, out)
     encoder = load_encoder(model)
     if lora is not None:  # the encoder's own projection names
         lora = LoraConfig(rank=lora.rank, alpha=lora.alpha, targets=("wqkv", "wo", "w_up", "w_down"))
@@ -327,9 +336,37 @@ def chat_task(lm: LanguageModel, plays: list, config: TrainConfig, run_dir: Path
     accuracy_before = answer_accuracy(lm, who)
     result = finetune_chat(lm, train_set, held_out, config, run_dir, max_len, lora)
     result.accuracy_before, result.accuracy_after = accuracy_before, answer_accuracy(lm, who)
+    export_chat_model(lm, out)
+    return result
+
+
+def export_chat_model(lm: LanguageModel, out: Path | None) -> None:
     if out is not None:
         if out.suffix == ".gguf":
             export_gguf(lm.model, lm.tokenizer, out)
         else:
             export_hf(lm.model, lm.tokenizer, out)
+
+
+def tool_use(lm: LanguageModel, cases: list) -> dict[str, ToolScores]:
+    return {mode: tool_use_scores(lm, cases, constrained=mode == "constrained") for mode in ("free", "constrained")}
+
+
+def tools_task(lm: LanguageModel, config: TrainConfig, run_dir: Path, examples: int, eval_examples: int,
+               max_len: int, lora: LoraConfig | None, out: Path | None) -> FinetuneResult:
+    """SFT on calls of the five functions of train/tool_data.py and on direct answers, in the
+    prompt form of apps/tools.py; tool use measured before and after on held-out requests whose
+    wording training never saw. The accuracy reported is the share with every argument right,
+    constrained."""
+    train_set = [plain_messages(conversation(case), FUNCTIONS) for case in tool_cases("train", examples)]
+    held_out = tool_cases("held_out", eval_examples)
+    before = tool_use(lm, held_out)
+    result = finetune_chat(lm, train_set, [plain_messages(conversation(c), FUNCTIONS) for c in held_out], config,
+                           run_dir, max_len, lora)
+    after = tool_use(lm, held_out)
+    result.tool_use = {f"{mode} {when}": scores for when, measured in (("before", before), ("after", after))
+                       for mode, scores in measured.items()}
+    result.accuracy_before = before["constrained"].right_arguments
+    result.accuracy_after = after["constrained"].right_arguments
+    export_chat_model(lm, out)
     return result
