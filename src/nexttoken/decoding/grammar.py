@@ -225,6 +225,8 @@ def allowed_tokens(matchers: Sequence[GrammarMatcher], vocab_size: int) -> torch
     bitmask = llguidance.torch.allocate_token_bitmask(B, known)  # (B, W) int32, W = ceil(known / 32)
     for row, matcher in enumerate(matchers):
         llguidance.torch.fill_next_token_bitmask(matcher._matcher, bitmask, row)
+        if matcher.error:  # past the parser's limits at this step: the job fails, the batch goes on
+            raise InvalidGrammar("grammar", f"the grammar is too complex to follow: {_problem(matcher.error)}")
     allowed = (bitmask.unsqueeze(-1) & BIT_VALUES).ne(0)  # (B, W, 32): bit j of word w is token 32 * w + j
     allowed = allowed.view(B, -1)[:, : min(known, vocab_size)]  # (B, min(known, V))
     return torch.nn.functional.pad(allowed, (0, vocab_size - allowed.shape[1]), value=False)
