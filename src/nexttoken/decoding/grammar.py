@@ -229,4 +229,6 @@ def allowed_tokens(matchers: Sequence[GrammarMatcher], vocab_size: int) -> torch
             raise InvalidGrammar("grammar", f"the grammar is too complex to follow: {_problem(matcher.error)}")
     allowed = (bitmask.unsqueeze(-1) & BIT_VALUES).ne(0)  # (B, W, 32): bit j of word w is token 32 * w + j
     allowed = allowed.view(B, -1)[:, : min(known, vocab_size)]  # (B, min(known, V))
+    if allowed.shape[1] == vocab_size:
+        return allowed
     return torch.nn.functional.pad(allowed, (0, vocab_size - allowed.shape[1]), value=False)
