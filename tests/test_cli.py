@@ -306,3 +306,25 @@ def test_bench_json(run):
 def test_ban_text_option(run):
     assert "Paris" in run("generate", "The capital of France is", "--max-new-tokens", "8")
     assert "Paris" not in run("generate", "The capital of France is", "--max-new-tokens", "8", "--ban-text", "Paris")
+
+
+def test_generate_under_a_grammar_and_its_explanation(run, tmp_path):
+    schema = tmp_path / "colour.json"
+    schema.write_text(json.dumps({"type": "object", "properties": {"colour": {"enum": ["red", "blue"]}},
+                                  "required": ["colour"], "additionalProperties": False}))
+    data = json.loads(run("generate", "Pick a colour.", "--chat", "--json", "--json-schema", str(schema)))
+    assert json.loads(data["text"])["colour"] in ("red", "blue") and data["finish_reason"] == "eos"
+    assert run("generate", "Is water wet?", "--chat", "--choice", "yes", "--choice", "no").strip() in ("yes", "no")
+    explained = run("generate", "Pick a colour.", "--chat", "--explain", "--json-schema", schema.read_text())
+    assert "forced" in explained and "ruled out by the grammar" in explained
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--regex", "(a"], "unclosed group"),
+    (["--json-schema", '{"type": "nope"}'], "Invalid type"),
+    (["--json-schema", "missing.json"], "cannot read"),
+    (["--regex", "a", "--json-object"], "give one grammar option"),
+])
+def test_a_bad_grammar_is_a_one_line_error(run, args, says):
+    result = CliRunner().invoke(cli.app, ["generate", "Hi", "--max-new-tokens", "2", *args])
+    assert result.exit_code != 0 and says in str(result.exception) and "\n" not in str(result.exception)

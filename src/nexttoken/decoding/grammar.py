@@ -33,6 +33,7 @@ JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separat
 LIMITS = dict(step_lexer_fuel=100_000, step_max_items=25_000, initial_lexer_fuel=1_000_000,
               max_lexer_states=100_000, max_grammar_size=200_000)
 MAX_SOURCE_CHARS = 1_000_000  # a grammar's text
+BIT_VALUES = torch.tensor([1 << j for j in range(31)] + [-(1 << 31)], dtype=torch.int32)  # bit j of an int32 alone
 
 
 @dataclass(frozen=True)
@@ -215,19 +216,19 @@ class GrammarMatcher:
         return self._matcher.is_accepting()
 
 
-@functools.lru_cache(maxsize=1)
-def _executor() -> llguidance.LLExecutor:
-    return llguidance.LLExecutor()
-
-
 def allowed_tokens(matchers: Sequence[GrammarMatcher], vocab_size: int) -> torch.Tensor:
-    """(B, vocab_size) bool: the tokens each matcher's grammar allows next, computed together.
-    Tokens past the tokenizer's vocabulary (a larger output head) are never allowed."""
+    """(B, vocab_size) bool: the tokens each matcher's grammar allows next. Tokens past the
+    tokenizer's vocabulary (a larger output head) are never allowed. The rows are computed in turn
+    on this thread: a mask takes microseconds, and llguidance's thread pool (LLExecutor) waited
+    tens of milliseconds for its threads on a busy machine."""
     B, known = len(matchers), matchers[0].vocab_size
     bitmask = llguidance.torch.allocate_token_bitmask(B, known)  # (B, W) int32, W = ceil(known / 32)
-    llguidance.torch.fill_next_token_bitmask_par(_executor(), [(m._matcher, i) for i, m in enumerate(matchers)],
-                                                 bitmask)
-    bits = torch.arange(32, dtype=torch.int32)
-    allowed = ((bitmask.unsqueeze(-1) >> bits) & 1).bool()  # (B, W, 32): bit j of word w is token 32 * w + j
+    for row, matcher in enumerate(matchers):
+        llguidance.torch.fill_next_token_bitmask(matcher._matcher, bitmask, row)
+        if matcher.error:  # past the parser's limits at this step: the job fails, the batch goes on
+            raise InvalidGrammar("grammar", f"the grammar is too complex to follow: {_problem(matcher.error)}")
+    allowed = (bitmask.unsqueeze(-1) & BIT_VALUES).ne(0)  # (B, W, 32): bit j of word w is token 32 * w + j
     allowed = allowed.view(B, -1)[:, : min(known, vocab_size)]  # (B, min(known, V))
+    if allowed.shape[1] == vocab_size:
+        return allowed
     return torch.nn.functional.pad(allowed, (0, vocab_size - allowed.shape[1]), value=False)

@@ -166,8 +166,8 @@ class SampledGroup:
         for row, (sequence, token, record) in enumerate(zip(self.live, chosen.tolist(), records)):
             state = self.states[sequence]
             state.accept(token, record, end_ids)
-            if state.finish_reason is None and config.forced_together:
-                forced.append(state.take_forced(self.n_new, end_ids))
+            going = state.finish_reason is None and config.forced_together
+            forced.append(state.take_forced(self.n_new, end_ids) if going else [])
             if state.finish_reason is None and len(state.steps) < self.n_new:
                 going_on.append(row)
             else:

@@ -292,7 +292,9 @@ def apply_constraints(logits: torch.Tensor, config: SamplingConfig, history: Tok
     that decode many steps pass a cached one); `allowed` (B, V) bool, each row's grammar mask."""
     grammatical = grammar_mask(logits, allowed)
     constrained = _apply_rules(grammatical, config, history, end_ids, encode)
-    return constrained if allowed is None else keep_some(constrained, grammatical)
+    if allowed is None or constrained is grammatical:  # neutral rules return their input untouched
+        return constrained
+    return keep_some(constrained, grammatical)
 
 
 def _apply_rules(logits: torch.Tensor, config: SamplingConfig, history: TokenHistory,
