@@ -52,3 +52,15 @@ def test_the_articles_example_ranks_what_the_reference_ranks(gemma3, gemma3_refe
         theirs = gemma3_reference(torch.tensor([ids])).logits[0, -1].topk(2).indices.tolist()
     assert ours == theirs
     assert [gemma3.tokenizer.token_text(i) for i in ours] == ["中国", "“"]
+
+
+def test_naming_the_city_makes_beijing_first_and_it_rests_on_the_capital(gemma3):
+    """中国的首都城市是 ("China's capital city is"): 北京 first, and hiding 首都 from the last position
+    takes most of its probability away (docs/models.md)."""
+    from nexttoken.apps.dependence import dependence
+
+    ids = gemma3.encode("中国的首都城市是")
+    best = gemma3.next_token_candidates(ids, k=2)
+    assert gemma3.tokenizer.token_text(best[0].token_id) == "北京" and best[0].probability > 2 * best[1].probability
+    report = dependence(gemma3.model, ids, best[0].token_id)
+    assert [gemma3.tokenizer.token_text(ids[p]) for p in report.table.decisive()] == ["首都"]
