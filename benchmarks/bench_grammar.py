@@ -24,10 +24,11 @@ from pathlib import Path
 
 import torch
 
-from nexttoken.decoding import grammar as grammar_module
+from nexttoken.decoding import grammar_engine
 from nexttoken.decoding import groups
 from nexttoken.decoding.config import GenerationConfig
-from nexttoken.decoding.grammar import Grammar, compile_grammar
+from nexttoken.decoding.grammar import Grammar
+from nexttoken.decoding.grammar_engine import compile_grammar
 from nexttoken.pretrained import load
 from timing import median_seconds
 
@@ -118,8 +119,8 @@ def engines(lm, repeats: int, schemas: list[tuple[str, dict]]) -> None:
     xgr_compiler = xgrammar.GrammarCompiler(xgr_info, max_threads=torch.get_num_threads(), cache_enabled=False)
     xgr_setup = time.perf_counter() - start
     start = time.perf_counter()
-    grammar_module.grammar_tokenizer.cache_clear()
-    grammar_module.grammar_tokenizer(tokenizer)
+    grammar_engine.grammar_tokenizer.cache_clear()
+    grammar_engine.grammar_tokenizer(tokenizer)
     llg_setup = time.perf_counter() - start
     print(f"tokenizer set-up: llguidance {llg_setup * 1000:.0f} ms, xgrammar {xgr_setup * 1000:.0f} ms")
 

@@ -11,7 +11,8 @@ import torch
 
 from nexttoken.decoding.config import GenerationConfig, SamplingConfig
 from nexttoken.decoding.engine import Engine
-from nexttoken.decoding.grammar import Grammar, allowed_tokens, compile_grammar
+from nexttoken.decoding.grammar import Grammar
+from nexttoken.decoding.grammar_engine import allowed_tokens, compile_grammar
 from nexttoken.decoding.groups import Job
 from nexttoken.decoding.outputs import Completion
 from nexttoken.errors import InvalidGrammar, InvalidOption

@@ -9,7 +9,7 @@ import pytest
 from nexttoken.apps.tool_calls import json_object_end, read_reply, valid_calls
 from nexttoken.apps.tools import (CALL_OPEN, Function, call_schema, forced_call_grammar, plain_messages,
                                   render_conversation)
-from nexttoken.decoding.grammar import compile_grammar
+from nexttoken.decoding.grammar_engine import compile_grammar
 from nexttoken.decoding.outputs import Completion
 from nexttoken.serve.replies import ChoiceStream, chat_message
 from nexttoken.train.tool_data import FUNCTIONS, TEMPLATES, conversation, result_of, tool_cases

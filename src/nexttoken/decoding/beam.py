@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from nexttoken.decoding.config import GenerationConfig
-from nexttoken.decoding.grammar import allowed_tokens
+from nexttoken.decoding.grammar_engine import allowed_tokens
 from nexttoken.decoding.groups import Choice, Job, Vocabulary, new_matcher
 from nexttoken.decoding.outputs import Completion, Step, TokenLogprob
 from nexttoken.decoding.processors import TokenHistory, apply_constraints

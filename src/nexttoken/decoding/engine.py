@@ -19,7 +19,7 @@ import torch
 
 from nexttoken.decoding.beam import BeamGroup
 from nexttoken.decoding.detokenize import Decoder
-from nexttoken.decoding.grammar import compile_grammar
+from nexttoken.decoding.grammar_engine import compile_grammar
 from nexttoken.decoding.groups import Choice, Job, SampledGroup, Vocabulary
 from nexttoken.decoding.outputs import Completion
 from nexttoken.decoding.processors import Encode

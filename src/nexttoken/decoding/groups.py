@@ -5,7 +5,7 @@ scores, select a token, accept it); the engine owns the model and the cache. At 
 is handed its rows' scores and answers with a `Choice`: the token each surviving row feeds next,
 and which of its rows those are (a beam search reorders them); `None` when it has finished.
 
-A row with a grammar (grammar.py) keeps its matcher in its RowState: the grammar's mask enters the
+A row with a grammar (grammar_engine.py) keeps its matcher in its RowState: the grammar's mask enters the
 select stage, and every accepted token advances the matcher. Where the grammar then forces the next
 tokens (a schema's keys and punctuation), they are accepted at once, without a choice, and fed with
 the chosen token in the same pass (`Choice.forced`); a grammar that is complete ends its row.
@@ -20,7 +20,7 @@ import torch
 
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.detokenize import Decoder, IncrementalText
-from nexttoken.decoding.grammar import GrammarMatcher, allowed_tokens, compile_grammar
+from nexttoken.decoding.grammar_engine import GrammarMatcher, allowed_tokens, compile_grammar
 from nexttoken.decoding.outputs import Completion, FinishReason, Step, TokenLogprob
 from nexttoken.decoding.processors import Encode, TokenHistory
 from nexttoken.decoding.prompts import left_pad

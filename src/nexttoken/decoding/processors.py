@@ -9,7 +9,7 @@ Each decoding step has three stages, as in llama.cpp's sampler chain:
 
 The chain, in order (`apply_processors`):
 
-  0. grammar             the tokens the row's grammar allows (grammar.py), first, as vLLM applies its
+  0. grammar             the tokens the row's grammar allows (grammar_engine.py), first, as vLLM applies its
                          structured-output mask before its sampling parameters
   constraints and penalties (`apply_constraints`), in the order of transformers'
   `GenerationMixin._get_logits_processor`:

@@ -14,7 +14,8 @@ from typing import Any
 import jsonschema
 
 from nexttoken.apps.tools import Function, forced_call_grammar, optional_call_grammar
-from nexttoken.decoding.grammar import Grammar, compile_grammar
+from nexttoken.decoding.grammar import Grammar
+from nexttoken.decoding.grammar_engine import compile_grammar
 from nexttoken.errors import InvalidGrammar
 from nexttoken.serve.errors import InvalidRequest
 from nexttoken.serve.protocol import ChatRequest, NamedToolChoice
