@@ -132,7 +132,7 @@ def test_transformers_loads_gguf_export_with_same_logits(exported, tokenizer):
 @torch.no_grad()
 def test_f16_gguf_export_is_close(tokenizer, tmp_path):
     model = tiny_decoder(True)
-    lm = pretrained.load(export_gguf(model, tokenizer, tmp_path / "model.gguf", dtype="f16"))
+    lm = pretrained.load(export_gguf(model, tokenizer, tmp_path / "model.gguf", dtype="f16"), dtype="float32")
     ids = prompt_ids(tokenizer)
     assert lm.model.blocks[0].attn.wqkv.weight.dtype == torch.float32
     torch.testing.assert_close(lm.model(ids), model(ids), rtol=0.02, atol=0.02)
