@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import llguidance
-import llguidance.torch
 import torch
 
 from nexttoken.decoding.grammar import Grammar, first_line
@@ -160,9 +159,12 @@ def allowed_tokens(matchers: Sequence[GrammarMatcher], vocab_size: int) -> torch
     on this thread: a mask takes microseconds, and llguidance's thread pool (LLExecutor) waited
     tens of milliseconds for its threads on a busy machine."""
     B, known = len(matchers), matchers[0].vocab_size
-    bitmask = llguidance.torch.allocate_token_bitmask(B, known)  # (B, W) int32, W = ceil(known / 32)
+    bitmask = torch.empty(B, (known + 31) // 32, dtype=torch.int32)  # (B, W): bit j of word w is token 32 * w + j
     for row, matcher in enumerate(matchers):
-        llguidance.torch.fill_next_token_bitmask(matcher._matcher, bitmask, row)
+        # llguidance writes the row's words in place (its llguidance.torch helper does the same, but
+        # importing it imports torch._dynamo and the inductor: seconds of every start)
+        words = bitmask[row]
+        matcher._matcher.unsafe_compute_mask_ptr(words.data_ptr(), words.numel() * words.element_size())
         if matcher.error:  # past the parser's limits at this step: the job fails, the batch goes on
             raise InvalidGrammar("grammar", f"the grammar is too complex to follow: {_problem(matcher.error)}")
     allowed = (bitmask.unsqueeze(-1) & BIT_VALUES).ne(0)  # (B, W, 32): bit j of word w is token 32 * w + j
