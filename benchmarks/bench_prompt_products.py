@@ -5,25 +5,19 @@ disturbs less than the wall clock).
     .venv/bin/python benchmarks/bench_prompt_products.py [--rows 512] [--repeats 5]"""
 
 import argparse
-import statistics
 import time
 
 import torch
 
 from nexttoken.accel import kernels
 from nexttoken.accel.quantize import quantize_groups
+from timing import median_seconds
 
 SHAPES = {"wqkv": (960, 576), "w_gate_up": (3072, 576), "w_down": (576, 1536), "wo": (576, 576)}
 
 
 def cpu_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.thread_time()
-        fn()
-        times.append(time.thread_time() - start)
-    return statistics.median(times)
+    return median_seconds(fn, repeats, clock=time.thread_time)
 
 
 def main() -> None:
