@@ -1,7 +1,10 @@
 """The `nexttoken` command: parses arguments and calls the library; nothing else."""
 
+import atexit
 import json
+import os
 import sys
+import threading
 from contextlib import nullcontext
 from dataclasses import replace
 from functools import partial
@@ -707,3 +710,23 @@ def main() -> None:
     except NextTokenError as exc:
         err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise SystemExit(1) from None
+
+
+def run() -> None:
+    """The console script: `main`, then an exit that skips tearing down PyTorch's modules, which takes
+    longer than most commands (exit handlers still run; a command that leaves threads behind exits as usual)."""
+    try:
+        main()
+        code: int | str | None = 0
+    except SystemExit as exc:
+        code = exc.code
+    others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if "torch" not in sys.modules or others or not isinstance(code, int | None):
+        raise SystemExit(code)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:  # a reader that stopped early (`| head`) is not an error
+        pass
+    atexit._run_exitfuncs()
+    os._exit(code or 0)
