@@ -24,7 +24,7 @@ from nexttoken.decoding.generate import generate_batch
 from nexttoken.errors import NextTokenError
 from nexttoken.families import marian
 from nexttoken.families.marian import MarianTensor
-from nexttoken.loaders.marian import Shortlist, load_marian_model, read_shortlist, shortlist_ids
+from nexttoken.loaders.marian import Shortlist, load_marian_model, read_shortlist, safe_yaml, shortlist_ids
 from nexttoken.model.encoder_decoder import EncoderDecoder, HiddenStates, SourceBound
 from nexttoken.model.kv_cache import CrossKVCache
 from nexttoken.model.transformer import Transformer
@@ -71,7 +71,7 @@ def read_defaults(folder: Path) -> DecodingDefaults:
     if not found:
         return DecodingDefaults()
     try:
-        config = yaml.safe_load(found[0].read_text()) or {}
+        config = safe_yaml(found[0].read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise NextTokenError(f"{found[0]}: not valid YAML ({str(exc).splitlines()[0]})") from None
     return DecodingDefaults(int(config.get("beam-size", 1)), float(config.get("normalize", 1.0)),

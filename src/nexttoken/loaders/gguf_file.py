@@ -16,13 +16,13 @@ from typing import Any
 import hashlib
 import struct
 
-import gguf
 import numpy as np
 
 from nexttoken.errors import NextTokenError
+from nexttoken.loaders.ggml_types import BLOCK_SHAPES, GGMLType, byte_shape
 
 GGUF_MAGIC = b"GGUF"
-T = gguf.GGMLQuantizationType
+T = GGMLType
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class RawTensor:
     """One tensor as stored: `data` holds the file's bytes (or typed values for float types)."""
 
     name: str
-    ggml_type: gguf.GGMLQuantizationType
+    ggml_type: GGMLType
     shape: tuple[int, ...]  # PyTorch order (rows first); GGUF lists dimensions the other way round
     data: np.ndarray
 
@@ -61,7 +61,7 @@ def check_tensor(name: str, raw_type: int, dims: list[int], start: int, file_byt
         ggml_type = T(raw_type)
     except ValueError:
         raise NextTokenError(f"tensor '{name}' has an unknown type ({raw_type})") from None
-    block_size, type_size = gguf.GGML_QUANT_SIZES[ggml_type]
+    block_size, type_size = BLOCK_SHAPES[ggml_type]
     if dims and dims[0] % block_size:
         raise NextTokenError(f"tensor '{name}' has rows of {dims[0]} values, not whole {ggml_type.name} "
                              f"blocks of {block_size}")
@@ -72,7 +72,7 @@ def check_tensor(name: str, raw_type: int, dims: list[int], start: int, file_byt
     return ggml_type
 
 
-# GGUF's value types (gguf.GGUFValueType) by number: struct formats of the scalars, 8 strings, 9 arrays
+# GGUF's value types by number: struct formats of the scalars, 8 strings, 9 arrays
 SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 STRING, ARRAY = 8, 9
 TYPED_TENSORS = {T.F32: np.float32, T.F16: np.float16, T.F64: np.float64, T.I8: np.int8, T.I16: np.int16,
@@ -178,8 +178,8 @@ def read_header(data: np.ndarray) -> tuple[dict[str, Any], dict[str, RawTensor],
             count = int(np.prod(shape, dtype=np.int64))
             values = data[start + offset : start + offset + count * dtype.itemsize].view(dtype).reshape(shape)
         else:
-            byte_shape = gguf.quants.quant_shape_to_byte_shape(shape, ggml_type) if shape else (0,)
-            count = int(np.prod(byte_shape, dtype=np.int64))
-            values = data[start + offset : start + offset + count].reshape(byte_shape)
+            bytes_shape = byte_shape(shape, ggml_type) if shape else (0,)
+            count = int(np.prod(bytes_shape, dtype=np.int64))
+            values = data[start + offset : start + offset + count].reshape(bytes_shape)
         tensors[name] = RawTensor(name, ggml_type, shape, values)
     return metadata, tensors, digest

@@ -20,22 +20,22 @@ taken in that order, so that any transform that only moves rows applies to packe
 from collections.abc import Callable
 from functools import partial
 
-import gguf
 import torch
 
 from nexttoken.accel import kernels
 from nexttoken.config import ModelConfig
 from nexttoken.families.weights import WeightName
+from nexttoken.loaders.ggml_types import BLOCK_SHAPES, GGMLType
 from nexttoken.loaders.gguf_file import RawTensor
 
-T = gguf.GGMLQuantizationType
+T = GGMLType
 GROUP_BITS = {T.Q4_0: 4, T.Q4_1: 4, T.Q8_0: 8}  # the kernel width that holds each type's blocks exactly
 Groups = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # values, scales, minimums
 
 
 def blocks_of(raw: RawTensor) -> torch.Tensor:
     """(N, K/32, block bytes) uint8: the file's blocks of `raw`, a view of the mapped file."""
-    _, block_bytes = gguf.GGML_QUANT_SIZES[raw.ggml_type]
+    _, block_bytes = BLOCK_SHAPES[raw.ggml_type]
     rows, columns = raw.shape
     return torch.from_numpy(raw.data).view(rows, columns // kernels.GROUP, block_bytes)
 

@@ -17,10 +17,9 @@ Layouts (llama.cpp's ggml-common.h):
 
 from collections.abc import Callable
 
-import gguf
 import torch
 
-T = gguf.GGMLQuantizationType
+from nexttoken.loaders.ggml_types import GGMLType as T
 QK_K = 256  # weights in a K-quant super-block
 
 

@@ -12,14 +12,12 @@ the `gguf` package can decode (Q2_K, Q3_K, the i-quants) goes through its refere
 
 from collections.abc import Callable
 
-import gguf
 import numpy as np
 import torch
 
 from nexttoken.errors import NextTokenError
+from nexttoken.loaders.ggml_types import BLOCK_SHAPES, GGMLType as T
 from nexttoken.loaders.kquants import KQUANT_DECODERS, float16_at
-
-T = gguf.GGMLQuantizationType
 
 
 def _nibbles(packed: torch.Tensor) -> torch.Tensor:
@@ -56,10 +54,12 @@ def dequantize(data: np.ndarray, ggml_type: T, shape: tuple[int, ...], name: str
     if ggml_type in FLOAT_TYPES:
         return raw.view(FLOAT_TYPES[ggml_type]).to(dtype).reshape(shape)
     if ggml_type in BLOCK_DECODERS:
-        _, block_bytes = gguf.GGML_QUANT_SIZES[ggml_type]
+        _, block_bytes = BLOCK_SHAPES[ggml_type]
         return BLOCK_DECODERS[ggml_type](raw.reshape(-1, block_bytes)).reshape(shape).to(dtype)
+    import gguf  # the reference decoders of the rarer types, imported only for them
+
     try:
-        values = gguf.quants.dequantize(np.asarray(data), ggml_type)
+        values = gguf.quants.dequantize(np.asarray(data), gguf.GGMLQuantizationType(ggml_type))
     except NotImplementedError:
         raise NextTokenError(f"tensor '{name}' has type {ggml_type.name}, which cannot be dequantized") from None
     return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(shape).to(dtype)
