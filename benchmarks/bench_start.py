@@ -28,7 +28,7 @@ from timing import median_seconds
 
 PROMPT_TOKENS = 512
 NEW_TOKENS = 128
-OURS = [sys.executable, "-c", "from nexttoken.cli import main; main()"]
+OURS = [sys.executable, "-c", "from nexttoken.cli import run; run()"]  # what the console script runs
 # llama.cpp's whole process: load the file, answer "Hello" with one token (and, with "bench", prefill
 # 512 tokens and decode 128 as `nexttoken bench` does)
 LLAMA_CPP = """

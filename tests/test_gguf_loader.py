@@ -1,12 +1,14 @@
 """The GGUF loader on tiny random Llamas written the way llama.cpp's converter writes them, and its
 errors on files that are missing, foreign, cut short or of an unsupported kind."""
 
+import gguf
 import numpy as np
 import pytest
 import torch
 
 from nexttoken.errors import NextTokenError
 from nexttoken.loaders.gguf import load_gguf_model
+from nexttoken.loaders.gguf_file import read_gguf
 from tiny_gguf import T, tiny_llama, write_llama_gguf
 
 
@@ -95,3 +97,23 @@ def test_unexpected_tensor(tmp_path):
     path = write_llama_gguf(tmp_path / "tiny2.gguf", tiny_llama(), extra_tensors=extra)
     with pytest.raises(NextTokenError, match="unexpected tensors for a llama model: blk.0.attn_q.bias"):
         load_gguf_model(path)
+
+
+def test_long_string_arrays_are_read_when_first_used(tmp_path):
+    """An array of thousands of strings (a vocabulary) is skipped when the file opens and read on
+    first use, giving the strings written; one that is not UTF-8 is then a one-line error naming
+    its key."""
+    words = [f"w{i}" for i in range(3000)] + ["@@BAD@@"]
+    path = tmp_path / "strings.gguf"
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_array("test.words", words)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    read = read_gguf(path).metadata["test.words"]
+    assert len(read) == len(words) and list(read) == words and read[-1] == "@@BAD@@"
+    path.write_bytes(path.read_bytes().replace(b"@@BAD@@", b"@@\xff\xfe\xfd@"))
+    corrupt = read_gguf(path).metadata["test.words"]
+    with pytest.raises(NextTokenError, match="'test.words' holds a string that is not UTF-8"):
+        corrupt[0]

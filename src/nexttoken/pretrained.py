@@ -129,8 +129,8 @@ def load(path: str | Path | None = None, dtype: str | None = None, quantize: str
         file = read_gguf(path)
         precision = resolve_precision(file.matrix_type().name, dtype, quantize)
         bits = None if precision.quantize == "none" else int(precision.quantize.removeprefix("int"))
+        tokenizer = gguf_tokenizer(file)  # first: the memory its build frees goes back before the weights' peak
         model, _ = load_gguf_model(file, load_dtype(precision.dtype, precision.quantize), bits)
-        tokenizer = gguf_tokenizer(file)
     model = set_precision(model, precision.dtype, precision.quantize, huge_pages)
     draft_model = None
     if draft is not None:

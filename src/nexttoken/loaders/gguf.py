@@ -58,6 +58,7 @@ def build_model(file: GGUFFile, dtype: torch.dtype, bits: int | None) -> tuple[T
     model = empty_model(config)
     parts = gguf_parts(file, family, config, dict(model.state_dict()))
     if bits is not None and kernels.load():
+        hand_back_freed_memory()  # what was built and freed before (a tokenizer): the weights' peak is next
         matrices = [name for name in parts if takes_groups(model, name)]
         tied = TIED_TABLE in parts and config.tie_embeddings
         arena = HugePageArena(sum(packed_bytes(parts[name], bits) for name in matrices)

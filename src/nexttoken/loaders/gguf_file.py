@@ -9,7 +9,9 @@ back. A file that changes on disk while it is mapped changes (or, cut short, fau
 model: replace model files by renaming a new one into place, never by writing over one in use."""
 
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +77,33 @@ def check_tensor(name: str, raw_type: int, dims: list[int], start: int, file_byt
 # GGUF's value types by number: struct formats of the scalars, 8 strings, 9 arrays
 SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 STRING, ARRAY = 8, 9
+LAZY_STRINGS = 1024  # arrays of strings at least this long are decoded when first read (StringArray)
 TYPED_TENSORS = {T.F32: np.float32, T.F16: np.float16, T.F64: np.float64, T.I8: np.int8, T.I16: np.int16,
                  T.I32: np.int32, T.I64: np.int64}  # the rest: bytes, (..., bytes per row)
+
+
+class StringArray(Sequence[str]):
+    """A metadata array of strings, decoded when first read: a vocabulary's tokens and merges, tens
+    of thousands of strings, are needed only to build its tokenizer, which a cache usually holds."""
+
+    def __init__(self, header: "Header", count: int, key: str) -> None:
+        self.header, self.count, self.key = header, count, key
+
+    @cached_property
+    def items(self) -> list[str]:
+        try:
+            return self.header.strings(self.count)
+        except UnicodeDecodeError:
+            raise NextTokenError(f"metadata '{self.key}' holds a string that is not UTF-8: corrupt GGUF file") from None
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index):
+        return self.items[index]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.items)
 
 
 class Header:
@@ -106,7 +133,16 @@ class Header:
         self.offset = offset
         return texts
 
-    def value(self, kind: int):
+    def skip_strings(self, count: int) -> None:
+        """Move past `count` strings, reading only their lengths."""
+        data, offset, length = self.bytes, self.offset, struct.Struct("<Q").unpack_from
+        for _ in range(count):
+            offset += 8 + length(data, offset)[0]
+        if offset > len(data):
+            raise ValueError("a string runs past the end of the file")
+        self.offset = offset
+
+    def value(self, kind: int, key: str):
         if kind in SCALARS:
             return self.scalar(SCALARS[kind])
         if kind == STRING:
@@ -114,6 +150,10 @@ class Header:
         if kind != ARRAY:
             raise ValueError(f"unknown metadata value type {kind}")
         item, count = self.scalar("I"), self.scalar("Q")
+        if item == STRING and count >= LAZY_STRINGS:
+            start = self.offset
+            self.skip_strings(count)
+            return StringArray(Header(self.data[start : self.offset]), count, key)
         if item == STRING:
             return self.strings(count)
         if item in SCALARS:
@@ -124,7 +164,7 @@ class Header:
             values = self.data[self.offset : end].view(dtype).tolist()
             self.offset = end
             return values
-        return [self.value(item) for _ in range(count)]
+        return [self.value(item, key) for _ in range(count)]
 
 
 def read_gguf(path: str | Path) -> GGUFFile:
@@ -156,7 +196,7 @@ def read_header(data: np.ndarray) -> tuple[dict[str, Any], dict[str, RawTensor],
     metadata = {}
     for _ in range(n_values):
         key = header.strings(1)[0]
-        metadata[key] = header.value(header.scalar("I"))
+        metadata[key] = header.value(header.scalar("I"), key)
     infos = []
     for _ in range(n_tensors):
         name = header.strings(1)[0]

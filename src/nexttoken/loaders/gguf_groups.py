@@ -23,13 +23,17 @@ from functools import partial
 import torch
 
 from nexttoken.accel import kernels
+from nexttoken.accel.memory import drop_mapped_pages
 from nexttoken.config import ModelConfig
 from nexttoken.families.weights import WeightName
 from nexttoken.loaders.ggml_types import BLOCK_SHAPES, GGMLType
 from nexttoken.loaders.gguf_file import RawTensor
 
 T = GGMLType
-GROUP_BITS = {T.Q4_0: 4, T.Q4_1: 4, T.Q8_0: 8}  # the kernel width that holds each type's blocks exactly
+GROUP_BITS = {T.Q4_0: 4, T.Q4_1: 4, T.Q8_0: 8}
+# the file's bytes packed at a time, their mapped pages then let go: an embedding table of tens of
+# MB would otherwise be resident twice (mapped, packed) at the peak of a start
+CHUNK_BYTES = 2**21  # the kernel width that holds each type's blocks exactly
 Groups = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # values, scales, minimums
 
 
@@ -114,10 +118,15 @@ def packed_parameter(parts: list[tuple[WeightName, RawTensor]], bits: int, confi
     packed = empty(n_rows // kernels.BLOCK_ROWS, columns.pop() // kernels.GROUP, kernels.group_bytes(bits))
     start = 0
     for (_, raw), order in zip(parts, orders):
-        end = start + raw.shape[0] // kernels.BLOCK_ROWS
         blocks = blocks_of(raw)
-        in_order = blocks if torch.equal(order, torch.arange(len(order))) else blocks[order]
-        if not pack_part(in_order, raw.ggml_type, packed[start:end]):
-            return None
-        start = end
+        in_place = torch.equal(order, torch.arange(len(order)))
+        step = max(1, CHUNK_BYTES // (blocks[0].numel() * kernels.BLOCK_ROWS)) * kernels.BLOCK_ROWS
+        for first in range(0, raw.shape[0], step):
+            chunk = blocks[first : first + step] if in_place else blocks[order[first : first + step]]
+            into = packed[start + first // kernels.BLOCK_ROWS : start + (first + len(chunk)) // kernels.BLOCK_ROWS]
+            if not pack_part(chunk, raw.ggml_type, into):
+                return None
+            if in_place:
+                drop_mapped_pages(chunk.data_ptr(), chunk.numel())
+        start += raw.shape[0] // kernels.BLOCK_ROWS
     return packed
