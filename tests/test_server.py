@@ -92,6 +92,19 @@ def test_embeddings_match_the_encoder(client, minilm):
     assert np.allclose([d.embedding for d in out.data], minilm.embed(["hello world", "semantic search"]), atol=1e-6)
 
 
+def test_an_encoder_folder_is_loaded_by_the_first_embeddings_request(smollm2, minilm):
+    app = create_app(smollm2, minilm.path)
+    try:
+        with TestClient(app) as http:
+            listed = [m["id"] for m in http.get("/v1/models").json()["data"]]
+            assert EMBEDDER in listed and app.state.served.encoder.cache_info().currsize == 0
+            out = http.post("/v1/embeddings", json={"model": EMBEDDER, "input": ["hello world"]}).json()
+            assert np.allclose(out["data"][0]["embedding"], minilm.embed(["hello world"])[0], atol=1e-6)
+            assert app.state.served.encoder.cache_info().currsize == 1
+    finally:
+        app.state.engine.close()
+
+
 def test_client_errors(client):
     with pytest.raises(openai.BadRequestError) as bad:
         client.completions.create(model=MODEL, prompt="hi", temperature=3)

@@ -346,8 +346,10 @@ def serve(model: ModelOption = None, dtype: Dtype = None, quantize: Quantize = "
 
     if min(max_batch, max_waiting) < 1:
         raise NextTokenError("--max-batch and --max-waiting must be >= 1")
+    from nexttoken.encoder.sentence import builtin_encoder_path
+
     lm = _for_a_long_run(_load(model, dtype, quantize, compiled))
-    encoder = _load_encoder(None) if embeddings else None
+    encoder = builtin_encoder_path() if embeddings else None  # loaded by the first embeddings request
     uvicorn.run(create_app(lm, encoder, api_key, max_batch, max_waiting), host=host, port=port, log_level="warning")
 
 

@@ -10,10 +10,8 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
 from torch import nn
 
 from nexttoken.accel import kernels
@@ -150,6 +148,9 @@ def save_heatmap(rows: torch.Tensor, token_labels: list[str], path: Path, title:
     of the rest (see split_sink). With `knocked`, one probability per earlier position, a margin
     below has a bar for each: the target's probability without that token, under a line at
     `baseline`, its probability with every token."""
+    import matplotlib  # a third of a second: only for drawing, not for the server that imports this module
+    from matplotlib.figure import Figure
+
     path = Path(path)
     check_heatmap_path(path)
     n_layer, T = rows.shape

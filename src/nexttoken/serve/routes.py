@@ -144,9 +144,10 @@ def embeddings(body: EmbeddingRequest, served: ServedDep) -> dict:
         raise ModelNotFound("this server has no embedding model", param="model")
     check_model(body.model, served.encoder_name)
     texts = [body.input] if isinstance(body.input, str) else body.input
-    with served.lock:
-        vectors = served.encoder.embed(texts)
-    n_tokens = sum(len(served.encoder.encode(t)) for t in texts)
+    with served.lock:  # the first request loads the encoder under it, once
+        encoder = served.encoder()
+        vectors = encoder.embed(texts)
+    n_tokens = sum(len(encoder.encode(t)) for t in texts)
     return {"object": "list", "model": served.encoder_name,
             "data": [{"object": "embedding", "index": i, "embedding": encode_vector(v, body.encoding_format)}
                      for i, v in enumerate(vectors)],

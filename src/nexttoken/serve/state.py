@@ -1,6 +1,7 @@
 """What the routes work with, built once by create_app and handed to each route as a dependency."""
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -15,7 +16,7 @@ from nexttoken.serve.engine import Engine
 class Served:
     lm: LanguageModel
     name: str  # the id clients send as `model`
-    encoder: SentenceEncoder | None
+    encoder: Callable[[], SentenceEncoder] | None  # the embedding model, loaded by the first call
     encoder_name: str | None
     engine: Engine
     lock: threading.Lock  # held by the engine's steps or an embedding: one at a time
