@@ -121,6 +121,15 @@ class TrainResult:
     checkpoint: Path | None = None
 
 
+@dataclass
+class PretrainResult:
+    """A finished run of the masked-LM or span objective: its folder, what training did, the model's size."""
+
+    run_dir: Path
+    train: TrainResult
+    parameters: int
+
+
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     """AdamW (Loshchilov & Hutter, 2019) with weight decay on matrices only."""
     params = [p for p in model.parameters() if p.requires_grad]

@@ -11,6 +11,7 @@ Sequences are [CLS] + seq_len - 2 tokens of the stream + [SEP] (documents run on
 and the batch's position, so a resumed run masks exactly what an unstopped one would."""
 
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -29,10 +30,10 @@ from nexttoken.train.data import TokenLoader
 from nexttoken.train.export import write_json
 from nexttoken.train.export_encoders import TOKENIZER_FILES, export_masked_lm
 from nexttoken.train.initialization import init_weights
-from nexttoken.train.loop import TrainConfig, TrainResult, to_device, train
+from nexttoken.train.loop import PretrainResult, TrainConfig, to_device, train
 from nexttoken.train.masking import MaskedLM, MaskingConfig, mask_tokens, masked_lm_loss, maskable_positions
 from nexttoken.train.objectives import IGNORE
-from nexttoken.train.prepare import INDEX_FILE, held_out, prepare_data
+from nexttoken.train.prepare import held_out, prepare_data, run_data_folder
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0 to 4, as BERT's vocab.txt orders them
 
@@ -201,23 +202,12 @@ def check_source(source: Path | None) -> None:
                              "(--from takes a BERT or MiniLM folder)")
 
 
-@dataclass
-class MaskedLMResult:
-    run_dir: Path
-    train: TrainResult
-    parameters: int
-
-
-def run_masked_lm(recipe: MaskedLMRecipe, run_dir: str | Path, resume: bool = False) -> MaskedLMResult:
+def run_masked_lm(recipe: MaskedLMRecipe, run_dir: str | Path, resume: bool = False) -> PretrainResult:
     """Prepare the data (unless RUN_DIR/data holds it), train, and keep the run folder a
     BertForMaskedLM folder of the latest checkpoint."""
     run_dir = Path(run_dir)
     check_source(recipe.source)
-    folder = run_dir / "data"
-    if not (folder / INDEX_FILE).exists():
-        if not resume and (run_dir / "checkpoints").exists():
-            raise NextTokenError(f"{run_dir} holds a run without its data: train into another folder")
-        prepare_masked_data(recipe, folder)
+    folder = run_data_folder(run_dir, resume, partial(prepare_masked_data, recipe))
     tokenizer = Tokenizer.from_hf_folder(folder)
     if tokenizer.mask_id is None or tokenizer.bos_id is None:
         raise NextTokenError(f"{folder}: the tokenizer has no [MASK] or [CLS]")
@@ -238,4 +228,4 @@ def run_masked_lm(recipe: MaskedLMRecipe, run_dir: str | Path, resume: bool = Fa
 
     result = train(model, data, masked_lm_loss, recipe.train, run_dir, eval_data=val, resume=resume,
                    on_checkpoint=export, eval_metrics=lambda m: masked_accuracy(val, m))
-    return MaskedLMResult(run_dir, result, sum(p.numel() for p in model.parameters()))
+    return PretrainResult(run_dir, result, sum(p.numel() for p in model.parameters()))

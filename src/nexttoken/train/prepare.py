@@ -7,7 +7,7 @@ shards are written in document order, so the result does not depend on the numbe
 
 import json
 import multiprocessing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,6 +41,17 @@ class DataIndex:
 
     def tokens_per_byte(self, split: str) -> float:
         return self.splits[split].n_tokens / self.splits[split].n_bytes
+
+
+def run_data_folder(run_dir: Path, resume: bool, prepare: Callable[[Path], object]) -> Path:
+    """RUN_DIR/data, prepared by `prepare` unless it holds prepared data already. A run folder with
+    checkpoints but without its data is refused, unless resuming, so that another run's is never mixed in."""
+    folder = run_dir / "data"
+    if not (folder / INDEX_FILE).exists():
+        if not resume and (run_dir / "checkpoints").exists():
+            raise NextTokenError(f"{run_dir} holds a run without its data: train into another folder")
+        prepare(folder)
+    return folder
 
 
 def held_out(n_documents: int, val_fraction: float) -> list[bool]:

@@ -13,6 +13,7 @@ row of a batch has the same input and target lengths."""
 
 import random
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import tokenizers
@@ -28,10 +29,10 @@ from nexttoken.train.corpora import check_corpus, load_corpus, text_files
 from nexttoken.train.data import TokenLoader
 from nexttoken.train.export import write_json
 from nexttoken.train.export_encoders import export_t5
-from nexttoken.train.loop import TrainConfig, TrainResult, train
+from nexttoken.train.loop import PretrainResult, TrainConfig, train
 from nexttoken.train.noising import sentinel_id, span_corruption
 from nexttoken.train.objectives import IGNORE
-from nexttoken.train.prepare import INDEX_FILE, held_out, prepare_data
+from nexttoken.train.prepare import held_out, prepare_data, run_data_folder
 
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"  # ids 0, 1, 2, as T5's tokenizer
 
@@ -178,22 +179,11 @@ def init_t5(model: EncoderDecoder) -> EncoderDecoder:
     return model
 
 
-@dataclass
-class SpanResult:
-    run_dir: Path
-    train: TrainResult
-    parameters: int
-
-
-def run_span(recipe: SpanRecipe, run_dir: str | Path, resume: bool = False) -> SpanResult:
+def run_span(recipe: SpanRecipe, run_dir: str | Path, resume: bool = False) -> PretrainResult:
     """Prepare the data (unless RUN_DIR/data holds it), train, and keep the run folder a
     T5ForConditionalGeneration folder of the latest checkpoint."""
     run_dir = Path(run_dir)
-    folder = run_dir / "data"
-    if not (folder / INDEX_FILE).exists():
-        if not resume and (run_dir / "checkpoints").exists():
-            raise NextTokenError(f"{run_dir} holds a run without its data: train into another folder")
-        prepare_span_data(recipe, folder)
+    folder = run_data_folder(run_dir, resume, partial(prepare_span_data, recipe))
     vocab_size = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json")).get_vocab_size()
     if sentinel_id(0, vocab_size) != tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json")).token_to_id(
             "<extra_id_0>"):
@@ -215,7 +205,7 @@ def run_span(recipe: SpanRecipe, run_dir: str | Path, resume: bool = False) -> S
         export_t5(copy.model, 0, 1, folder, run_dir)
 
     result = train(model, data, seq2seq_loss, recipe.train, run_dir, eval_data=val, resume=resume, on_checkpoint=export)
-    return SpanResult(run_dir, result, sum(p.numel() for p in model.parameters()))
+    return PretrainResult(run_dir, result, sum(p.numel() for p in model.parameters()))
 
 
 def expected_lengths(recipe: SpanRecipe) -> tuple[int, int]:
