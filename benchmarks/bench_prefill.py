@@ -103,13 +103,21 @@ def scores_apart(lm, n_tokens: int = 2000) -> None:
           f"top-1 unpacked = tiles {(unpacked.argmax(-1) == tiles.argmax(-1)).float().mean():.2%}; against float32: "
           f"tiles {(tiles.argmax(-1) == expected.argmax(-1)).float().mean():.2%}, "
           f"unpacked {(unpacked.argmax(-1) == expected.argmax(-1)).float().mean():.2%}")
-    for length in (64, 128, 512):  # greedy continuations of prompts that take the unpacked path
-        outputs = []
+    for length in (64, 128, 300, 512, 1000):  # greedy continuations of prompts that take the unpacked path
+        config = GenerationConfig(max_new_tokens=32, top_logprobs=2)
+        expected = reference.generate(prompt[:length], config)
+        cells = []
         for tiles_on in (True, False):
             in_tiles(lm.model, tiles_on)
-            outputs.append(lm.generate(prompt[:length], GenerationConfig(max_new_tokens=32)).token_ids)
+            ids = lm.generate(prompt[:length], config).token_ids
+            step = next((n for n, (a, b) in enumerate(zip(ids, expected.token_ids)) if a != b), None)
+            if step is None:
+                cells.append("float32's")
+            else:  # where float32's two best candidates are this close, rounding decides between them
+                top = expected.steps[step].top
+                cells.append(f"float32's up to step {step} (its two best {top[0].logprob - top[1].logprob:.4f} apart)")
         in_tiles(lm.model, False)
-        print(f"greedy 32 tokens after {length}: {'identical' if outputs[0] == outputs[1] else 'DIFFERENT'}")
+        print(f"greedy 32 tokens after {length}: tiles {cells[0]}; unpacked {cells[1]}")
 
 
 def main() -> None:
