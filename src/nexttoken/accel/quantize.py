@@ -130,9 +130,12 @@ class GroupLinear(nn.Module):
 
 
 class Int8Linear(GroupLinear):
-    """A GroupLinear of 8-bit values: twice int4's bytes, for weights that 4 bits would round."""
+    """A GroupLinear of 8-bit values: twice int4's bytes, for weights that 4 bits would round. Its
+    prompts stay in the tile kernel too: weights rounded to bfloat16 would undo much of what the
+    finer grid holds (docs/kernels.md)."""
 
     bits = 8
+    unpacked_min_rows = 2**62  # no prompt is this long
 
 
 class Int8Head(Int8Linear):
