@@ -1,6 +1,7 @@
-"""A prompt's products: our int4 kernel against PyTorch's bfloat16 and float32 products on
-SmolLM2's linear shapes, 512 rows, on one thread, timed in thread CPU seconds (which a busy machine
-disturbs less than the wall clock).
+"""A prompt's products: our int4 kernel, with the weights unpacked to bfloat16 a few blocks at a time
+(the default from 64 rows) and converted in registers for every tile of 8 rows (a decode step's
+way), against PyTorch's bfloat16 and float32 products on SmolLM2's linear shapes, on one thread,
+timed in thread CPU seconds (which a busy machine disturbs less than the wall clock).
 
     .venv/bin/python benchmarks/bench_prompt_products.py [--rows 512] [--repeats 5]"""
 
@@ -14,6 +15,7 @@ from nexttoken.accel.quantize import quantize_groups
 from timing import median_seconds
 
 SHAPES = {"wqkv": (960, 576), "w_gate_up": (3072, 576), "w_down": (576, 1536), "wo": (576, 576)}
+NEVER = 2**62  # an unpacked_min_rows no prompt reaches: every row in tiles of 8
 
 
 def cpu_seconds(fn, repeats: int) -> float:
@@ -22,23 +24,35 @@ def cpu_seconds(fn, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=512)
+    parser.add_argument("--rows", type=int, nargs="+", default=[512])
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     if not kernels.load():
         raise SystemExit("our kernels cannot be built here")
     torch.set_num_threads(1)
-    print(f"{args.rows} rows, one thread; ms of CPU and GMAC/s")
-    for name, (n, k) in SHAPES.items():
-        weight = torch.randn(n, k) * 0.02
-        packed = kernels.pack(*quantize_groups(weight, 4), 4)
-        x = torch.randn(args.rows, k)
-        weight16, x16 = weight.bfloat16(), x.bfloat16()
-        timed = {"int4 (ours)": cpu_seconds(lambda: torch.ops.nexttoken.int4_matmul(x, packed), args.repeats),
-                 "bfloat16": cpu_seconds(lambda: torch.nn.functional.linear(x16, weight16), args.repeats),
-                 "float32": cpu_seconds(lambda: torch.nn.functional.linear(x, weight), args.repeats)}
-        cells = "  ".join(f"{label} {s * 1e3:6.2f} ms {args.rows * n * k / s / 1e9:6.1f}" for label, s in timed.items())
-        print(f"{name:10} {n}x{k}  {cells}  int4 / bfloat16 time {timed['int4 (ours)'] / timed['bfloat16']:.2f}")
+    print("one thread; ms of CPU and GMAC/s; ratios are of times")
+    totals: dict[int, dict[str, float]] = {}
+    for rows in args.rows:
+        for name, (n, k) in SHAPES.items():
+            weight = torch.randn(n, k) * 0.02
+            packed = kernels.pack(*quantize_groups(weight, 4), 4)
+            x = torch.randn(rows, k)
+            weight16, x16 = weight.bfloat16(), x.bfloat16()
+            timed = {"int4 unpacked": cpu_seconds(lambda: torch.ops.nexttoken.int4_matmul(x, packed, 0), args.repeats),
+                     "int4 tiles": cpu_seconds(lambda: torch.ops.nexttoken.int4_matmul(x, packed, NEVER), args.repeats),
+                     "bfloat16": cpu_seconds(lambda: torch.nn.functional.linear(x16, weight16), args.repeats),
+                     "float32": cpu_seconds(lambda: torch.nn.functional.linear(x, weight), args.repeats)}
+            for label, seconds in timed.items():
+                totals.setdefault(rows, {}).setdefault(label, 0.0)
+                totals[rows][label] += seconds
+            cells = "  ".join(f"{label} {s * 1e3:6.2f} ms {rows * n * k / s / 1e9:5.1f}" for label, s in timed.items())
+            print(f"{rows:4} rows {name:10} {n}x{k}  {cells}  unpacked / bfloat16 "
+                  f"{timed['int4 unpacked'] / timed['bfloat16']:.2f}, / tiles {timed['int4 unpacked'] / timed['int4 tiles']:.2f}")
+    print("\nall four shapes, ms of CPU")
+    for rows, sums in totals.items():
+        cells = "  ".join(f"{label} {s * 1e3:7.2f}" for label, s in sums.items())
+        print(f"{rows:4} rows  {cells}  unpacked / bfloat16 {sums['int4 unpacked'] / sums['bfloat16']:.2f}, "
+              f"/ tiles {sums['int4 unpacked'] / sums['int4 tiles']:.2f}")
 
 
 if __name__ == "__main__":

@@ -90,7 +90,7 @@ def first_answer_seconds() -> float:
 
 def speeds(repeats: int, threads: int) -> dict[str, dict[str, float]]:
     """Prefill and decode tokens/s of ours (default and float32) and llama.cpp, in this process."""
-    from llama_cpp import Llama
+    from llama_cpp import Llama, llama_perf_context, llama_perf_context_reset
 
     ours = {"ours default": load(), "ours float32": load(dtype="float32")}
     llama = Llama(model_path=str(builtin_model_path()), n_threads=threads, n_threads_batch=threads, n_ctx=1024,
@@ -100,9 +100,13 @@ def speeds(repeats: int, threads: int) -> dict[str, dict[str, float]]:
     short = prompt[:16]
 
     def llama_run(ids: list[int], n_new: int) -> None:
+        llama.reset()  # a fresh context: else its prompt cache answers the repeated prompt
+        llama_perf_context_reset(llama.ctx)
         for produced, _ in enumerate(llama.generate(ids, temp=0.0, reset=True), 1):
             if produced == n_new:
                 break
+        if llama_perf_context(llama.ctx).n_p_eval != len(ids):  # its own count of the prompt tokens evaluated
+            raise SystemExit(f"llama.cpp evaluated {llama_perf_context(llama.ctx).n_p_eval} of {len(ids)} prompt tokens")
 
     def ours_run(lm):
         def run(ids: list[int], n_new: int) -> None:

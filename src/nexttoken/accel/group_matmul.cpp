@@ -1,5 +1,7 @@
 // y = x @ w^T with w kept as 4- or 8-bit values and a float16 scale and minimum per group of 32
-// inputs (the layout and the products: group_product.h), for any number of rows of x.
+// inputs (the layout and the products: group_product.h), for any number of rows of x: a decode
+// step's few rows convert the weights in registers as they go; a prompt's, from `unpacked_min_rows`
+// on, multiply weights unpacked to bfloat16 a few blocks at a time (group_unpacked.h).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -9,12 +11,13 @@
 #include <vector>
 
 #include "group_product.h"
+#include "group_unpacked.h"
 
 namespace {
 
 // x: (M, K) float32 or bfloat16; packed: (N / 16, K / 32, group_bytes) uint8. Returns (M, N) in x's dtype.
 template <int Bits>
-at::Tensor group_matmul(const at::Tensor& x, const at::Tensor& packed, const char* name) {
+at::Tensor group_matmul(const at::Tensor& x, const at::Tensor& packed, int64_t unpacked_min_rows, const char* name) {
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), name, ": x must be a contiguous matrix");
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, name,
               ": x must be float32 or bfloat16");
@@ -40,24 +43,26 @@ at::Tensor group_matmul(const at::Tensor& x, const at::Tensor& packed, const cha
 
   at::Tensor result = at::empty({rows, n}, x.options().dtype(at::kFloat));
   float* y = result.data_ptr<float>();
+  const uint8_t* weights = packed.const_data_ptr<uint8_t>();
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    block_range<Bits>(in, rows, packed.const_data_ptr<uint8_t>(), begin, end, y, n);
+    if (rows >= unpacked_min_rows) unpacked_range<Bits>(in.x, rows, groups, weights, begin, end, y, n);
+    else block_range<Bits>(in, rows, weights, begin, end, y, n);
   });
   return x.scalar_type() == at::kFloat ? result : result.to(at::kBFloat16);
 }
 
-at::Tensor int4_matmul(const at::Tensor& x, const at::Tensor& packed) {
-  return group_matmul<4>(x, packed, "int4_matmul");
+at::Tensor int4_matmul(const at::Tensor& x, const at::Tensor& packed, int64_t unpacked_min_rows) {
+  return group_matmul<4>(x, packed, unpacked_min_rows, "int4_matmul");
 }
-at::Tensor int8_matmul(const at::Tensor& x, const at::Tensor& packed) {
-  return group_matmul<8>(x, packed, "int8_matmul");
+at::Tensor int8_matmul(const at::Tensor& x, const at::Tensor& packed, int64_t unpacked_min_rows) {
+  return group_matmul<8>(x, packed, unpacked_min_rows, "int8_matmul");
 }
 
 }  // namespace
 
 TORCH_LIBRARY(nexttoken, m) {
-  m.def("int4_matmul(Tensor x, Tensor packed) -> Tensor");
-  m.def("int8_matmul(Tensor x, Tensor packed) -> Tensor");
+  m.def("int4_matmul(Tensor x, Tensor packed, int unpacked_min_rows) -> Tensor");
+  m.def("int8_matmul(Tensor x, Tensor packed, int unpacked_min_rows) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(nexttoken, CPU, m) {

@@ -1,7 +1,8 @@
 """Our CPU kernels, compiled for this machine on first use.
 
 For decoding: the int4 and int8 matrix products (group_matmul.cpp, with its weight layout below:
-the quantized models' layers and 8-bit head), and the product of a few rows with float32, float16
+the quantized models' layers and 8-bit head; a prompt's many rows multiply the weights unpacked to
+bfloat16 a few blocks at a time, group_unpacked.h), and the product of a few rows with float32, float16
 or bfloat16 weights (matvec.cpp: a float32 or bfloat16 model's layers and head, a quantized
 model's float16 head where the 8-bit one does not fit). PyTorch's own int4 and int8 CPU kernels
 are compute-bound on a decode step's few rows, well below the rate the memory delivers; ours
@@ -46,7 +47,8 @@ SOURCES = [Path(__file__).with_name(name)
            for name in ("group_matmul.cpp", "matvec.cpp", "flash_attention.cpp", "one_query_attention.cpp",
                         "elementwise.cpp", "decode_blocks.cpp", "int8_rows.cpp", "decode_ssru.cpp")]
 HEADERS = [Path(__file__).with_name(name)
-           for name in ("vector_math.h", "group_product.h", "one_query.h", "elementwise.h", "int8_rows.h", "spin_barrier.h")]
+           for name in ("vector_math.h", "group_product.h", "group_unpacked.h", "one_query.h", "elementwise.h",
+                        "int8_rows.h", "spin_barrier.h")]
 GROUP = 32  # inputs per scale and minimum
 BLOCK_ROWS = 16  # output rows the kernel keeps in one register
 ATTENTION_HEAD_SIZES = (32, 64, 128)  # what flash_attention.cpp and one_query_attention.cpp are built for
@@ -105,7 +107,7 @@ def load() -> bool:
     global loaded
     loaded = True
 
-    def group_product(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+    def group_product(x: torch.Tensor, packed: torch.Tensor, unpacked_min_rows: int) -> torch.Tensor:
         return x.new_empty(x.shape[0], packed.shape[0] * BLOCK_ROWS)
 
     for width in ("int4", "int8"):
@@ -228,7 +230,7 @@ def unpack(packed: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tens
 
     def by_row(per_block: torch.Tensor) -> torch.Tensor:  # (N/16, K/G, 16, ...) -> (R, K/G, ...), contiguous
         if rows is None:  # every row: a transpose, far faster than gathering them
-            return per_block.transpose(1, 2).reshape(n, groups, *per_block.shape[3:])
+            return per_block.transpose(1, 2).reshape(n, groups, *per_block.shape[3:]).contiguous()
         return per_block[rows // BLOCK_ROWS, :, rows % BLOCK_ROWS].contiguous()
 
     # each row's byte pair j = 0, 1 of a run moves as one int16: run t's pair lands at bytes 2t, 2t + 1

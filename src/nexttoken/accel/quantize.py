@@ -36,10 +36,13 @@ def swap_linears(model: nn.Module, replacement: Callable[[nn.Linear], nn.Module 
 
 GROUP = kernels.GROUP  # inputs per scale and offset: a Q4_1 block
 # without our kernel: beyond this many rows, unpacking the weight for a bfloat16 matrix product is
-# faster than PyTorch's int4 kernel (docs/kernels.md). Ours takes every row: a prompt's products run
-# a little slower than on an unpacked bfloat16 weight, but its float32 sums of exact weights agree
-# better with float32.
+# faster than PyTorch's int4 kernel (docs/kernels.md)
 PYTORCH_INT4_KERNEL_MAX_ROWS = 16
+# our kernel, from this many rows on (a prompt), unpacks a few blocks of weights at a time to bfloat16
+# and multiplies every row by them, as fast as PyTorch's bfloat16 product on a resident unpacked
+# weight; fewer rows (decode steps) convert the weights in registers, keeping them exact, for every
+# tile of 8 rows (benchmarks/bench_prompt_products.py, docs/kernels.md)
+UNPACKED_MIN_ROWS = 64
 
 
 def quantize_groups(weight: torch.Tensor, bits: int = 4,
@@ -72,10 +75,12 @@ def groups_fit(weight: torch.Tensor) -> bool:
 class GroupLinear(nn.Module):
     """y = x @ w^T (+ b) with w kept as `bits`-bit values and a float16 scale and minimum per group
     of inputs, and the bias, if any, in float32. Every row goes through our kernel (kernels.py),
-    which reads the packed weight and takes x in float32 or bfloat16, rounding it to bfloat16. Where
+    which reads the packed weight and takes x in float32 or bfloat16, rounding it to bfloat16; from
+    `unpacked_min_rows` rows on it rounds the weights to bfloat16 too, a few blocks at a time. Where
     that kernel cannot be built, through a bfloat16 matrix product on the weight unpacked for the call."""
 
     bits: int  # of each value, set by each width
+    unpacked_min_rows = UNPACKED_MIN_ROWS
 
     def __init__(self, weight: torch.Tensor, kernel_dtype: torch.dtype = torch.bfloat16,
                  own_kernel: bool = True, symmetric: bool = False, bias: torch.Tensor | None = None) -> None:
@@ -120,14 +125,17 @@ class GroupLinear(nn.Module):
     def product(self, flat: torch.Tensor) -> torch.Tensor:
         if self.own_kernel:
             kernel = torch.ops.nexttoken.int4_matmul if self.bits == 4 else torch.ops.nexttoken.int8_matmul
-            return kernel(flat.contiguous(), self.packed)
+            return kernel(flat.contiguous(), self.packed, self.unpacked_min_rows)
         return (flat.to(self.kernel_dtype) @ self.unpacked().T).to(flat.dtype)
 
 
 class Int8Linear(GroupLinear):
-    """A GroupLinear of 8-bit values: twice int4's bytes, for weights that 4 bits would round."""
+    """A GroupLinear of 8-bit values: twice int4's bytes, for weights that 4 bits would round. Its
+    prompts stay in the tile kernel too: weights rounded to bfloat16 would undo much of what the
+    finer grid holds (docs/kernels.md)."""
 
     bits = 8
+    unpacked_min_rows = 2**62  # no prompt is this long
 
 
 class Int8Head(Int8Linear):
