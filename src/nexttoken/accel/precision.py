@@ -21,6 +21,7 @@ import torch
 from nexttoken.accel.accelerate import accelerate
 from nexttoken.accel.memory import hand_back_freed_memory, move_to_huge_pages
 from nexttoken.accel.quantize import float32_products, quantize_linears, quantized_head, widen_bfloat16_products
+from nexttoken.accel.split_head import split_head
 from nexttoken.errors import NextTokenError
 from nexttoken.model.transformer import Transformer
 
@@ -91,6 +92,8 @@ def set_precision(model: Transformer, dtype: str = "float32", quantize: str = "n
             quantize_linears(block, bits=int(quantize.removeprefix("int")))
             hand_back_freed_memory()
         quantized_head(model)
+        if quantize == "int4":
+            split_head(model)  # where the head outweighs the blocks, a step reads 4 bits of it
         if compute == torch.float32:
             model.cache_dtype = torch.float16  # half the bytes a decode step reads from the cache
     elif compute == torch.bfloat16:
