@@ -15,12 +15,20 @@ from nexttoken.model.transformer import Transformer
 pytestmark = pytest.mark.skipif(not kernels.load(), reason="our CPU kernels could not be built here")
 
 
-def head_heavy_model(quantize: str, vocab_size: int = 2048) -> Transformer:
+def head_heavy_config(vocab_size: int = 2048) -> ModelConfig:
     """A tiny model whose tied table outweighs its blocks, as Gemma 3 270M's does."""
+    return ModelConfig(vocab_size=vocab_size, d_model=64, n_layer=1, n_head=2, n_kv_head=1, head_dim=32, d_ff=96,
+                       max_seq_len=64, tie_embeddings=True)
+
+
+def head_heavy_model(quantize: str, vocab_size: int = 2048) -> Transformer:
     torch.manual_seed(0)
-    config = ModelConfig(vocab_size=vocab_size, d_model=64, n_layer=1, n_head=2, n_kv_head=1, head_dim=32, d_ff=96,
-                         max_seq_len=64, tie_embeddings=True)
-    return set_precision(Transformer(config).eval(), "float32", quantize)
+    return set_precision(Transformer(head_heavy_config(vocab_size)).eval(), "float32", quantize)
+
+
+def head_heavy_float_table() -> torch.Tensor:
+    torch.manual_seed(0)
+    return Transformer(head_heavy_config()).embed.weight.detach()
 
 
 def test_the_halves_rebuild_the_8_bit_table_exactly():
@@ -36,33 +44,36 @@ def test_the_halves_rebuild_the_8_bit_table_exactly():
     assert ((table - kernels.unpack(coarse)).abs() <= 7.5 * d + 128 * d * 2**-11).all()
 
 
-def test_a_head_that_dominates_a_quantized_model_is_split_and_scores_its_best_candidates_exactly():
-    int8 = head_heavy_model("int8")
-    int4 = head_heavy_model("int4")
-    assert isinstance(int8.lm_head, Int8Head) and isinstance(int8.embed, GroupEmbedding)  # 8 bits are kept whole
-    assert isinstance(int4.lm_head, SplitHead) and isinstance(int4.embed, SplitEmbedding)
-    assert int4.embed.coarse is int4.lm_head.coarse and int4.embed.fine is int4.lm_head.fine  # the table once
-    table = kernels.unpack(int8.lm_head.packed)  # the same float32 model quantized: the same 8-bit table
+@pytest.mark.parametrize("quantize", ["int4", "int8"])
+def test_a_head_that_dominates_a_quantized_model_is_split_and_scores_its_best_candidates_exactly(quantize):
+    model = head_heavy_model(quantize)
+    assert isinstance(model.lm_head, SplitHead) and isinstance(model.embed, SplitEmbedding)
+    assert model.embed.coarse is model.lm_head.coarse and model.embed.fine is model.lm_head.fine  # the table once
+    torch.manual_seed(0)  # the same float32 table as head_heavy_model's, in the Int8Head's symmetric groups
+    table = kernels.unpack(Int8Head(head_heavy_float_table()).packed)
     ids = torch.tensor([[0, 15, 2047]])
     positions = torch.arange(3).unsqueeze(0)
-    assert torch.equal(int4.embed_tokens(ids, positions), int8.embed_tokens(ids, positions))
+    assert torch.equal(model.embed(ids), table[ids])
     hidden = torch.randn(5, 64)
-    scores = int4.head(hidden)
+    scores = model.head(hidden)
     exact = hidden.double() @ table.double().T  # (5, V)
-    coarse = torch.ops.nexttoken.int4_matmul(hidden, int4.lm_head.coarse)
+    coarse = torch.ops.nexttoken.int4_matmul(hidden, model.lm_head.coarse)
     best = coarse.topk(split_head.EXACT_CANDIDATES, dim=-1).indices  # the candidates scored again
     torch.testing.assert_close(scores.gather(-1, best).double(), exact.gather(-1, best), rtol=1e-6, atol=1e-5)
     assert torch.equal(scores.scatter(-1, best, 0), coarse.scatter(-1, best, 0))
     assert torch.equal(scores.argmax(-1), exact.argmax(-1))
     # the rest within 7.5 steps of each group's d times |x|, and float16's rounding of the minimum
     assert ((scores.double() - exact).abs() <= 7.6 * table.abs().amax() / 127 * hidden.abs().sum(-1, True)).all()
-    # a step reads the coarse half only
-    assert weight_bytes_per_token(int4) < weight_bytes_per_token(int8) - int8.lm_head.packed.numel() * 0.4
+    # a step reads the coarse half only: 4 of the 8-bit table's 8 bits, and a scale and minimum per group
+    split_bytes = weight_bytes_per_token(model)
+    model.lm_head.decoding_buffers = lambda: ("coarse", "fine")
+    assert split_bytes == weight_bytes_per_token(model) - model.lm_head.fine.numel()
 
 
-def test_a_head_smaller_than_the_blocks_keeps_its_8_bits():
-    model = head_heavy_model("int4", vocab_size=96)
-    assert isinstance(model.lm_head, Int8Head)
+@pytest.mark.parametrize("quantize", ["int4", "int8"])
+def test_a_head_smaller_than_the_blocks_keeps_its_8_bits_whole(quantize):
+    model = head_heavy_model(quantize, vocab_size=96)
+    assert isinstance(model.lm_head, Int8Head) and isinstance(model.embed, GroupEmbedding)
 
 
 def test_a_split_head_adds_its_bias_to_every_score():

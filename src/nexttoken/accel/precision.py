@@ -9,7 +9,9 @@ bfloat16 weights faster than PyTorch's product); `int8` and `int4` keep linear w
 were Q4_1 in the GGUF file, int8 to within float16's rounding of the scale); their products take
 bfloat16 inputs, everything else computes in `dtype`. Under both the output head keeps 8 bits in
 symmetric groups, which hold the built-in model's Q8_0 table exactly (4 bits or bfloat16 would
-lose it), and from which the embeddings tied to it are looked up too. Computing in float32, both
+lose it), and from which the embeddings tied to it are looked up too; where that head outweighs
+the blocks (Gemma 3's vocabulary), a step reads it in two halves, exact for its best candidates
+(split_head.py). Computing in float32, both
 keep the KV cache in float16 too (half the bytes a decode step reads from it, for a change in
 accuracy too small to matter; docs/kernels.md), which lets their decode steps run all the blocks
 in one kernel call (decode_blocks.py)."""
@@ -92,8 +94,7 @@ def set_precision(model: Transformer, dtype: str = "float32", quantize: str = "n
             quantize_linears(block, bits=int(quantize.removeprefix("int")))
             hand_back_freed_memory()
         quantized_head(model)
-        if quantize == "int4":
-            split_head(model)  # where the head outweighs the blocks, a step reads 4 bits of it
+        split_head(model)  # where the head outweighs the blocks, a step reads 4 bits of most of it
         if compute == torch.float32:
             model.cache_dtype = torch.float16  # half the bytes a decode step reads from the cache
     elif compute == torch.bfloat16:
