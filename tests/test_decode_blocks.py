@@ -83,7 +83,7 @@ def test_a_cache_that_does_not_fit_is_a_clear_error():
     model = quantized_model(32, "int4")
     cache = model.new_cache(1)
     cache.keys[1] = cache.keys[1].float()
-    with torch.inference_mode(), pytest.raises(RuntimeError, match="decode_blocks: every block's keys and values"):
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="decode_blocks: each block's keys and values must be float16"):
         one_call_step(model)(torch.tensor([[1]]), cache)
 
 

@@ -41,8 +41,8 @@ class Precision:
 
 
 # what runs the matrices of a file as it stores them, by their type (GGUF's or safetensors' name):
-# the kernels' groups hold Q4_0, Q4_1 and Q8_0 blocks exactly, int4 K-quant groups to within
-# float16's rounding of their scale, and int8 the wider K-quants to within a step
+# the kernels' groups hold Q4_0, Q4_1, Q8_0 and (in int8) Q5_0 blocks exactly, Q4_K's to within
+# float16's rounding of their scales and minimums, and int8 the other wide types to within a step
 FILE_PRECISION = {
     "Q4_0": Precision("float32", "int4"), "Q4_1": Precision("float32", "int4"), "Q4_K": Precision("float32", "int4"),
     "Q5_0": Precision("float32", "int8"), "Q5_1": Precision("float32", "int8"), "Q5_K": Precision("float32", "int8"),
