@@ -56,14 +56,14 @@ def exact_rows(coarse: torch.Tensor, fine: torch.Tensor, rows: torch.Tensor) -> 
     block, row = rows // block_rows, rows % block_rows
 
     def row_bytes(table: torch.Tensor) -> torch.Tensor:  # (R, K/32, 8, 2): each run's byte pair of the row
-        runs = table[block, :, :half].view(len(rows), groups, half // 32, block_rows, 2)  # (R, K/32, t, r, j)
-        return runs[torch.arange(len(rows)), :, :, row]
+        runs = table[..., :half].view(blocks, groups, half // 32, block_rows, 2)  # (N/16, K/32, t, r, j)
+        return runs[block, :, :, row]
 
     high, low = row_bytes(coarse), row_bytes(fine)
     # byte pair j of run t: values 2t + j in the low nibbles, 16 + 2t + j in the high ones
-    u = torch.cat([(high & 15) * 16 + (low & 15), (high >> 4) * 16 + (low >> 4)], dim=2)  # (R, K/32, 2, 8, 2)
-    scale = fine[block, :, half : half + 2 * block_rows].view(torch.float16)  # (R, K/32, 16)
-    d = scale[torch.arange(len(rows)), :, row].float().unsqueeze(-1)  # (R, K/32, 1)
+    u = torch.cat([(high & 15) * 16 + (low & 15), (high >> 4) * 16 + (low >> 4)], dim=2)  # (R, K/32, 16, 2)
+    scale = fine[..., half : half + 2 * block_rows].view(torch.float16)  # (N/16, K/32, 16)
+    d = scale[block, :, row].float().unsqueeze(-1)  # (R, K/32, 1)
     return (d * (u.view(len(rows), groups, kernels.GROUP).float() - 128)).view(len(rows), groups * kernels.GROUP)
 
 
