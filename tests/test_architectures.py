@@ -253,3 +253,28 @@ def test_export_refuses_what_the_llama_layout_cannot_hold(name, tmp_path):
     model, _, _ = load_hf_model(save_folder(tiny_decoder(name), tmp_path))
     with pytest.raises(NextTokenError, match="only Llama-configured decoders can be exported"):
         check_llama(model.config)  # a sliding window, RoPE scaling: exported as Llama, they would be lost
+
+
+@pytest.mark.parametrize("quantize", ["none", "int8"])
+def test_gemma3_heads_of_256_decode_as_transformers(quantize, tmp_path, monkeypatch):
+    """Gemma 3 270M's head size, which the one-query kernel and the one-call step take: each decode
+    step's scores through our float32 kernels (to 1e-4), and in one int8 call (within its rounding),
+    past the sliding window."""
+    import tiny_decoders
+    from nexttoken.accel import kernels
+    from nexttoken.accel.precision import set_precision
+    from nexttoken.accel.steps import decode_step
+
+    monkeypatch.setitem(tiny_decoders.BUILDERS, "gemma3", lambda: tiny_decoders._gemma3(head_dim=256))
+    reference = tiny_decoder("gemma3")
+    model, _, _ = load_hf_model(save_folder(reference, tmp_path))
+    set_precision(model, "float32", quantize)
+    step = decode_step(model)
+    assert (step != model.next_scores) == (quantize == "int8" and kernels.load())
+    ids = _ids(8, length=24, rows=1)
+    with torch.inference_mode():
+        expected = reference(ids).logits[0, 12:]  # (12, V): the scores after each decoded position
+        cache = model.new_cache(capacity=24)
+        step(ids[:, :12], cache)
+        scores = torch.stack([step(ids[:, t : t + 1], cache)[0] for t in range(12, 24)])
+    torch.testing.assert_close(scores, expected, rtol=0, atol=1e-4 if quantize == "none" else 0.1)
