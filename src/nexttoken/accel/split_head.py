@@ -1,5 +1,5 @@
 """An 8-bit head read in two 4-bit halves, for models whose head is most of what a decode step reads
-(Gemma 3 270M's tied 262,144 × 640 table: three times the bytes of its eighteen int4 blocks).
+(Gemma 3's tied table of 262,144 tokens, several times the bytes of its small blocks).
 
 Each 8-bit value u of an Int8Head's symmetric groups (u = q + 128 for a weight d * q, a Q8_0
 block's exactly) is split into its high and low nibbles, u = 16 h + l, kept as two int4 tables in
@@ -9,7 +9,8 @@ the kernels' layout (kernels.pack):
 A step's scores come from `coarse` alone (half of the 8-bit bytes, through the int4 kernel); the
 `EXACT_CANDIDATES` best of each row are then scored again on their exact weights,
 d * (16 h + l - 128), rebuilt from both halves, so the best candidates carry their 8-bit score
-and the rest one that is off by at most 7.5 d * |x| per group. The embedding lookups of a tied
+and the rest one that is off by at most 7.5 d * |x| per group (and float16's rounding of the
+minimum); greedy choices are the 8-bit head's unless its best falls outside the coarse best. The embedding lookups of a tied
 table read the exact rows the same way, and the two halves together take the 8-bit table's
 bytes plus one more scale and minimum per group."""
 
