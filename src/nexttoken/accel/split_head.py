@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from nexttoken.accel import kernels
+from nexttoken.accel.memory import drop_mapped_pages
 from nexttoken.accel.quantize import GroupLinear, Int8Head
 
 EXACT_CANDIDATES = 64  # of each row, scored on their exact weights (docs/models.md: agreement with float32)
@@ -25,11 +26,20 @@ LOW_NIBBLE_MEAN = 7.5
 CONVERT_BLOCKS = 1024  # blocks of 16 rows converted at a time: a bound on the temporaries
 
 
-def split_groups(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+def int8_scales(packed: torch.Tensor) -> torch.Tensor:
+    """(..., group_bytes(8)) groups -> (..., 16) their rows' float16 scales."""
+    values = kernels.value_bytes(8)
+    return packed[..., values : values + 2 * kernels.BLOCK_ROWS].view(torch.float16)
+
+
+def split_groups(packed: torch.Tensor, release: bool = False) -> tuple[torch.Tensor, torch.Tensor] | None:
     """An Int8Head's (N/16, K/32, group_bytes(8)) symmetric groups -> the `coarse` and `fine`
-    int4 tables (see the module's docstring); None where 16 d overflows float16. An 8-bit group's
-    run t holds values 2t + j of its rows, a 4-bit group's run t values 2t + j (low nibble) and
-    16 + 2t + j (high): runs t and t + 8 of the 8-bit group make run t of the 4-bit ones."""
+    int4 tables (see the module's docstring); None where 16 d overflows float16. With `release`,
+    the pages of `packed` already split leave resident memory as the halves fill theirs (its bytes
+    are then lost: for a table about to be dropped), so that the two never take their room together.
+    An 8-bit group's run t holds values 2t + j of its rows, a 4-bit group's run t values 2t + j
+    (low nibble) and 16 + 2t + j (high): runs t and t + 8 of the 8-bit group make run t of the
+    4-bit ones."""
     blocks, groups, _ = packed.shape
     values, half = kernels.value_bytes(8), kernels.value_bytes(4)
     rows = kernels.BLOCK_ROWS
@@ -40,12 +50,14 @@ def split_groups(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | No
         first, second = part[..., : values // 2], part[..., values // 2 : values]  # runs 0-7 and 8-15
         coarse[start : start + CONVERT_BLOCKS, :, :half] = (first >> 4) | (second & 0xF0)
         fine[start : start + CONVERT_BLOCKS, :, :half] = (first & 0x0F) | (second << 4)
-        scale = part[..., values : values + 2 * rows].view(torch.float16).float()  # (b, g, 16): d
+        scale = int8_scales(part).float()  # (b, g, 16): d
         coarse_scale, coarse_minimum = (16 * scale).half(), (-(128 - LOW_NIBBLE_MEAN) * scale).half()
         if not torch.isfinite(coarse_scale).all():
             return None
         coarse[start : start + CONVERT_BLOCKS, :, half:] = torch.cat([coarse_scale, coarse_minimum], -1).view(torch.uint8)
         fine[start : start + CONVERT_BLOCKS, :, half:] = part[..., values:]  # d and -128 d, as they were
+        if release:
+            drop_mapped_pages(part.data_ptr(), part.numel())
     return coarse, fine
 
 
@@ -119,9 +131,9 @@ def split_head(model: nn.Module) -> bool:
     place, and a SplitEmbedding where its table is tied; returns whether it did."""
     if not (head_dominates(model) and kernels.load()):
         return False
-    halves = split_groups(model.lm_head.packed)
-    if halves is None:
-        return False
+    if not torch.isfinite((16 * int8_scales(model.lm_head.packed).float()).half()).all():
+        return False  # checked first: the split below gives up the 8-bit table's bytes as it goes
+    halves = split_groups(model.lm_head.packed, release=True)  # the 8-bit table is dropped right after
     tied = model.embed.packed is model.lm_head.packed if hasattr(model.embed, "packed") else False
     model.lm_head = SplitHead(*halves, model.lm_head.bias)
     if tied:
