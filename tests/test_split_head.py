@@ -39,6 +39,8 @@ def test_the_halves_rebuild_the_8_bit_table_exactly():
     table = kernels.unpack(head.packed)
     rows = torch.tensor([0, 15, 16, 47, 3, 3])  # both ends of blocks of 16, and a row twice
     assert torch.equal(exact_rows(coarse, fine, rows), table[rows])
+    released = split_groups(head.packed.clone(), release=True)  # the copy's pages handed back as it goes
+    assert torch.equal(released[0], coarse) and torch.equal(released[1], fine)
     # the coarse half alone: each weight within 7.5 steps of d (and float16's rounding of its minimum)
     d = quantize_groups(weight, 8, symmetric=True)[1].repeat_interleave(kernels.GROUP, dim=1)
     assert ((table - kernels.unpack(coarse)).abs() <= 7.5 * d + 128 * d * 2**-11).all()
