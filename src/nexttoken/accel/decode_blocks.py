@@ -120,12 +120,12 @@ def gather(blocks: nn.ModuleList) -> Blocks | None:
 def decode_blocks(blocks: Blocks, x: torch.Tensor, inputs: dict[str, AttentionInputs], cache: KVCache) -> torch.Tensor:
     """(B, 1, d_model) -> the last block's (B, 1, d_model) output; each block's keys and values
     for the step go into `cache` at its current length (a sliding block's: into its ring)."""
-    glob = inputs.get("global") or inputs["sliding"]
-    window = inputs.get("sliding") or glob
+    full = inputs.get("global") or inputs["sliding"]  # a model of one kind passes its rotations twice
+    window = inputs.get("sliding") or full
     return torch.ops.nexttoken.decode_blocks(
         x.contiguous(), blocks.attn_norms, blocks.qkvs, blocks.os, blocks.mlp_norms, blocks.gate_ups, blocks.downs,
-        blocks.q_norms, blocks.k_norms, blocks.attn_out_norms, blocks.mlp_out_norms, blocks.sliding, glob.cos,
-        glob.sin, window.cos, window.sin, window.mask if "sliding" in inputs else None, cache.keys, cache.values,
+        blocks.q_norms, blocks.k_norms, blocks.attn_out_norms, blocks.mlp_out_norms, blocks.sliding, full.cos,
+        full.sin, window.cos, window.sin, window.mask if "sliding" in inputs else None, cache.keys, cache.values,
         cache.length, blocks.heads, blocks.eps, blocks.scale, blocks.activation)
 
 
