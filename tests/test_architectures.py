@@ -168,11 +168,11 @@ def test_ring_caches_join_and_trim_as_a_batch(tiny_gemma3):
 @pytest.mark.parametrize("name", ARCHITECTURES)
 @pytest.mark.parametrize("quantize", ["none", "int8"])
 def test_accelerated_paths_take_what_they_support_and_leave_the_rest_to_the_reference(name, quantize, tmp_path):
-    """Our kernels swapped in (float32), or int8 weights: Llama's blocks (Llama 3's scaling is in
-    the rotations the step is given) run in one kernel call; blocks with per-head norms, sandwich
-    norms, a sliding window, biases or their own query scale run the reference operations. Either
-    way the scores are the reference's (float32: to 1e-4, greedy tokens the same; int8: within
-    its rounding)."""
+    """Our kernels swapped in (float32), or int8 weights: blocks run in one kernel call with their
+    per-head norms, sandwich norms, sliding windows, GeGLU and query scales (Llama 3's scaling is in
+    the rotations the step is given), and blocks with biases (Qwen 2's) the reference operations.
+    Either way the scores are the reference's (float32: to 1e-4, greedy tokens the same; int8:
+    within its rounding)."""
     from nexttoken.accel import kernels
     from nexttoken.accel.decode_blocks import one_call_step
     from nexttoken.accel.precision import set_precision
@@ -183,7 +183,7 @@ def test_accelerated_paths_take_what_they_support_and_leave_the_rest_to_the_refe
     reference = tiny_decoder(name)
     model, _, _ = load_hf_model(save_folder(reference, tmp_path))
     set_precision(model, "float32", quantize)
-    one_call = quantize != "none" and name == "llama3" and kernels.load()
+    one_call = quantize != "none" and name != "qwen2" and kernels.load()
     assert (one_call_step(model) is not None) == one_call
     step = decode_step(model)
     assert (step == model.next_scores) == (not one_call)
@@ -253,3 +253,28 @@ def test_export_refuses_what_the_llama_layout_cannot_hold(name, tmp_path):
     model, _, _ = load_hf_model(save_folder(tiny_decoder(name), tmp_path))
     with pytest.raises(NextTokenError, match="only Llama-configured decoders can be exported"):
         check_llama(model.config)  # a sliding window, RoPE scaling: exported as Llama, they would be lost
+
+
+@pytest.mark.parametrize("quantize", ["none", "int8"])
+def test_gemma3_heads_of_256_decode_as_transformers(quantize, tmp_path, monkeypatch):
+    """Gemma 3 270M's head size, which the one-query kernel and the one-call step take: each decode
+    step's scores through our float32 kernels (to 1e-4), and in one int8 call (within its rounding),
+    past the sliding window."""
+    import tiny_decoders
+    from nexttoken.accel import kernels
+    from nexttoken.accel.precision import set_precision
+    from nexttoken.accel.steps import decode_step
+
+    monkeypatch.setitem(tiny_decoders.BUILDERS, "gemma3", lambda: tiny_decoders._gemma3(head_dim=256))
+    reference = tiny_decoder("gemma3")
+    model, _, _ = load_hf_model(save_folder(reference, tmp_path))
+    set_precision(model, "float32", quantize)
+    step = decode_step(model)
+    assert (step != model.next_scores) == (quantize == "int8" and kernels.load())
+    ids = _ids(8, length=24, rows=1)
+    with torch.inference_mode():
+        expected = reference(ids).logits[0, 12:]  # (12, V): the scores after each decoded position
+        cache = model.new_cache(capacity=24)
+        step(ids[:, :12], cache)
+        scores = torch.stack([step(ids[:, t : t + 1], cache)[0] for t in range(12, 24)])
+    torch.testing.assert_close(scores, expected, rtol=0, atol=1e-4 if quantize == "none" else 0.1)

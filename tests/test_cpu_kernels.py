@@ -90,6 +90,7 @@ def test_flash_attention_says_what_it_cannot_take():
     (3, 4, 2, 37, 32),  # a padded batch's
     (2, 8, 8, 600, 128),  # enough keys that the heads are shared between threads
     (1, 12, 2, 50, 64), (1, 6, 2, 40, 128), (1, 16, 1, 20, 32),  # groups of queries in registers: 4 + 2, 2 + 1, 8 + 8
+    (1, 4, 1, 300, 256),  # Gemma 3 270M's heads: one query's sums at a time
 ])
 def test_one_query_attention_is_sdpa(dtype, batch, heads, kv_heads, keys, head_dim):
     g = torch.Generator().manual_seed(0)
@@ -132,7 +133,7 @@ def test_one_query_attention_of_a_query_that_sees_no_key_is_zero():
 
 def test_one_query_attention_says_what_it_cannot_take():
     q = torch.zeros(1, 2, 1, 32)
-    with pytest.raises(RuntimeError, match="head size must be 32, 64 or 128, not 48"):
+    with pytest.raises(RuntimeError, match="head size must be 32, 64, 128 or 256, not 48"):
         torch.ops.nexttoken.one_query_attention(torch.zeros(1, 2, 1, 48), torch.zeros(1, 1, 3, 48),
                                                 torch.zeros(1, 1, 3, 48), None, 1.0)
     with pytest.raises(RuntimeError, match="must all be float32 or all bfloat16, or q float32 with k and v float16"):

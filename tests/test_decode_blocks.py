@@ -83,7 +83,7 @@ def test_a_cache_that_does_not_fit_is_a_clear_error():
     model = quantized_model(32, "int4")
     cache = model.new_cache(1)
     cache.keys[1] = cache.keys[1].float()
-    with torch.inference_mode(), pytest.raises(RuntimeError, match="decode_blocks: every block's keys and values"):
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="decode_blocks: each block's keys and values must be float16"):
         one_call_step(model)(torch.tensor([[1]]), cache)
 
 
@@ -97,3 +97,51 @@ def test_smollm2_int4_decodes_in_one_call_as_block_by_block(smollm2, smollm2_int
     blocks, _ = greedy_steps(smollm2_int4, prompt, 12, one_call=False)
     one_call, _ = greedy_steps(smollm2_int4, prompt, 12, one_call=True)
     assert one_call_step(smollm2_int4) is not None and torch.equal(one_call, blocks)
+
+
+def gemma_like_model(quantize: str = "int4") -> Transformer:
+    """Gemma 3's blocks, tiny: heads of 256, q/k norms, norms on both sublayers' outputs, GeGLU, and
+    sliding layers (a window of 6) around a global one, each kind with its own rotary base."""
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=96, d_model=128, n_layer=3, n_head=2, n_kv_head=1, head_dim=256, d_ff=160,
+                         max_seq_len=128, embed_scale=128**0.5, mlp="gated-gelu", qk_norm=True,
+                         norm_sublayer_outputs=True, attention_scale=0.0625, sliding_window=6,
+                         sliding_layers=(True, False, True), rope_local_theta=10000.0, tie_embeddings=True)
+    model = Transformer(config).eval()
+    with torch.no_grad():  # norms' weights other than ones, so that a norm left out would show
+        for name, parameter in model.named_parameters():
+            if "norm" in name:
+                parameter.uniform_(0.5, 1.5)
+    return set_precision(model, "float32", quantize)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gemma_blocks_decode_in_one_call_as_their_operators_past_the_window(threads):
+    model = gemma_like_model()
+    step = one_call_step(model)
+    assert step is not None and step.blocks.sliding == [1, 0, 1] and step.blocks.activation == 1
+    tokens = torch.randint(0, 96, (2, 90))  # the ring (6 + 64 slots) wraps after 70 positions
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        results = []
+        for decode in (model.next_scores, step):
+            cache = model.new_cache(2, capacity=90)
+            with torch.inference_mode():
+                scores = [decode(tokens[:, :4], cache)] + [decode(tokens[:, i : i + 1], cache) for i in range(4, 90)]
+            results.append((torch.stack(scores), cache))
+    finally:
+        torch.set_num_threads(before)
+    (blocks, blocks_cache), (one_call, one_call_cache) = results
+    assert blocks_cache.ring_size == 70 and one_call_cache.length == blocks_cache.length == 90
+    # GeGLU's tanh rounds otherwise than PyTorch's: agreement to float32's last bits, carried through 3 blocks
+    torch.testing.assert_close(one_call, blocks, rtol=1e-5, atol=1e-5)
+    for ours, theirs in zip(one_call_cache.keys + one_call_cache.values, blocks_cache.keys + blocks_cache.values):
+        torch.testing.assert_close(ours.float(), theirs.float(), rtol=2e-3, atol=2e-3)  # float16 roundings
+
+
+def test_a_block_whose_norms_differ_from_the_others_runs_its_operators():
+    model = gemma_like_model()
+    model.blocks[1].attn.q_norm = None
+    model.blocks[1].attn.k_norm = None
+    assert one_call_step(model) is None

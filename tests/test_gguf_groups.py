@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from nexttoken.accel import kernels
-from nexttoken.accel.precision import Precision, resolve_precision
+from nexttoken.accel.precision import Precision, resolve_precision, set_precision
 from nexttoken.accel.quantize import GroupEmbedding, GroupLinear, Int4Linear, Int8Head, Int8Linear, quantize_groups
 from nexttoken.errors import NextTokenError
 from nexttoken.loaders.gguf import load_gguf_model
@@ -72,14 +72,17 @@ def gguf_quantize(values: np.ndarray, ggml_type: T) -> np.ndarray:
 
 
 @needs_kernels
-def test_other_widths_and_types_go_through_float32(tmp_path):
-    path = write_llama_gguf(tmp_path / "tiny.gguf", tiny_llama(), T.Q8_0)
-    model, _ = load_gguf_model(path, bits=4)  # Q8_0 into 4 bits: re-quantized later, by set_precision
-    assert not any(isinstance(m, Int4Linear) for m in model.modules())
-    assert isinstance(model.lm_head, Int8Head)  # the tied Q8_0 table keeps its 8 bits
-    path = write_llama_gguf(tmp_path / "tiny4.gguf", tiny_llama(), T.Q4_1)
-    model, _ = load_gguf_model(path, bits=8)
-    assert not any(isinstance(m, Int8Linear) for m in model.modules())
+@pytest.mark.parametrize("matrix_type, bits", [(T.Q8_0, 4), (T.Q4_1, 8)])
+def test_other_widths_and_types_are_quantized_from_float32_one_matrix_at_a_time(tmp_path, matrix_type, bits):
+    path = write_llama_gguf(tmp_path / "tiny.gguf", tiny_llama(), matrix_type)
+    model, _ = load_gguf_model(path, bits=bits)  # as set_precision quantizes a float32 model's layers
+    reference = set_precision(load_gguf_model(path)[0], "float32", f"int{bits}", huge_pages=False)
+    linear = Int4Linear if bits == 4 else Int8Linear
+    layers = [m for m in model.modules() if isinstance(m, GroupLinear) and not isinstance(m, Int8Head)]
+    assert layers and all(type(m) is linear for m in layers)
+    for ours, theirs in zip(layers, [m for m in reference.blocks.modules() if isinstance(m, GroupLinear)]):
+        assert torch.equal(ours.packed, theirs.packed)
+    assert isinstance(model.lm_head, Int8Head) == (matrix_type == T.Q8_0)  # a tied Q8_0 table keeps its 8 bits
 
 
 @pytest.mark.parametrize("matrix_type, precision", [
@@ -175,7 +178,6 @@ def test_auto_runs_a_safetensors_folder_in_its_dtype(tmp_path, dtype, precision)
 def test_attention_maps_read_a_quantized_model(tmp_path):
     """The inspector (apps.attention, /v1/attention) on the default int4 path: its float32 products
     read the groups' exact values, so the maps are the float32 model's."""
-    from nexttoken.accel.precision import set_precision
     from nexttoken.apps.attention import last_token_attention
 
     path = write_llama_gguf(tmp_path / "tiny.gguf", tiny_llama(), T.Q4_1)

@@ -55,11 +55,11 @@ def _phi3():
     return Phi3ForCausalLM(config)
 
 
-def _gemma3(query_scalar: float = 32):
+def _gemma3(query_scalar: float = 32, head_dim: int = 32):
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     # seven layers: five sliding, a global one, a sliding one (llama.cpp's pattern of six)
-    config = Gemma3TextConfig(**{**COMMON, "tie_word_embeddings": True}, num_hidden_layers=7, head_dim=32,
+    config = Gemma3TextConfig(**{**COMMON, "tie_word_embeddings": True}, num_hidden_layers=7, head_dim=head_dim,
                               query_pre_attn_scalar=query_scalar, sliding_window=6, pad_token_id=0, bos_token_id=2,
                               eos_token_id=1)
     return Gemma3ForCausalLM(config)

@@ -1,9 +1,13 @@
 // A decode step through the pre-norm Llama blocks of a quantized model, in one call. Each block:
 // RMSNorm, the fused q/k/v product, the rotation, the new key and value written to the float16
 // cache, attention of the one query, the output product and the residual; RMSNorm, the fused
-// gate/up product, SwiGLU, the down product and the residual. The same steps as the block's
-// operators, called one by one (group_product.h, elementwise.h, one_query.h), so the result is
-// theirs bit for bit; but the threads start once for the step, not once for each of a block's
+// gate/up product, SwiGLU, the down product and the residual. Where a block has them (Gemma 3's):
+// RMSNorm on each head's queries and keys before the rotation, RMSNorm on the attention's and the
+// MLP's outputs before each joins the residual, GeGLU in place of SwiGLU, and a sliding window:
+// its keys and values in a ring of the cache (kv_cache.py), read under a mask of the keys the
+// window sees, with rotations of their own. The same steps as the block's operators, called one by
+// one (group_product.h, elementwise.h, one_query.h), so the result is theirs bit for bit (but for
+// GeGLU's tanh, which PyTorch rounds otherwise); but the threads start once for the step, not once for each of a block's
 // five parallel operators, and meet at a spin barrier between the steps that need each other's
 // results (six a block). The steps between products are small, and each thread does them whole
 // where that saves a barrier: both normalise and round every product's input themselves.
@@ -17,6 +21,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <optional>
 #include <vector>
 
 #include "elementwise.h"
@@ -56,23 +61,32 @@ void store_half(c10::Half* out, __m512 values) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm512_cvtps_ph(values, _MM_FROUND_TO_NEAREST_INT));
 }
 
+enum Activation { kSiLU = 0, kGELUTanh = 1 };  // of the gated MLP: SwiGLU, GeGLU
+
 // What every block of the step shares: its input and output, shapes and positions.
 struct Step {
   const float* x;  // (B, d)
-  const float *cos, *sin;  // (B, D): each row's rotation
+  const float *cos, *sin;  // (B, D): each row's rotation in global layers
+  const float *window_cos, *window_sin;  // (B, D): in sliding layers
+  const bool* window_mask;  // (B, ring slots) rows `window_mask_stride` apart: the keys a sliding layer sees
+  int64_t window_mask_stride;
   int64_t rows, d, heads, kv_heads, ff;
-  int64_t position;  // where the new keys and values go; attention reads [0, position]
-  int64_t spans;  // of each key/value head's keys, as one_query_attention splits them
-  int64_t cache_strides[3];
+  int64_t position;  // where a global layer's new keys and values go; it reads [0, position]
+  int64_t spans;  // the most any block splits each key/value head's keys into: room for the partials
   double eps;
   float scale;
+  Activation activation;
   float* out;  // (B, d)
 };
 
 struct Block {
   const float *attn_norm, *mlp_norm;
+  const float *q_norm, *k_norm, *attn_out_norm, *mlp_out_norm;  // null where the block has none
   Weight qkv, o, gate_up, down;
   c10::Half *keys, *values;  // (B, H_kv, S, D), rows `cache_strides` apart
+  int64_t cache_strides[3];
+  bool sliding;  // keys and values in a ring of S slots, read under the window's mask
+  int64_t slot, keys_read, spans;  // where the new key goes, how many slots attention reads, in how many spans
 };
 
 // Buffers every thread reads: the products' outputs, the rotated queries and attention's partial results.
@@ -90,11 +104,12 @@ void run_block(const Step& step, const Block& w, const float* x, float* out, Sha
   const int64_t B = step.rows, d = step.d, H = step.heads, H_kv = step.kv_heads, group = H / H_kv;
   const int64_t qkv_n = (H + 2 * H_kv) * D;
   const int64_t widest = std::max({d, H * D, step.ff});
-  thread_local std::vector<float> inputs, residual, scores;
+  thread_local std::vector<float> inputs, residual, scores, normed;
   thread_local std::vector<uint16_t> bits;
   thread_local std::vector<float> sums;
   inputs.resize(B * widest);
   residual.resize(B * d);
+  normed.resize(B * d);
   bits.resize(B * widest);
   sums.resize(B * widest / kGroup);
   // each thread rounds the inputs of every product itself: no barrier, and a few hundred values
@@ -105,37 +120,47 @@ void run_block(const Step& step, const Block& w, const float* x, float* out, Sha
   product_share(w.qkv, bits.data(), sums.data(), B, shared.qkv.data(), tid, team);
   barrier.wait();
 
-  // rotate the queries and keys, and store the keys and values in the cache: a row of D values each
+  // norm and rotate the queries and keys, and store the keys and values in the cache: a row of D values each
+  const float* cos = w.sliding ? step.window_cos : step.cos;
+  const float* sin = w.sliding ? step.window_sin : step.sin;
   const Share heads = share(B * (H + 2 * H_kv), tid, team);
   for (int64_t task = heads.first; task < heads.last; ++task) {
     const int64_t b = task / (H + 2 * H_kv), head = task % (H + 2 * H_kv);
     const float* in = shared.qkv.data() + b * qkv_n + head * D;
+    float head_normed[D];
+    const float* head_norm = head < H ? w.q_norm : w.k_norm;
+    if (head < H + H_kv && head_norm != nullptr) {
+      rms_norm_row(in, head_norm, D, step.eps, head_normed);
+      in = head_normed;
+    }
     if (head < H) {
-      rotate_row(in, step.cos + b * D, step.sin + b * D, D, shared.queries.data() + (b * H + head) * D);
+      rotate_row(in, cos + b * D, sin + b * D, D, shared.queries.data() + (b * H + head) * D);
       continue;
     }
     const bool key = head < H + H_kv;
     const int64_t kv_head = key ? head - H : head - H - H_kv;
     float rotated[D];
-    if (key) rotate_row(in, step.cos + b * D, step.sin + b * D, D, rotated);
-    c10::Half* row = (key ? w.keys : w.values) + b * step.cache_strides[0] + kv_head * step.cache_strides[1] +
-                     step.position * step.cache_strides[2];
+    if (key) rotate_row(in, cos + b * D, sin + b * D, D, rotated);
+    c10::Half* row = (key ? w.keys : w.values) + b * w.cache_strides[0] + kv_head * w.cache_strides[1] +
+                     w.slot * w.cache_strides[2];
     for (int64_t i = 0; i < D; i += 16) store_half(row + i, _mm512_loadu_ps((key ? rotated : in) + i));
   }
   barrier.wait();
 
-  // attention over positions [0, position]: tasks of a span of one key/value head's keys, as
+  // attention over the slots [0, keys_read) (a global layer's positions [0, position]; a sliding
+  // layer's ring, under its mask): tasks of a span of one key/value head's keys, as
   // one_query_attention shares them, so that the sums come out as its do
-  const int64_t keys = step.position + 1, kv_rows = B * H_kv, n_spans = step.spans;
+  const int64_t keys = w.keys_read, kv_rows = B * H_kv, n_spans = w.spans;
   const int64_t span_keys = (keys + n_spans - 1) / n_spans;
   scores.resize(group * span_keys);
   const Share tasks = share(kv_rows * n_spans, tid, team);
   for (int64_t task = tasks.first; task < tasks.last; ++task) {
     const int64_t head = task / n_spans, span = task % n_spans, b = head / H_kv, h = head % H_kv;
     const int64_t first = span * span_keys, last = std::min(keys, first + span_keys);
-    const int64_t cache_offset = b * step.cache_strides[0] + h * step.cache_strides[1];
+    const int64_t cache_offset = b * w.cache_strides[0] + h * w.cache_strides[1];
+    const bool* mask = w.sliding ? step.window_mask + b * step.window_mask_stride : nullptr;
     one_span<Chunks>(shared.queries.data() + (b * H + h * group) * D, D, w.keys + cache_offset,
-                     w.values + cache_offset, step.cache_strides[2], nullptr, first, last, step.scale,
+                     w.values + cache_offset, w.cache_strides[2], mask, first, last, step.scale,
                      static_cast<int>(group), scores.data(), shared.partials.data() + task * group);
   }
   barrier.wait();
@@ -149,20 +174,31 @@ void run_block(const Step& step, const Block& w, const float* x, float* out, Sha
   product_share(w.o, bits.data(), sums.data(), B, shared.o.data(), tid, team);
   barrier.wait();
 
-  for (int64_t i = 0; i < B * d; ++i) residual[i] = x[i] + shared.o[i];
+  // each sublayer's output normed first where the block norms it (Gemma's "sandwich")
+  auto sublayer_output = [&](const std::vector<float>& product, const float* norm) -> const float* {
+    if (norm == nullptr) return product.data();
+    for (int64_t b = 0; b < B; ++b) rms_norm_row(product.data() + b * d, norm, d, step.eps, normed.data() + b * d);
+    return normed.data();
+  };
+  const float* attended = sublayer_output(shared.o, w.attn_out_norm);
+  for (int64_t i = 0; i < B * d; ++i) residual[i] = x[i] + attended[i];
   for (int64_t b = 0; b < B; ++b) rms_norm_row(residual.data() + b * d, w.mlp_norm, d, step.eps, inputs.data() + b * d);
   round(d);
   product_share(w.gate_up, bits.data(), sums.data(), B, shared.gate_up.data(), tid, team);
   barrier.wait();
 
-  for (int64_t b = 0; b < B; ++b)
-    silu_mul_row(shared.gate_up.data() + b * 2 * step.ff, step.ff, inputs.data() + b * step.ff);
+  for (int64_t b = 0; b < B; ++b) {
+    const float* gate_up = shared.gate_up.data() + b * 2 * step.ff;
+    if (step.activation == kGELUTanh) gelu_tanh_mul_row(gate_up, step.ff, inputs.data() + b * step.ff);
+    else silu_mul_row(gate_up, step.ff, inputs.data() + b * step.ff);
+  }
   round(step.ff);
   product_share(w.down, bits.data(), sums.data(), B, shared.down.data(), tid, team);
   barrier.wait();
 
+  const float* mlp_out = sublayer_output(shared.down, w.mlp_out_norm);
   const Share outputs = share(B * d, tid, team);
-  for (int64_t i = outputs.first; i < outputs.last; ++i) out[i] = residual[i] + shared.down[i];
+  for (int64_t i = outputs.first; i < outputs.last; ++i) out[i] = residual[i] + mlp_out[i];
 }
 
 template <int Chunks>
@@ -177,73 +213,125 @@ void run_blocks(const Step& step, const std::vector<Block>& blocks, Shared& shar
   }
 }
 
-Block block_of(const at::Tensor& attn_norm, const at::Tensor& qkv, const at::Tensor& o, const at::Tensor& mlp_norm,
-               const at::Tensor& gate_up, const at::Tensor& down, at::Tensor& keys, at::Tensor& values,
-               const at::Tensor& first_keys, int64_t d, int64_t heads) {
-  TORCH_CHECK(attn_norm.scalar_type() == at::kFloat && mlp_norm.scalar_type() == at::kFloat &&
-              attn_norm.is_contiguous() && mlp_norm.is_contiguous() && attn_norm.numel() == d && mlp_norm.numel() == d,
-              "decode_blocks: the norms' weights must be float32 of ", d, " values");
-  TORCH_CHECK(keys.scalar_type() == at::kHalf && keys.sizes() == first_keys.sizes() &&
-              keys.strides() == first_keys.strides() && values.scalar_type() == at::kHalf &&
+// A norm's weight of n float32 values for block i, or null where the list is empty (no block has one).
+const float* optional_norm(at::TensorList norms, size_t i, int64_t n, const char* name) {
+  if (norms.empty()) return nullptr;
+  TORCH_CHECK(norms[i].scalar_type() == at::kFloat && norms[i].is_contiguous() && norms[i].numel() == n,
+              "decode_blocks: ", name, " must be float32 of ", n, " values");
+  return norms[i].const_data_ptr<float>();
+}
+
+// The norms' weights, products' packed weights and cache of block i, checked against the step's shapes.
+struct BlockTensors {
+  at::TensorList attn_norms, qkvs, os, mlp_norms, gate_ups, downs, q_norms, k_norms, attn_out_norms, mlp_out_norms;
+  at::TensorList keys, values;
+};
+
+Block block_of(const BlockTensors& t, size_t i, bool sliding, int64_t B, int64_t d, int64_t heads, int64_t H_kv,
+               int64_t D, int64_t position, int64_t threads) {
+  Block block{};
+  block.attn_norm = optional_norm(t.attn_norms, i, d, "attn_norm");
+  block.mlp_norm = optional_norm(t.mlp_norms, i, d, "mlp_norm");
+  block.q_norm = optional_norm(t.q_norms, i, D, "q_norm");
+  block.k_norm = optional_norm(t.k_norms, i, D, "k_norm");
+  block.attn_out_norm = optional_norm(t.attn_out_norms, i, d, "attn_out_norm");
+  block.mlp_out_norm = optional_norm(t.mlp_out_norms, i, d, "mlp_out_norm");
+  const at::Tensor &keys = t.keys[i], &values = t.values[i];
+  TORCH_CHECK(keys.scalar_type() == at::kHalf && values.scalar_type() == at::kHalf && keys.dim() == 4 &&
+              keys.stride(3) == 1 && keys.size(0) == B && keys.size(1) == H_kv && keys.size(3) == D &&
               values.sizes() == keys.sizes() && values.strides() == keys.strides(),
-              "decode_blocks: every block's keys and values must be float16 tensors of one shape and layout");
-  const int64_t H_kv = keys.size(1), D = keys.size(3);
-  const Weight qkv_weight = weight_of(qkv, d, "qkv"), gate_up_weight = weight_of(gate_up, d, "gate_up");
-  const int64_t ff = gate_up_weight.blocks * kBlock / 2;
-  const Weight o_weight = weight_of(o, heads * D, "o"), down_weight = weight_of(down, ff, "down");
-  TORCH_CHECK(qkv_weight.blocks * kBlock == (heads + 2 * H_kv) * D && o_weight.blocks * kBlock == d &&
-              down_weight.blocks * kBlock == d, "decode_blocks: the weights' shapes do not fit a block of ", heads,
+              "decode_blocks: each block's keys and values must be float16 (B, H_kv, S, D) tensors of one layout, "
+              "rows contiguous");
+  block.qkv = weight_of(t.qkvs[i], d, "qkv");
+  block.gate_up = weight_of(t.gate_ups[i], d, "gate_up");
+  const int64_t ff = block.gate_up.blocks * kBlock / 2;
+  block.o = weight_of(t.os[i], heads * D, "o");
+  block.down = weight_of(t.downs[i], ff, "down");
+  TORCH_CHECK(block.qkv.blocks * kBlock == (heads + 2 * H_kv) * D && block.o.blocks * kBlock == d &&
+              block.down.blocks * kBlock == d, "decode_blocks: the weights' shapes do not fit a block of ", heads,
               " heads of ", D);
-  return {attn_norm.const_data_ptr<float>(), mlp_norm.const_data_ptr<float>(), qkv_weight, o_weight, gate_up_weight,
-          down_weight, keys.data_ptr<c10::Half>(), values.data_ptr<c10::Half>()};
+  block.keys = const_cast<c10::Half*>(keys.const_data_ptr<c10::Half>());
+  block.values = const_cast<c10::Half*>(values.const_data_ptr<c10::Half>());
+  for (int j = 0; j < 3; ++j) block.cache_strides[j] = keys.stride(j);
+  block.sliding = sliding;
+  const int64_t slots = keys.size(2);
+  TORCH_CHECK(sliding || position < slots, "decode_blocks: position ", position, " is outside the cache");
+  block.slot = sliding ? position % slots : position;
+  block.keys_read = sliding ? slots : position + 1;
+  block.spans = span_count(B * H_kv, block.keys_read, heads / H_kv, threads);
+  return block;
 }
 
 // x: (B, 1, d) float32; for each block, its norms' weights (d) float32, its products' packed int4
-// or int8 weights (kernels.pack: qkv, o, gate_up, down) and its float16 cache, keys and values
-// (B, H_kv, S, D) with rows contiguous, written at `position` and read over [0, position]; cos,
-// sin: (B, 1, 1, D) float32, the rotation of each row's position. Returns the last block's
-// output, (B, 1, d) float32.
+// or int8 weights (kernels.pack: qkv, o, gate_up, down), its per-head norms of queries and keys
+// (D) and norms of the attention's and MLP's outputs (d), each list empty where no block has them,
+// whether it slides, and its float16 cache, keys and values (B, H_kv, S, D) with rows contiguous:
+// a global layer's written at `position` and read over [0, position], a sliding layer's (a ring)
+// written at position % S and read where `window_mask` (B, 1, 1, S) bool allows. cos, sin: (B, 1,
+// 1, D) float32, the rotation of each row's position in global layers; window_cos, window_sin: in
+// sliding ones. activation: 0 SwiGLU, 1 GeGLU (tanh). Returns the last block's output, (B, 1, d) float32.
 at::Tensor decode_blocks(const at::Tensor& x, at::TensorList attn_norms, at::TensorList qkvs, at::TensorList os,
-                         at::TensorList mlp_norms, at::TensorList gate_ups, at::TensorList downs, const at::Tensor& cos,
-                         const at::Tensor& sin, at::TensorList keys, at::TensorList values, int64_t position,
-                         int64_t heads, double eps, double scale) {
+                         at::TensorList mlp_norms, at::TensorList gate_ups, at::TensorList downs, at::TensorList q_norms,
+                         at::TensorList k_norms, at::TensorList attn_out_norms, at::TensorList mlp_out_norms,
+                         at::IntArrayRef sliding, const at::Tensor& cos, const at::Tensor& sin,
+                         const at::Tensor& window_cos, const at::Tensor& window_sin,
+                         const std::optional<at::Tensor>& window_mask, at::TensorList keys, at::TensorList values,
+                         int64_t position, int64_t heads, double eps, double scale, int64_t activation) {
   TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 3 && x.size(1) == 1 && x.is_contiguous(),
               "decode_blocks: x must be a contiguous float32 (B, 1, d) tensor");
   const size_t n = qkvs.size();
-  TORCH_CHECK(n > 0 && attn_norms.size() == n && os.size() == n && mlp_norms.size() == n && gate_ups.size() == n &&
-              downs.size() == n && keys.size() == n && values.size() == n,
-              "decode_blocks: every list must hold one tensor per block");
-  const at::Tensor& first_keys = keys[0];
+  auto per_block = [&](at::TensorList list, bool optional) { return list.size() == n || (optional && list.empty()); };
+  TORCH_CHECK(n > 0 && per_block(attn_norms, false) && per_block(os, false) && per_block(mlp_norms, false) &&
+              per_block(gate_ups, false) && per_block(downs, false) && per_block(keys, false) &&
+              per_block(values, false) && per_block(q_norms, true) && per_block(k_norms, true) &&
+              per_block(attn_out_norms, true) && per_block(mlp_out_norms, true) && sliding.size() == n,
+              "decode_blocks: every list must hold one tensor per block (the optional norms' lists: or none)");
+  TORCH_CHECK(activation == kSiLU || activation == kGELUTanh, "decode_blocks: activation must be 0 or 1");
   const int64_t B = x.size(0), d = x.size(2);
-  TORCH_CHECK(first_keys.dim() == 4 && first_keys.stride(3) == 1 && first_keys.size(0) == B,
-              "decode_blocks: keys and values must be (B, H_kv, S, D), rows contiguous");
-  const int64_t H_kv = first_keys.size(1), D = first_keys.size(3);
-  TORCH_CHECK(D == 32 || D == 64 || D == 128, "decode_blocks: head size must be 32, 64 or 128, not ", D);
-  TORCH_CHECK(0 <= position && position < first_keys.size(2), "decode_blocks: position ", position,
-              " is outside the cache");
+  TORCH_CHECK(keys[0].dim() == 4, "decode_blocks: keys and values must be (B, H_kv, S, D)");
+  const int64_t H_kv = keys[0].size(1), D = keys[0].size(3);
+  TORCH_CHECK(D == 32 || D == 64 || D == 128 || D == 256, "decode_blocks: head size must be 32, 64, 128 or 256, not ",
+              D);
+  TORCH_CHECK(0 <= position, "decode_blocks: position ", position, " is outside the cache");
   TORCH_CHECK(heads % H_kv == 0 && heads / H_kv <= kMaxGroup, "decode_blocks: ", heads, " query heads for ", H_kv,
               " key/value heads");
-  TORCH_CHECK(cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat && cos.is_contiguous() &&
-              sin.is_contiguous() && cos.numel() == B * D && sin.numel() == B * D,
-              "decode_blocks: cos and sin must be float32 (B, 1, 1, D)");
+  for (const at::Tensor* r : {&cos, &sin, &window_cos, &window_sin})
+    TORCH_CHECK(r->scalar_type() == at::kFloat && r->is_contiguous() && r->numel() == B * D,
+                "decode_blocks: cos and sin must be float32 (B, 1, 1, D)");
+  const bool any_sliding = std::any_of(sliding.begin(), sliding.end(), [](int64_t s) { return s != 0; });
+  TORCH_CHECK(!any_sliding || window_mask.has_value(), "decode_blocks: sliding layers need their window's mask");
+  const int64_t group = heads / H_kv, kv_rows = B * H_kv;
+  // counted here: inside the parallel region at::get_num_threads() counts 1
+  const int64_t threads = at::get_num_threads();
+  const BlockTensors tensors{attn_norms, qkvs, os, mlp_norms, gate_ups, downs, q_norms, k_norms, attn_out_norms,
+                             mlp_out_norms, keys, values};
   std::vector<Block> blocks;
   blocks.reserve(n);
   for (size_t i = 0; i < n; ++i) {
-    at::Tensor block_keys = keys[i], block_values = values[i];
-    blocks.push_back(block_of(attn_norms[i], qkvs[i], os[i], mlp_norms[i], gate_ups[i], downs[i], block_keys,
-                              block_values, first_keys, d, heads));
+    blocks.push_back(block_of(tensors, i, sliding[i] != 0, B, d, heads, H_kv, D, position, threads));
+    TORCH_CHECK(blocks[i].attn_norm != nullptr && blocks[i].mlp_norm != nullptr, "decode_blocks: norms missing");
+  }
+  if (any_sliding) {
+    const at::Tensor& m = *window_mask;
+    const auto ring = std::find_if(blocks.begin(), blocks.end(), [](const Block& b) { return b.sliding; });
+    TORCH_CHECK(m.scalar_type() == at::kBool && m.dim() == 4 && m.size(0) == B && m.size(3) == ring->keys_read &&
+                m.stride(3) == 1 && std::all_of(blocks.begin(), blocks.end(), [&](const Block& b) {
+                  return !b.sliding || b.keys_read == ring->keys_read;
+                }), "decode_blocks: the window's mask must be bool (B, 1, 1, S), S the ring's slots");
   }
   const int64_t ff = blocks[0].gate_up.blocks * kBlock / 2;
   const bool one_size = std::all_of(blocks.begin(), blocks.end(),
                                     [&](const Block& b) { return b.gate_up.blocks == blocks[0].gate_up.blocks; });
   TORCH_CHECK(one_size, "decode_blocks: every block's MLP must be of one size");
   at::Tensor out = at::empty({B, 1, d}, x.options());
-  const int64_t group = heads / H_kv, kv_rows = B * H_kv;
-  // counted here: inside the parallel region at::get_num_threads() counts 1
-  const int64_t n_spans = span_count(kv_rows, position + 1, group, at::get_num_threads());
-  const Step step{x.const_data_ptr<float>(), cos.const_data_ptr<float>(), sin.const_data_ptr<float>(), B, d, heads,
-                  H_kv, ff, position, n_spans, {first_keys.stride(0), first_keys.stride(1), first_keys.stride(2)},
-                  eps, static_cast<float>(scale), out.data_ptr<float>()};
+  const int64_t n_spans = std::max_element(blocks.begin(), blocks.end(), [](const Block& a, const Block& b) {
+                            return a.spans < b.spans;
+                          })->spans;
+  const Step step{x.const_data_ptr<float>(), cos.const_data_ptr<float>(), sin.const_data_ptr<float>(),
+                  window_cos.const_data_ptr<float>(), window_sin.const_data_ptr<float>(),
+                  any_sliding ? window_mask->const_data_ptr<bool>() : nullptr,
+                  any_sliding ? window_mask->stride(0) : 0, B, d, heads, H_kv, ff, position, n_spans, eps,
+                  static_cast<float>(scale), static_cast<Activation>(activation), out.data_ptr<float>()};
 
   thread_local Shared calls_buffers;
   Shared& shared = calls_buffers;  // the caller's, named so: the lambda below would name each thread's own
@@ -260,7 +348,6 @@ at::Tensor decode_blocks(const at::Tensor& x, at::TensorList attn_norms, at::Ten
 
   // one task per thread; where the threads do not start (one thread, or a call from inside a
   // parallel region), the one call that gets every task runs the step alone
-  const int64_t threads = at::get_num_threads();
   SpinBarrier barrier(static_cast<int>(threads));
   SpinBarrier alone(1);
   at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
@@ -270,7 +357,8 @@ at::Tensor decode_blocks(const at::Tensor& x, at::TensorList attn_norms, at::Ten
     const int tid = by_itself ? 0 : static_cast<int>(begin), team = by_itself ? 1 : static_cast<int>(threads);
     if (D == 32) run_blocks<2>(step, blocks, shared, meet, tid, team);
     else if (D == 64) run_blocks<4>(step, blocks, shared, meet, tid, team);
-    else run_blocks<8>(step, blocks, shared, meet, tid, team);
+    else if (D == 128) run_blocks<8>(step, blocks, shared, meet, tid, team);
+    else run_blocks<16>(step, blocks, shared, meet, tid, team);
   });
   return out;
 }
@@ -279,8 +367,10 @@ at::Tensor decode_blocks(const at::Tensor& x, at::TensorList attn_norms, at::Ten
 
 TORCH_LIBRARY_FRAGMENT(nexttoken, m) {
   m.def("decode_blocks(Tensor x, Tensor[] attn_norms, Tensor[] qkvs, Tensor[] os, Tensor[] mlp_norms, "
-        "Tensor[] gate_ups, Tensor[] downs, Tensor cos, Tensor sin, Tensor(a!)[] keys, Tensor(b!)[] values, "
-        "int position, int heads, float eps, float scale) -> Tensor");
+        "Tensor[] gate_ups, Tensor[] downs, Tensor[] q_norms, Tensor[] k_norms, Tensor[] attn_out_norms, "
+        "Tensor[] mlp_out_norms, int[] sliding, Tensor cos, Tensor sin, Tensor window_cos, Tensor window_sin, "
+        "Tensor? window_mask, Tensor(a!)[] keys, Tensor(b!)[] values, int position, int heads, float eps, "
+        "float scale, int activation) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(nexttoken, CPU, m) {

@@ -1,5 +1,6 @@
 // The per-value steps between a layer's products, each one pass over memory in float32 whatever the
-// tensors' dtype (float32 or bfloat16): RMSNorm, SwiGLU's silu(gate) * up, and the rotation of
+// tensors' dtype (float32 or bfloat16): RMSNorm, SwiGLU's silu(gate) * up (GeGLU's, float32 only,
+// for the one-call decode step), and the rotation of
 // queries and keys by their positions. PyTorch runs each as several operations, each reading and
 // writing the whole tensor, and widening bfloat16 each time.
 // Results are rounded where PyTorch's operations round them: a bfloat16 silu(gate) is rounded
@@ -49,6 +50,23 @@ inline void silu_mul_row(const X* gate_up, int64_t n, X* out) {
     const __m512 exp_minus = vector_exp(_mm512_sub_ps(_mm512_setzero_ps(), gate));
     const __m512 silu = rounded_as<X>(_mm512_div_ps(gate, _mm512_add_ps(_mm512_set1_ps(1.0f), exp_minus)));
     store16(out + i, _mm512_mul_ps(silu, up), count);
+  }
+}
+
+// out = gelu(gate) * up with GELU's tanh form (Gemma's GeGLU), for one row of float32: n gate values,
+// then n up values. 0.5 x (1 + tanh(u)) is x / (1 + exp(-2u)), u = sqrt(2 / pi) (x + 0.044715 x^3):
+// one exponential, as SiLU takes; PyTorch's tanh rounds otherwise, so the two agree to float32's
+// last bits, not bit for bit.
+inline void gelu_tanh_mul_row(const float* gate_up, int64_t n, float* out) {
+  const __m512 minus_two_root = _mm512_set1_ps(-2.0f * 0.7978845608028654f), cubic = _mm512_set1_ps(0.044715f);
+  for (int64_t i = 0; i < n; i += 16) {
+    const int count = static_cast<int>(std::min<int64_t>(16, n - i));
+    const __m512 gate = load16(gate_up + i, count);
+    const __m512 up = load16(gate_up + n + i, count);
+    const __m512 inner = _mm512_fmadd_ps(_mm512_mul_ps(cubic, gate), _mm512_mul_ps(gate, gate), gate);
+    const __m512 exp_minus = vector_exp(_mm512_mul_ps(minus_two_root, inner));
+    const __m512 gelu = _mm512_div_ps(gate, _mm512_add_ps(_mm512_set1_ps(1.0f), exp_minus));
+    store16(out + i, _mm512_mul_ps(gelu, up), count);
   }
 }
 

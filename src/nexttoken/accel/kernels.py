@@ -51,7 +51,8 @@ HEADERS = [Path(__file__).with_name(name)
                         "int8_rows.h", "spin_barrier.h")]
 GROUP = 32  # inputs per scale and minimum
 BLOCK_ROWS = 16  # output rows the kernel keeps in one register
-ATTENTION_HEAD_SIZES = (32, 64, 128)  # what flash_attention.cpp and one_query_attention.cpp are built for
+ATTENTION_HEAD_SIZES = (32, 64, 128)  # what flash_attention.cpp is built for
+ONE_QUERY_HEAD_SIZES = (*ATTENTION_HEAD_SIZES, 256)  # one_query_attention.cpp and decode_blocks.cpp: Gemma 3's too
 ONE_QUERY_MAX_GROUP = 16  # query heads per key/value head that one_query_attention.cpp keeps in registers
 FLAGS = ["-O3", "-std=c++20", "-shared", "-fPIC", "-fopenmp", "-w",
          "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mf16c", "-mfma"]
@@ -181,7 +182,7 @@ def takes_one_query(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     the compiled decode step too, where it is faster than inductor's loop."""
     float16_cache = q.dtype == torch.float32 and k.dtype == torch.float16
     fits = (q.shape[2] == 1 and (q.dtype == k.dtype or float16_cache) and k.dtype == v.dtype
-            and q.shape[-1] in ATTENTION_HEAD_SIZES and q.shape[1] // k.shape[1] <= ONE_QUERY_MAX_GROUP
+            and q.shape[-1] in ONE_QUERY_HEAD_SIZES and q.shape[1] // k.shape[1] <= ONE_QUERY_MAX_GROUP
             and k.stride() == v.stride() and q.stride(-1) == k.stride(-1) == 1
             and (mask is None or mask.dtype == torch.bool and mask.shape[1] == mask.shape[2] == 1
                  and mask.stride(-1) == 1))

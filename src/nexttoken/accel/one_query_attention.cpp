@@ -60,7 +60,8 @@ void run_for_head_size(const at::Tensor& q, const at::Tensor& k, const at::Tenso
     case 32: return run<2, Q, KV>(q, k, v, s, out);
     case 64: return run<4, Q, KV>(q, k, v, s, out);
     case 128: return run<8, Q, KV>(q, k, v, s, out);
-    default: TORCH_CHECK(false, "one_query_attention: head size must be 32, 64 or 128, not ", q.size(3));
+    case 256: return run<16, Q, KV>(q, k, v, s, out);
+    default: TORCH_CHECK(false, "one_query_attention: head size must be 32, 64, 128 or 256, not ", q.size(3));
   }
 }
 

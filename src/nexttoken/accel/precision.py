@@ -9,7 +9,9 @@ bfloat16 weights faster than PyTorch's product); `int8` and `int4` keep linear w
 were Q4_1 in the GGUF file, int8 to within float16's rounding of the scale); their products take
 bfloat16 inputs, everything else computes in `dtype`. Under both the output head keeps 8 bits in
 symmetric groups, which hold the built-in model's Q8_0 table exactly (4 bits or bfloat16 would
-lose it), and from which the embeddings tied to it are looked up too. Computing in float32, both
+lose it), and from which the embeddings tied to it are looked up too; where that head outweighs
+the blocks (Gemma 3's vocabulary), a step reads it in two halves, exact for its best candidates
+(split_head.py). Computing in float32, both
 keep the KV cache in float16 too (half the bytes a decode step reads from it, for a change in
 accuracy too small to matter; docs/kernels.md), which lets their decode steps run all the blocks
 in one kernel call (decode_blocks.py)."""
@@ -21,6 +23,7 @@ import torch
 from nexttoken.accel.accelerate import accelerate
 from nexttoken.accel.memory import hand_back_freed_memory, move_to_huge_pages
 from nexttoken.accel.quantize import float32_products, quantize_linears, quantized_head, widen_bfloat16_products
+from nexttoken.accel.split_head import split_head
 from nexttoken.errors import NextTokenError
 from nexttoken.model.transformer import Transformer
 
@@ -38,8 +41,8 @@ class Precision:
 
 
 # what runs the matrices of a file as it stores them, by their type (GGUF's or safetensors' name):
-# the kernels' groups hold Q4_0, Q4_1 and Q8_0 blocks exactly, int4 K-quant groups to within
-# float16's rounding of their scale, and int8 the wider K-quants to within a step
+# the kernels' groups hold Q4_0, Q4_1, Q8_0 and (in int8) Q5_0 blocks exactly, Q4_K's to within
+# float16's rounding of their scales and minimums, and int8 the other wide types to within a step
 FILE_PRECISION = {
     "Q4_0": Precision("float32", "int4"), "Q4_1": Precision("float32", "int4"), "Q4_K": Precision("float32", "int4"),
     "Q5_0": Precision("float32", "int8"), "Q5_1": Precision("float32", "int8"), "Q5_K": Precision("float32", "int8"),
@@ -91,6 +94,7 @@ def set_precision(model: Transformer, dtype: str = "float32", quantize: str = "n
             quantize_linears(block, bits=int(quantize.removeprefix("int")))
             hand_back_freed_memory()
         quantized_head(model)
+        split_head(model)  # where the head outweighs the blocks, a step reads 4 bits of most of it
         if compute == torch.float32:
             model.cache_dtype = torch.float16  # half the bytes a decode step reads from the cache
     elif compute == torch.bfloat16:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import torch
 
-from nexttoken.accel.quantize import GroupLinear
 from nexttoken.decoding.config import GenerationConfig, SamplingConfig
 from nexttoken.model.transformer import Transformer
 from nexttoken.pretrained import LanguageModel
@@ -53,12 +52,13 @@ def measure_bandwidth(model: Transformer, repeats: int = 5) -> float:
 
 def weight_bytes_per_token(model: Transformer) -> int:
     """Bytes of every weight a decode step reads, each tensor once: all but the embedding table,
-    which is read only row by row unless it is also the output head, and but the copies of int4
-    weights that only prompts read."""
-    unread = {f"{name}.{buffer}" for name, module in model.named_modules() if isinstance(module, GroupLinear)
+    which is read only row by row unless it is also the output head, and but what a module's
+    `decoding_buffers` leaves out (copies of int4 weights that only prompts read, the exact half of
+    a split head)."""
+    unread = {f"{name}.{buffer}" for name, module in model.named_modules() if hasattr(module, "decoding_buffers")
               for buffer, _ in module.named_buffers() if buffer not in module.decoding_buffers()}
-    if model.lm_head is not None:
-        unread.add("embed.weight")  # a head that shares the table lists it under its own name too
+    if model.lm_head is not None:  # a head that shares the table lists it under its own name too
+        unread.update(name for name in model.state_dict() if name.startswith("embed."))
     read = {t.data_ptr(): t for name, t in model.state_dict().items() if name not in unread}
     return sum(t.numel() * t.element_size() for t in read.values())
 

@@ -13,13 +13,14 @@ from torch.overrides import TorchFunctionMode
 
 from nexttoken.accel import kernels
 from nexttoken.accel.memory import HugePageArena, drop_mapped_pages, hand_back_freed_memory
-from nexttoken.accel.quantize import GroupEmbedding, Int4Linear, Int8Head, Int8Linear
+from nexttoken.accel.quantize import GroupEmbedding, Int4Linear, Int8Head, Int8Linear, groups_fit
 from nexttoken.config import ModelConfig
 from nexttoken.errors import NextTokenError
 from nexttoken.families import Family, family_for
 from nexttoken.families.weights import WeightName, expand, stack
 from nexttoken.loaders.gguf_file import GGUFFile, RawTensor, read_gguf
 from nexttoken.loaders.gguf_groups import packed_bytes, packed_parameter
+from nexttoken.loaders.kquant_groups import kquant_parameter
 from nexttoken.loaders.quants import dequantize
 from nexttoken.model.transformer import Transformer
 
@@ -31,7 +32,9 @@ def load_gguf_model(source: str | Path | GGUFFile, dtype: torch.dtype = torch.fl
     """The model, with its weights in `dtype` (cast one by one as they are read, so that the
     float32 weights never exist all at once), and the file. With `bits` (4 or 8), linear layers
     whose blocks fit come as Int4Linear or Int8Linear, and a Q8_0 head as an Int8Head (which the
-    embedding lookups of a tied table read too), straight from the file."""
+    embedding lookups of a tied table read too), straight from the file (Q4_K into int4 and Q5_0
+    into int8 too: kquant_groups.py); the other linear layers are quantized from float32 one
+    matrix at a time, so that a quantized model's float32 matrices never exist all at once."""
     with one_thread():
         return build_model(source if isinstance(source, GGUFFile) else read_gguf(source), dtype, bits)
 
@@ -64,10 +67,16 @@ def build_model(file: GGUFFile, dtype: torch.dtype, bits: int | None) -> tuple[T
         arena = HugePageArena(sum(packed_bytes(parts[name], bits) for name in matrices)
                               + (packed_bytes(parts[TIED_TABLE], 8) if tied else 0))
         for name in matrices:
+            fit = groups_fit(model.get_parameter(name))
             packed = packed_parameter(parts[name], bits, config, arena.empty)
+            if packed is None and fit:
+                packed = kquant_parameter(parts[name], bits, config)
             if packed is not None:
                 swap_in_groups(model, name, packed, bits)
                 drop_pages_of(parts.pop(name))
+            elif fit:  # groups that do not hold the file's: through float32, one matrix at a time
+                swap_in_quantized(model, name, parameter(parts.pop(name), config, torch.float32), bits)
+        hand_back_freed_memory()
         if tied and (head := packed_parameter(parts[TIED_TABLE], 8, config, arena.empty)) is not None:
             model.lm_head = Int8Head.from_packed(head)
             model.embed = GroupEmbedding(model.lm_head.packed)
@@ -159,6 +168,14 @@ def swap_in_groups(model: nn.Module, name: str, packed: torch.Tensor, bits: int)
     """Put a group layer over `packed` in place of the linear layer whose weight is `name`."""
     parent, _, child = name.removesuffix(".weight").rpartition(".")
     setattr(model.get_submodule(parent), child, (Int4Linear if bits == 4 else Int8Linear).from_packed(packed))
+
+
+def swap_in_quantized(model: nn.Module, name: str, weight: torch.Tensor, bits: int) -> None:
+    """Put a group layer quantized from the float32 `weight` in place of the linear layer whose
+    weight is `name`, as quantize_linears would later, so that the float32 matrices never exist
+    all at once."""
+    parent, _, child = name.removesuffix(".weight").rpartition(".")
+    setattr(model.get_submodule(parent), child, (Int4Linear if bits == 4 else Int8Linear)(weight))
 
 
 def read_tensor(file: GGUFFile, name: str) -> torch.Tensor:
