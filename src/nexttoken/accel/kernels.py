@@ -1,10 +1,10 @@
 """Our CPU kernels, compiled for this machine on first use.
 
 For decoding: the int4 and int8 matrix products (group_matmul.cpp, with its weight layout below:
-the quantized models' layers and 8-bit head; a prompt's many rows multiply the weights unpacked to
-bfloat16 a few blocks at a time, group_unpacked.h), and the product of a few rows with float32, float16
-or bfloat16 weights (matvec.cpp: a float32 or bfloat16 model's layers and head, a quantized
-model's float16 head where the 8-bit one does not fit). PyTorch's own int4 and int8 CPU kernels
+the quantized models' layers and 8-bit head; an int4 prompt's many rows multiply the weights
+unpacked to bfloat16 a few blocks at a time, group_unpacked.h), and the product of a few rows with
+float32, float16 or bfloat16 weights (matvec.cpp: a float32 or bfloat16 model's layers and head, a
+quantized model's float16 head where the 8-bit one does not fit). PyTorch's own int4 and int8 CPU kernels
 are compute-bound on a decode step's few rows, well below the rate the memory delivers; ours
 multiply 4- or 8-bit weights by bfloat16 inputs with AVX512-BF16 dot products, with float32 sums
 of exact weights. PyTorch's float16 product rounds x to float16, where ours keeps it in float32;
