@@ -20,7 +20,7 @@ from nexttoken.model.transformer import Transformer
 from nexttoken.train.distributed import Process
 from nexttoken.train.initialization import init_weights
 from nexttoken.train.loop import TrainConfig, make_optimizer, train, train_step
-from nexttoken.train.objectives import IGNORE, first_target_weighted_loss, next_token_loss
+from nexttoken.train.objectives import IGNORE, next_token_loss
 from nexttoken.train.schedule import learning_rate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -55,19 +55,6 @@ def test_next_token_loss_counts_only_real_targets():
     keep = batch["targets"] != IGNORE
     expected = F.cross_entropy(logits[keep], batch["targets"][keep])
     assert n_tokens == 16 + 10
-    torch.testing.assert_close(loss, expected)
-
-
-def test_first_target_weighted_loss_weights_each_rows_first_counted_target():
-    model = tiny_model()
-    batch = random_batch(2)
-    batch["targets"][0, :3] = IGNORE  # row 0's first counted target is at 3, row 1's at 0
-    torch.testing.assert_close(first_target_weighted_loss(model, batch, 1.0), next_token_loss(model, batch))
-    loss, n_tokens = first_target_weighted_loss(model, batch, 5.0)
-    per_target = F.cross_entropy(model(batch["input_ids"]).flatten(0, 1), batch["targets"].flatten(),
-                                 ignore_index=IGNORE, reduction="none").view(2, -1)
-    expected = (per_target.sum() + 4 * (per_target[0, 3] + per_target[1, 0])) / n_tokens
-    assert n_tokens == 16 + 13
     torch.testing.assert_close(loss, expected)
 
 

@@ -28,7 +28,7 @@ from nexttoken.train.export import export_gguf, export_hf
 from nexttoken.train.lora import LoraConfig, add_lora, merge_lora
 from nexttoken.train.loop import TrainConfig, TrainResult, to_device, train
 from nexttoken.train.masking import labelled_token_loss, sft_batch, sft_tokens
-from nexttoken.train.objectives import IGNORE, first_target_weighted_loss, next_token_loss
+from nexttoken.train.objectives import IGNORE, next_token_loss
 from nexttoken.train.sft_data import person_tags, play_lines, read_plays, sft_conversations
 from nexttoken.train.tool_data import conversation, offered_functions, tool_cases
 from nexttoken.train.tool_eval import ToolScores, tool_use_scores
@@ -131,10 +131,9 @@ def sft_examples(lm: LanguageModel, conversations: list[list[dict[str, str]]]) -
 
 def finetune_chat(lm: LanguageModel, conversations: list[list[dict[str, str]]], held_out: list[list[dict[str, str]]],
                   config: TrainConfig, run_dir: str | Path, max_len: int = 256,
-                  lora: LoraConfig | None = None, objective: Objective = next_token_loss) -> FinetuneResult:
-    """Train `lm` on the assistant replies of `conversations` with `objective`, in full or (with
-    `lora`) through adapters that are merged into its weights at the end; `lm.model` is changed in
-    place. The held-out loss before and after is the plain next-token loss."""
+                  lora: LoraConfig | None = None) -> FinetuneResult:
+    """Train `lm` on the assistant replies of `conversations`, in full or (with `lora`) through
+    adapters that are merged into its weights at the end; `lm.model` is changed in place."""
     collate = partial(sft_batch, pad_id=lm.pad_id, max_len=max_len)
     evaluation = fixed_batches(sft_examples(lm, held_out), config.micro_batch, collate)
     model = lm.model
@@ -144,7 +143,7 @@ def finetune_chat(lm: LanguageModel, conversations: list[list[dict[str, str]]], 
     else:
         model.requires_grad_(True)
     data = ExampleLoader(sft_examples(lm, conversations), config.micro_batch, collate)
-    result = train(model, data, objective, config, run_dir)
+    result = train(model, data, next_token_loss, config, run_dir)
     model.eval().requires_grad_(False)
     if lora is not None:
         merge_lora(model)
@@ -262,9 +261,6 @@ def finetune_classifier(encoder: SentenceEncoder, train_rows: list, held_out: li
 
 TASKS = ("chat", "play", "names", "tools")
 MAX_LEN = {"tools": 1024}  # tokens of an example: the tool section alone is about 500
-# tools: the loss weight of a reply's first token, where the model decides between a call and an
-# answer; unweighted it is one of about 40 counted tokens of an example
-DECISION_WEIGHT = 10.0
 NAME_TAGS = ["O", "PERSON"]  # "names": tag 1 marks a word that names a person of the play
 
 
@@ -366,7 +362,7 @@ def tools_task(lm: LanguageModel, config: TrainConfig, run_dir: Path, examples: 
     held_out = tool_cases("held_out", eval_examples)
     before = tool_use(lm, held_out)
     result = finetune_chat(lm, train_set, [plain_messages(conversation(c), offered_functions(c)) for c in held_out],
-                           config, run_dir, max_len, lora, partial(first_target_weighted_loss, weight=DECISION_WEIGHT))
+                           config, run_dir, max_len, lora)
     after = tool_use(lm, held_out)
     result.tool_use = {f"{mode} {when}": scores for when, measured in (("before", before), ("after", after))
                        for mode, scores in measured.items()}

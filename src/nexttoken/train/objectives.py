@@ -25,19 +25,3 @@ def next_token_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[t
     # vocabulary lose the small differences the gradient is made of
     total = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum")
     return total / n_tokens.clamp(min=1), n_tokens
-
-
-def first_target_weighted_loss(model: nn.Module, batch: dict[str, torch.Tensor], weight: float) -> tuple[torch.Tensor,
-                                                                                                        torch.Tensor]:
-    """`next_token_loss` with each row's first counted target weighted `weight` times, still divided
-    by the number of counted targets. In supervised fine-tuning that target is the first token of
-    the first reply: for a model offered tools, the one where it decides between a call and an
-    answer, otherwise outweighed by the tens of tokens of the call and the reply after it."""
-    logits = model(batch["input_ids"], mask=batch.get("attention_mask"))  # (B, T, V)
-    targets = batch["targets"]
-    counted = targets != IGNORE
-    first = counted & (counted.cumsum(dim=1) == 1)
-    weights = counted.float() + (weight - 1) * first.float()  # (B, T)
-    per_target = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="none")
-    n_tokens = counted.sum()
-    return (per_target * weights.flatten()).sum() / n_tokens.clamp(min=1), n_tokens
