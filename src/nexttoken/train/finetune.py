@@ -354,8 +354,9 @@ def tool_use(lm: LanguageModel, cases: list) -> dict[str, ToolScores]:
 
 def tools_task(lm: LanguageModel, config: TrainConfig, run_dir: Path, examples: int, eval_examples: int,
                max_len: int, lora: LoraConfig | None, out: Path | None) -> FinetuneResult:
-    """SFT on calls of the five functions of train/tool_data.py and on direct answers, in the
-    prompt form of apps/tools.py; tool use measured before and after on held-out requests whose
+    """SFT on calls of the five functions of train/tool_data.py and on direct answers to requests
+    that no offered function fits, each conversation in the prompt form of apps/tools.py with its
+    case's offered functions; tool use measured before and after on held-out requests whose
     wording training never saw. The accuracy reported is the share with every argument right,
     constrained."""
     train_set = [plain_messages(conversation(case), offered_functions(case)) for case in tool_cases("train", examples)]
