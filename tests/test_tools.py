@@ -12,8 +12,9 @@ from nexttoken.apps.tools import (CALL_OPEN, Function, call_schema, forced_call_
 from nexttoken.decoding.grammar_engine import compile_grammar
 from nexttoken.decoding.outputs import Completion
 from nexttoken.serve.replies import ChoiceStream, chat_message
-from nexttoken.train.tool_data import FUNCTIONS, TEMPLATES, conversation, result_of, tool_cases
+from nexttoken.train.tool_data import FUNCTIONS, conversation, offered_functions, result_of, tool_cases
 from nexttoken.train.tool_eval import Predicted, predicted, scores
+from nexttoken.train.tool_requests import CALL_TEMPLATES, NO_FIT, NO_FIT_KINDS, UNOFFERED
 
 WEATHER = Function("get_weather", "The forecast.", {"type": "object", "properties": {"city": {"type": "string"}},
                                                      "required": ["city"]})
@@ -127,21 +128,59 @@ def test_call_grammar_takes_valid_calls_only(smollm2):
     jsonschema.validate(body, {k: v for k, v in schema.items() if k != "x-guidance"})
 
 
+def wording(split: str) -> set[str]:
+    """Every template and request text of `split`, calls and requests that no function fits."""
+    return ({t for ts in CALL_TEMPLATES[split].values() for t in ts}
+            | {request for pairs in NO_FIT[split].values() for request, _ in pairs}
+            | {request for request, _ in UNOFFERED[split]})
+
+
 def test_held_out_wording_is_disjoint_from_training():
-    train, held = TEMPLATES["train"], TEMPLATES["held_out"]
-    assert not {t for ts in train.values() for t in ts} & {t for ts in held.values() for t in ts}
+    assert not wording("train") & wording("held_out")
     train_cases, held_cases = tool_cases("train", 400), tool_cases("held_out", 80)
     assert not {c.template for c in train_cases} & {c.template for c in held_cases}
     assert not {c.request for c in train_cases} & {c.request for c in held_cases}
     assert {c.function for c in held_cases} == {f.name for f in FUNCTIONS} | {None}
     assert tool_cases("train", 50) == train_cases[:50]  # seeded
+    assert tool_cases("held_out", 40) == held_cases[:40]
+
+
+@pytest.mark.parametrize("split", ["train", "held_out"])
+def test_every_kind_of_request_that_no_function_fits_is_in_the_mix(split):
+    cases = tool_cases(split, 400 if split == "train" else 80)
+    direct = [c for c in cases if c.function is None]
+    assert {c.kind for c in direct} == set(NO_FIT_KINDS)
+    assert {c.kind for c in cases if c.function} == {"call"}
+    assert len(direct) / len(cases) > 0.35  # "no call" is no rare exception
+    for case in cases:
+        assert case.offered and set(case.offered) <= {f.name for f in FUNCTIONS}
+        assert "{" not in case.request and "{" not in case.answer  # every slot filled
+        if case.function is not None:
+            assert case.function in case.offered
+    # a removed case is a call's request whose function (and the web search) is not offered
+    removed = [c for c in direct if c.kind == "removed"]
+    call_wording = {t for ts in CALL_TEMPLATES[split].values() for t in ts}
+    assert all(c.template in call_wording and "web_search" not in c.offered for c in removed)
+    fitting = {t: kind for kind, ts in CALL_TEMPLATES[split].items() for t in ts}
+    assert all({"add": "calculator", "subtract": "calculator", "multiply": "calculator", "divide": "calculator"}
+               .get(fitting[c.template], fitting[c.template]) not in c.offered for c in removed)
+
+
+def test_training_offers_subsets_and_held_out_offers_all_but_removed_functions():
+    train, held = tool_cases("train", 400), tool_cases("held_out", 80)
+    assert len({c.offered for c in train}) > 10
+    assert all(len(c.offered) == len(FUNCTIONS) for c in held if c.kind != "removed")
+    case = next(c for c in train if len(c.offered) < len(FUNCTIONS))
+    system = plain_messages(conversation(case), offered_functions(case))[0]["content"]
+    assert all((f'"name":"{f.name}"' in system) == (f.name in case.offered) for f in FUNCTIONS)
 
 
 def test_cases_call_with_arguments_valid_for_their_function():
     by_name = {f.name: f for f in FUNCTIONS}
     for case in tool_cases("train", 100) + tool_cases("held_out", 40):
         if case.function is None:
-            assert conversation(case)[-1]["content"] == case.answer
+            assert conversation(case) == [{"role": "user", "content": case.request},
+                                          {"role": "assistant", "content": case.answer}]
             continue
         jsonschema.validate(dict(case.arguments), dict(by_name[case.function].parameters),
                             format_checker=jsonschema.FormatChecker())
@@ -157,6 +196,7 @@ def test_scores_count_functions_arguments_and_false_calls():
                Predicted(True, cases[1].function, {"wrong": 1}), Predicted(True), Predicted(False)]
     result = scores(cases, answers)
     assert (result.right_function, result.right_arguments, result.false_calls) == (1.0, 0.5, 0.5)
+    assert result.false_calls_by_kind == {cases[2].kind: 1.0, cases[3].kind: 0.0}
     assert predicted(CALL, (WEATHER,)).arguments == {"city": 'Paris "Nord" {x}'}
     assert predicted(CALL[:-2], (WEATHER,)) == Predicted(True)
 

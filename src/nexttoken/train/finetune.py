@@ -30,7 +30,7 @@ from nexttoken.train.loop import TrainConfig, TrainResult, to_device, train
 from nexttoken.train.masking import labelled_token_loss, sft_batch, sft_tokens
 from nexttoken.train.objectives import IGNORE, next_token_loss
 from nexttoken.train.sft_data import person_tags, play_lines, read_plays, sft_conversations
-from nexttoken.train.tool_data import FUNCTIONS, conversation, tool_cases
+from nexttoken.train.tool_data import conversation, offered_functions, tool_cases
 from nexttoken.train.tool_eval import ToolScores, tool_use_scores
 
 Batch = dict[str, torch.Tensor]
@@ -354,15 +354,16 @@ def tool_use(lm: LanguageModel, cases: list) -> dict[str, ToolScores]:
 
 def tools_task(lm: LanguageModel, config: TrainConfig, run_dir: Path, examples: int, eval_examples: int,
                max_len: int, lora: LoraConfig | None, out: Path | None) -> FinetuneResult:
-    """SFT on calls of the five functions of train/tool_data.py and on direct answers, in the
-    prompt form of apps/tools.py; tool use measured before and after on held-out requests whose
+    """SFT on calls of the five functions of train/tool_data.py and on direct answers to requests
+    that no offered function fits, each conversation in the prompt form of apps/tools.py with its
+    case's offered functions; tool use measured before and after on held-out requests whose
     wording training never saw. The accuracy reported is the share with every argument right,
     constrained."""
-    train_set = [plain_messages(conversation(case), FUNCTIONS) for case in tool_cases("train", examples)]
+    train_set = [plain_messages(conversation(case), offered_functions(case)) for case in tool_cases("train", examples)]
     held_out = tool_cases("held_out", eval_examples)
     before = tool_use(lm, held_out)
-    result = finetune_chat(lm, train_set, [plain_messages(conversation(c), FUNCTIONS) for c in held_out], config,
-                           run_dir, max_len, lora)
+    result = finetune_chat(lm, train_set, [plain_messages(conversation(c), offered_functions(c)) for c in held_out],
+                           config, run_dir, max_len, lora)
     after = tool_use(lm, held_out)
     result.tool_use = {f"{mode} {when}": scores for when, measured in (("before", before), ("after", after))
                        for mode, scores in measured.items()}

@@ -1,25 +1,26 @@
 """A tool-use set for supervised fine-tuning, built from templates so that it needs no download:
 five functions with typed parameters (a calculator, a unit converter, a date difference, a weather
 lookup, a web search), requests for each in varied wording, the call the request asks for, the
-function's result, and a reply that answers from it; and requests that no function fits, answered
-directly.
+function's result, and a reply that answers from it; and requests that no offered function fits,
+of the kinds of train/tool_requests.py, answered directly.
 
-Every request is written from a template of one of two disjoint sets: the training set's, and the
-held-out set's. The held-out requests therefore use wording the training set never uses, which is
-what the evaluation measures (right function, arguments equal to the expected ones, no call where
-none fits)."""
+Every request is written from the wording of one of two disjoint sets (train/tool_requests.py):
+the training set's, and the held-out set's. The held-out requests therefore use wording the
+training set never uses, which is what the evaluation measures (right function, arguments equal
+to the expected ones, no call where none fits)."""
 
 import datetime
 import json
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from nexttoken.apps.tools import Function
+from nexttoken.train.tool_requests import (CALL_TEMPLATES, NO_FIT, NO_FIT_KINDS, REMOVED_ANSWER, UNOFFERED,
+                                           UNOFFERED_ANSWER, Split)
 
 Message = dict[str, Any]
-Split = Literal["train", "held_out"]
 
 NUMBER = {"type": "number"}
 DATE = {"type": "string", "format": "date"}
@@ -44,6 +45,7 @@ FUNCTIONS = (
              schema({"city": {"type": "string"}, "day": {"type": "string", "enum": ["today", "tomorrow"]}})),
     Function("web_search", "Search the web and return the top result.", schema({"query": {"type": "string"}})),
 )
+FUNCTION_NAMES = tuple(f.name for f in FUNCTIONS)
 
 # --- what the functions return ---------------------------------------------------------------------
 
@@ -98,79 +100,20 @@ TOPICS = ("black holes", "the French Revolution", "solar panels", "the Great Bar
           "honey bees", "the Silk Road", "electric cars", "volcanoes", "the printing press", "coral reefs",
           "machine learning", "the Roman Empire", "jazz music", "photosynthesis", "the Olympic Games")
 OPERATION_WORDS = {"add": "plus", "subtract": "minus", "multiply": "times", "divide": "divided by"}
-
-# (function, template); the slots are filled by `arguments_for`
-TEMPLATES: dict[Split, dict[str, tuple[str, ...]]] = {
-    "train": {
-        "add": ("What is {a} plus {b}?", "Add {a} and {b}.", "Compute the sum of {a} and {b}.",
-                "I had {a} stamps and got {b} more. How many do I have?"),
-        "subtract": ("What is {a} minus {b}?", "Subtract {b} from {a}.", "How much is {a} take away {b}?"),
-        "multiply": ("What is {a} times {b}?", "Multiply {a} by {b}.", "What's the product of {a} and {b}?"),
-        "divide": ("What is {a} divided by {b}?", "Divide {a} by {b}.", "How many times does {b} go into {a}?"),
-        "convert_units": ("Convert {value} {from_unit} to {to_unit}.", "How many {to_unit} is {value} {from_unit}?",
-                          "What is {value} {from_unit} in {to_unit}?", "I need {value} {from_unit} expressed in "
-                                                                         "{to_unit}."),
-        "date_difference": ("How many days are there between {start} and {end}?", "Count the days from {start} to "
-                                                                                  "{end}.",
-                            "What's the number of days between {start} and {end}?",
-                            "If today is {start}, how many days until {end}?"),
-        "get_weather": ("What's the weather like in {city} {day}?", "Will it rain in {city} {day}?",
-                        "Give me the forecast for {city} {day}.", "How warm is it in {city} {day}?"),
-        "web_search": ("Search the web for {query}.", "Look up {query}.", "Find information about {query}.",
-                       "Can you google {query}?"),
-    },
-    "held_out": {
-        "add": ("Please total {a} and {b}.", "Calculate {a} + {b} for me."),
-        "subtract": ("If I had {a} dollars and spent {b}, how much is left?",),
-        "multiply": ("Work out {a} multiplied by {b}.", "Find {a} x {b}."),
-        "divide": ("Share {a} equally among {b}: how much does each get?",),
-        "convert_units": ("{value} {from_unit} equals how many {to_unit}?", "Could you turn {value} {from_unit} into "
-                                                                            "{to_unit}?"),
-        "date_difference": ("How long is it, in days, from {start} until {end}?",
-                            "I start on {start} and finish on {end}; how many days is that?"),
-        "get_weather": ("Should I bring an umbrella in {city} {day}?", "Tell me the conditions in {city} {day}."),
-        "web_search": ("Do a web search on {query}.", "Find me articles about {query}."),
-    },
-}
-
-# requests that no function fits, with a direct answer
-DIRECT: dict[Split, tuple[tuple[str, str], ...]] = {
-    "train": (
-        ("Hello! How are you?", "Hello! I'm doing well, thank you. How can I help you today?"),
-        ("Write a haiku about the sea.", "Waves fold into foam,\nsalt wind carries gull voices,\nthe tide breathes "
-                                         "and leaves."),
-        ("Tell me a joke.", "Why did the scarecrow win an award? Because he was outstanding in his field."),
-        ("Give me a synonym for happy.", "Joyful."),
-        ("Suggest a name for my new puppy.", "How about Biscuit?"),
-        ("Translate 'thank you' into Spanish.", "Gracias."),
-        ("What is your name?", "I'm an AI assistant."),
-        ("Thanks for your help!", "You're welcome! Glad I could help."),
-        ("Write one sentence about autumn.", "Autumn paints the trees in red and gold before the first frost."),
-        ("Give me a tip for better sleep.", "Keep a regular bedtime and put screens away an hour before sleep."),
-        ("Rewrite this more politely: give me the report.", "Could you please send me the report?"),
-        ("What rhymes with cat?", "Hat, bat, mat and sat."),
-        ("Say something encouraging.", "You've got this: every step forward counts."),
-        ("Spell the word 'necessary'.", "N-E-C-E-S-S-A-R-Y."),
-        ("Name three primary colours.", "Red, blue and yellow."),
-        ("Is a tomato a fruit or a vegetable?", "Botanically, a tomato is a fruit."),
-    ),
-    "held_out": (
-        ("Good morning!", "Good morning! What can I do for you?"),
-        ("Compose a limerick about a cat.", "A cat with a taste for the cream..."),
-        ("What's the opposite of cold?", "Hot."),
-        ("Recommend a hobby I can do indoors.", "Try painting."),
-        ("Summarise the plot of Cinderella in one line.", "A mistreated girl wins the prince with a glass slipper."),
-        ("Which is bigger, an elephant or a mouse?", "An elephant."),
-        ("Tell me a riddle.", "What has keys but can't open locks? A piano."),
-        ("Make this sentence shorter: I am going to go to the shop now.", "I'm going to the shop."),
-        ("Write a two-line poem about rain.", "Soft rain on the roof,\na lullaby for the town."),
-        ("How do you say goodbye in French?", "Au revoir."),
-        ("Give me a word that starts with Z.", "Zebra."),
-        ("What colour do you get mixing blue and yellow?", "Green."),
-        ("Cheer me up, I had a long day.", "You made it through, and that counts. Rest well tonight."),
-        ("Write a short thank-you note to a teacher.", "Thank you for your patience and for making every lesson count."),
-    ),
-}
+NAMES = ("Anna", "Sam", "Priya", "Tom", "Lena", "Omar", "Mia", "Kenji")
+ANTONYMS = (("hot", "Cold"), ("fast", "Slow"), ("happy", "Sad"), ("early", "Late"), ("loud", "Quiet"),
+            ("strong", "Weak"))
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+          "November", "December")
+TIMES = ("6 am", "6:30", "7 am", "half past seven", "noon", "9 pm")
+GENRES, ROOMS = ("jazz", "rock", "classical", "pop"), ("kitchen", "bedroom", "living room", "hall")
+ITEMS = ("milk", "eggs", "bread", "apples", "coffee")
+# the share of requests that no offered function fits: in training, enough that "no call" is a
+# habit rather than an exception; held out, half, so that false calls are counted on as many
+# requests as right calls
+NO_FIT_SHARE: dict[Split, float] = {"train": 0.45, "held_out": 0.5}
+OFFER_ALL_SHARE = 0.5  # training requests offered all five functions; the others a random subset
 
 REPLIES = {
     "calculator": "{a} {word} {b} is {result}.",
@@ -183,13 +126,20 @@ REPLIES = {
 
 @dataclass(frozen=True)
 class ToolCase:
-    """One request and what should answer it: a call (`function`, `arguments`) or none."""
+    """One request, the functions offered with it, and what should answer it: a call (`function`,
+    `arguments`) or, when no offered function fits (`kind` one of NO_FIT_KINDS), a direct answer."""
 
     request: str
     template: str
     function: str | None = None
     arguments: Mapping[str, Any] | None = None
     answer: str = ""  # the direct answer, when no function fits
+    kind: str = "call"
+    offered: tuple[str, ...] = FUNCTION_NAMES
+
+
+def offered_functions(case: ToolCase) -> tuple[Function, ...]:
+    return tuple(f for f in FUNCTIONS if f.name in case.offered)
 
 
 def number(rng: random.Random) -> int | float:
@@ -221,21 +171,82 @@ def arguments_for(kind: str, rng: random.Random) -> tuple[str, dict, dict]:
     return "web_search", arguments, arguments
 
 
+def slot_values(rng: random.Random) -> dict[str, Any]:
+    """Values for every slot of a request that no function fits, with the answers derived from them."""
+    root, n, year = rng.randint(2, 12), rng.randint(2, 999), rng.randint(1990, 2030)
+    day, month = rng.randrange(7), rng.randrange(12)
+    word, antonym = rng.choice(ANTONYMS)
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    return {"name": rng.choice(NAMES), "city": rng.choice(CITIES), "query": rng.choice(TOPICS), "word": word,
+            "antonym": antonym, "root": root, "square": root**2, "cube": root**3, "n": n,
+            "parity": "even" if n % 2 == 0 else "odd", "weekday": WEEKDAYS[day],
+            "next_weekday": WEEKDAYS[(day + 1) % 7], "month": MONTHS[month], "next_month": MONTHS[(month + 1) % 12],
+            "year": year, "leap_answer": f"{'Yes' if leap else 'No'}, {year} is {'' if leap else 'not '}a leap year.",
+            "time": rng.choice(TIMES), "genre": rng.choice(GENRES), "room": rng.choice(ROOMS),
+            "item": rng.choice(ITEMS), "start": iso_date(rng), "day": rng.choice(["today", "tomorrow"]),
+            "b": rng.randint(2, 60)}
+
+
+def offer(split: Split, rng: random.Random, fitting: str | None) -> tuple[str, ...]:
+    """The functions offered with a request: held out, all five; in training, all five or a random
+    subset (with the fitting function, if any), so that the model learns to read the list."""
+    if split == "held_out" or rng.random() < OFFER_ALL_SHARE:
+        return FUNCTION_NAMES
+    others = [name for name in FUNCTION_NAMES if name != fitting]
+    chosen = set(rng.sample(others, rng.randint(0 if fitting else 1, len(others) - 1)))
+    return tuple(name for name in FUNCTION_NAMES if name in chosen or name == fitting)
+
+
+def call_case(split: Split, kind: str, rng: random.Random) -> ToolCase:
+    template = rng.choice(CALL_TEMPLATES[split][kind])
+    function, arguments, slots = arguments_for(kind, rng)
+    return ToolCase(template.format(**slots), template, function, arguments, offered=offer(split, rng, function))
+
+
+def removed_case(split: Split, kind: str, rng: random.Random) -> ToolCase:
+    """A call's request with its function taken off the offered list, and the web search too (a
+    search could stand in for any function); answered from what the function would have returned,
+    or with what cannot be done where the answer needs the function."""
+    call = call_case(split, kind, rng)
+    left = [name for name in FUNCTION_NAMES if name not in (call.function, "web_search")]
+    if split == "train":
+        left = rng.sample(left, rng.randint(1, len(left)))
+    offered = tuple(name for name in FUNCTION_NAMES if name in left)
+    if call.function in REMOVED_ANSWER:
+        answer = REMOVED_ANSWER[call.function].format(**call.arguments)
+    else:
+        answer = reply_for(call, result_of(call.function, dict(call.arguments)))
+    return ToolCase(call.request, call.template, answer=answer, kind="removed", offered=offered)
+
+
+def no_fit_case(split: Split, kind: str, call_kind: str, rng: random.Random) -> ToolCase:
+    if kind == "removed":
+        return removed_case(split, call_kind, rng)
+    if kind == "unoffered":
+        template, what = rng.choice(UNOFFERED[split])
+        answer = UNOFFERED_ANSWER.format(what=what)
+    else:
+        template, answer = rng.choice(NO_FIT[split][kind])
+    slots = slot_values(rng)
+    return ToolCase(template.format(**slots), template, answer=answer.format(**slots), kind=kind,
+                    offered=offer(split, rng, None))
+
+
 def tool_cases(split: Split, n: int, seed: int = 0) -> list[ToolCase]:
-    """`n` cases written from `split`'s templates: a fifth (held out: three tenths, so that false
-    calls are counted on enough of them) requests that no function fits, the rest spread evenly
-    over the template kinds (the four operations count as kinds)."""
-    rng, direct_share = random.Random(f"{split}-{seed}"), 0.2 if split == "train" else 0.3
-    kinds, cases = list(TEMPLATES[split]), []
-    for i in range(n):
-        if rng.random() < direct_share:
-            request, answer = rng.choice(DIRECT[split])
-            cases.append(ToolCase(request, request, answer=answer))
-            continue
-        kind = kinds[i % len(kinds)]
-        template = rng.choice(TEMPLATES[split][kind])
-        function, arguments, slots = arguments_for(kind, rng)
-        cases.append(ToolCase(template.format(**slots), template, function, arguments))
+    """`n` cases written from `split`'s wording: a share (NO_FIT_SHARE) of requests that no offered
+    function fits, taking the kinds of NO_FIT_KINDS in turn, and calls spread evenly over the
+    template kinds (the four operations count as kinds). A longer list begins with a shorter one."""
+    rng = random.Random(f"{split}-{seed}")
+    call_kinds, cases = list(CALL_TEMPLATES[split]), []
+    n_calls = n_no_fit = 0
+    for _ in range(n):
+        if rng.random() < NO_FIT_SHARE[split]:
+            kind = NO_FIT_KINDS[n_no_fit % len(NO_FIT_KINDS)]
+            cases.append(no_fit_case(split, kind, call_kinds[(n_no_fit // len(NO_FIT_KINDS)) % len(call_kinds)], rng))
+            n_no_fit += 1
+        else:
+            cases.append(call_case(split, call_kinds[n_calls % len(call_kinds)], rng))
+            n_calls += 1
     return cases
 
 

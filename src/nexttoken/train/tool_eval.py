@@ -1,16 +1,18 @@
 """How well a model uses tools, on requests of train/tool_data.py: the share of requests that need
 a function where it calls the right one, where it also gets every argument right, and the share of
-requests that no function fits where it calls one anyway. Greedy; free, or with the call held to
-its function's schema by the grammar the server uses for tool_choice "auto"."""
+requests that no offered function fits where it calls one anyway (overall and by kind). Each
+request is offered its case's functions. Greedy; free, or with the call held to its function's
+schema by the grammar the server uses for tool_choice "auto"."""
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nexttoken.apps.tool_calls import read_reply, valid_calls
 from nexttoken.apps.tools import CALL_OPEN, Function, optional_call_grammar, render_conversation
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.pretrained import LanguageModel
-from nexttoken.train.tool_data import FUNCTIONS, ToolCase
+from nexttoken.train.tool_data import ToolCase, offered_functions
+from nexttoken.train.tool_requests import NO_FIT_KINDS
 
 
 @dataclass(frozen=True)
@@ -24,9 +26,10 @@ class Predicted:
 class ToolScores:
     right_function: float  # of the requests that need a function
     right_arguments: float  # of those: the right function with arguments equal to the expected ones
-    false_calls: float  # of the requests no function fits: a call opened anyway
+    false_calls: float  # of the requests no offered function fits: a call opened anyway
     n_calls: int  # requests that need a function
-    n_direct: int  # requests that no function fits
+    n_direct: int  # requests that no offered function fits
+    false_calls_by_kind: dict[str, float] = field(default_factory=dict)  # the kinds of NO_FIT_KINDS
 
 
 def predicted(text: str, functions: tuple[Function, ...]) -> Predicted:
@@ -38,24 +41,41 @@ def predicted(text: str, functions: tuple[Function, ...]) -> Predicted:
     return Predicted(attempted, first.name, json.loads(first.arguments))
 
 
-def predictions(lm: LanguageModel, cases: list[ToolCase], constrained: bool, functions: tuple[Function, ...] = FUNCTIONS,
-                max_new_tokens: int = 48, batch_size: int = 8) -> list[Predicted]:
-    grammar = optional_call_grammar(functions) if constrained else None
-    config = GenerationConfig(max_new_tokens=max_new_tokens, grammar=grammar)
-    prompts = [lm.tokenizer.encode(render_conversation(lm.tokenizer, [{"role": "user", "content": c.request}], functions))
-               for c in cases]
-    texts = [group[0].text for i in range(0, len(prompts), batch_size)
-             for group in lm.generate_batch(prompts[i : i + batch_size], config)]
-    return [predicted(text, functions) for text in texts]
+def predictions(lm: LanguageModel, cases: list[ToolCase], constrained: bool, max_new_tokens: int = 64,
+                batch_size: int = 8) -> list[Predicted]:
+    """Each case's reply to its request with its offered functions, greedily; cases offered the
+    same functions share batches (and, constrained, a grammar). `max_new_tokens` leaves room for
+    the longest call, a date difference's (about 50 tokens): a call cut short counts as none."""
+    by_offer: dict[tuple[str, ...], list[int]] = {}
+    for i, case in enumerate(cases):
+        by_offer.setdefault(case.offered, []).append(i)
+    answers: list[Predicted | None] = [None] * len(cases)
+    for offered, indices in by_offer.items():
+        functions = offered_functions(cases[indices[0]])
+        config = GenerationConfig(max_new_tokens=max_new_tokens,
+                                  grammar=optional_call_grammar(functions) if constrained else None)
+        prompts = [lm.tokenizer.encode(render_conversation(lm.tokenizer, [{"role": "user", "content": cases[i].request}],
+                                                           functions)) for i in indices]
+        texts = [group[0].text for start in range(0, len(prompts), batch_size)
+                 for group in lm.generate_batch(prompts[start : start + batch_size], config)]
+        for i, text in zip(indices, texts):
+            answers[i] = predicted(text, functions)
+    return answers
 
 
 def scores(cases: list[ToolCase], answers: list[Predicted]) -> ToolScores:
     calls = [(c, p) for c, p in zip(cases, answers) if c.function is not None]
-    direct = [p for c, p in zip(cases, answers) if c.function is None]
+    direct = [(c, p) for c, p in zip(cases, answers) if c.function is None]
     right = [(c, p) for c, p in calls if p.function == c.function]
     exact = [c for c, p in right if p.arguments == dict(c.arguments)]
-    return ToolScores(len(right) / max(len(calls), 1), len(exact) / max(len(calls), 1),
-                      sum(p.attempted for p in direct) / max(len(direct), 1), len(calls), len(direct))
+
+    def false_share(pairs: list) -> float:
+        return sum(p.attempted for _, p in pairs) / max(len(pairs), 1)
+
+    by_kind = {kind: false_share([(c, p) for c, p in direct if c.kind == kind]) for kind in NO_FIT_KINDS
+               if any(c.kind == kind for c, _ in direct)}
+    return ToolScores(len(right) / max(len(calls), 1), len(exact) / max(len(calls), 1), false_share(direct),
+                      len(calls), len(direct), by_kind)
 
 
 def tool_use_scores(lm: LanguageModel, cases: list[ToolCase], constrained: bool, **options) -> ToolScores:
