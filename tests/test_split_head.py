@@ -6,7 +6,7 @@ import torch
 
 from nexttoken.accel import kernels, split_head
 from nexttoken.accel.precision import set_precision
-from nexttoken.accel.quantize import GroupEmbedding, Int8Head, quantize_groups
+from nexttoken.accel.quantize import UNPACKED_MIN_ROWS, GroupEmbedding, Int8Head, quantize_groups
 from nexttoken.accel.split_head import SplitEmbedding, SplitHead, exact_rows, split_groups
 from nexttoken.apps.bench import weight_bytes_per_token
 from nexttoken.config import ModelConfig
@@ -59,7 +59,7 @@ def test_a_head_that_dominates_a_quantized_model_is_split_and_scores_its_best_ca
     hidden = torch.randn(5, 64)
     scores = model.head(hidden)
     exact = hidden.double() @ table.double().T  # (5, V)
-    coarse = torch.ops.nexttoken.int4_matmul(hidden, model.lm_head.coarse)
+    coarse = torch.ops.nexttoken.int4_matmul(hidden, model.lm_head.coarse, UNPACKED_MIN_ROWS)
     best = coarse.topk(split_head.EXACT_CANDIDATES, dim=-1).indices  # the candidates scored again
     torch.testing.assert_close(scores.gather(-1, best).double(), exact.gather(-1, best), rtol=1e-6, atol=1e-5)
     assert torch.equal(scores.scatter(-1, best, 0), coarse.scatter(-1, best, 0))

@@ -19,7 +19,7 @@ from torch import nn
 
 from nexttoken.accel import kernels
 from nexttoken.accel.memory import drop_mapped_pages
-from nexttoken.accel.quantize import GroupLinear, Int8Head
+from nexttoken.accel.quantize import UNPACKED_MIN_ROWS, GroupLinear, Int8Head
 
 EXACT_CANDIDATES = 64  # of each row, scored on their exact weights (docs/models.md: agreement with float32)
 LOW_NIBBLE_MEAN = 7.5
@@ -95,7 +95,7 @@ class SplitHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1]).float().contiguous()  # (R, d_model)
-        scores = torch.ops.nexttoken.int4_matmul(flat, self.coarse)  # (R, vocab)
+        scores = torch.ops.nexttoken.int4_matmul(flat, self.coarse, UNPACKED_MIN_ROWS)  # (R, vocab)
         if self.bias is not None:
             scores = scores + self.bias
         candidates = scores.topk(min(EXACT_CANDIDATES, scores.shape[-1]), dim=-1).indices  # (R, C)
