@@ -100,6 +100,15 @@ class TokenLoader:
         self.consumed = consumed
 
 
+def held_out_batches(stream: Iterator[Batch], windows: TokenLoader, n_batches: int, folder: str | Path) -> list[Batch]:
+    """The first `n_batches` batches of a held-out `stream` drawn from `windows` (fewer if the split is
+    shorter); a one-line error where it holds not even one."""
+    total = min(n_batches, windows.n_windows // windows.micro_batch)
+    if total < 1:
+        raise NextTokenError(f"{folder}: the held-out split is shorter than one batch of {windows.micro_batch} sequences")
+    return [next(stream) for _ in range(total)]
+
+
 def eval_batches(folder: str | Path, micro_batch: int, seq_len: int, n_batches: int, split: str = "val",
                  rank: int = 0, world_size: int = 1) -> list[Batch]:
     """The same batches at every evaluation, whatever the number of processes: the split's first

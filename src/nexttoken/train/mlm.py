@@ -26,7 +26,7 @@ from nexttoken.model.heads import MaskedLMHead
 from nexttoken.model.transformer import Transformer
 from nexttoken.tokenizer import Tokenizer
 from nexttoken.train.corpora import check_corpus, load_corpus, text_files
-from nexttoken.train.data import TokenLoader
+from nexttoken.train.data import TokenLoader, held_out_batches
 from nexttoken.train.export import write_json
 from nexttoken.train.export_encoders import TOKENIZER_FILES, export_masked_lm
 from nexttoken.train.initialization import init_weights
@@ -215,10 +215,7 @@ def run_masked_lm(recipe: MaskedLMRecipe, run_dir: str | Path, resume: bool = Fa
     micro = recipe.train.micro_batch
     data = MaskedBatches(folder, "train", micro, recipe, tokenizer)
     val_stream = MaskedBatches(folder, "val", micro, recipe, tokenizer, shuffle=False)
-    n_val = min(recipe.eval_batches, val_stream.windows.n_windows // micro)
-    if n_val < 1:
-        raise NextTokenError(f"{folder}: the held-out split is shorter than one batch of {micro} sequences")
-    val = [next(val_stream) for _ in range(n_val)]
+    val = held_out_batches(val_stream, val_stream.windows, recipe.eval_batches, folder)
     pad_id = tokenizer.pad_id or 0
 
     def export(weights: dict[str, torch.Tensor]) -> None:

@@ -26,7 +26,7 @@ from nexttoken.config import ModelConfig
 from nexttoken.errors import NextTokenError
 from nexttoken.model.encoder_decoder import EncoderDecoder
 from nexttoken.train.corpora import check_corpus, load_corpus, text_files
-from nexttoken.train.data import TokenLoader
+from nexttoken.train.data import TokenLoader, held_out_batches
 from nexttoken.train.export import write_json
 from nexttoken.train.export_encoders import export_t5
 from nexttoken.train.loop import PretrainResult, TrainConfig, train
@@ -194,10 +194,7 @@ def run_span(recipe: SpanRecipe, run_dir: str | Path, resume: bool = False) -> P
     micro = recipe.train.micro_batch
     data = SpanBatches(folder, "train", micro, recipe, vocab_size)
     val_stream = SpanBatches(folder, "val", micro, recipe, vocab_size, shuffle=False)
-    n_val = min(recipe.eval_batches, val_stream.windows.n_windows // micro)
-    if n_val < 1:
-        raise NextTokenError(f"{folder}: the held-out split is shorter than one batch of {micro} rows")
-    val = [next(val_stream) for _ in range(n_val)]
+    val = held_out_batches(val_stream, val_stream.windows, recipe.eval_batches, folder)
 
     def export(weights: dict[str, torch.Tensor]) -> None:
         copy = Seq2SeqLM(EncoderDecoder(config))
