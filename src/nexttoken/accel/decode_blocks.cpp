@@ -346,15 +346,7 @@ at::Tensor decode_blocks(const at::Tensor& x, at::TensorList attn_norms, at::Ten
   shared.partials.resize(kv_rows * n_spans * group);
   for (size_t i = 0; i < shared.partials.size(); ++i) shared.partials[i].sums = shared.partial_sums.data() + i * D;
 
-  // one task per thread; where the threads do not start (one thread, or a call from inside a
-  // parallel region), the one call that gets every task runs the step alone
-  SpinBarrier barrier(static_cast<int>(threads));
-  SpinBarrier alone(1);
-  at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
-    const bool by_itself = end - begin != 1;
-    if (by_itself && begin != 0) return;
-    SpinBarrier& meet = by_itself ? alone : barrier;
-    const int tid = by_itself ? 0 : static_cast<int>(begin), team = by_itself ? 1 : static_cast<int>(threads);
+  on_team(threads, [&](SpinBarrier& meet, int tid, int team) {
     if (D == 32) run_blocks<2>(step, blocks, shared, meet, tid, team);
     else if (D == 64) run_blocks<4>(step, blocks, shared, meet, tid, team);
     else if (D == 128) run_blocks<8>(step, blocks, shared, meet, tid, team);

@@ -257,13 +257,7 @@ at::Tensor decode_ssru(const at::Tensor& ids, const at::Tensor& embed, double em
   // than its fourteen barriers can cost where the cores are shared (a barrier waits for a thread
   // the system has not scheduled): the native engine also steps a sentence on one thread
   const int64_t threads = B >= kThreadedRows ? at::get_num_threads() : 1;
-  SpinBarrier barrier(static_cast<int>(threads));
-  SpinBarrier alone(1);
-  at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
-    const bool by_itself = end - begin != 1;
-    if (by_itself && begin != 0) return;
-    SpinBarrier& meet = by_itself ? alone : barrier;
-    const int tid = by_itself ? 0 : static_cast<int>(begin), team = by_itself ? 1 : static_cast<int>(threads);
+  on_team(threads, [&](SpinBarrier& meet, int tid, int team) {
     std::vector<float> stream(input);  // each thread's own copy of the residual stream
     for (const SsruBlock& w : blocks) {
       if (D == 32) run_block<2>(step, w, stream, shared, meet, tid, team);

@@ -2,6 +2,7 @@
 // the threads of one parallel region meet between steps, and each thread's share of a task list.
 #pragma once
 
+#include <ATen/Parallel.h>
 #include <immintrin.h>
 
 #include <atomic>
@@ -36,6 +37,21 @@ class SpinBarrier {
   std::atomic<int> arrived_{0};
   std::atomic<int> generation_{0};
 };
+
+// Runs body(barrier, tid, team) on `threads` threads, one task each, meeting at one barrier; where
+// the threads do not start (one thread, or a call from inside a parallel region), the one call that
+// gets every task runs body alone, as a team of one.
+template <class Body>
+void on_team(int64_t threads, const Body& body) {
+  SpinBarrier barrier(static_cast<int>(threads));
+  SpinBarrier alone(1);
+  at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+    const bool by_itself = end - begin != 1;
+    if (by_itself && begin != 0) return;
+    if (by_itself) body(alone, 0, 1);
+    else body(barrier, static_cast<int>(begin), static_cast<int>(threads));
+  });
+}
 
 // One thread's share [first, last) of n items, for thread `tid` of `team`.
 struct Share {
