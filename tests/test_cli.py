@@ -49,10 +49,13 @@ def test_compile_and_precision_options_reach_the_loader(smollm2, monkeypatch):
 
 
 @pytest.mark.parametrize("args, shown, unused", [(["--help"], "generate", ("torch", "numpy", "transformers")),
-                                                 (["tokenize", "Hello world", "--json"], "world", ("torch",))])
-def test_help_and_tokenize_import_no_torch(args, shown, unused):
-    """--help answers without PyTorch (or numpy), and tokenize with the tokenizer alone: each command
-    imports what it needs when it runs."""
+                                                 (["tokenize", "Hello world", "--json"], "world", ("torch",)),
+                                                 (["generate", "Hello", "--max-new-tokens", "1"], "",
+                                                  ("llguidance", "jinja2", "transformers"))])
+def test_commands_import_what_they_need_alone(args, shown, unused):
+    """--help answers without PyTorch (or numpy), tokenize with the tokenizer alone, and generate
+    without a grammar or a chat template loads neither engine: each command imports what it needs
+    when it runs."""
     import subprocess
     import sys
 

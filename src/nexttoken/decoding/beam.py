@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import torch
 
 from nexttoken.decoding.config import GenerationConfig
-from nexttoken.decoding.grammar_engine import allowed_tokens
 from nexttoken.decoding.groups import Choice, Job, Vocabulary, new_matcher
 from nexttoken.decoding.outputs import Completion, Step, TokenLogprob
 from nexttoken.decoding.processors import TokenHistory, apply_constraints
@@ -88,7 +87,11 @@ class BeamGroup:
         L = self.prompt_ids.shape[1]
         history = TokenHistory(torch.cat([self.prompt_ids, self.running[:, :, :t].reshape(P * K, t)], dim=1),
                                torch.cat([self.prompt_mask, torch.ones(P * K, t, dtype=torch.bool)], dim=1), L)
-        allowed = allowed_tokens(self.matchers, logits.shape[-1]) if self.matchers is not None else None
+        allowed = None
+        if self.matchers is not None:
+            from nexttoken.decoding.grammar_engine import allowed_tokens  # with the first grammar (groups.py)
+
+            allowed = allowed_tokens(self.matchers, logits.shape[-1])
         logprobs = apply_constraints(logits.float().log_softmax(dim=-1), config.sampling, history,
                                      self.vocabulary.end_ids, self.vocabulary.encode, allowed)  # (P*K, V)
         V = logprobs.shape[-1]

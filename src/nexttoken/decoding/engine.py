@@ -19,8 +19,7 @@ import torch
 
 from nexttoken.decoding.beam import BeamGroup
 from nexttoken.decoding.detokenize import Decoder
-from nexttoken.decoding.grammar_engine import compile_grammar
-from nexttoken.decoding.groups import Choice, Job, SampledGroup, Vocabulary
+from nexttoken.decoding.groups import Choice, Job, SampledGroup, Vocabulary, compiled_grammar
 from nexttoken.decoding.outputs import Completion
 from nexttoken.decoding.processors import Encode
 from nexttoken.decoding.prompts import check_prompt, left_pad
@@ -73,7 +72,7 @@ class Engine:
                 check_prompt(len(prompt), n_cached, self.model.config.max_seq_len)
         # grammars are checked before any decoding; one that is wrong fails its job alone
         jobs = [job for job in jobs if job.config.grammar is None
-                or self._guarded(job, compile_grammar, job.config.grammar, self.vocabulary.decoder) is not None]
+                or self._guarded(job, compiled_grammar, job.config.grammar, self.vocabulary) is not None]
         groups = [group for job in jobs if job.config.speculative
                   if (group := self._guarded(job, self._speculate, job, cache)) is not None]
         batched = [job for job in jobs if not job.config.speculative]

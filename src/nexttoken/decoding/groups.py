@@ -15,16 +15,21 @@ one or more samples of one or more prompts); beam.py and speculative.py hold the
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.decoding.detokenize import Decoder, IncrementalText
-from nexttoken.decoding.grammar_engine import GrammarMatcher, allowed_tokens, compile_grammar
 from nexttoken.decoding.outputs import Completion, FinishReason, Step, TokenLogprob
 from nexttoken.decoding.processors import Encode, TokenHistory
 from nexttoken.decoding.prompts import left_pad
 from nexttoken.decoding.select import new_generator, select, step_records
+
+# the grammar engine (and llguidance) is imported with the first grammar: decoding without one never loads it
+if TYPE_CHECKING:
+    from nexttoken.decoding.grammar import Grammar
+    from nexttoken.decoding.grammar_engine import CompiledGrammar, GrammarMatcher
 
 TextSink = Callable[[int, str], None]  # (sequence index, text that became final)
 DoneSink = Callable[[int, Completion], None]  # (sequence index, its completion)
@@ -73,7 +78,7 @@ class RowState:
     where it stands in it."""
 
     def __init__(self, decoder: Decoder, stop_strings: tuple[str, ...], on_text: Callable[[str], None],
-                 matcher: GrammarMatcher | None = None) -> None:
+                 matcher: "GrammarMatcher | None" = None) -> None:
         self.text = IncrementalText(decoder, stop_strings)
         self.on_text = on_text
         self.matcher = matcher
@@ -114,16 +119,25 @@ class RowState:
         return Completion(self.text.text, self.token_ids, self.finish_reason or "length", prompt_tokens, self.steps)
 
 
-def new_matcher(job: Job, vocabulary: Vocabulary) -> GrammarMatcher | None:
+def compiled_grammar(grammar: "Grammar", vocabulary: Vocabulary) -> "CompiledGrammar":
+    """The grammar compiled against the model's tokenizer (kept: grammar_engine.compile_grammar)."""
+    from nexttoken.decoding.grammar_engine import compile_grammar
+
+    return compile_grammar(grammar, vocabulary.decoder)
+
+
+def new_matcher(job: Job, vocabulary: Vocabulary) -> "GrammarMatcher | None":
     """A fresh matcher of the job's grammar, checked against the model's tokenizer; None without one."""
     grammar = job.config.grammar
-    return None if grammar is None else compile_grammar(grammar, vocabulary.decoder).matcher()
+    return None if grammar is None else compiled_grammar(grammar, vocabulary).matcher()
 
 
 def grammar_masks(states: list[RowState], vocab_size: int) -> torch.Tensor | None:
     """(R, V) bool: what each row's grammar allows next; None when the rows have no grammar."""
     if not states or states[0].matcher is None:
         return None
+    from nexttoken.decoding.grammar_engine import allowed_tokens
+
     return allowed_tokens([state.matcher for state in states], vocab_size)
 
 

@@ -12,7 +12,6 @@ import tokenizers
 
 from nexttoken.errors import NextTokenError
 from nexttoken.tokenizer import gguf_metadata, hf_folder
-from nexttoken.tokenizer.chat_template import render_chat_template
 from nexttoken.tokenizer.token_text import Spelling, readable, token_bytes
 
 
@@ -91,6 +90,8 @@ class Tokenizer:
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
                             tools: list[dict] | None = None) -> str:
+        from nexttoken.tokenizer.chat_template import render_chat_template  # Jinja, for chats alone
+
         return render_chat_template(
             self.chat_template,
             messages,
