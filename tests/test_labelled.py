@@ -215,3 +215,25 @@ def test_an_extended_vocabulary_reads_new_characters_alike_in_transformers(tiny_
     with torch.no_grad():
         theirs = reference(input_ids=torch.tensor([ids])).last_hidden_state
     torch.testing.assert_close(encoder.model.hidden_states(torch.tensor([ids])), theirs, atol=1e-4, rtol=1e-4)
+
+
+def test_new_embedding_rows_are_seeded_distinct_and_keep_the_old_ones(tiny_bert, tmp_path):
+    import safetensors.torch
+
+    from nexttoken.train.vocabulary import extend_vocabulary, new_embedding_rows
+
+    table = torch.randn(500, 8, generator=torch.Generator().manual_seed(1)) * torch.linspace(0.5, 2.0, 8) + 3.0
+    rows = new_embedding_rows(table, 4000, seed=7)
+    torch.testing.assert_close(rows, new_embedding_rows(table, 4000, seed=7))
+    assert not torch.equal(rows, new_embedding_rows(table, 4000, seed=8))
+    torch.testing.assert_close(rows.mean(0), table.mean(0), atol=0.1, rtol=0)  # the old rows' distribution
+    torch.testing.assert_close(rows.std(0), table.std(0), atol=0.1, rtol=0.1)
+    assert torch.cdist(rows[:50], rows[:50]).add(torch.eye(50) * 1e3).min() > 0.1  # no two rows alike
+    name = "embeddings.word_embeddings.weight"
+    old = safetensors.torch.load_file(tiny_bert / "model.safetensors")[name]
+    first = extend_vocabulary(tiny_bert, ["泽", "鑫"], tmp_path / "a", seed=3)
+    again = extend_vocabulary(tiny_bert, ["泽", "鑫"], tmp_path / "b", seed=3)
+    extended = safetensors.torch.load_file(first / "model.safetensors")[name]
+    assert torch.equal(extended[: len(old)], old) and extended.shape == (len(old) + 2, old.shape[1])
+    assert torch.equal(extended, safetensors.torch.load_file(again / "model.safetensors")[name])
+    assert not torch.equal(extended[-1], extended[-2])

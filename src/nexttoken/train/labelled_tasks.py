@@ -194,7 +194,7 @@ def extended_encoder(encoder: SentenceEncoder, task: LabelledTask, splits: Split
     `folder` (RUN_DIR/encoder) the first time and read from there by a resumed run."""
     if not (folder / "config.json").is_file():
         texts = ["".join(chars) for chars, _ in splits.train] if task.per_token else [t for t, _ in splits.train]
-        extend_vocabulary(encoder.path, unknown_characters(encoder.tokenizer, texts), folder)
+        extend_vocabulary(encoder.path, unknown_characters(encoder.tokenizer, texts), folder, task.seed)
     return load_encoder(folder)
 
 
