@@ -3,16 +3,17 @@
     .venv/bin/python benchmarks/bench_finetune.py sentiment --lang en|zh [--train N] [--epochs E] [--lr LR]
     .venv/bin/python benchmarks/bench_finetune.py ner [--train N] [--test N]
 
-With no options each run is the recipe's default (LabelledTask): the same examples, epochs, batch and
-learning rate as `nexttoken finetune`. All three learn from the same examples of the same fixed
+With no options each run is the recipe's default (LabelledTask): the same examples, epochs, batch
+and learning rate as `nexttoken finetune`. All three learn from the same examples of the same fixed
 split (nexttoken.train.labelled_data) and are scored on the same test set. Ours is
-run_labelled_finetune (MiniLM, a new head, every weight trained) with one validation pass at the end;
-the Trainer fine-tunes AutoModelForSequenceClassification / AutoModelForTokenClassification from the
-same MiniLM folder (for Chinese, the one ours extended with the training split's characters) on the
-same token ids, with the same epochs, batch size, peak learning rate, warmup, cosine decay to 0,
-weight decay, AdamW betas, gradient clipping, bfloat16 autocast where the CPU multiplies bfloat16,
-batches grouped by length (its `group_by_length` sampler) and no dropout (ours has none; the Trainer's
-model is loaded with BERT's dropouts set to 0). The classical baselines: TF-IDF (word 1-2-grams for
+run_labelled_finetune (MiniLM, a new head, every weight trained) with one validation pass at the
+end; the Trainer fine-tunes AutoModelForSequenceClassification / AutoModelForTokenClassification
+from the same MiniLM folder (for Chinese, the one ours extended with the training split's
+characters) on the same token ids, with the same epochs, batch size, peak learning rate, warmup,
+cosine decay to 0, weight decay, AdamW betas, the word-embedding table's learning-rate scale (a
+custom optimizer), gradient clipping, bfloat16 autocast where the CPU multiplies bfloat16, batches
+grouped by length (its `group_by_length` sampler) and no dropout (ours has none; the Trainer's model
+is loaded with BERT's dropouts set to 0). The classical baselines: TF-IDF (word 1-2-grams for
 English, character 1-2-grams for Chinese) with logistic regression for sentiment; for NER each
 character's most frequent tag in the training set ("O" for a character never seen). Wall time is the
 training alone for the Trainer and the baseline, and ours' whole `train` call (with its one
@@ -33,12 +34,27 @@ from nexttoken.encoder.sentence import builtin_encoder_path, load_encoder
 from nexttoken.train.finetune import native_bfloat16
 from nexttoken.train.labelled_tasks import (ENCODER_FOLDER, LabelledTask, collate, encode_examples, gold_labels, run_labelled_finetune,
                                             scores, task_splits, train_config)
+from nexttoken.train.loop import TrainConfig
 from nexttoken.train.objectives import IGNORE
 
 
 def ours(task: LabelledTask, folder: Path) -> dict:
     result = run_labelled_finetune(task, folder / "ours", progress=False)
     return {"score": result.test, "seconds": result.train.seconds, "per_second": result.examples_per_second}
+
+
+def optimizer_like_ours(model: torch.nn.Module, task: LabelledTask, config: TrainConfig) -> tuple:
+    """Fused AdamW with weight decay on matrices only and the word-embedding table at
+    `embedding_lr_scale` times the rate (nexttoken.train.loop.make_optimizer), warmup then cosine to 0."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    table = model.get_input_embeddings().weight
+    rest = [p for p in model.parameters() if p is not table]
+    groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": task.weight_decay},
+              {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
+              {"params": [table], "weight_decay": task.weight_decay, "lr": task.lr * task.embedding_lr_scale}]
+    optimizer = torch.optim.AdamW(groups, lr=task.lr, betas=config.betas, fused=True)
+    return optimizer, get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
 
 
 def trainer(task: LabelledTask, folder: Path) -> dict:
@@ -69,8 +85,10 @@ def trainer(task: LabelledTask, folder: Path) -> dict:
         max_steps=config.max_steps, learning_rate=task.lr, lr_scheduler_type="cosine", warmup_steps=config.warmup_steps,
         weight_decay=task.weight_decay, adam_beta1=0.9, adam_beta2=0.999, max_grad_norm=1.0,
         bf16=config.precision == "bf16", use_cpu=True, save_strategy="no", eval_strategy="no", report_to=[],
-        seed=task.seed, train_sampling_strategy="group_by_length", dataloader_num_workers=0, logging_steps=max(1, config.max_steps // 4), disable_tqdm=True)
-    run = Trainer(model=model, args=arguments, train_dataset=rows, data_collator=batch_of)
+        seed=task.seed, train_sampling_strategy="group_by_length", dataloader_num_workers=0,
+        logging_steps=max(1, config.max_steps // 4), disable_tqdm=True)
+    run = Trainer(model=model, args=arguments, train_dataset=rows, data_collator=batch_of,
+                  optimizers=optimizer_like_ours(model, task, config))
     start = time.perf_counter()
     run.train()
     seconds = time.perf_counter() - start
@@ -131,8 +149,8 @@ def main() -> None:
     task = LabelledTask(args.task, lang, evaluations=1, **{k: v for k, v in settings.items() if v is not None})
     metric = "f1" if task.per_token else "accuracy"
     print(f"{task.task} {task.lang}: {task.train_examples} training examples x {task.epochs} epoch(s), "
-          f"{task.test_examples} test, batch {task.batch_size}, lr {task.lr}, warmup {task.warmup_steps}, "
-          f"{torch.get_num_threads()} threads, {'bf16' if native_bfloat16() else 'fp32'}; CPU {os.cpu_count()} cores")
+          f"{task.test_examples} test, batch {task.batch_size}, lr {task.lr} (embeddings x{task.embedding_lr_scale:g}), "
+          f"warmup {task.warmup_steps}, {torch.get_num_threads()} threads, {'bf16' if native_bfloat16() else 'fp32'}; CPU {os.cpu_count()} cores")
     folder = Path(tempfile.mkdtemp(prefix="bench-finetune-"))
     try:
         results = {"nexttoken": ours(task, folder), "transformers Trainer": trainer(task, folder),

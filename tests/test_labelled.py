@@ -237,3 +237,19 @@ def test_new_embedding_rows_are_seeded_distinct_and_keep_the_old_ones(tiny_bert,
     assert torch.equal(extended[: len(old)], old) and extended.shape == (len(old) + 2, old.shape[1])
     assert torch.equal(extended, safetensors.torch.load_file(again / "model.safetensors")[name])
     assert not torch.equal(extended[-1], extended[-2])
+
+
+def test_the_embedding_table_gets_its_own_learning_rate(tiny_bert):
+    from nexttoken.encoder.sentence import load_encoder
+    from nexttoken.train.finetune import classifier_for
+    from nexttoken.train.loop import TrainConfig, make_optimizer
+
+    model = classifier_for(load_encoder(tiny_bert), 3, per_token=False)
+    plain = make_optimizer(model, TrainConfig(fused=False))
+    assert all("lr_scale" not in group for group in plain.param_groups)
+    scaled = make_optimizer(model, TrainConfig(embedding_lr_scale=10.0, fused=False)).param_groups
+    fast = [group for group in scaled if "lr_scale" in group]
+    assert len(fast) == 1 and fast[0]["lr_scale"] == 10.0 and fast[0]["params"] == [model.encoder.embed.weight]
+    assert sum(len(group["params"]) for group in scaled) == len(list(model.parameters()))
+    with pytest.raises(NextTokenError, match="embedding learning-rate scale must be positive"):
+        TrainConfig(embedding_lr_scale=0.0)

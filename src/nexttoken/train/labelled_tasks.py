@@ -51,6 +51,9 @@ class LabelledTask:
     epochs: int = 1
     batch_size: int = 32
     lr: float = 5e-5
+    # the word-embedding table learns this many times faster: its new characters start random and
+    # must move far in a few hundred steps
+    embedding_lr_scale: float = 1.0
     warmup_steps: int = 10
     weight_decay: float = 0.01
     max_tokens: int = 128  # [CLS] and [SEP] included; longer texts are cut
@@ -185,7 +188,7 @@ def train_config(task: LabelledTask, n_train: int) -> TrainConfig:
     steps = max(1, task.epochs * (n_train // task.batch_size))
     return TrainConfig(max_steps=steps, global_batch=task.batch_size, micro_batch=task.batch_size, lr=task.lr,
                        min_lr=0.0, warmup_steps=min(task.warmup_steps, steps // 2), weight_decay=task.weight_decay,
-                       betas=(0.9, 0.999), precision="bf16" if native_bfloat16() else "fp32",
+                       betas=(0.9, 0.999), embedding_lr_scale=task.embedding_lr_scale, precision="bf16" if native_bfloat16() else "fp32",
                        eval_every=max(1, steps // task.evaluations), checkpoint_every=max(1, steps // task.evaluations))
 
 
