@@ -47,7 +47,7 @@ def sentiment_file(tmp_path):
 
 
 def tiny_task(data_file, **settings) -> LabelledTask:
-    defaults = dict(lang="en", train_examples=16, validation_examples=8, test_examples=8, batch_size=4, lr=3e-3,
+    defaults = dict(lang="en", train_examples=16, validation_examples=8, test_examples=8, batch_size=4, lr=3e-3, epochs=1,
                     warmup_steps=0, evaluations=2, max_tokens=16, data_file=data_file)
     return LabelledTask("sentiment", **(defaults | settings))
 
@@ -159,6 +159,7 @@ def test_labelled_files_are_checked(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["sentiment", "--lang", "fr"], "sentiment has no corpus in language 'fr'"),
     (["ner", "--epochs", "0"], "epochs, batch size and evaluations must be positive"),
+    (["sentiment", "--lang", "zh", "--lr", "0"], "the learning rate and the embedding learning-rate scale must be positive"),
     (["ner", "--lang", "en"], "ner has no corpus in language .en."),
     (["sentiment", "--examples", "40000"], "too few for 40000 to train on"),
 ])
@@ -170,6 +171,14 @@ def test_bad_settings_are_refused_before_any_work(args, message, tmp_path):
     with pytest.raises(NextTokenError, match=message):
         CliRunner().invoke(cli.app, ["finetune", *args, "--run-dir", str(tmp_path / "run")], catch_exceptions=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_unset_settings_are_the_recipe_s():
+    from nexttoken.train.labelled_tasks import RECIPES
+
+    recipe, task = RECIPES["sentiment", "zh"], LabelledTask("sentiment", "zh", epochs=1)
+    assert (task.train_examples, task.lr, task.embedding_lr_scale, task.epochs) == (
+        recipe.train_examples, recipe.lr, recipe.embedding_lr_scale, 1)
 
 
 def test_one_class_data_is_refused(tmp_path):
