@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from nexttoken.encoder.sentence import builtin_encoder_path, load_encoder
-from nexttoken.train.finetune import native_bfloat16
+from nexttoken.train.finetune import classifier_for, native_bfloat16
 from nexttoken.train.labelled_tasks import (ENCODER_FOLDER, LabelledTask, collate, encode_examples, gold_labels, run_labelled_finetune,
                                             scores, task_splits, train_config)
 from nexttoken.train.loop import TrainConfig
@@ -57,6 +57,18 @@ def optimizer_like_ours(model: torch.nn.Module, task: LabelledTask, config: Trai
     return optimizer, get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
 
 
+@torch.no_grad()
+def start_like_ours(model: torch.nn.Module, head: torch.nn.Module) -> None:
+    """Give the Trainer's model our new head's first weights: ours starts from a new pooler (BERT's
+    dense + tanh) and output layer, where from_pretrained would keep the checkpoint's pooler."""
+    pairs = [(model.classifier, head.out)]
+    if hasattr(head, "pooler"):
+        pairs.append((model.bert.pooler.dense, head.pooler.dense))
+    for theirs, mine in pairs:
+        theirs.weight.copy_(mine.weight)
+        theirs.bias.copy_(mine.bias)
+
+
 def trainer(task: LabelledTask, folder: Path) -> dict:
     """transformers' Trainer on our token ids (MiniLM's tokenizer gives the same ids; tests/test_wordpiece.py)."""
     from transformers import (AutoModelForSequenceClassification, AutoModelForTokenClassification, Trainer,
@@ -73,6 +85,7 @@ def trainer(task: LabelledTask, folder: Path) -> dict:
     # no dropout, as ours: the same model on both sides
     model = kind.from_pretrained(source, num_labels=len(task.labels), hidden_dropout_prob=0.0,
                                  attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
+    start_like_ours(model, classifier_for(encoder, len(task.labels), task.per_token, task.seed).head)
     rows = [{"input_ids": ids, "labels": labels} for ids, labels in train_set]
 
     def batch_of(features: list[dict]) -> dict:
