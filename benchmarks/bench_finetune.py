@@ -12,13 +12,14 @@ from the same MiniLM folder (for Chinese, the one ours extended with the trainin
 characters) on the same token ids, with the same epochs, batch size, peak learning rate, warmup,
 cosine decay to 0, weight decay, AdamW betas, the word-embedding table's learning-rate scale (a
 custom optimizer), gradient clipping, bfloat16 autocast where the CPU multiplies bfloat16, batches
-grouped by length (its `group_by_length` sampler) and no dropout (ours has none; the Trainer's model
-is loaded with BERT's dropouts set to 0). The classical baselines: TF-IDF (word 1-2-grams for
-English, character 1-2-grams for Chinese) with logistic regression for sentiment; for NER each
-character's most frequent tag in the training set ("O" for a character never seen). Wall time is the
-training alone for the Trainer and the baseline, and ours' whole `train` call (with its one
-validation pass and final checkpoint); examples/s is training examples (times epochs) over that
-time. The table is printed as Markdown."""
+grouped by length (its `group_by_length` sampler) no dropout (ours has none; the Trainer's model is
+loaded with BERT's dropouts set to 0) and the same first weights: our new head's pooler and output
+layer are copied into the Trainer's model, whose logits then equal ours before training. The
+classical baselines: TF-IDF (word 1-2-grams for English, character 1-2-grams for Chinese) with
+logistic regression for sentiment; for NER each character's most frequent tag in the training set
+("O" for a character never seen). Wall time is the training alone for the Trainer and the baseline,
+and ours' whole `train` call (with its one validation pass and final checkpoint); examples/s is
+training examples (times epochs) over that time. The table is printed as Markdown."""
 
 import argparse
 import os
