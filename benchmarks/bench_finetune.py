@@ -1,20 +1,25 @@
 """`nexttoken finetune sentiment|ner` beside transformers' Trainer and a classical baseline, in one run.
 
-    .venv/bin/python benchmarks/bench_finetune.py sentiment --lang en [--train 4000] [--test 2000] [--epochs 1]
-    .venv/bin/python benchmarks/bench_finetune.py ner [--train 4000] [--test 2000]
+    .venv/bin/python benchmarks/bench_finetune.py sentiment --lang en|zh [--train N] [--epochs E] [--lr LR]
+    .venv/bin/python benchmarks/bench_finetune.py ner [--train N] [--test N]
 
-All three learn from the same examples of the same fixed split (nexttoken.train.labelled_data) and
-are scored on the same test set. Ours is run_labelled_finetune (MiniLM, a new head, every weight
-trained) with one validation pass at the end; the Trainer fine-tunes
-AutoModelForSequenceClassification / AutoModelForTokenClassification from the same MiniLM folder (for
-Chinese, the one ours extended with the training split's characters) on the same token ids, with the same epochs, batch size, peak learning rate, warmup, cosine decay to 0,
-weight decay, AdamW betas, gradient clipping and bfloat16 autocast where the CPU multiplies bfloat16
-(its models keep BERT's dropout of 0.1, as every Trainer user gets; ours has none). The classical
-baselines: TF-IDF (word 1-2-grams for English, character 1-2-grams for Chinese) with logistic
-regression for sentiment; for NER each character's most frequent tag in the training set ("O" for a
-character never seen). Wall time is the training alone for the Trainer and the baseline, and ours'
-whole `train` call (with its one validation pass and final checkpoint); examples/s is training
-examples (times epochs) over that time. The table is printed as Markdown."""
+With no options each run is the recipe's default (LabelledTask): the same examples, epochs, batch
+and learning rate as `nexttoken finetune`. All three learn from the same examples of the same fixed
+split (nexttoken.train.labelled_data) and are scored on the same test set. Ours is
+run_labelled_finetune (MiniLM, a new head, every weight trained) with one validation pass at the
+end; the Trainer fine-tunes AutoModelForSequenceClassification / AutoModelForTokenClassification
+from the same MiniLM folder (for Chinese, the one ours extended with the training split's
+characters) on the same token ids, with the same epochs, batch size, peak learning rate, warmup,
+cosine decay to 0, weight decay, AdamW betas, the word-embedding table's learning-rate scale (a
+custom optimizer), gradient clipping, bfloat16 autocast where the CPU multiplies bfloat16, batches
+grouped by length (its `group_by_length` sampler) no dropout (ours has none; the Trainer's model is
+loaded with BERT's dropouts set to 0) and the same first weights: our new head's pooler and output
+layer are copied into the Trainer's model, whose logits then equal ours before training. The
+classical baselines: TF-IDF (word 1-2-grams for English, character 1-2-grams for Chinese) with
+logistic regression for sentiment; for NER each character's most frequent tag in the training set
+("O" for a character never seen). Wall time is the training alone for the Trainer and the baseline,
+and ours' whole `train` call (with its one validation pass and final checkpoint); examples/s is
+training examples (times epochs) over that time. The table is printed as Markdown."""
 
 import argparse
 import os
@@ -27,15 +32,42 @@ from pathlib import Path
 import torch
 
 from nexttoken.encoder.sentence import builtin_encoder_path, load_encoder
-from nexttoken.train.finetune import native_bfloat16
+from nexttoken.train.finetune import classifier_for, native_bfloat16
 from nexttoken.train.labelled_tasks import (ENCODER_FOLDER, LabelledTask, collate, encode_examples, gold_labels, run_labelled_finetune,
                                             scores, task_splits, train_config)
+from nexttoken.train.loop import TrainConfig
 from nexttoken.train.objectives import IGNORE
 
 
 def ours(task: LabelledTask, folder: Path) -> dict:
     result = run_labelled_finetune(task, folder / "ours", progress=False)
     return {"score": result.test, "seconds": result.train.seconds, "per_second": result.examples_per_second}
+
+
+def optimizer_like_ours(model: torch.nn.Module, task: LabelledTask, config: TrainConfig) -> tuple:
+    """Fused AdamW with weight decay on matrices only and the word-embedding table at
+    `embedding_lr_scale` times the rate (nexttoken.train.loop.make_optimizer), warmup then cosine to 0."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    table = model.get_input_embeddings().weight
+    rest = [p for p in model.parameters() if p is not table]
+    groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": task.weight_decay},
+              {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
+              {"params": [table], "weight_decay": task.weight_decay, "lr": task.lr * task.embedding_lr_scale}]
+    optimizer = torch.optim.AdamW(groups, lr=task.lr, betas=config.betas, fused=True)
+    return optimizer, get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
+
+
+@torch.no_grad()
+def start_like_ours(model: torch.nn.Module, head: torch.nn.Module) -> None:
+    """Give the Trainer's model our new head's first weights: ours starts from a new pooler (BERT's
+    dense + tanh) and output layer, where from_pretrained would keep the checkpoint's pooler."""
+    pairs = [(model.classifier, head.out)]
+    if hasattr(head, "pooler"):
+        pairs.append((model.bert.pooler.dense, head.pooler.dense))
+    for theirs, mine in pairs:
+        theirs.weight.copy_(mine.weight)
+        theirs.bias.copy_(mine.bias)
 
 
 def trainer(task: LabelledTask, folder: Path) -> dict:
@@ -51,7 +83,10 @@ def trainer(task: LabelledTask, folder: Path) -> dict:
     config = train_config(task, len(train_set))
     kind = AutoModelForTokenClassification if task.per_token else AutoModelForSequenceClassification
     torch.manual_seed(task.seed)
-    model = kind.from_pretrained(source, num_labels=len(task.labels))
+    # no dropout, as ours: the same model on both sides
+    model = kind.from_pretrained(source, num_labels=len(task.labels), hidden_dropout_prob=0.0,
+                                 attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
+    start_like_ours(model, classifier_for(encoder, len(task.labels), task.per_token, task.seed).head)
     rows = [{"input_ids": ids, "labels": labels} for ids, labels in train_set]
 
     def batch_of(features: list[dict]) -> dict:
@@ -64,8 +99,10 @@ def trainer(task: LabelledTask, folder: Path) -> dict:
         max_steps=config.max_steps, learning_rate=task.lr, lr_scheduler_type="cosine", warmup_steps=config.warmup_steps,
         weight_decay=task.weight_decay, adam_beta1=0.9, adam_beta2=0.999, max_grad_norm=1.0,
         bf16=config.precision == "bf16", use_cpu=True, save_strategy="no", eval_strategy="no", report_to=[],
-        seed=task.seed, dataloader_num_workers=0, logging_steps=max(1, config.max_steps // 4), disable_tqdm=True)
-    run = Trainer(model=model, args=arguments, train_dataset=rows, data_collator=batch_of)
+        seed=task.seed, train_sampling_strategy="group_by_length", dataloader_num_workers=0,
+        logging_steps=max(1, config.max_steps // 4), disable_tqdm=True)
+    run = Trainer(model=model, args=arguments, train_dataset=rows, data_collator=batch_of,
+                  optimizers=optimizer_like_ours(model, task, config))
     start = time.perf_counter()
     run.train()
     seconds = time.perf_counter() - start
@@ -114,19 +151,20 @@ def main() -> None:
     parser.add_argument("task", choices=["sentiment", "ner"])
     parser.add_argument("--lang", default="en")
     parser.add_argument("--train", type=int, help="Training examples (default: the recipe's).")
-    parser.add_argument("--validation", type=int, default=64)
-    parser.add_argument("--test", type=int, default=LabelledTask.test_examples)
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=LabelledTask.batch_size)
-    parser.add_argument("--lr", type=float, default=LabelledTask.lr)
+    parser.add_argument("--validation", type=int, help="Validation examples (default: the recipe's).")
+    parser.add_argument("--test", type=int, help="Test examples (default: the recipe's).")
+    parser.add_argument("--epochs", type=int, help="Epochs (default: the recipe's).")
+    parser.add_argument("--batch", type=int, help="Batch size (default: the recipe's).")
+    parser.add_argument("--lr", type=float, help="Peak learning rate (default: the recipe's).")
     args = parser.parse_args()
-    task = LabelledTask(args.task, "zh" if args.task == "ner" else args.lang, train_examples=args.train,
-                        validation_examples=args.validation, test_examples=args.test, epochs=args.epochs,
-                        batch_size=args.batch, lr=args.lr, evaluations=1)
+    lang = "zh" if args.task == "ner" else args.lang
+    settings = {"train_examples": args.train, "validation_examples": args.validation, "test_examples": args.test,
+                "epochs": args.epochs, "batch_size": args.batch, "lr": args.lr}
+    task = LabelledTask(args.task, lang, evaluations=1, **{k: v for k, v in settings.items() if v is not None})
     metric = "f1" if task.per_token else "accuracy"
-    print(f"{task.task} {task.lang}: {task.train_examples} training examples x {args.epochs} epoch(s), {args.test} test, "
-          f"batch {args.batch}, lr {args.lr}, {torch.get_num_threads()} threads, "
-          f"{'bf16' if native_bfloat16() else 'fp32'}; CPU {os.cpu_count()} cores")
+    print(f"{task.task} {task.lang}: {task.train_examples} training examples x {task.epochs} epoch(s), "
+          f"{task.test_examples} test, batch {task.batch_size}, lr {task.lr} (embeddings x{task.embedding_lr_scale:g}), "
+          f"warmup {task.warmup_steps}, {torch.get_num_threads()} threads, {'bf16' if native_bfloat16() else 'fp32'}; CPU {os.cpu_count()} cores")
     folder = Path(tempfile.mkdtemp(prefix="bench-finetune-"))
     try:
         results = {"nexttoken": ours(task, folder), "transformers Trainer": trainer(task, folder),
@@ -138,8 +176,10 @@ def main() -> None:
         print(f"| {name} | {r['score'][metric]:.1%} | {r['seconds']:.1f} | {r['per_second']:.1f} |")
     ratio = results["nexttoken"]["per_second"] / results["transformers Trainer"]["per_second"]
     gap = results["nexttoken"]["score"][metric] - results["transformers Trainer"]["score"][metric]
-    over = results["nexttoken"]["score"][metric] - results["classical baseline"]["score"][metric]
-    print(f"\nours / Trainer: {ratio:.2f}x examples/s, {gap * 100:+.1f} points; ours - baseline: {over * 100:+.1f} points")
+    over = {name: results[name]["score"][metric] - results["classical baseline"]["score"][metric]
+            for name in ("nexttoken", "transformers Trainer")}
+    print(f"\nours / Trainer: {ratio:.2f}x examples/s, {gap * 100:+.1f} points; over the baseline: "
+          f"ours {over['nexttoken'] * 100:+.1f}, Trainer {over['transformers Trainer'] * 100:+.1f} points")
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def sentiment_file(tmp_path):
 
 
 def tiny_task(data_file, **settings) -> LabelledTask:
-    defaults = dict(lang="en", train_examples=16, validation_examples=8, test_examples=8, batch_size=4, lr=3e-3,
+    defaults = dict(lang="en", train_examples=16, validation_examples=8, test_examples=8, batch_size=4, lr=3e-3, epochs=1,
                     warmup_steps=0, evaluations=2, max_tokens=16, data_file=data_file)
     return LabelledTask("sentiment", **(defaults | settings))
 
@@ -159,6 +159,7 @@ def test_labelled_files_are_checked(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["sentiment", "--lang", "fr"], "sentiment has no corpus in language 'fr'"),
     (["ner", "--epochs", "0"], "epochs, batch size and evaluations must be positive"),
+    (["sentiment", "--lang", "zh", "--lr", "0"], "the learning rate and the embedding learning-rate scale must be positive"),
     (["ner", "--lang", "en"], "ner has no corpus in language .en."),
     (["sentiment", "--examples", "40000"], "too few for 40000 to train on"),
 ])
@@ -170,6 +171,14 @@ def test_bad_settings_are_refused_before_any_work(args, message, tmp_path):
     with pytest.raises(NextTokenError, match=message):
         CliRunner().invoke(cli.app, ["finetune", *args, "--run-dir", str(tmp_path / "run")], catch_exceptions=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_unset_settings_are_the_recipe_s():
+    from nexttoken.train.labelled_tasks import RECIPES
+
+    recipe, task = RECIPES["sentiment", "zh"], LabelledTask("sentiment", "zh", epochs=1)
+    assert (task.train_examples, task.lr, task.embedding_lr_scale, task.epochs) == (
+        recipe.train_examples, recipe.lr, recipe.embedding_lr_scale, 1)
 
 
 def test_one_class_data_is_refused(tmp_path):
@@ -215,3 +224,41 @@ def test_an_extended_vocabulary_reads_new_characters_alike_in_transformers(tiny_
     with torch.no_grad():
         theirs = reference(input_ids=torch.tensor([ids])).last_hidden_state
     torch.testing.assert_close(encoder.model.hidden_states(torch.tensor([ids])), theirs, atol=1e-4, rtol=1e-4)
+
+
+def test_new_embedding_rows_are_seeded_distinct_and_keep_the_old_ones(tiny_bert, tmp_path):
+    import safetensors.torch
+
+    from nexttoken.train.vocabulary import extend_vocabulary, new_embedding_rows
+
+    table = torch.randn(500, 8, generator=torch.Generator().manual_seed(1)) * torch.linspace(0.5, 2.0, 8) + 3.0
+    rows = new_embedding_rows(table, 4000, seed=7)
+    torch.testing.assert_close(rows, new_embedding_rows(table, 4000, seed=7))
+    assert not torch.equal(rows, new_embedding_rows(table, 4000, seed=8))
+    torch.testing.assert_close(rows.mean(0), table.mean(0), atol=0.1, rtol=0)  # the old rows' distribution
+    torch.testing.assert_close(rows.std(0), table.std(0), atol=0.1, rtol=0.1)
+    assert torch.cdist(rows[:50], rows[:50]).add(torch.eye(50) * 1e3).min() > 0.1  # no two rows alike
+    name = "embeddings.word_embeddings.weight"
+    old = safetensors.torch.load_file(tiny_bert / "model.safetensors")[name]
+    first = extend_vocabulary(tiny_bert, ["泽", "鑫"], tmp_path / "a", seed=3)
+    again = extend_vocabulary(tiny_bert, ["泽", "鑫"], tmp_path / "b", seed=3)
+    extended = safetensors.torch.load_file(first / "model.safetensors")[name]
+    assert torch.equal(extended[: len(old)], old) and extended.shape == (len(old) + 2, old.shape[1])
+    assert torch.equal(extended, safetensors.torch.load_file(again / "model.safetensors")[name])
+    assert not torch.equal(extended[-1], extended[-2])
+
+
+def test_the_embedding_table_gets_its_own_learning_rate(tiny_bert):
+    from nexttoken.encoder.sentence import load_encoder
+    from nexttoken.train.finetune import classifier_for
+    from nexttoken.train.loop import TrainConfig, make_optimizer
+
+    model = classifier_for(load_encoder(tiny_bert), 3, per_token=False)
+    plain = make_optimizer(model, TrainConfig(fused=False))
+    assert all("lr_scale" not in group for group in plain.param_groups)
+    scaled = make_optimizer(model, TrainConfig(embedding_lr_scale=10.0, fused=False)).param_groups
+    fast = [group for group in scaled if "lr_scale" in group]
+    assert len(fast) == 1 and fast[0]["lr_scale"] == 10.0 and fast[0]["params"] == [model.encoder.embed.weight]
+    assert sum(len(group["params"]) for group in scaled) == len(list(model.parameters()))
+    with pytest.raises(NextTokenError, match="embedding learning-rate scale must be positive"):
+        TrainConfig(embedding_lr_scale=0.0)

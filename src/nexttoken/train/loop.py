@@ -39,6 +39,7 @@ from torch import nn
 
 from nexttoken.accel.memory import keep_freed_memory
 from nexttoken.errors import NextTokenError
+from nexttoken.model.transformer import Transformer
 from nexttoken.train.checkpoint import (
     Checkpoint,
     latest_checkpoint,
@@ -82,6 +83,7 @@ class TrainConfig:
     warmup_steps: int = 100
     weight_decay: float = 0.1  # on weight matrices only, not on norms or biases (as nanoGPT)
     betas: tuple[float, float] = (0.9, 0.95)
+    embedding_lr_scale: float = 1.0  # the token-embedding table's learning rate, a multiple of the schedule's
     grad_clip: float = 1.0  # the largest global gradient norm; 0: no clipping
     precision: str = "bf16"  # "bf16": bfloat16 autocast, float32 weights and optimiser; "fp32"
     fused: bool = True  # AdamW's fused kernel (one pass over all parameters)
@@ -97,6 +99,8 @@ class TrainConfig:
             raise NextTokenError(f"precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
         if self.max_steps < 1 or self.micro_batch < 1 or self.global_batch < self.micro_batch:
             raise NextTokenError("max_steps and micro_batch must be positive and global_batch at least micro_batch")
+        if not self.embedding_lr_scale > 0:
+            raise NextTokenError(f"the embedding learning-rate scale must be positive, got {self.embedding_lr_scale}")
         if self.strategy not in STRATEGIES:
             raise NextTokenError(f"unknown distributed strategy '{self.strategy}' "
                                  f"(choose from {', '.join(STRATEGIES)})")
@@ -131,10 +135,17 @@ class PretrainResult:
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW (Loshchilov & Hutter, 2019) with weight decay on matrices only."""
+    """AdamW (Loshchilov & Hutter, 2019) with weight decay on matrices only; with an
+    `embedding_lr_scale` other than 1, the token-embedding tables in a group of their own whose
+    "lr_scale" the loop multiplies the schedule's learning rate by."""
+    tables = {id(m.embed.weight) for m in model.modules() if isinstance(m, Transformer)}
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    scaled = [p for p in params if id(p) in tables] if config.embedding_lr_scale != 1.0 else []
+    rest = [p for p in params if all(p is not q for q in scaled)]
+    groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": config.weight_decay},
+              {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
+    if scaled:
+        groups.append({"params": scaled, "weight_decay": config.weight_decay, "lr_scale": config.embedding_lr_scale})
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=config.fused)
 
 
@@ -294,7 +305,7 @@ def train(model: nn.Module, data: Iterator[Batch], objective: Objective, config:
         while step < config.max_steps:
             lr = learning_rate(step, config.lr, config.min_lr, config.warmup_steps, config.max_steps)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             batches = [to_device(next(data), process.device) for _ in range(accumulation)]
             loss, norm, n_tokens = train_step(model, batches, objective, optimizer, config, process)
             step, tokens = step + 1, tokens + n_tokens
