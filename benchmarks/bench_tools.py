@@ -43,7 +43,8 @@ def main() -> None:
     parser.add_argument("--tuned", type=Path, help="A model `finetune tools` wrote; default: fine-tune now.")
     parser.add_argument("--base", type=Path, help="The model before fine-tuning (default: the built-in SmolLM2).")
     parser.add_argument("--cases", type=int, default=80, help="Held-out requests (about half of them fit no offered function).")
-    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--steps", type=int, help="Fine-tuning steps (default: the recipe's).")
+    parser.add_argument("--examples", type=int, help="Training examples (default: the recipe's).")
     parser.add_argument("--run-dir", type=Path, default=Path("runs/bench-tools"))
     args = parser.parse_args()
     cases = tool_cases("held_out", args.cases)
@@ -59,7 +60,8 @@ def main() -> None:
     if tuned is None:
         tuned = args.run_dir / "model"
         # the recipe's own before/after scores are left to the rows above and below: one case only
-        result = run_finetune("tools", args.run_dir, args.base, steps=args.steps, eval_examples=1, out=tuned)
+        result = run_finetune("tools", args.run_dir, args.base, steps=args.steps, examples=args.examples,
+                              eval_examples=1, out=tuned)
         print(f"fine-tuned: {result.train.step} steps in {result.train.seconds:.0f} s", flush=True)
     score(tuned, cases, "after")
 

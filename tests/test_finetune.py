@@ -200,3 +200,28 @@ def test_finetune_command_refuses_impossible_settings(args, message, tmp_path):
     with pytest.raises(NextTokenError, match=message):
         CliRunner().invoke(cli.app, ["finetune", *args, "--run-dir", str(tmp_path)], catch_exceptions=False)
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("task, args, steps, examples", [("tools", [], 150, 600), ("chat", [], 50, 400),
+                                                         ("tools", ["--steps", "3", "--examples", "7"], 3, 7)])
+def test_finetune_command_takes_the_task_s_steps_and_examples(monkeypatch, task, args, steps, examples, tmp_path):
+    """The tool-use set trains longer than the chat set unless told otherwise."""
+    from typer.testing import CliRunner
+
+    from nexttoken import cli
+    from nexttoken.train import finetune
+
+    asked = []
+
+    def recipe(lm, *rest):
+        if task == "chat":
+            rest = rest[1:]  # the plays come first
+        config, _, n_examples = rest[:3]
+        asked.append((config.max_steps, n_examples))
+        raise NextTokenError("stop here")
+
+    monkeypatch.setattr(finetune, "load", lambda *args, **kwargs: None)
+    monkeypatch.setattr(finetune, f"{task}_task", recipe)
+    result = CliRunner().invoke(cli.app, ["finetune", task, *args, "--run-dir", str(tmp_path)])
+    assert "stop here" in str(result.exception)
+    assert asked == [(steps, examples)]

@@ -647,11 +647,11 @@ def finetune_command(
         model: Annotated[Optional[Path], typer.Option("--model", "-m", help="The model to fine-tune (default: built-in SmolLM2 for chat, MiniLM otherwise).")] = None,
         run_dir: Annotated[Optional[Path], typer.Option(
             help="Metrics, loss plot and checkpoint go here (default: runs/finetune-TASK).")] = None,
-        steps: Annotated[int, typer.Option(help="Optimiser steps (chat, play, names).")] = 50,
+        steps: Annotated[Optional[int], typer.Option(help="Optimiser steps (chat, play, names: 50; tools: 150).")] = None,
         batch_size: Annotated[Optional[int], typer.Option(help="Examples per step (default: 4; sentiment and ner: 32).")] = None,
         lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: 1e-3 with LoRA, 1e-4 without; sentiment en and zh: 1e-4, ner: 3e-4).")] = None,
         lora_rank: Annotated[int, typer.Option(help="LoRA rank; 0 trains every weight (chat, play, names).")] = 8,
-        examples: Annotated[Optional[int], typer.Option(help="Training examples (default: 400; sentiment en: 4000, zh: 3000, ner: 2000; 0 for all).")] = None,
+        examples: Annotated[Optional[int], typer.Option(help="Training examples (default: 400; tools: 600; sentiment en: 4000, zh: 3000, ner: 2000; 0 for all).")] = None,
         eval_examples: Annotated[Optional[int], typer.Option(help="Held-out examples for loss and accuracy (default: 32; sentiment and ner: 500 for validation).")] = None,
         save_to: Annotated[Optional[Path], typer.Option("--out", help="Write the fine-tuned model here: a Hugging Face folder (chat, tools: or a .gguf file).")] = None,
         plays: Annotated[int, typer.Option(help="play: how many plays to tell apart.")] = 4,
@@ -684,7 +684,7 @@ def finetune_command(
         return
     from nexttoken.train.finetune import run_finetune
 
-    result = run_finetune(task, run_dir, model, steps, batch_size or 4, lr, lora_rank, 400 if examples is None else examples,
+    result = run_finetune(task, run_dir, model, steps, batch_size or 4, lr, lora_rank, examples,
                           32 if eval_examples is None else eval_examples, out=save_to, n_plays=plays)
     summary = f"held-out loss {result.eval_before:.3f} -> {result.eval_after:.3f}"
     if result.accuracy_before is not None:
