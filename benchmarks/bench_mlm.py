@@ -1,7 +1,7 @@
 """`nexttoken train --objective mlm` beside transformers' BertForMaskedLM trained by its Trainer with
 DataCollatorForLanguageModeling, at the same number of steps, in one run.
 
-    .venv/bin/python benchmarks/bench_mlm.py [--steps 600] [--corpus shakespeare]
+    .venv/bin/python benchmarks/bench_mlm.py [--steps 800] [--corpus shakespeare]
 
 Ours runs the recipe from raw text (WordPiece training and tokenisation included in its wall time,
 reported apart). The reference then trains a BertForMaskedLM of the same shape from its own random
