@@ -1,12 +1,12 @@
 """`nexttoken train --objective mlm` beside transformers' BertForMaskedLM trained by its Trainer with
 DataCollatorForLanguageModeling, at the same number of steps, in one run.
 
-    .venv/bin/python benchmarks/bench_mlm.py [--steps 600] [--corpus shakespeare]
+    .venv/bin/python benchmarks/bench_mlm.py [--steps 800] [--corpus shakespeare]
 
 Ours runs the recipe from raw text (WordPiece training and tokenisation included in its wall time,
 reported apart). The reference then trains a BertForMaskedLM of the same shape from its own random
 initialisation on the same windows in the same order ([CLS] + seq_len - 2 tokens + [SEP], from our
-prepared data folder and tokenizer), masked by the collator with the same rates (15 %; 80/10/10),
+prepared data folder and tokenizer), masked by the collator with the recipe's rates (15 %; 80/10/10),
 with the same batch, peak and final learning rate, warmup, cosine decay, weight decay, AdamW betas,
 clipping and autocast precision (its model keeps BERT's dropout of 0.1). Both are scored on the
 same held-out masked batches: the share of masked tokens whose highest-scoring token is the
@@ -37,18 +37,23 @@ def reference(recipe: MaskedLMRecipe, run_dir: Path, val: list[dict]) -> dict:
                               TrainingArguments)
 
     data_dir, config = run_dir / "data", recipe.train
+    accumulation = config.accumulation(1)
     tokenizer = Tokenizer.from_hf_folder(data_dir)
     windows = TokenLoader(data_dir, "train", config.micro_batch, recipe.seq_len - 2, recipe.seed)
     rows = [{"input_ids": [tokenizer.bos_id, *row, tokenizer.eos_id]}
-            for _ in range(config.max_steps) for row in next(windows)["input_ids"].tolist()]
+            for _ in range(config.max_steps * accumulation) for row in next(windows)["input_ids"].tolist()]
     torch.manual_seed(recipe.seed)
     model = BertForMaskedLM(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=recipe.d_model,
                                        num_hidden_layers=recipe.n_layer, num_attention_heads=recipe.n_head,
                                        intermediate_size=recipe.d_ff, max_position_embeddings=recipe.seq_len))
-    collator = DataCollatorForLanguageModeling(AutoTokenizer.from_pretrained(run_dir), mlm_probability=0.15,
-                                               seed=recipe.seed)
+    masking = recipe.masking
+    collator = DataCollatorForLanguageModeling(AutoTokenizer.from_pretrained(run_dir),
+                                               mlm_probability=masking.probability,
+                                               mask_replace_prob=masking.mask_share,
+                                               random_replace_prob=masking.random_share, seed=recipe.seed)
     arguments = TrainingArguments(
         output_dir=str(run_dir.parent / "reference"), per_device_train_batch_size=config.micro_batch,
+        gradient_accumulation_steps=accumulation,
         max_steps=config.max_steps, learning_rate=config.lr, lr_scheduler_type="cosine_with_min_lr",
         lr_scheduler_kwargs={"min_lr": config.min_lr}, warmup_steps=config.warmup_steps,
         weight_decay=config.weight_decay, adam_beta1=config.betas[0], adam_beta2=config.betas[1],
@@ -82,8 +87,7 @@ def main() -> None:
     parser.add_argument("--corpus", default="shakespeare")
     parser.add_argument("--keep", type=Path, help="Keep our run folder here.")
     args = parser.parse_args()
-    recipe = with_overrides(MaskedLMRecipe, corpus=args.corpus, max_steps=args.steps,
-                            eval_every=args.steps, checkpoint_every=args.steps, progress=False)
+    recipe = with_overrides(MaskedLMRecipe, corpus=args.corpus, max_steps=args.steps, progress=False)
     folder = Path(tempfile.mkdtemp(prefix="bench-mlm-"))
     run_dir = args.keep or folder / "ours"
     try:
