@@ -651,7 +651,7 @@ def finetune_command(
         batch_size: Annotated[Optional[int], typer.Option(help="Examples per step (default: 4; sentiment and ner: 32).")] = None,
         lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: 1e-3 with LoRA, 1e-4 without; sentiment en and zh: 1e-4, ner: 3e-4).")] = None,
         lora_rank: Annotated[int, typer.Option(help="LoRA rank; 0 trains every weight (chat, play, names).")] = 8,
-        examples: Annotated[Optional[int], typer.Option(help="Training examples (default: 400; tools: 600; sentiment en: 4000, zh: 3000, ner: 2000; 0 for all).")] = None,
+        examples: Annotated[Optional[int], typer.Option(help="Training examples (default: 400; tools: 600; sentiment en: 4000, zh: 6000, ner: 2000; 0 for all).")] = None,
         eval_examples: Annotated[Optional[int], typer.Option(help="Held-out examples for loss and accuracy (default: 32; sentiment and ner: 500 for validation).")] = None,
         save_to: Annotated[Optional[Path], typer.Option("--out", help="Write the fine-tuned model here: a Hugging Face folder (chat, tools: or a .gguf file).")] = None,
         plays: Annotated[int, typer.Option(help="play: how many plays to tell apart.")] = 4,

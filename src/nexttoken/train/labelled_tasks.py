@@ -50,7 +50,7 @@ class Recipe:
 
 
 RECIPES = {("sentiment", "en"): Recipe(4000, 2, 1e-4, 1.0),
-           ("sentiment", "zh"): Recipe(3000, 2, 1e-4, 10.0),
+           ("sentiment", "zh"): Recipe(6000, 2, 1e-4, 10.0),  # 3,000: 80.2 %, under TF-IDF's 81.2
            ("ner", "zh"): Recipe(2000, 2, 3e-4, 10.0)}
 
 
