@@ -261,8 +261,8 @@ def finetune_classifier(encoder: SentenceEncoder, train_rows: list, held_out: li
 
 TASKS = ("chat", "play", "names", "tools")
 MAX_LEN = {"tools": 1024}  # tokens of an example: the tool section alone is about 500
-# Steps and training examples where a task needs more than 50 and 400: at those, the tool-use model
-# called a function for 40 % of the requests no offered function fits; at 150 steps over 600, 17 %
+# Steps and training examples where a task needs more than 50 and 400: learning when no offered
+# function fits takes the tool-use set longer than learning the calls (docs/training.md#tool-use)
 STEPS, EXAMPLES = {"tools": 150}, {"tools": 600}
 NAME_TAGS = ["O", "PERSON"]  # "names": tag 1 marks a word that names a person of the play
 

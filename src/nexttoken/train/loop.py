@@ -141,7 +141,7 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     tables = {id(m.embed.weight) for m in model.modules() if isinstance(m, Transformer)}
     params = [p for p in model.parameters() if p.requires_grad]
     scaled = [p for p in params if id(p) in tables] if config.embedding_lr_scale != 1.0 else []
-    rest = [p for p in params if all(p is not q for q in scaled)]
+    rest = [p for p in params if not (scaled and id(p) in tables)]
     groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": config.weight_decay},
               {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
     if scaled:
