@@ -15,6 +15,10 @@
 
 namespace {
 
+// tiles of rows a thread needs before threads split rows rather than blocks: unpacking is paid
+// again by every thread, so each should own enough rows to spread it over
+constexpr int64_t kTilesPerThread = 4;
+
 // x: (M, K) float32 or bfloat16; packed: (N / 16, K / 32, group_bytes) uint8. Returns (M, N) in x's dtype.
 template <int Bits>
 at::Tensor group_matmul(const at::Tensor& x, const at::Tensor& packed, int64_t unpacked_min_rows, const char* name) {
@@ -44,10 +48,20 @@ at::Tensor group_matmul(const at::Tensor& x, const at::Tensor& packed, int64_t u
   at::Tensor result = at::empty({rows, n}, x.options().dtype(at::kFloat));
   float* y = result.data_ptr<float>();
   const uint8_t* weights = packed.const_data_ptr<uint8_t>();
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    if (rows >= unpacked_min_rows) unpacked_range<Bits>(in.x, rows, groups, weights, begin, end, y, n);
-    else block_range<Bits>(in, rows, weights, begin, end, y, n);
-  });
+  const int64_t tiles = (rows + kUnpackedRows - 1) / kUnpackedRows;
+  if (rows >= unpacked_min_rows && tiles >= kTilesPerThread * at::get_num_threads()) {
+    // threads split x's rows, each unpacking every block for its own: given a share of the
+    // blocks instead, each thread would read all of x again for every few blocks it unpacks
+    at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+      const int64_t first = begin * kUnpackedRows, last = std::min(rows, end * kUnpackedRows);
+      unpacked_range<Bits>(in.x + first * k, last - first, groups, weights, 0, blocks, y + first * n, n);
+    });
+  } else {
+    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+      if (rows >= unpacked_min_rows) unpacked_range<Bits>(in.x, rows, groups, weights, begin, end, y, n);
+      else block_range<Bits>(in, rows, weights, begin, end, y, n);
+    });
+  }
   return x.scalar_type() == at::kFloat ? result : result.to(at::kBFloat16);
 }
 
