@@ -3,7 +3,9 @@ for the built-in Q4_1 file: a prompt's products on weights unpacked to bfloat16 
 time), the same model with every product in the tile kernel (decode steps' way, the prompt path
 before), bfloat16 on weights unpacked at load, and llama.cpp on the file's Q4_1 weights; then the
 peak memory of a process that loads the model and prefills 512 tokens either way, and how far the
-two int4 paths' scores are apart over 2,000 tokens of prose, and from float32's.
+two int4 paths' scores are apart over 2,000 tokens of prose, and from float32's, and how far they
+would be with a prompt's inputs rounded to 8 bits a group (what an integer dot-product kernel,
+AVX512-VNNI's, multiplies at twice the bfloat16 rate).
 
     bash benchmarks/setup_llama_cpp.sh        # once: builds llama-cpp-python into .venv
     .venv/bin/python benchmarks/bench_prefill.py [--repeats 5] [--skip-memory] [--skip-accuracy]
@@ -29,6 +31,7 @@ import time
 
 import torch
 
+from nexttoken.accel import kernels
 from nexttoken.accel.quantize import GroupLinear
 from nexttoken.decoding.config import GenerationConfig, SamplingConfig
 from nexttoken.pretrained import builtin_model_path, load
@@ -85,6 +88,19 @@ def prose(tokenizer, n_tokens: int) -> list[int]:
     return tokenizer.encode(text)[:n_tokens]
 
 
+def with_8_bit_inputs(layer: GroupLinear) -> None:
+    """Make an int4 layer's prompt products take x rounded to 8 bits per group of 32 inputs (scale:
+    the group's largest magnitude over 127), times the exact dequantized weights in float32."""
+    weight = kernels.unpack(layer.packed).float()  # (N, K)
+
+    def product(flat: torch.Tensor) -> torch.Tensor:
+        groups = flat.float().view(flat.shape[0], -1, 32)  # (M, K / 32, 32)
+        scale = groups.abs().amax(-1, keepdim=True) / 127
+        rounded = torch.round(groups / scale.clamp(min=torch.finfo(torch.float32).tiny)) * scale
+        return (rounded.view_as(flat) @ weight.T).to(flat.dtype)
+    layer.product = product
+
+
 def scores_apart(lm, n_tokens: int = 2000) -> None:
     """Every position's scores of a text, tile kernel against unpacked, and each against float32's;
     greedy continuations of its beginnings either way."""
@@ -103,6 +119,14 @@ def scores_apart(lm, n_tokens: int = 2000) -> None:
           f"top-1 unpacked = tiles {(unpacked.argmax(-1) == tiles.argmax(-1)).float().mean():.2%}; against float32: "
           f"tiles {(tiles.argmax(-1) == expected.argmax(-1)).float().mean():.2%}, "
           f"unpacked {(unpacked.argmax(-1) == expected.argmax(-1)).float().mean():.2%}")
+    rounded_lm = load()
+    for layer in rounded_lm.model.modules():
+        if isinstance(layer, GroupLinear) and layer.bits == 4:
+            with_8_bit_inputs(layer)
+    with torch.inference_mode():
+        rounded = rounded_lm.model(x)[0].float()
+    print(f"inputs rounded to 8 bits a group of 32 (int4 weights): top-1 against float32 "
+          f"{(rounded.argmax(-1) == expected.argmax(-1)).float().mean():.2%}")
     for length in (64, 128, 300, 512, 1000):  # greedy continuations of prompts that take the unpacked path
         config = GenerationConfig(max_new_tokens=32, top_logprobs=2)
         expected = reference.generate(prompt[:length], config)
