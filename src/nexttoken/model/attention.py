@@ -12,6 +12,36 @@ from nexttoken.model.kv_cache import CrossKVCache, KVCache
 from nexttoken.model.layers import RMSNorm, apply_rotary
 
 
+# PyTorch's CPU flash-attention backward takes several times its forward on short sequences: up to
+# this many keys, attention that records gradients runs as explicit products instead (docs/training.md)
+EXPLICIT_MAX_KEYS = 128
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+              causal: bool = False, scale: float | None = None) -> torch.Tensor:
+    """(B, H, T, D) queries over (B, H_kv, S, D) keys and values -> (B, H, T, D), as SDPA computes it
+    (`mask`: bool, True where a query sees a key, or float biases; `causal`: T == S, each query
+    sees itself and the keys before it; `scale`: None for 1/sqrt(D)). Where gradients are recorded
+    over at most EXPLICIT_MAX_KEYS keys, the products are written out in float32."""
+    records = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if not records or k.shape[2] > EXPLICIT_MAX_KEYS:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=True)
+    group = q.shape[1] // k.shape[1]  # query heads per key/value head
+    with torch.autocast(q.device.type, enabled=False):
+        keys, values = k.float(), v.float()
+        if group > 1:
+            keys, values = keys.repeat_interleave(group, 1), values.repeat_interleave(group, 1)  # (B, H, S, D)
+        scores = (q.float() @ keys.transpose(-1, -2)) * (q.shape[-1] ** -0.5 if scale is None else scale)  # (B, H, T, S)
+        if causal:
+            mask = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).tril()
+        if mask is not None and mask.dtype == torch.bool:
+            # the lowest float, not -inf: a row that sees no key (padding) averages, never divides 0 by 0
+            scores = scores.masked_fill(~mask, torch.finfo(torch.float32).min)
+        elif mask is not None:
+            scores = scores + mask
+        return (scores.softmax(-1) @ values).to(q.dtype)
+
+
 def attention_scale(config: ModelConfig) -> float | None:
     """The factor on query-key products; None: SDPA's 1/sqrt(head_dim)."""
     if config.attention_scale:
@@ -76,18 +106,18 @@ class Attention(nn.Module):
         """(B, H, T, D) queries over (B, H_kv, S, D) keys and values -> (B, H, T, D)."""
         k, v = k.to(q.dtype), v.to(q.dtype)  # a cache kept in another dtype (float16) is widened
         T = q.shape[2]
-        mask = {"attn_mask": attention_mask} if attention_mask is not None else self._causal(T, k.shape[2])
-        return F.scaled_dot_product_attention(q, k, v, scale=self.scale, enable_gqa=True, **mask)
+        mask = {"mask": attention_mask} if attention_mask is not None else self._causal(T, k.shape[2])
+        return attention(q, k, v, scale=self.scale, **mask)
 
     def _causal(self, n_queries: int, n_keys: int) -> dict:
         """Causal masking, without padding, for queries that sit at the end of `n_keys` positions."""
         if not self.causal or n_queries == 1:
             return {}
         if n_queries == n_keys:
-            return {"is_causal": True}
+            return {"causal": True}
         past = n_keys - n_queries
         query_pos = torch.arange(past, n_keys).unsqueeze(1)  # (T, 1)
-        return {"attn_mask": torch.arange(n_keys).unsqueeze(0) <= query_pos}  # (T, past + T)
+        return {"mask": torch.arange(n_keys).unsqueeze(0) <= query_pos}  # (T, past + T)
 
 
 class CrossAttention(nn.Module):
@@ -115,7 +145,7 @@ class CrossAttention(nn.Module):
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k, v = cache.cross_keys[self.layer_index], cache.cross_values[self.layer_index]  # (B, H_kv, S, D)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.source_mask, scale=self.scale, enable_gqa=True)
+        y = attention(q, k, v, cache.source_mask, scale=self.scale)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, H * D)
         return self.wo(y)
 
