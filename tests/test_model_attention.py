@@ -1,5 +1,5 @@
-"""model.attention.attention: SDPA's attention, written out in float32 where gradients are recorded
-over few keys; the same outputs and gradients either way."""
+"""model.attention.attention: SDPA's attention, written out where gradients are recorded over few
+keys; the same outputs and gradients either way."""
 
 import pytest
 import torch
@@ -44,6 +44,16 @@ def test_written_out_attention_has_sdpa_s_outputs_and_gradients(case):
     with torch.no_grad():
         torch.testing.assert_close(attention(*ours, **keywords()), F.scaled_dot_product_attention(
             *theirs, enable_gqa=True, **sdpa_keywords), rtol=1e-5, atol=1e-5)
+
+
+def test_under_autocast_written_out_attention_is_sdpa_s_to_bfloat16_rounding():
+    q, k, v = inputs(4, 2, 6, 9)
+    mask = padding(9)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = attention(q, k, v, mask)
+        theirs = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    assert ours.dtype == theirs.dtype == torch.bfloat16
+    torch.testing.assert_close(ours, theirs, rtol=2e-2, atol=2e-2)
 
 
 def test_written_out_only_where_gradients_are_recorded_over_few_keys(monkeypatch):

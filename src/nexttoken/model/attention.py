@@ -22,24 +22,23 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     """(B, H, T, D) queries over (B, H_kv, S, D) keys and values -> (B, H, T, D), as SDPA computes it
     (`mask`: bool, True where a query sees a key, or float biases; `causal`: T == S, each query
     sees itself and the keys before it; `scale`: None for 1/sqrt(D)). Where gradients are recorded
-    over at most EXPLICIT_MAX_KEYS keys, the products are written out in float32."""
+    over at most EXPLICIT_MAX_KEYS keys, the products are written out, as transformers' eager
+    attention does."""
     records = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     if not records or k.shape[2] > EXPLICIT_MAX_KEYS:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=True)
     group = q.shape[1] // k.shape[1]  # query heads per key/value head
-    with torch.autocast(q.device.type, enabled=False):
-        keys, values = k.float(), v.float()
-        if group > 1:
-            keys, values = keys.repeat_interleave(group, 1), values.repeat_interleave(group, 1)  # (B, H, S, D)
-        scores = (q.float() @ keys.transpose(-1, -2)) * (q.shape[-1] ** -0.5 if scale is None else scale)  # (B, H, T, S)
-        if causal:
-            mask = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).tril()
-        if mask is not None and mask.dtype == torch.bool:
-            # the lowest float, not -inf: a row that sees no key (padding) averages, never divides 0 by 0
-            scores = scores.masked_fill(~mask, torch.finfo(torch.float32).min)
-        elif mask is not None:
-            scores = scores + mask
-        return (scores.softmax(-1) @ values).to(q.dtype)
+    keys, values = (k, v) if group == 1 else (k.repeat_interleave(group, 1), v.repeat_interleave(group, 1))
+    # the products in autocast's precision where it is on; scores, masking and softmax in float32
+    scores = (q @ keys.transpose(-1, -2)).float() * (q.shape[-1] ** -0.5 if scale is None else scale)  # (B, H, T, S)
+    if causal:
+        mask = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).tril()
+    if mask is not None and mask.dtype == torch.bool:
+        # the lowest float, not -inf: a row that sees no key (padding) averages, never divides 0 by 0
+        scores = scores.masked_fill(~mask, torch.finfo(torch.float32).min)
+    elif mask is not None:
+        scores = scores + mask
+    return scores.softmax(-1).to(values.dtype) @ values
 
 
 def attention_scale(config: ModelConfig) -> float | None:
