@@ -2,7 +2,8 @@
 (nexttoken.model.attention, up to EXPLICIT_MAX_KEYS keys: products in bfloat16, softmax in
 float32), forward and backward under bfloat16 autocast, on the shapes of our recipes; then one
 forward and backward of the MiniLM classifier on 32 tweets' worth of tokens, ours either way beside
-transformers' BERT with its "sdpa" and "eager" attention. One thread, thread CPU milliseconds (medians), so a busy machine disturbs it little.
+transformers' BERT with its "sdpa" and "eager" attention. One thread, thread CPU milliseconds
+(medians), so a busy machine disturbs it little.
 
     .venv/bin/python benchmarks/bench_train_attention.py [--repeats 7]"""
 
