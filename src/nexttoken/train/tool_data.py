@@ -13,7 +13,7 @@ import datetime
 import json
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from nexttoken.apps.tools import Function
@@ -113,10 +113,6 @@ ITEMS = ("milk", "eggs", "bread", "apples", "coffee")
 # habit rather than an exception; held out, half, so that false calls are counted on as many
 # requests as right calls
 NO_FIT_SHARE: dict[Split, float] = {"train": 0.5, "held_out": 0.5}
-# training's removed requests come with their twin: the same request, offered the same functions
-# and the one that fits, answered by its call; the pair differs in the list alone, so that only
-# the list can tell the model whether to call
-REMOVED_TWINS: dict[Split, bool] = {"train": True, "held_out": False}
 OFFER_ALL_SHARE = 0.5  # training requests offered all five functions; the others a random subset
 
 REPLIES = {
@@ -207,11 +203,10 @@ def call_case(split: Split, kind: str, rng: random.Random) -> ToolCase:
     return ToolCase(template.format(**slots), template, function, arguments, offered=offer(split, rng, function))
 
 
-def removed_cases(split: Split, kind: str, rng: random.Random) -> tuple[ToolCase, ...]:
+def removed_case(split: Split, kind: str, rng: random.Random) -> ToolCase:
     """A call's request with its function taken off the offered list, and the web search too (a
     search could stand in for any function); answered from what the function would have returned,
-    or with what cannot be done where the answer needs the function. Where the split has twins
-    (REMOVED_TWINS), the same request follows, offered the same list with the function, and calls it."""
+    or with what cannot be done where the answer needs the function."""
     call = call_case(split, kind, rng)
     left = [name for name in FUNCTION_NAMES if name not in (call.function, "web_search")]
     if split == "train":
@@ -221,23 +216,20 @@ def removed_cases(split: Split, kind: str, rng: random.Random) -> tuple[ToolCase
         answer = REMOVED_ANSWER[call.function].format(**call.arguments)
     else:
         answer = reply_for(call, result_of(call.function, dict(call.arguments)))
-    removed = ToolCase(call.request, call.template, answer=answer, kind="removed", offered=offered)
-    if not REMOVED_TWINS[split]:
-        return (removed,)
-    return removed, replace(call, offered=tuple(name for name in FUNCTION_NAMES if name in left or name == call.function))
+    return ToolCase(call.request, call.template, answer=answer, kind="removed", offered=offered)
 
 
-def no_fit_cases(split: Split, kind: str, call_kind: str, rng: random.Random) -> tuple[ToolCase, ...]:
+def no_fit_case(split: Split, kind: str, call_kind: str, rng: random.Random) -> ToolCase:
     if kind == "removed":
-        return removed_cases(split, call_kind, rng)
+        return removed_case(split, call_kind, rng)
     if kind == "unoffered":
         template, what = rng.choice(UNOFFERED[split])
         answer = UNOFFERED_ANSWER.format(what=what)
     else:
         template, answer = rng.choice(NO_FIT[split][kind])
     slots = slot_values(rng)
-    return (ToolCase(template.format(**slots), template, answer=answer.format(**slots), kind=kind,
-                     offered=offer(split, rng, None)),)
+    return ToolCase(template.format(**slots), template, answer=answer.format(**slots), kind=kind,
+                    offered=offer(split, rng, None))
 
 
 def tool_cases(split: Split, n: int, seed: int = 0) -> list[ToolCase]:
@@ -248,15 +240,15 @@ def tool_cases(split: Split, n: int, seed: int = 0) -> list[ToolCase]:
     rng = random.Random(f"{split}-{seed}")
     call_kinds, cases, turns = list(CALL_TEMPLATES[split]), [], NO_FIT_TURNS[split]
     n_calls = n_no_fit = n_removed = 0
-    while len(cases) < n:
+    for _ in range(n):
         if rng.random() < NO_FIT_SHARE[split]:
             kind = turns[n_no_fit % len(turns)]
-            cases.extend(no_fit_cases(split, kind, call_kinds[n_removed % len(call_kinds)], rng))
+            cases.append(no_fit_case(split, kind, call_kinds[n_removed % len(call_kinds)], rng))
             n_no_fit, n_removed = n_no_fit + 1, n_removed + (kind == "removed")
         else:
             cases.append(call_case(split, call_kinds[n_calls % len(call_kinds)], rng))
             n_calls += 1
-    return cases[:n]
+    return cases
 
 
 def reply_for(case: ToolCase, result: Mapping) -> str:
