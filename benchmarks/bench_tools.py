@@ -5,6 +5,7 @@ made where no offered function fits (overall and by kind of request); greedy, fr
 
     .venv/bin/python benchmarks/bench_tools.py                          # fine-tunes, then scores both
     .venv/bin/python benchmarks/bench_tools.py --tuned runs/tools-model # scores a model already tuned
+    .venv/bin/python benchmarks/bench_tools.py --skip-base              # the fine-tuned model's rows only
 
 Targets (issue 25): right function >= 80 %, all arguments right >= 60 %, false calls <= 10 %."""
 
@@ -46,6 +47,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="Fine-tuning steps (default: the recipe's).")
     parser.add_argument("--examples", type=int, help="Training examples (default: the recipe's).")
     parser.add_argument("--run-dir", type=Path, default=Path("runs/bench-tools"))
+    parser.add_argument("--skip-base", action="store_true", help="Leave out the rows of the model before fine-tuning.")
     args = parser.parse_args()
     cases = tool_cases("held_out", args.cases)
     no_fit = Counter(c.kind for c in cases if c.function is None)
@@ -55,7 +57,8 @@ def main() -> None:
     print("| model and decoding | right function | all arguments right | false calls | "
           + " | ".join(f"false calls: {kind}" for kind in NO_FIT_KINDS) + " | time |", flush=True)
     print("|---" * (5 + len(NO_FIT_KINDS)) + "|", flush=True)
-    score(args.base, cases, "before")
+    if not args.skip_base:
+        score(args.base, cases, "before")
     tuned = args.tuned
     if tuned is None:
         tuned = args.run_dir / "model"

@@ -2,6 +2,7 @@
 it streams, the tool-use data set (held-out wording disjoint from training) and its scoring."""
 
 import json
+from collections import Counter
 
 import jsonschema
 import pytest
@@ -164,6 +165,21 @@ def test_every_kind_of_request_that_no_function_fits_is_in_the_mix(split):
     fitting = {t: kind for kind, ts in CALL_TEMPLATES[split].items() for t in ts}
     assert all({"add": "calculator", "subtract": "calculator", "multiply": "calculator", "divide": "calculator"}
                .get(fitting[c.template], fitting[c.template]) not in c.offered for c in removed)
+
+
+def test_training_weights_the_harder_kinds_and_the_held_out_mix_stays_as_measured():
+    """The held-out cases are the ones docs/training.md's figures were measured on; the training set
+    has twice as many "near" and "removed" requests as of each other kind."""
+    train, held = tool_cases("train", 700), tool_cases("held_out", 80)
+    held_kinds = Counter(c.kind for c in held)
+    assert held_kinds == {"call": 33, "chat": 10, "task": 10, "near": 9, "unoffered": 9, "removed": 9}
+    assert [c.request for c in held[:4]] == ["Good morning!", "Which is bigger, an elephant or a mouse?",
+                                             "What's the capital of Japan?", "Please total 19.8 and 156."]
+    train_kinds = Counter(c.kind for c in train)
+    for kind in ("near", "removed"):
+        assert 1.7 < train_kinds[kind] / train_kinds["chat"] < 2.3
+    fitting = {t: kind for kind, ts in CALL_TEMPLATES["train"].items() for t in ts}
+    assert len({fitting[c.template] for c in train if c.kind == "removed"}) == len(CALL_TEMPLATES["train"])
 
 
 def test_training_offers_subsets_and_held_out_offers_all_but_removed_functions():

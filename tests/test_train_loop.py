@@ -20,7 +20,7 @@ from nexttoken.model.transformer import Transformer
 from nexttoken.train.distributed import Process
 from nexttoken.train.initialization import init_weights
 from nexttoken.train.loop import TrainConfig, make_optimizer, train, train_step
-from nexttoken.train.objectives import IGNORE, next_token_loss
+from nexttoken.train.objectives import IGNORE, counted_token_loss, next_token_loss
 from nexttoken.train.schedule import learning_rate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -56,6 +56,25 @@ def test_next_token_loss_counts_only_real_targets():
     expected = F.cross_entropy(logits[keep], batch["targets"][keep])
     assert n_tokens == 16 + 10
     torch.testing.assert_close(loss, expected)
+
+
+def test_counted_token_loss_is_next_token_loss_with_the_head_where_targets_count():
+    batch = random_batch(2)
+    batch["targets"][0, :12] = IGNORE  # a prompt
+    batch["targets"][1, :5] = batch["targets"][1, 9:] = IGNORE
+    batch["attention_mask"] = torch.ones(2, 16, dtype=torch.bool)
+    batch["attention_mask"][1, 13:] = False  # padding
+    losses, grads = [], []
+    for objective in (next_token_loss, counted_token_loss):
+        model = tiny_model()
+        loss, n_tokens = objective(model, batch)
+        loss.backward()
+        losses.append((loss, n_tokens))
+        grads.append([p.grad for p in model.parameters()])
+    assert losses[0][1] == losses[1][1] == 4 + 4
+    torch.testing.assert_close(losses[1][0], losses[0][0])
+    for counted, every in zip(*grads):
+        torch.testing.assert_close(counted, every)
 
 
 def test_initial_loss_is_near_uniform():

@@ -28,7 +28,7 @@ from nexttoken.train.export import export_gguf, export_hf
 from nexttoken.train.lora import LoraConfig, add_lora, merge_lora
 from nexttoken.train.loop import TrainConfig, TrainResult, to_device, train
 from nexttoken.train.masking import labelled_token_loss, sft_batch, sft_tokens
-from nexttoken.train.objectives import IGNORE, next_token_loss
+from nexttoken.train.objectives import IGNORE, counted_token_loss
 from nexttoken.train.sft_data import person_tags, play_lines, read_plays, sft_conversations
 from nexttoken.train.tool_data import conversation, offered_functions, tool_cases
 from nexttoken.train.tool_eval import ToolScores, tool_use_scores
@@ -137,17 +137,17 @@ def finetune_chat(lm: LanguageModel, conversations: list[list[dict[str, str]]], 
     collate = partial(sft_batch, pad_id=lm.pad_id, max_len=max_len)
     evaluation = fixed_batches(sft_examples(lm, held_out), config.micro_batch, collate)
     model = lm.model
-    before = mean_loss(model, evaluation, next_token_loss)
+    before = mean_loss(model, evaluation, counted_token_loss)
     if lora is not None:
         add_lora(model, lora)
     else:
         model.requires_grad_(True)
     data = ExampleLoader(sft_examples(lm, conversations), config.micro_batch, collate)
-    result = train(model, data, next_token_loss, config, run_dir)
+    result = train(model, data, counted_token_loss, config, run_dir)
     model.eval().requires_grad_(False)
     if lora is not None:
         merge_lora(model)
-    return FinetuneResult(result, before, mean_loss(model, evaluation, next_token_loss))
+    return FinetuneResult(result, before, mean_loss(model, evaluation, counted_token_loss))
 
 
 def answer_accuracy(lm: LanguageModel, conversations: list[list[dict[str, str]]], max_new_tokens: int = 12) -> float:

@@ -25,3 +25,16 @@ def next_token_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[t
     # vocabulary lose the small differences the gradient is made of
     total = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum")
     return total / n_tokens.clamp(min=1), n_tokens
+
+
+def counted_token_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """next_token_loss with the vocabulary-wide head run only where a target counts, for supervised
+    fine-tuning, whose prompts are most of each row: the same loss, without the scores (and their
+    float32 copies and gradients) of every prompt position. The model is a Transformer (its
+    forward takes `scored`)."""
+    targets = batch["targets"]
+    counted = targets != IGNORE
+    logits = model(batch["input_ids"], mask=batch.get("attention_mask"), scored=counted)  # (N, V)
+    n_tokens = counted.sum()
+    total = F.cross_entropy(logits.float(), targets[counted], reduction="sum")
+    return total / n_tokens.clamp(min=1), n_tokens

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nexttoken.apps.tools import Function
-from nexttoken.train.tool_requests import (CALL_TEMPLATES, NO_FIT, NO_FIT_KINDS, REMOVED_ANSWER, UNOFFERED,
+from nexttoken.train.tool_requests import (CALL_TEMPLATES, NO_FIT, NO_FIT_TURNS, REMOVED_ANSWER, UNOFFERED,
                                            UNOFFERED_ANSWER, Split)
 
 Message = dict[str, Any]
@@ -112,7 +112,7 @@ ITEMS = ("milk", "eggs", "bread", "apples", "coffee")
 # the share of requests that no offered function fits: in training, enough that "no call" is a
 # habit rather than an exception; held out, half, so that false calls are counted on as many
 # requests as right calls
-NO_FIT_SHARE: dict[Split, float] = {"train": 0.45, "held_out": 0.5}
+NO_FIT_SHARE: dict[Split, float] = {"train": 0.5, "held_out": 0.5}
 OFFER_ALL_SHARE = 0.5  # training requests offered all five functions; the others a random subset
 
 REPLIES = {
@@ -234,16 +234,17 @@ def no_fit_case(split: Split, kind: str, call_kind: str, rng: random.Random) -> 
 
 def tool_cases(split: Split, n: int, seed: int = 0) -> list[ToolCase]:
     """`n` cases written from `split`'s wording: a share (NO_FIT_SHARE) of requests that no offered
-    function fits, taking the kinds of NO_FIT_KINDS in turn, and calls spread evenly over the
-    template kinds (the four operations count as kinds). A longer list begins with a shorter one."""
+    function fits, taking the kinds in the split's order (NO_FIT_TURNS), and calls spread evenly
+    over the template kinds (the four operations count as kinds), the removed kind's calls too. A
+    longer list begins with a shorter one."""
     rng = random.Random(f"{split}-{seed}")
-    call_kinds, cases = list(CALL_TEMPLATES[split]), []
-    n_calls = n_no_fit = 0
+    call_kinds, cases, turns = list(CALL_TEMPLATES[split]), [], NO_FIT_TURNS[split]
+    n_calls = n_no_fit = n_removed = 0
     for _ in range(n):
         if rng.random() < NO_FIT_SHARE[split]:
-            kind = NO_FIT_KINDS[n_no_fit % len(NO_FIT_KINDS)]
-            cases.append(no_fit_case(split, kind, call_kinds[(n_no_fit // len(NO_FIT_KINDS)) % len(call_kinds)], rng))
-            n_no_fit += 1
+            kind = turns[n_no_fit % len(turns)]
+            cases.append(no_fit_case(split, kind, call_kinds[n_removed % len(call_kinds)], rng))
+            n_no_fit, n_removed = n_no_fit + 1, n_removed + (kind == "removed")
         else:
             cases.append(call_case(split, call_kinds[n_calls % len(call_kinds)], rng))
             n_calls += 1

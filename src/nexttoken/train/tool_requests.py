@@ -19,6 +19,11 @@ from typing import Literal
 Split = Literal["train", "held_out"]
 
 NO_FIT_KINDS = ("chat", "task", "near", "unoffered", "removed")
+# the order in which each split takes the kinds: held out, each once; in training, "near" and
+# "removed" twice, because telling a request from the one a function fits is the harder edge
+NO_FIT_TURNS: dict[Split, tuple[str, ...]] = {"train": ("chat", "near", "removed", "task", "near", "unoffered",
+                                                        "removed"),
+                                              "held_out": NO_FIT_KINDS}
 
 # (function kind, template); the slots are filled by tool_data.arguments_for
 CALL_TEMPLATES: dict[Split, dict[str, tuple[str, ...]]] = {
