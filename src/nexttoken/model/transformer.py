@@ -296,11 +296,11 @@ class Transformer(nn.Module):
         return self.dtype_probe.dtype
 
     def forward(self, ids: torch.Tensor, cache: KVCache | None = None, mask: torch.Tensor | None = None,
-                scored: torch.Tensor | None = None) -> torch.Tensor:
+                positions: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) ids -> (B, T, vocab_size) scores, or (N, vocab_size) at the N positions where
-        `scored` (B, T) is True."""
+        `positions` (B, T) is True."""
         hidden = self.hidden_states(ids, cache, mask)  # (B, T, d_model)
-        return self.head(hidden if scored is None else hidden[scored])  # (N, d_model) -> (N, vocab_size)
+        return self.head(hidden if positions is None else hidden[positions])  # (N, d_model) -> (N, vocab_size)
 
     def next_scores(self, ids: torch.Tensor, cache: KVCache, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) tokens fed through the cache -> (B, vocab_size) scores for each row's next token:

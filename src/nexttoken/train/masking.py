@@ -16,7 +16,7 @@ from torch import nn
 
 from nexttoken.errors import NextTokenError
 from nexttoken.tokenizer import Tokenizer
-from nexttoken.train.objectives import IGNORE
+from nexttoken.train.objectives import IGNORE, loss_where_counted
 
 
 @dataclass(frozen=True)
@@ -71,12 +71,7 @@ class MaskedLM(nn.Module):
 def masked_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy at the masked positions only, the head run there alone (the same loss as
     `labelled_token_loss` on a MaskedLM). batch: "input_ids" (B, T), "labels" (B, T)."""
-    labels = batch["labels"]
-    chosen = labels != IGNORE
-    logits = model(batch["input_ids"], mask=batch.get("attention_mask"), positions=chosen)  # (N, V)
-    n_tokens = chosen.sum()
-    total = F.cross_entropy(logits.float(), labels[chosen], reduction="sum")
-    return total / n_tokens.clamp(min=1), n_tokens
+    return loss_where_counted(model, batch, "labels")
 
 
 def labelled_token_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

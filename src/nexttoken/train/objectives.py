@@ -27,14 +27,18 @@ def next_token_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[t
     return total / n_tokens.clamp(min=1), n_tokens
 
 
-def counted_token_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """next_token_loss with the vocabulary-wide head run only where a target counts, for supervised
-    fine-tuning, whose prompts are most of each row: the same loss, without the scores (and their
-    float32 copies and gradients) of every prompt position. The model is a Transformer (its
-    forward takes `scored`)."""
-    targets = batch["targets"]
+def loss_where_counted(model: nn.Module, batch: dict[str, torch.Tensor], key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy against batch[key] (B, T) where it is not IGNORE, the vocabulary-wide head run
+    at those positions alone: `model` takes them as `positions` (a Transformer, a MaskedLM)."""
+    targets = batch[key]
     counted = targets != IGNORE
-    logits = model(batch["input_ids"], mask=batch.get("attention_mask"), scored=counted)  # (N, V)
+    logits = model(batch["input_ids"], mask=batch.get("attention_mask"), positions=counted)  # (N, V)
     n_tokens = counted.sum()
     total = F.cross_entropy(logits.float(), targets[counted], reduction="sum")
     return total / n_tokens.clamp(min=1), n_tokens
+
+
+def counted_token_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """next_token_loss for supervised fine-tuning, whose prompts are most of each row: the same
+    loss, without the scores (and their float32 copies and gradients) of every prompt position."""
+    return loss_where_counted(model, batch, "targets")
