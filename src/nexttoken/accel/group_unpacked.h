@@ -1,11 +1,11 @@
 // y = x @ w^T for a prompt's many rows, with w in the groups of group_product.h: each thread unpacks
 // up to four blocks of 16 rows at a time into bfloat16 weights, minimum + q * scale rounded to
 // nearest even, in a buffer it keeps and reuses (a few hundred KiB, never a copy of the model), and
-// multiplies every row of x it owns by them. block_product converts the weights again for every tile of 8
-// rows and scales each group's sums; here the conversion is paid once per block for the whole prompt
-// and nearly every instruction of the product is a vdpbf16ps, as in a bfloat16 matrix product. The
-// weights are rounded to bfloat16 as a bfloat16 model's are; x is rounded as block_product rounds it,
-// and the sums are float32.
+// multiplies every row of x it owns by them. block_product converts the weights again for every
+// tile of 8 rows and scales each group's sums; here the conversion is paid once per block for the
+// whole prompt and nearly every instruction of the product is a vdpbf16ps, as in a bfloat16 matrix
+// product. The weights are rounded to bfloat16 as a bfloat16 model's are; x is rounded as
+// block_product rounds it, and the sums are float32.
 //
 // The unpacked buffer holds, for each pair p of inputs and each of its `count` blocks b, one register
 // of 32 bfloat16 values whose lane r is row 16b + r's pair (w[2p], w[2p + 1]), the layout vdpbf16ps
