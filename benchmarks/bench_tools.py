@@ -1,7 +1,8 @@
 """Tool use before and after `nexttoken finetune tools`, on held-out requests whose wording the
 training set never uses (train/tool_data.py): the right function, every argument right, and calls
 made where no offered function fits (overall and by kind of request); greedy, free and constrained
-(the grammar of tool_choice "auto").
+(as the server's tool_choice "auto" decodes: a call or an answer, chosen before the reply, then
+its grammar).
 
     .venv/bin/python benchmarks/bench_tools.py                          # fine-tunes, then scores both
     .venv/bin/python benchmarks/bench_tools.py --tuned runs/tools-model # scores a model already tuned

@@ -206,6 +206,18 @@ def test_impossible_pretraining_settings_are_refused(args, message, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("args, steps", [([], 800), (["--from", "minilm"], 300), (["--from", "minilm", "--steps", "50"], 50)])
+def test_continuing_an_encoder_takes_fewer_steps_by_default(args, steps, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from nexttoken import cli
+
+    ran = []
+    monkeypatch.setattr("nexttoken.train.mlm.run_masked_lm", lambda recipe, *_, **__: ran.append(recipe) or 1 / 0)
+    CliRunner().invoke(cli.app, ["train", "--objective", "mlm", *args, "--run-dir", str(tmp_path / "run")])
+    assert ran[0].train.max_steps == steps
+
+
 def test_from_must_name_an_encoder(tmp_path, monkeypatch):
     """A decoder's folder (a Llama export) is refused before the corpus is read."""
     monkeypatch.setattr("nexttoken.train.mlm.load_corpus", lambda name: pytest.fail("the corpus was read"))

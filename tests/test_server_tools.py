@@ -65,16 +65,25 @@ def test_forced_calls_follow_their_schema_and_stream_the_same(client, choice):
     assert len(parts) > 2 and chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
-def test_auto_answers_or_calls_validly_and_none_never_calls(client):
+@pytest.mark.parametrize("calls", [True, False], ids=["call", "answer"])
+def test_auto_calls_or_answers_as_the_decision_says_and_none_never_calls(client, monkeypatch, calls):
+    import nexttoken.apps.tool_choice as tool_choice
+
+    decided = []
+    monkeypatch.setattr(tool_choice, "call_odds", lambda lm, prompt, functions: decided.append(
+        [f.name for f in functions]) or tool_choice.CallOdds(1.0 if calls else 0.0, 1.0))
     auto = chat(client, messages=ASK, tools=TOOLS, tool_choice="auto").choices[0]
-    if auto.message.tool_calls:
+    assert decided == [["get_weather", "add"]]
+    if calls:
+        assert auto.finish_reason == "tool_calls" and len(auto.message.tool_calls) == 1
         call = auto.message.tool_calls[0].function
         jsonschema.validate(json.loads(call.arguments), parameters(call.name))
-        assert auto.finish_reason == "tool_calls"
     else:
-        assert "<tool_call>" not in auto.message.content
+        assert auto.message.tool_calls is None and "<tool_call>" not in auto.message.content
+    streamed = list(chat(client, messages=ASK, tools=TOOLS, tool_choice="auto", stream=True))
+    assert streamed[-1].choices[0].finish_reason == auto.finish_reason
     none = chat(client, messages=ASK, tools=TOOLS, tool_choice="none", max_tokens=12).choices[0]
-    assert none.message.tool_calls is None and none.finish_reason in ("stop", "length")
+    assert none.message.tool_calls is None and none.finish_reason in ("stop", "length") and len(decided) == 2
 
 
 def test_a_call_cut_by_max_tokens_is_no_call(client):

@@ -133,13 +133,10 @@ def forced_call_grammar(functions: Sequence[Function]) -> Grammar:
     return Grammar.lark(f"start: call\n{call_rule(functions)}\n")
 
 
-def optional_call_grammar(functions: Sequence[Function], answer_schema: Mapping | None = None) -> Grammar:
-    """tool_choice "auto": the model answers, or calls one of `functions`, and the call is held to
-    its schema from its first character. The answer is any text that never writes the call's
-    opening tag (so that no call escapes the grammar), or, with `answer_schema` (a response_format),
-    JSON valid for it."""
+def answer_grammar(answer_schema: Mapping | None = None) -> Grammar:
+    """A reply that calls nothing (tool_choice "auto" when answering): any text that never writes
+    the call's opening tag, so that no call escapes the grammar, or, with `answer_schema` (a
+    response_format), JSON valid for it."""
     if answer_schema is None:
-        answer = f"answer: ANSWER\nANSWER: /(?s:.*)/ & ~/(?s:.*{CALL_OPEN}.*)/"
-    else:
-        answer = f"answer: %json{json.dumps({**answer_schema, 'x-guidance': JSON_STYLE})}"
-    return Grammar.lark(f"start: answer | call\n{answer}\n{call_rule(functions)}\n")
+        return Grammar.lark(f"start: ANSWER\nANSWER: /(?s:.*)/ & ~/(?s:.*{CALL_OPEN}.*)/\n")
+    return Grammar.json_schema(dict(answer_schema))

@@ -3,9 +3,10 @@ for a schema) and `tools` with `tool_choice`, turned into the functions the prom
 grammar the reply is decoded under. Everything is checked, and the grammar compiled, before any
 decoding: a bad schema, tool or choice is a 400 that names its parameter.
 
-tool_choice "none" offers the functions but reads no calls; "auto" lets the model answer or call,
-and holds a call to its function's schema from its first character; "required" and a named
-function make the reply one call."""
+tool_choice "none" offers the functions but reads no calls; "auto" lets the model answer or call
+(apps/tool_choice.py decides which before the reply, once the prompt is known) and holds a call to
+its function's schema from its first character; "required" and a named function make the reply one
+call."""
 
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -13,7 +14,8 @@ from typing import Any
 
 import jsonschema
 
-from nexttoken.apps.tools import Function, forced_call_grammar, optional_call_grammar
+from nexttoken.apps.tool_choice import AutoChoice, auto_choice
+from nexttoken.apps.tools import Function, forced_call_grammar
 from nexttoken.decoding.grammar import Grammar
 from nexttoken.decoding.grammar_engine import compile_grammar
 from nexttoken.errors import InvalidGrammar
@@ -26,7 +28,8 @@ from nexttoken.tokenizer import Tokenizer
 class OutputForm:
     functions: tuple[Function, ...] = ()  # offered in the prompt
     reads_calls: bool = False  # whether the reply may be calls (tool_choice other than "none")
-    grammar: Grammar | None = None
+    grammar: Grammar | None = None  # the reply's, unless `auto` chooses it
+    auto: AutoChoice | None = None  # tool_choice "auto"
 
 
 def checked_schema(schema: Mapping[str, Any], where: str, param: str) -> dict:
@@ -98,5 +101,9 @@ def output_form(body: ChatRequest, tokenizer: Tokenizer) -> OutputForm:
     answer = compiled(Grammar.json_schema(schema) if schema is not None else None, tokenizer, "response_format")
     if choice == "none" or not functions:
         return OutputForm(functions, False, answer)
-    grammar = optional_call_grammar(callable_, schema) if choice == "auto" else forced_call_grammar(callable_)
-    return OutputForm(functions, True, compiled(grammar, tokenizer, "tools"))
+    if choice == "auto":
+        auto = auto_choice(callable_, schema)
+        compiled(auto.call, tokenizer, "tools")
+        compiled(auto.answer, tokenizer, "response_format")
+        return OutputForm(functions, True, auto=auto)
+    return OutputForm(functions, True, compiled(forced_call_grammar(callable_), tokenizer, "tools"))

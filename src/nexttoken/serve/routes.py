@@ -9,9 +9,12 @@ from importlib import resources
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from nexttoken.apps.dependence import dependence, dependence_json
+from nexttoken.apps.tool_choice import AutoChoice
 from nexttoken.apps.tools import render_conversation
+from nexttoken.decoding.grammar import Grammar
 from nexttoken.decoding.outputs import Completion
 from nexttoken.decoding.reasoning import reasons, starts_thinking
 from nexttoken.serve.errors import InvalidRequest, ModelNotFound, PromptTooLong, WrongAPIKey
@@ -20,7 +23,7 @@ from nexttoken.serve.protocol import (AttentionRequest, ChatRequest, CompletionR
                                      generation_config)
 from nexttoken.serve.replies import ChoiceStream, chat_message
 from nexttoken.serve.shapes import chat_logprobs, completion_logprobs, encode_vector, finish_reason, usage
-from nexttoken.serve.state import ServedDep
+from nexttoken.serve.state import Served, ServedDep
 from nexttoken.serve.streaming import complete, sequences, stream
 
 COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
@@ -110,7 +113,8 @@ async def chat(body: ChatRequest, served: ServedDep, client: Request) -> dict | 
     prompt = lm.tokenizer.encode(prompt_text)
     budget = token_budget([prompt], body.max_completion_tokens or body.max_tokens, CHAT_MAX_TOKENS,
                           lm.model.config.max_seq_len)
-    config = replace(generation_config(body, budget, top), grammar=form.grammar)
+    grammar = form.grammar if form.auto is None else await run_in_threadpool(auto_grammar, served, form.auto, prompt)
+    config = replace(generation_config(body, budget, top), grammar=grammar)
     names = [f.name for f in form.functions] if form.reads_calls else None  # what a call may be of
     thinking = starts_thinking(prompt_text) if reasons(lm.tokenizer.chat_template) else None
     if body.stream:
@@ -136,6 +140,12 @@ async def chat(body: ChatRequest, served: ServedDep, client: Request) -> dict | 
                for j, (c, (message, finish)) in enumerate(zip(group, replies))]
     return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
             "model": served.name, "choices": choices, "usage": usage(len(prompt), group)}
+
+
+def auto_grammar(served: Served, auto: AutoChoice, prompt: list[int]) -> Grammar:
+    """tool_choice "auto"'s decision takes a forward pass over the prompt: between the engine's steps."""
+    with served.lock:
+        return auto.grammar(served.lm, prompt)
 
 
 @api.post("/v1/embeddings")

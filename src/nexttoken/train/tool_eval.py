@@ -1,14 +1,16 @@
 """How well a model uses tools, on requests of train/tool_data.py: the share of requests that need
 a function where it calls the right one, where it also gets every argument right, and the share of
 requests that no offered function fits where it calls one anyway (overall and by kind). Each
-request is offered its case's functions. Greedy; free, or with the call held to its function's
-schema by the grammar the server uses for tool_choice "auto"."""
+request is offered its case's functions. Greedy; free, or constrained as the server's tool_choice
+"auto" is: the call or the answer chosen before the reply (apps/tool_choice.py), and a call held to
+its function's schema."""
 
 import json
 from dataclasses import dataclass, field
 
 from nexttoken.apps.tool_calls import read_reply, valid_calls
-from nexttoken.apps.tools import CALL_OPEN, Function, optional_call_grammar, render_conversation
+from nexttoken.apps.tool_choice import auto_choice
+from nexttoken.apps.tools import CALL_OPEN, Function, render_conversation
 from nexttoken.decoding.config import GenerationConfig
 from nexttoken.pretrained import LanguageModel
 from nexttoken.train.tool_data import ToolCase, offered_functions
@@ -44,22 +46,26 @@ def predicted(text: str, functions: tuple[Function, ...]) -> Predicted:
 def predictions(lm: LanguageModel, cases: list[ToolCase], constrained: bool, max_new_tokens: int = 64,
                 batch_size: int = 8) -> list[Predicted]:
     """Each case's reply to its request with its offered functions, greedily; cases offered the
-    same functions share batches (and, constrained, a grammar). `max_new_tokens` leaves room for
-    the longest call, a date difference's (about 50 tokens): a call cut short counts as none."""
-    by_offer: dict[tuple[str, ...], list[int]] = {}
+    same functions (and, constrained, given the same grammar) share batches. `max_new_tokens`
+    leaves room for the longest call, a date difference's (about 50 tokens): a call cut short
+    counts as none."""
+    prompts, grammars = [], []
+    for case in cases:
+        functions = offered_functions(case)
+        prompt = lm.tokenizer.encode(render_conversation(lm.tokenizer, [{"role": "user", "content": case.request}],
+                                                         functions))
+        prompts.append(prompt)
+        grammars.append(auto_choice(functions).grammar(lm, prompt) if constrained else None)
+    by_form: dict[tuple, list[int]] = {}
     for i, case in enumerate(cases):
-        by_offer.setdefault(case.offered, []).append(i)
+        by_form.setdefault((case.offered, grammars[i]), []).append(i)
     answers: list[Predicted | None] = [None] * len(cases)
-    for offered, indices in by_offer.items():
-        functions = offered_functions(cases[indices[0]])
-        config = GenerationConfig(max_new_tokens=max_new_tokens,
-                                  grammar=optional_call_grammar(functions) if constrained else None)
-        prompts = [lm.tokenizer.encode(render_conversation(lm.tokenizer, [{"role": "user", "content": cases[i].request}],
-                                                           functions)) for i in indices]
-        texts = [group[0].text for start in range(0, len(prompts), batch_size)
-                 for group in lm.generate_batch(prompts[start : start + batch_size], config)]
+    for (offered, grammar), indices in by_form.items():
+        config = GenerationConfig(max_new_tokens=max_new_tokens, grammar=grammar)
+        texts = [group[0].text for start in range(0, len(indices), batch_size)
+                 for group in lm.generate_batch([prompts[i] for i in indices[start : start + batch_size]], config)]
         for i, text in zip(indices, texts):
-            answers[i] = predicted(text, functions)
+            answers[i] = predicted(text, offered_functions(cases[i]))
     return answers
 
 
