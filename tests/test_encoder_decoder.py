@@ -8,7 +8,7 @@ import torch
 from tokenizers import models, pre_tokenizers, processors
 
 from nexttoken.apps.seq2seq import Seq2SeqModel
-from nexttoken.decoding.config import GenerationConfig
+from nexttoken.decoding.config import GenerationConfig, SamplingConfig
 from nexttoken.decoding.generate import generate_batch
 from nexttoken.errors import NextTokenError
 from nexttoken.loaders.safetensors import load_hf_model, load_hf_seq2seq
@@ -130,6 +130,20 @@ def test_text_to_text_matches_generate(pair):
     completions = model.generate_batch(texts, GenerationConfig(max_new_tokens=6))
     assert [c[0].text for c in completions] == [" ".join(WORDS[i] for i in row if i > 2) for row in expected]
     assert model.generate(texts[1], GenerationConfig(max_new_tokens=6)).token_ids == expected[1]
+
+
+def test_banned_text_is_never_written_as_transformers_bans_words(pair):
+    """ban_text reads the encoder-decoder's own tokenizer: the same tokens as `bad_words_ids`."""
+    reference, _, folder = pair
+    model = Seq2SeqModel.load(folder)
+    text = "w5 w17 w9 w44"
+    free = model.generate(text, GenerationConfig(max_new_tokens=6)).token_ids
+    banned = WORDS[free[1]]  # the second token greedy decoding writes
+    ids = torch.tensor([model.encode(text)])
+    expected, _ = reference_sequences(reference, ids, torch.ones_like(ids, dtype=torch.bool), max_new_tokens=6,
+                                      bad_words_ids=[[free[1]]])
+    got = model.generate(text, GenerationConfig(max_new_tokens=6, sampling=SamplingConfig(ban_text=(banned,)))).token_ids
+    assert got == expected[0] and free[1] not in got
 
 
 def test_bad_sources_are_one_line_errors(pair):

@@ -212,10 +212,11 @@ def test_continuing_an_encoder_takes_fewer_steps_by_default(args, steps, tmp_pat
 
     from nexttoken import cli
 
-    ran = []
+    ran, threads = [], []
     monkeypatch.setattr("nexttoken.train.mlm.run_masked_lm", lambda recipe, *_, **__: ran.append(recipe) or 1 / 0)
-    CliRunner().invoke(cli.app, ["train", "--objective", "mlm", *args, "--run-dir", str(tmp_path / "run")])
-    assert ran[0].train.max_steps == steps
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    CliRunner().invoke(cli.app, ["train", "--objective", "mlm", *args, "--threads", "1", "--run-dir", str(tmp_path / "run")])
+    assert ran[0].train.max_steps == steps and threads == [1]
 
 
 def test_from_must_name_an_encoder(tmp_path, monkeypatch):

@@ -569,6 +569,8 @@ def train_command(
 def pretrain_encoder(objective: str, run_dir: Path, source: Path | None, data: Path | None, threads: int | None,
                      resume: bool, settings: dict) -> None:
     """`train --objective mlm|span`: the run folder ends as a BertForMaskedLM or T5ForConditionalGeneration folder."""
+    import torch
+
     from nexttoken.train.mlm import CONTINUED_STEPS, MaskedLMRecipe, run_masked_lm
     from nexttoken.train.run import with_overrides
     from nexttoken.train.span import SpanRecipe, run_span

@@ -67,6 +67,10 @@ class Seq2SeqModel:
             raise NextTokenError("the source text is empty")
         return self.tokenizer.encode(text).ids
 
+    def text_ids(self, text: str) -> list[int]:
+        """The tokens that write `text`, without the special tokens a source gets (`ban_text`'s)."""
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
     def generate_batch(self, texts: list[str], config: GenerationConfig = GenerationConfig()) -> list[list[Completion]]:
         """`num_return_sequences` completions of each text."""
         if not texts:
@@ -76,7 +80,7 @@ class Seq2SeqModel:
             bound = self.model.bind(ids, mask)
             # tokenizers' decode skips special tokens by default: the Decoder protocol as it is
             results = generate_batch(bound, self.tokenizer, [[self.start_id]] * len(texts), [self.end_id], config,
-                                     pad_id=self.pad_id)
+                                     pad_id=self.pad_id, encode=self.text_ids)
         return [[self.whole_text(c, config.stop_strings) for c in completions] for completions in results]
 
     def generate(self, text: str, config: GenerationConfig = GenerationConfig()) -> Completion:
