@@ -70,10 +70,10 @@ def test_auto_calls_or_answers_as_the_decision_says_and_none_never_calls(client,
     import nexttoken.apps.tool_choice as tool_choice
 
     decided = []
-    monkeypatch.setattr(tool_choice, "call_odds", lambda lm, prompt, functions: decided.append(
-        [f.name for f in functions]) or tool_choice.CallOdds(1.0 if calls else 0.0, 1.0))
+    monkeypatch.setattr(tool_choice, "call_odds", lambda lm, prompt, call: decided.append(call) or
+                        tool_choice.CallOdds(1.0 if calls else 0.0, 1.0))
     auto = chat(client, messages=ASK, tools=TOOLS, tool_choice="auto").choices[0]
-    assert decided == [["get_weather", "add"]]
+    assert len(decided) == 1 and all(f'"const": "{name}"' in decided[0].source for name in ("get_weather", "add"))
     if calls:
         assert auto.finish_reason == "tool_calls" and len(auto.message.tool_calls) == 1
         call = auto.message.tool_calls[0].function

@@ -54,7 +54,7 @@ def test_call_odds_weigh_the_whole_head_and_only_offered_names(smollm2):
     opens = P_HEAD ** len(head)
     for functions, offered in (([WEATHER], P_WEATHER), ([WEATHER, TIME], P_WEATHER), ([CALCULATOR], P_CALCULATOR),
                                ([WEATHER, CALCULATOR], P_WEATHER + P_CALCULATOR)):
-        odds = call_odds(lm, [1, 2, 3, 4, 5], functions)
+        odds = call_odds(lm, [1, 2, 3, 4, 5], forced_call_grammar(functions))
         assert odds.opens == pytest.approx(opens, rel=1e-5) and odds.offered == pytest.approx(offered, rel=1e-5)
 
 
@@ -66,7 +66,7 @@ def test_call_odds_read_the_models_own_scores(smollm2):
     with torch.no_grad():
         logprobs = smollm2.model(torch.tensor([prompt + head]))[0].log_softmax(-1)  # (T, V)
     opens = math.exp(sum(logprobs[len(prompt) - 1 + i, t].item() for i, t in enumerate(head)))
-    odds = call_odds(smollm2, prompt, [WEATHER])
+    odds = call_odds(smollm2, prompt, forced_call_grammar([WEATHER]))
     assert odds.opens == pytest.approx(opens, rel=1e-4)
     assert odds.offered >= logprobs[-1, first_name_token(smollm2, "get_weather")].exp().item() * (1 - 1e-4)
 
@@ -90,4 +90,4 @@ def test_each_way_gets_its_grammar(smollm2, monkeypatch):
 
 def test_a_prompt_that_leaves_no_room_for_a_call_answers(smollm2):
     window = smollm2.model.config.max_seq_len
-    assert call_odds(smollm2, [1] * window, [WEATHER]) == CallOdds(0.0, 0.0)
+    assert call_odds(smollm2, [1] * window, forced_call_grammar([WEATHER])) == CallOdds(0.0, 0.0)

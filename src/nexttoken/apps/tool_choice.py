@@ -32,9 +32,9 @@ class CallOdds:
 
 
 @torch.inference_mode()
-def call_odds(lm: LanguageModel, prompt_ids: Sequence[int], functions: Sequence[Function]) -> CallOdds:
-    """One forward pass over the prompt and CALL_HEAD. The names' tokens are those the call's
-    grammar allows after the head, so that names sharing a first token count once."""
+def call_odds(lm: LanguageModel, prompt_ids: Sequence[int], call: Grammar) -> CallOdds:
+    """One forward pass over the prompt and CALL_HEAD. The names' tokens are those `call` (the
+    call's grammar) allows after the head, so that names sharing a first token count once."""
     head = lm.text_ids(CALL_HEAD)
     ids = torch.tensor([[*prompt_ids, *head]])
     if ids.shape[1] > lm.model.config.max_seq_len:  # no call fits the context window
@@ -43,7 +43,7 @@ def call_odds(lm: LanguageModel, prompt_ids: Sequence[int], functions: Sequence[
     scored[0, len(prompt_ids) - 1 :] = True  # the positions that predict the head's tokens and the name's
     logprobs = lm.model(ids, positions=scored).float().log_softmax(-1)  # (len(head) + 1, V)
     opens = logprobs[torch.arange(len(head)), torch.tensor(head)].sum().exp()
-    matcher = compile_grammar(forced_call_grammar(functions), lm.tokenizer).matcher()
+    matcher = compile_grammar(call, lm.tokenizer).matcher()
     for token in head:
         matcher.accept(token)
     named = allowed_tokens([matcher], logprobs.shape[-1])[0]  # (V,) bool
@@ -54,15 +54,14 @@ def call_odds(lm: LanguageModel, prompt_ids: Sequence[int], functions: Sequence[
 class AutoChoice:
     """The two grammars a reply under tool_choice "auto" may get, and how one is chosen."""
 
-    functions: tuple[Function, ...]
     call: Grammar
     answer: Grammar
 
     def grammar(self, lm: LanguageModel, prompt_ids: Sequence[int]) -> Grammar:
-        return self.call if call_odds(lm, prompt_ids, self.functions).calls else self.answer
+        return self.call if call_odds(lm, prompt_ids, self.call).calls else self.answer
 
 
 def auto_choice(functions: Sequence[Function], answer_schema: Mapping | None = None) -> AutoChoice:
     """The functions a call may be of; the answer is free text, or JSON valid for `answer_schema`
     (a response_format)."""
-    return AutoChoice(tuple(functions), forced_call_grammar(functions), answer_grammar(answer_schema))
+    return AutoChoice(forced_call_grammar(functions), answer_grammar(answer_schema))
