@@ -206,8 +206,9 @@ def test_impossible_pretraining_settings_are_refused(args, message, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("args, steps", [([], 800), (["--from", "minilm"], 300), (["--from", "minilm", "--steps", "50"], 50)])
-def test_continuing_an_encoder_takes_fewer_steps_by_default(args, steps, tmp_path, monkeypatch):
+@pytest.mark.parametrize("args, steps, lr", [([], 800, 1e-3), (["--from", "minilm"], 300, 3e-4),
+                                             (["--from", "minilm", "--steps", "50", "--lr", "1e-5"], 50, 1e-5)])
+def test_continuing_an_encoder_takes_fewer_steps_at_a_lower_rate_by_default(args, steps, lr, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from nexttoken import cli
@@ -216,7 +217,7 @@ def test_continuing_an_encoder_takes_fewer_steps_by_default(args, steps, tmp_pat
     monkeypatch.setattr("nexttoken.train.mlm.run_masked_lm", lambda recipe, *_, **__: ran.append(recipe) or 1 / 0)
     monkeypatch.setattr(torch, "set_num_threads", threads.append)
     CliRunner().invoke(cli.app, ["train", "--objective", "mlm", *args, "--threads", "1", "--run-dir", str(tmp_path / "run")])
-    assert ran[0].train.max_steps == steps and threads == [1]
+    assert (ran[0].train.max_steps, ran[0].train.lr) == (steps, lr) and threads == [1]
 
 
 def test_from_must_name_an_encoder(tmp_path, monkeypatch):

@@ -505,7 +505,7 @@ TextFiles = Annotated[Optional[list[Path]], typer.Option("--file", help="A text 
 def train_command(
         run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="Where metrics, checkpoints and the final model go (default: runs/CORPUS, with -mlm or -span for those objectives).")] = None,
         objective: Annotated[str, typer.Option(help="clm: a decoder, next token; mlm: a BERT encoder, masked tokens; span: a T5 encoder-decoder, corrupted spans.")] = "clm",
-        source: Annotated[Optional[Path], typer.Option("--from", help="mlm: continue from this BERT-layout folder (MiniLM, say) and its tokenizer (300 steps unless --steps).")] = None,
+        source: Annotated[Optional[Path], typer.Option("--from", help="mlm: continue from this BERT-layout folder (MiniLM, say) and its tokenizer (300 steps at a peak lr of 3e-4 unless told otherwise).")] = None,
         corpus: Annotated[str, typer.Option(help="A shipped corpus: shakespeare, people-daily or python.")] = "shakespeare",
         data: Annotated[Optional[Path], typer.Option(help="A folder made by prepare-data (default: prepare CORPUS into RUN_DIR/data).")] = None,
         files: TextFiles = None,
@@ -571,7 +571,7 @@ def pretrain_encoder(objective: str, run_dir: Path, source: Path | None, data: P
     """`train --objective mlm|span`: the run folder ends as a BertForMaskedLM or T5ForConditionalGeneration folder."""
     import torch
 
-    from nexttoken.train.mlm import CONTINUED_STEPS, MaskedLMRecipe, run_masked_lm
+    from nexttoken.train.mlm import CONTINUED_LR, CONTINUED_STEPS, MaskedLMRecipe, run_masked_lm
     from nexttoken.train.run import with_overrides
     from nexttoken.train.span import SpanRecipe, run_span
 
@@ -580,8 +580,9 @@ def pretrain_encoder(objective: str, run_dir: Path, source: Path | None, data: P
     if threads:
         torch.set_num_threads(threads)
     if objective == "mlm":
-        if source is not None and settings["max_steps"] is None:
-            settings["max_steps"] = CONTINUED_STEPS
+        if source is not None:
+            settings = {**settings, "max_steps": settings["max_steps"] or CONTINUED_STEPS,
+                        "lr": settings["lr"] or CONTINUED_LR}
         recipe = with_overrides(MaskedLMRecipe, source=source, **settings)
         try:
             result = run_masked_lm(recipe, run_dir, resume=resume)

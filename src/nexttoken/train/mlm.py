@@ -37,8 +37,10 @@ from nexttoken.train.prepare import held_out, prepare_data, run_data_folder
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0 to 4, as BERT's vocab.txt orders them
 # Continuing MiniLM (22.7M parameters, 30,522 tokens) a step costs about twice a scratch step, and
-# a pretrained encoder passes the scratch run's 800-step accuracy within its first 100 steps
+# a pretrained encoder passes the scratch run's 800-step accuracy within its first 100 steps; a
+# third of the scratch rate keeps more of what it knows (docs/training.md)
 CONTINUED_STEPS = 300
+CONTINUED_LR = 3e-4
 
 
 @dataclass(frozen=True)
