@@ -77,6 +77,20 @@ def test_counted_token_loss_is_next_token_loss_with_the_head_where_targets_count
         torch.testing.assert_close(counted, every)
 
 
+@pytest.mark.parametrize("shape, n_counted", [((4, 200), 300), ((2, 16), 8), ((4, 128), 512), ((3, 100), 0)])
+def test_the_head_runs_on_counted_rows_rounded_up_with_rows_that_do_not_count(shape, n_counted):
+    from nexttoken.train.objectives import HEAD_ROWS_MULTIPLE, head_rows
+
+    counted = torch.zeros(shape[0] * shape[1], dtype=torch.bool)
+    counted[torch.randperm(counted.numel(), generator=torch.Generator().manual_seed(0))[:n_counted]] = True
+    counted = counted.view(shape)
+    rows = head_rows(counted)
+    assert (rows & counted).equal(counted)  # every counted position is a row
+    n_rows = int(rows.sum())
+    assert n_rows % HEAD_ROWS_MULTIPLE == 0 or n_rows == counted.numel()
+    assert n_rows - n_counted < HEAD_ROWS_MULTIPLE
+
+
 def test_initial_loss_is_near_uniform():
     loss, _ = next_token_loss(tiny_model(), random_batch(4))
     assert abs(loss.item() - math.log(CONFIG.vocab_size)) < 0.1
