@@ -34,7 +34,8 @@ def next_token_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[t
 
 def loss_where_counted(model: nn.Module, batch: dict[str, torch.Tensor], key: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy against batch[key] (B, T) where it is not IGNORE, the vocabulary-wide head run
-    at those positions alone: `model` takes them as `positions` (a Transformer, a MaskedLM)."""
+    at those positions (and the few more `head_rows` adds) alone: `model` takes them as `positions`
+    (a Transformer, a MaskedLM)."""
     targets = batch[key]
     counted = targets != IGNORE
     rows = head_rows(counted)

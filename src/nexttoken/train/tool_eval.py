@@ -12,6 +12,7 @@ from nexttoken.apps.tool_calls import read_reply, valid_calls
 from nexttoken.apps.tool_choice import auto_choice
 from nexttoken.apps.tools import CALL_OPEN, Function, render_conversation
 from nexttoken.decoding.config import GenerationConfig
+from nexttoken.decoding.grammar import Grammar
 from nexttoken.pretrained import LanguageModel
 from nexttoken.train.tool_data import ToolCase, offered_functions
 from nexttoken.train.tool_requests import NO_FIT_KINDS
@@ -45,10 +46,9 @@ def predicted(text: str, functions: tuple[Function, ...]) -> Predicted:
 
 def predictions(lm: LanguageModel, cases: list[ToolCase], constrained: bool, max_new_tokens: int = 64,
                 batch_size: int = 8) -> list[Predicted]:
-    """Each case's reply to its request with its offered functions, greedily; cases offered the
-    same functions (and, constrained, given the same grammar) share batches. `max_new_tokens`
-    leaves room for the longest call, a date difference's (about 50 tokens): a call cut short
-    counts as none."""
+    """Each case's reply to its request with its offered functions, greedily; cases decoded under
+    the same grammar (or none) share batches. `max_new_tokens` leaves room for the longest call, a
+    date difference's (about 50 tokens): a call cut short counts as none."""
     prompts, grammars = [], []
     for case in cases:
         functions = offered_functions(case)
@@ -56,11 +56,11 @@ def predictions(lm: LanguageModel, cases: list[ToolCase], constrained: bool, max
                                                          functions))
         prompts.append(prompt)
         grammars.append(auto_choice(functions).grammar(lm, prompt) if constrained else None)
-    by_form: dict[tuple, list[int]] = {}
-    for i, case in enumerate(cases):
-        by_form.setdefault((case.offered, grammars[i]), []).append(i)
+    by_grammar: dict[Grammar | None, list[int]] = {}
+    for i, grammar in enumerate(grammars):
+        by_grammar.setdefault(grammar, []).append(i)
     answers: list[Predicted | None] = [None] * len(cases)
-    for (offered, grammar), indices in by_form.items():
+    for grammar, indices in by_grammar.items():
         config = GenerationConfig(max_new_tokens=max_new_tokens, grammar=grammar)
         texts = [group[0].text for start in range(0, len(indices), batch_size)
                  for group in lm.generate_batch([prompts[i] for i in indices[start : start + batch_size]], config)]
