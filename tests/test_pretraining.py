@@ -162,6 +162,39 @@ def test_span_run_folder_is_a_t5_that_transformers_scores_alike(span_run):
     assert isinstance(ours.generate("Sweet lord, the <extra_id_0> doth speak.").text, str)
 
 
+def test_typed_sentinels_read_as_training_corrupts(span_run):
+    """A sentinel typed between words takes the space before it, and the word after it keeps its own
+    "▁": the input is the text's tokens with the span's replaced by the sentinel, as in training, and
+    transformers' tokenizer of the folder reads it alike."""
+    from transformers import AutoTokenizer
+
+    from nexttoken.apps.seq2seq import Seq2SeqModel
+
+    tokenizer = Seq2SeqModel.load(span_run).tokenizer
+    whole = tokenizer.encode("Sweet lord, the fair queen doth speak.").ids
+    masked = tokenizer.encode("Sweet lord, the <extra_id_0> doth speak.").ids
+    span = tokenizer.encode("Sweet lord, the").ids[:-1]  # without </s>
+    rest = whole[len(tokenizer.encode("Sweet lord, the fair queen").ids) - 1:]
+    assert masked == [*span, tokenizer.token_to_id("<extra_id_0>"), *rest]
+    assert tokenizer.encode("sweet <extra_id_0>.").ids[-2] == tokenizer.token_to_id(".")
+    assert AutoTokenizer.from_pretrained(span_run)("Sweet lord, the <extra_id_0> doth speak.")["input_ids"] == masked
+
+
+def test_a_fill_ends_at_the_sentinel_after_the_texts_last(span_run):
+    """A fill that writes the sentinel the text does not hold has filled every span: it ends there.
+    Texts holding different sentinels decode in one call as each does alone, in order."""
+    from nexttoken.apps.seq2seq import Seq2SeqModel
+    from nexttoken.decoding.config import GenerationConfig
+
+    ours = Seq2SeqModel.load(span_run)
+    sentinel = ours.tokenizer.token_to_id
+    texts = ["Sweet lord, the <extra_id_0> doth speak.", "The <extra_id_0> lord, <extra_id_1> speak.", "Sweet lord."]
+    assert [ours.end_ids(text) for text in texts] == [(1, sentinel("<extra_id_1>")), (1, sentinel("<extra_id_2>")), (1,)]
+    config = GenerationConfig(max_new_tokens=6)
+    together = ours.generate_batch(texts, config)
+    assert [c[0].token_ids for c in together] == [ours.generate(text, config).token_ids for text in texts]
+
+
 @pytest.mark.parametrize("objective", ["mlm", "span"])
 def test_a_killed_run_resumes_to_the_same_losses(objective, tiny_corpus, tmp_path, monkeypatch):
     """Killed right after its first checkpoint (step 2), the run resumes and logs the same losses as

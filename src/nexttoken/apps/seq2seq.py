@@ -2,6 +2,7 @@
 model.safetensors and tokenizer.json. Decoding is nexttoken.decoding's, unchanged: greedy,
 sampling, beam search, batches, stop strings and token budgets."""
 
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from nexttoken.decoding.outputs import Completion
 from nexttoken.errors import NextTokenError
 from nexttoken.loaders.safetensors import load_hf_seq2seq
 from nexttoken.model.encoder_decoder import EncoderDecoder
+
+SENTINEL = re.compile(r"<extra_id_(\d+)>")  # T5's span markers
 
 
 def right_pad(sources: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,13 +78,28 @@ class Seq2SeqModel:
         """`num_return_sequences` completions of each text."""
         if not texts:
             raise NextTokenError("no texts to generate from")
-        ids, mask = right_pad([self.encode(text) for text in texts], self.pad_id)
-        with torch.inference_mode():
-            bound = self.model.bind(ids, mask)
-            # tokenizers' decode skips special tokens by default: the Decoder protocol as it is
-            results = generate_batch(bound, self.tokenizer, [[self.start_id]] * len(texts), [self.end_id], config,
-                                     pad_id=self.pad_id, encode=self.text_ids)
-        return [[self.whole_text(c, config.stop_strings) for c in completions] for completions in results]
+        sources = [self.encode(text) for text in texts]
+        ends = [self.end_ids(text) for text in texts]
+        results: list[list[Completion]] = [[] for _ in texts]
+        for end_ids in dict.fromkeys(ends):  # texts that end alike decode together
+            rows = [i for i, e in enumerate(ends) if e == end_ids]
+            ids, mask = right_pad([sources[i] for i in rows], self.pad_id)
+            with torch.inference_mode():
+                bound = self.model.bind(ids, mask)
+                # tokenizers' decode skips special tokens by default: the Decoder protocol as it is
+                done = generate_batch(bound, self.tokenizer, [[self.start_id]] * len(rows), list(end_ids), config,
+                                      pad_id=self.pad_id, encode=self.text_ids)
+            for i, completions in zip(rows, done):
+                results[i] = [self.whole_text(c, config.stop_strings) for c in completions]
+        return results
+
+    def end_ids(self, text: str) -> tuple[int, ...]:
+        """The end of the sequence and, for a text with T5's sentinels, the sentinel after the last
+        it holds: once the fill writes that one, every span has its text, and what follows would
+        fill spans the text does not have."""
+        held = [int(n) for n in SENTINEL.findall(text)]
+        after = self.tokenizer.token_to_id(f"<extra_id_{max(held) + 1}>") if held else None
+        return (self.end_id,) if after is None else (self.end_id, after)
 
     def generate(self, text: str, config: GenerationConfig = GenerationConfig()) -> Completion:
         """The best (or only) completion of one text."""

@@ -82,15 +82,19 @@ def train_sentencepiece_bpe(texts: list[str], vocab_size: int, n_sentinels: int)
     """A SentencePiece-style BPE tokenizer (NFKC, "▁" for spaces) of vocab_size - n_sentinels pieces,
     then the sentinels <extra_id_{n-1}> ... <extra_id_0> on top, and "text </s>" on encode. (T5's
     SentencePiece model is a Unigram one; `tokenizers`' Unigram trainer takes minutes on a corpus
-    BPE learns in seconds.) The sentinels are not special, so decoded text shows where each span goes."""
+    BPE learns in seconds.) The sentinels are not special, so decoded text shows where each span goes.
+
+    Typed text reads as training shows it: a sentinel takes the space before it, and the text after
+    a sentinel starts no new "▁" of its own, so "not to <extra_id_0> the" is ▁not ▁to <extra_id_0>
+    ▁the, where a bare ▁ before the sentinel would be a token the model never saw in its inputs."""
     backend = tokenizers.Tokenizer(models.BPE(unk_token=UNK))
     backend.normalizer = normalizers.NFKC()
-    backend.pre_tokenizer = pre_tokenizers.Metaspace()
-    backend.decoder = decoders.Metaspace()
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first")
+    backend.decoder = decoders.Metaspace(prepend_scheme="first")
     trainer = trainers.BpeTrainer(vocab_size=vocab_size - n_sentinels, special_tokens=[PAD, EOS, UNK],
                                   show_progress=False)
     backend.train_from_iterator(texts, trainer)
-    backend.add_tokens([AddedToken(f"<extra_id_{k}>", normalized=False, special=False)
+    backend.add_tokens([AddedToken(f"<extra_id_{k}>", normalized=False, special=False, lstrip=True)
                         for k in reversed(range(n_sentinels))])
     backend.post_processor = processors.TemplateProcessing(single=f"$A {EOS}", pair=f"$A {EOS} $B:1 {EOS}:1",
                                                            special_tokens=[(EOS, backend.token_to_id(EOS))])
