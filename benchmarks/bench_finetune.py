@@ -11,8 +11,8 @@ end; the Trainer fine-tunes AutoModelForSequenceClassification / AutoModelForTok
 from the same MiniLM folder (for Chinese, the one ours extended with the training split's
 characters) on the same token ids, with the same epochs, batch size, peak learning rate, warmup,
 cosine decay to 0, weight decay, AdamW betas, the word-embedding table's learning-rate scale (a
-custom optimizer), gradient clipping, bfloat16 autocast where the CPU multiplies bfloat16, batches
-grouped by length (its `group_by_length` sampler) no dropout (ours has none; the Trainer's model is
+custom optimizer), gradient clipping, bfloat16 autocast where the CPU multiplies bfloat16, the
+same batches in the same order (ours' length-grouped ExampleLoader, fed to its sequential sampler), no dropout (ours has none; the Trainer's model is
 loaded with BERT's dropouts set to 0) and the same first weights: our new head's pooler and output
 layer are copied into the Trainer's model, whose logits then equal ours before training. The
 classical baselines: TF-IDF (word 1-2-grams for English, character 1-2-grams for Chinese) with
@@ -27,27 +27,32 @@ import shutil
 import tempfile
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from nexttoken.encoder.sentence import builtin_encoder_path, load_encoder
-from nexttoken.train.finetune import classifier_for, native_bfloat16
+from nexttoken.train.finetune import ExampleLoader, classifier_for, native_bfloat16
 from nexttoken.train.labelled_tasks import (ENCODER_FOLDER, LabelledTask, collate, encode_examples, gold_labels, run_labelled_finetune,
                                             scores, task_splits, train_config)
 from nexttoken.train.loop import TrainConfig
+from nexttoken.train.metrics import read_metrics
 from nexttoken.train.objectives import IGNORE
+from nexttoken.train.schedule import learning_rate
 
 
 def ours(task: LabelledTask, folder: Path) -> dict:
     result = run_labelled_finetune(task, folder / "ours", progress=False)
-    return {"score": result.test, "seconds": result.train.seconds, "per_second": result.examples_per_second}
+    losses = [r["loss"] for r in read_metrics(folder / "ours") if "loss" in r]
+    return {"score": result.test, "seconds": result.train.seconds, "per_second": result.examples_per_second,
+            "losses": losses}
 
 
 def optimizer_like_ours(model: torch.nn.Module, task: LabelledTask, config: TrainConfig) -> tuple:
     """Fused AdamW with weight decay on matrices only and the word-embedding table at
-    `embedding_lr_scale` times the rate (nexttoken.train.loop.make_optimizer), warmup then cosine to 0."""
-    from transformers import get_cosine_schedule_with_warmup
+    `embedding_lr_scale` times the rate (nexttoken.train.loop.make_optimizer), and ours' schedule:
+    warmup then cosine to 0, where transformers' warmup spends its first step at a rate of 0."""
 
     table = model.get_input_embeddings().weight
     rest = [p for p in model.parameters() if p is not table]
@@ -55,7 +60,8 @@ def optimizer_like_ours(model: torch.nn.Module, task: LabelledTask, config: Trai
               {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
               {"params": [table], "weight_decay": task.weight_decay, "lr": task.lr * task.embedding_lr_scale}]
     optimizer = torch.optim.AdamW(groups, lr=task.lr, betas=config.betas, fused=True)
-    return optimizer, get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
+    schedule = partial(learning_rate, peak=1.0, floor=0.0, warmup_steps=config.warmup_steps, total_steps=config.max_steps)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
 @torch.no_grad()
@@ -72,8 +78,8 @@ def start_like_ours(model: torch.nn.Module, head: torch.nn.Module) -> None:
 
 def trainer(task: LabelledTask, folder: Path) -> dict:
     """transformers' Trainer on our token ids (MiniLM's tokenizer gives the same ids; tests/test_wordpiece.py)."""
-    from transformers import (AutoModelForSequenceClassification, AutoModelForTokenClassification, Trainer,
-                              TrainingArguments)
+    from transformers import (AutoModelForSequenceClassification, AutoModelForTokenClassification, PrinterCallback,
+                              Trainer, TrainingArguments)
 
     extended = folder / "ours" / ENCODER_FOLDER  # ours wrote it, where the task extends the vocabulary
     source = extended if extended.is_dir() else builtin_encoder_path()
@@ -87,7 +93,10 @@ def trainer(task: LabelledTask, folder: Path) -> dict:
     model = kind.from_pretrained(source, num_labels=len(task.labels), hidden_dropout_prob=0.0,
                                  attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
     start_like_ours(model, classifier_for(encoder, len(task.labels), task.per_token, task.seed).head)
-    rows = [{"input_ids": ids, "labels": labels} for ids, labels in train_set]
+    # ours' batches in ours' order (length-grouped, seeded): the two loops then differ only in their
+    # arithmetic, where two shuffles of a few hundred steps moved the scores by several points
+    batches = ExampleLoader(train_set, task.batch_size, list, seed=task.seed, lengths=[len(ids) for ids, _ in train_set])
+    rows = [{"input_ids": ids, "labels": labels} for _ in range(config.max_steps) for ids, labels in next(batches)]
 
     def batch_of(features: list[dict]) -> dict:
         batch = collate([(f["input_ids"], f["labels"]) for f in features], pad_id=encoder.tokenizer.pad_id)
@@ -99,10 +108,11 @@ def trainer(task: LabelledTask, folder: Path) -> dict:
         max_steps=config.max_steps, learning_rate=task.lr, lr_scheduler_type="cosine", warmup_steps=config.warmup_steps,
         weight_decay=task.weight_decay, adam_beta1=0.9, adam_beta2=0.999, max_grad_norm=1.0,
         bf16=config.precision == "bf16", use_cpu=True, save_strategy="no", eval_strategy="no", report_to=[],
-        seed=task.seed, train_sampling_strategy="group_by_length", dataloader_num_workers=0,
-        logging_steps=max(1, config.max_steps // 4), disable_tqdm=True)
+        seed=task.seed, train_sampling_strategy="sequential", dataloader_num_workers=0,
+        logging_steps=1, disable_tqdm=True)
     run = Trainer(model=model, args=arguments, train_dataset=rows, data_collator=batch_of,
                   optimizers=optimizer_like_ours(model, task, config))
+    run.remove_callback(PrinterCallback)  # every step's loss is logged, for the comparison; not printed
     start = time.perf_counter()
     run.train()
     seconds = time.perf_counter() - start
@@ -117,7 +127,8 @@ def trainer(task: LabelledTask, folder: Path) -> dict:
             else:
                 predicted += [[int(label)] for label in best]
     return {"score": scores(task, predicted, gold_labels(test)), "seconds": seconds,
-            "per_second": config.max_steps * task.batch_size / seconds}
+            "per_second": config.max_steps * task.batch_size / seconds,
+            "losses": [r["loss"] for r in run.state.log_history if "loss" in r]}
 
 
 def classical(task: LabelledTask) -> dict:
@@ -144,6 +155,22 @@ def classical(task: LabelledTask) -> dict:
     predicted = model.predict(vectorizer.transform([text for text, _ in splits.test]))
     return {"score": scores(task, [[int(p)] for p in predicted], [[label] for _, label in splits.test]),
             "seconds": seconds, "per_second": len(splits.train) * task.epochs / seconds}
+
+
+def loss_comparison(ours: list[float], theirs: list[float]) -> str:
+    """The two loops' training losses step by step (the same batches): where they part, and by how much."""
+    pairs = list(zip(ours, theirs))
+    gaps = [abs(a - b) for a, b in pairs]
+    mean = lambda values: sum(values) / max(len(values), 1)  # noqa: E731
+    tenth = max(1, len(pairs) // 10)
+    lines = [f"\ntraining loss, ours / Trainer ({len(pairs)} steps): step 1 {ours[0]:.4f} / {theirs[0]:.4f}; "
+             f"mean |difference| steps 1-10 {mean(gaps[:10]):.4f}, all steps {mean(gaps):.4f}; "
+             f"mean of the last {tenth} steps {mean(ours[-tenth:]):.4f} / {mean(theirs[-tenth:]):.4f}"]
+    for first in range(0, len(pairs), tenth):
+        chunk = pairs[first : first + tenth]
+        lines.append(f"  steps {first + 1}-{first + len(chunk)}: {mean([a for a, _ in chunk]):.4f} / "
+                     f"{mean([b for _, b in chunk]):.4f}")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -178,6 +205,7 @@ def main() -> None:
     gap = results["nexttoken"]["score"][metric] - results["transformers Trainer"]["score"][metric]
     over = {name: results[name]["score"][metric] - results["classical baseline"]["score"][metric]
             for name in ("nexttoken", "transformers Trainer")}
+    print(loss_comparison(results["nexttoken"]["losses"], results["transformers Trainer"]["losses"]))
     print(f"\nours / Trainer: {ratio:.2f}x examples/s, {gap * 100:+.1f} points; over the baseline: "
           f"ours {over['nexttoken'] * 100:+.1f}, Trainer {over['transformers Trainer'] * 100:+.1f} points")
 
