@@ -12,8 +12,8 @@ from the same MiniLM folder (for Chinese, the one ours extended with the trainin
 characters) on the same token ids, with the same epochs, batch size, peak learning rate, warmup,
 cosine decay to 0, weight decay, AdamW betas, the word-embedding table's learning-rate scale (a
 custom optimizer), gradient clipping, bfloat16 autocast where the CPU multiplies bfloat16, the
-same batches in the same order (ours' length-grouped ExampleLoader, fed to its sequential sampler), no dropout (ours has none; the Trainer's model is
-loaded with BERT's dropouts set to 0) and the same first weights: our new head's pooler and output
+same batches in the same order (ours' length-grouped ExampleLoader, fed to its sequential
+sampler), no dropout (ours has none; the Trainer's model is loaded with BERT's dropouts set to 0) and the same first weights: our new head's pooler and output
 layer are copied into the Trainer's model, whose logits then equal ours before training. The
 classical baselines: TF-IDF (word 1-2-grams for English, character 1-2-grams for Chinese) with
 logistic regression for sentiment; for NER each character's most frequent tag in the training set
@@ -105,7 +105,7 @@ def trainer(task: LabelledTask, folder: Path) -> dict:
 
     arguments = TrainingArguments(
         output_dir=str(folder / "trainer"), per_device_train_batch_size=task.batch_size, num_train_epochs=task.epochs,
-        max_steps=config.max_steps, learning_rate=task.lr, lr_scheduler_type="cosine", warmup_steps=config.warmup_steps,
+        max_steps=config.max_steps, learning_rate=task.lr,
         weight_decay=task.weight_decay, adam_beta1=0.9, adam_beta2=0.999, max_grad_norm=1.0,
         bf16=config.precision == "bf16", use_cpu=True, save_strategy="no", eval_strategy="no", report_to=[],
         seed=task.seed, train_sampling_strategy="sequential", dataloader_num_workers=0,
